@@ -1,0 +1,1 @@
+"""The supervisor: CLI, planner, process manager, identify coordinator, relay, health."""

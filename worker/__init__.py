@@ -1,0 +1,1 @@
+"""A worker process: one uvloop event loop running a group of gateway shards."""
