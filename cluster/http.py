@@ -1,0 +1,130 @@
+"""The supervisor's HTTP endpoint: /health, /status, /metrics and the status page.
+
+Served with aiohttp on loopback by default. Metrics are read from the
+:class:`ClusterStatus` at scrape time by a custom collector, so the event hot
+path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from cluster.status import READY_STATE, ClusterStatus
+from cluster.status_page import STATUS_PAGE_HTML
+
+
+class ClusterCollector(Collector):
+    """Turns the cluster's live status into Prometheus metrics at scrape time."""
+
+    def __init__(self, status: ClusterStatus) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._status
+        shards = [status.shards[i] for i in sorted(status.shards)]
+
+        events = CounterMetricFamily(
+            "titanium_events", "Dispatch events received, per shard and event type",
+            labels=["shard", "type"],
+        )
+        latency = GaugeMetricFamily(
+            "titanium_shard_latency_seconds", "Heartbeat round trip per shard", labels=["shard"]
+        )
+        ready = GaugeMetricFamily("titanium_shard_ready", "1 when the shard is ready", labels=["shard"])
+        reconnects = CounterMetricFamily("titanium_shard_reconnects", "Reconnects per shard", labels=["shard"])
+        resumes = CounterMetricFamily("titanium_shard_resumes", "Successful resumes per shard", labels=["shard"])
+        identifies = CounterMetricFamily("titanium_shard_identifies", "Identifies sent per shard", labels=["shard"])
+        for shard in shards:
+            label = str(shard.shard_id)
+            for event_type, count in shard.events_by_type.items():
+                events.add_metric([label, event_type], count)
+            if shard.latency_ms is not None:
+                latency.add_metric([label], shard.latency_ms / 1000.0)
+            ready.add_metric([label], 1.0 if shard.state == READY_STATE else 0.0)
+            reconnects.add_metric([label], shard.reconnects)
+            resumes.add_metric([label], shard.resumes)
+            identifies.add_metric([label], shard.identifies)
+        yield from (events, latency, ready, reconnects, resumes, identifies)
+
+        yield GaugeMetricFamily("titanium_shards_total", "Shards this supervisor runs", value=len(shards))
+        yield GaugeMetricFamily("titanium_shards_ready", "Shards ready", value=status.shards_ready)
+
+        budget = status.identify_budget()
+        if budget is not None and "remaining" in budget:
+            yield GaugeMetricFamily(
+                "titanium_session_starts_remaining",
+                "Session starts (identifies) left in Discord's daily budget",
+                value=budget["remaining"],
+            )
+
+        relay = status.relay
+        yield CounterMetricFamily("titanium_relay_published", "Events published on the PUB socket", value=relay.published)
+        dropped = CounterMetricFamily("titanium_relay_dropped", "Events dropped by the relay, by reason", labels=["reason"])
+        dropped.add_metric(["duplicate"], relay.duplicates_dropped)
+        dropped.add_metric(["pub_hwm"], relay.pub_dropped)
+        dropped.add_metric(["malformed"], relay.malformed_dropped)
+        yield dropped
+
+        alive = GaugeMetricFamily("titanium_worker_alive", "1 when the worker process is alive", labels=["worker"])
+        restarts = CounterMetricFamily("titanium_worker_restarts", "Worker restarts", labels=["worker"])
+        for worker in status.workers.values():
+            alive.add_metric([str(worker.worker_id)], 1.0 if worker.alive else 0.0)
+            restarts.add_metric([str(worker.worker_id)], worker.restarts)
+        yield alive
+        yield restarts
+
+
+def build_app(status: ClusterStatus) -> web.Application:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ClusterCollector(status))
+
+    async def health(_: web.Request) -> web.Response:
+        healthy, body = status.health()
+        return web.json_response(body, status=200 if healthy else 503)
+
+    async def status_json(_: web.Request) -> web.Response:
+        return web.json_response(status.to_status_json())
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=STATUS_PAGE_HTML, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/status", status_json)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", page)
+    return app
+
+
+class HealthServer:
+    """Runs :func:`build_app` on host:port (port 0 picks a free one) without owning signals."""
+
+    def __init__(self, status: ClusterStatus, host: str, port: int) -> None:
+        self._runner = web.AppRunner(build_app(status), handle_signals=False, access_log=None)
+        self._host = host
+        self._port = port
+        self.port = port
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}"

@@ -1,0 +1,164 @@
+"""The supervisor's live picture of the cluster: every shard and every worker.
+
+The supervisor writes into it from worker reports; the HTTP endpoint reads it
+for /health, /status, /metrics and the status page. Nothing here does I/O,
+and nothing here may ever hold the token.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The shard state names shown in /status (the worker's phases, by value).
+READY_STATE = "ready"
+
+
+class WorkerState(enum.Enum):
+    SPAWNING = "spawning"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    EXITED = "exited"
+    GIVEN_UP = "given_up"
+
+
+@dataclass(slots=True)
+class ShardStatus:
+    shard_id: int
+    worker_id: int
+    state: str = "disconnected"
+    latency_ms: float | None = None
+    seq: int = 0
+    identifies: int = 0
+    resumes: int = 0
+    reconnects: int = 0
+    events: int = 0
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    fatal_code: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shard_id": self.shard_id,
+            "state": self.state,
+            "worker_id": self.worker_id,
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 2),
+            "seq": self.seq,
+            "identifies": self.identifies,
+            "resumes": self.resumes,
+            "reconnects": self.reconnects,
+            "events": self.events,
+        }
+
+
+@dataclass(slots=True)
+class WorkerStatus:
+    worker_id: int
+    shard_ids: tuple[int, ...]
+    pid: int | None = None
+    state: WorkerState = WorkerState.SPAWNING
+    restarts: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.state in (WorkerState.SPAWNING, WorkerState.RUNNING, WorkerState.STOPPING)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id,
+            "pid": self.pid,
+            "shard_ids": list(self.shard_ids),
+            "alive": self.alive,
+            "restarts": self.restarts,
+            "state": self.state.value,
+        }
+
+
+@dataclass(slots=True)
+class RelayCounters:
+    """What the relay forwarded and dropped (every drop is counted, DESIGN.md rule 5)."""
+
+    published: int = 0
+    duplicates_dropped: int = 0
+    pub_dropped: int = 0
+    malformed_dropped: int = 0
+
+
+IdentifySnapshot = Callable[[], dict[str, Any]]
+
+
+class ClusterStatus:
+    """Shards and workers by id, plus the identify budget and the relay's counters."""
+
+    def __init__(
+        self,
+        total_shards: int,
+        workers: Iterable[tuple[int, tuple[int, ...]]],
+        identify_snapshot: IdentifySnapshot | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.total_shards = total_shards
+        self.workers: dict[int, WorkerStatus] = {}
+        self.shards: dict[int, ShardStatus] = {}
+        for worker_id, shard_ids in workers:
+            self.workers[worker_id] = WorkerStatus(worker_id, tuple(shard_ids))
+            for shard_id in shard_ids:
+                self.shards[shard_id] = ShardStatus(shard_id, worker_id)
+        self.relay = RelayCounters()
+        self.identify_snapshot = identify_snapshot
+        self.fatal_reason: str | None = None
+        self.started_at = clock()
+        self._clock = clock
+
+    @property
+    def shards_ready(self) -> int:
+        return sum(1 for s in self.shards.values() if s.state == READY_STATE)
+
+    def identify_budget(self) -> dict[str, Any] | None:
+        return self.identify_snapshot() if self.identify_snapshot is not None else None
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, body): healthy only when every shard this supervisor runs is connected."""
+        ready = self.shards_ready
+        total = len(self.shards)
+        healthy = total > 0 and ready == total and self.fatal_reason is None
+        body: dict[str, Any] = {
+            "status": "ok" if healthy else "degraded",
+            "shards_ready": ready,
+            "shards_total": total,
+        }
+        problems: list[str] = []
+        if self.fatal_reason is not None:
+            problems.append(self.fatal_reason)
+        given_up = sorted(w.worker_id for w in self.workers.values() if w.state is WorkerState.GIVEN_UP)
+        if given_up:
+            problems.append(f"workers given up after repeated crashes: {given_up}")
+        budget = self.identify_budget()
+        if budget is not None and budget.get("exhausted"):
+            problems.append(
+                f"identify budget exhausted: no session starts left until reset in "
+                f"{budget.get('reset_after_s', '?')} s"
+            )
+        if problems:
+            body["problems"] = problems
+        return healthy, body
+
+    def to_status_json(self) -> dict[str, Any]:
+        return {
+            "shards_total": self.total_shards,
+            "shards_ready": self.shards_ready,
+            "uptime_s": round(self._clock() - self.started_at, 3),
+            "shards": [self.shards[i].to_json() for i in sorted(self.shards)],
+            "workers": [self.workers[i].to_json() for i in sorted(self.workers)],
+            "identify": self.identify_budget(),
+            "relay": {
+                "published": self.relay.published,
+                "duplicates_dropped": self.relay.duplicates_dropped,
+                "pub_dropped": self.relay.pub_dropped,
+                "malformed_dropped": self.relay.malformed_dropped,
+            },
+            "fatal": self.fatal_reason,
+        }
