@@ -1,0 +1,330 @@
+"""The identify scheduler: who may send an IDENTIFY, and when (pure; the clock is passed in).
+
+Discord allows one IDENTIFY per rate-limit bucket (``shard_id % max_concurrency``)
+per 5 s, and a daily budget of session starts (``session_start_limit``); see
+shared/PROTOCOL.md section 5, "Max Concurrency" and "Session Start Limit". This
+module is the one place that decides: one FIFO per bucket, at most one grant
+per bucket per ``interval_s + safety_margin_s``, never more grants than
+session starts remain, and at zero nothing until the limit resets.
+
+No asyncio, no sockets, no ``time`` calls: every method takes ``now`` (seconds
+on any monotonic clock), so the whole policy is testable with a fake clock.
+The ZeroMQ server around it is :mod:`cluster.coordinator`.
+
+Requesters are opaque hashable values (the coordinator uses the peer identity
+plus the client's request nonce). A shard has at most one outstanding request:
+a new request for the same shard replaces the older one in place (a replacement
+worker takes over the dead worker's place in the queue), and a cancel only
+removes the request if it comes from the requester that made it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any, Final, Generic, TypeVar
+
+#: Discord's session start limit window (``reset_after`` counts down from 24 h).
+DEFAULT_RESET_PERIOD_S: Final = 24 * 60 * 60.0
+#: A fresh ``reset_after`` that moves the reset later than this past our own
+#: estimate means Discord started a new window we had not seen; anything closer
+#: is the same window seen through network delay and clock drift.
+_SAME_WINDOW_SLACK_S: Final = 60.0
+
+R = TypeVar("R", bound=Hashable)
+
+
+def default_safety_margin(interval_s: float) -> float:
+    """The extra spacing added to every bucket's interval: 1 % of it (50 ms at 5 s).
+
+    Discord measures the spacing between IDENTIFYs on its own side, when they
+    arrive, not when we granted them. Two grants exactly ``interval_s`` apart
+    can reach Discord closer than that when the first one's IDENTIFY is
+    delayed more (a busy worker loop, the ZeroMQ hop, TCP) than the second's.
+    1 % absorbs that jitter for any sane interval and costs 1 % of the
+    startup time; with a short test interval (0.2 s) it is still 2 ms, which
+    keeps the schedule predictable. Pass an explicit margin to tune it.
+    """
+    return 0.01 * interval_s
+
+
+class SchedulerConfigError(ValueError):
+    """The scheduler was configured with numbers that make no sense."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant(Generic[R]):
+    """Permission for ``shard_id`` to send one IDENTIFY, issued to ``requester`` at ``granted_at``."""
+
+    shard_id: int
+    requester: R
+    bucket: int
+    granted_at: float
+    #: Identifies this grant; used to give it back exactly once.
+    serial: int
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSnapshot:
+    """The scheduler's budget and queues, for /health, /status and /metrics."""
+
+    remaining: int
+    total: int
+    reset_at: float
+    max_concurrency: int
+    interval_s: float
+    #: Requests waiting, per bucket (index = bucket).
+    queued: tuple[int, ...]
+    granted: int
+    refunded: int
+
+    @property
+    def exhausted(self) -> bool:
+        """No session starts left until the reset: nothing will be granted."""
+        return self.remaining <= 0
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        """The JSON shape /status and /health read (``reset_after_s`` relative to ``now``)."""
+        return {
+            "remaining": self.remaining,
+            "total": self.total,
+            "exhausted": self.exhausted,
+            "reset_after_s": round(max(0.0, self.reset_at - now), 3),
+            "max_concurrency": self.max_concurrency,
+            "interval_s": self.interval_s,
+            "queued": sum(self.queued),
+            "queued_per_bucket": list(self.queued),
+            "granted": self.granted,
+            "refunded": self.refunded,
+        }
+
+
+@dataclass(slots=True)
+class _Pending(Generic[R]):
+    requester: R
+    #: Arrival order across all buckets, so a short budget is spent oldest first.
+    order: int
+
+
+@dataclass(slots=True)
+class _Issued:
+    """What must be undone if a grant is given back."""
+
+    bucket: int
+    previous_free_at: float
+    epoch: int
+
+
+class _Bucket(Generic[R]):
+    __slots__ = ("free_at", "last_serial", "queue")
+
+    def __init__(self) -> None:
+        # shard_id -> pending request; insertion order is the FIFO order.
+        self.queue: OrderedDict[int, _Pending[R]] = OrderedDict()
+        #: The earliest time this bucket may grant again.
+        self.free_at = -math.inf
+        #: The serial of the bucket's latest grant (0: none yet).
+        self.last_serial = 0
+
+
+class IdentifyScheduler(Generic[R]):
+    """One FIFO per bucket, one grant per bucket per interval, the session budget tracked."""
+
+    def __init__(
+        self,
+        max_concurrency: int,
+        interval_s: float,
+        safety_margin_s: float | None = None,
+        *,
+        session_total: int,
+        session_remaining: int,
+        reset_at: float,
+        reset_period_s: float = DEFAULT_RESET_PERIOD_S,
+    ) -> None:
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise SchedulerConfigError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+        if not (math.isfinite(interval_s) and interval_s > 0):
+            raise SchedulerConfigError(f"identify interval must be > 0 s, got {interval_s!r}")
+        margin = default_safety_margin(interval_s) if safety_margin_s is None else safety_margin_s
+        if not (math.isfinite(margin) and margin >= 0):
+            raise SchedulerConfigError(f"safety margin must be >= 0 s, got {margin!r}")
+        if session_total < 0 or session_remaining < 0:
+            raise SchedulerConfigError("session start numbers must not be negative")
+        if not (math.isfinite(reset_period_s) and reset_period_s > 0):
+            raise SchedulerConfigError(f"reset period must be > 0 s, got {reset_period_s!r}")
+        self.max_concurrency = max_concurrency
+        self.interval_s = float(interval_s)
+        self.safety_margin_s = float(margin)
+        self.reset_period_s = float(reset_period_s)
+        self._total = session_total
+        self._remaining = min(session_remaining, session_total)
+        self._reset_at = float(reset_at)
+        # Bumped whenever the budget is replaced, so a grant from an older window is not refunded.
+        self._epoch = 0
+        self._buckets: tuple[_Bucket[R], ...] = tuple(_Bucket() for _ in range(max_concurrency))
+        self._order = itertools.count()
+        self._serials = itertools.count(1)
+        self._issued: dict[int, _Issued] = {}
+        self._granted = 0
+        self._refunded = 0
+
+    # -- requests -------------------------------------------------------------------------
+
+    @property
+    def spacing_s(self) -> float:
+        """The minimum time between two grants in one bucket."""
+        return self.interval_s + self.safety_margin_s
+
+    def bucket_of(self, shard_id: int) -> int:
+        return shard_id % self.max_concurrency
+
+    def request(self, shard_id: int, requester: R, now: float) -> None:
+        """Queue ``shard_id`` for a grant; a request for a shard already queued takes its place."""
+        if isinstance(shard_id, bool) or not isinstance(shard_id, int) or shard_id < 0:
+            raise ValueError(f"shard_id must be an int >= 0, got {shard_id!r}")
+        queue = self._buckets[self.bucket_of(shard_id)].queue
+        pending = queue.get(shard_id)
+        if pending is None:
+            queue[shard_id] = _Pending(requester, next(self._order))
+        else:
+            # Same shard again (a resend, or a replacement worker): keep the place in line.
+            pending.requester = requester
+
+    def cancel(self, shard_id: int, requester: R) -> bool:
+        """Drop ``shard_id``'s request if ``requester`` made it; True when something was dropped."""
+        queue = self._buckets[self.bucket_of(shard_id)].queue
+        pending = queue.get(shard_id)
+        if pending is None or pending.requester != requester:
+            return False
+        del queue[shard_id]
+        return True
+
+    def is_queued(self, shard_id: int) -> bool:
+        return shard_id in self._buckets[self.bucket_of(shard_id)].queue
+
+    # -- granting -------------------------------------------------------------------------
+
+    def _roll_over(self, now: float) -> None:
+        if now < self._reset_at:
+            return
+        # Discord's window reset: the whole budget is back. If we slept through
+        # several windows, the next reset is one period after the latest one passed.
+        periods = math.floor((now - self._reset_at) / self.reset_period_s) + 1
+        self._reset_at += periods * self.reset_period_s
+        self._remaining = self._total
+        self._epoch += 1
+        self._issued.clear()
+
+    def poll(self, now: float) -> list[Grant[R]]:
+        """Every grant due at ``now``: the head of each free bucket, oldest first, within budget."""
+        self._roll_over(now)
+        if self._remaining <= 0:
+            return []
+        ready = [
+            (next(iter(bucket.queue.values())).order, index)
+            for index, bucket in enumerate(self._buckets)
+            if bucket.queue and bucket.free_at <= now
+        ]
+        if not ready:
+            return []
+        ready.sort()
+        grants: list[Grant[R]] = []
+        for _, index in ready[: self._remaining]:
+            bucket = self._buckets[index]
+            shard_id, pending = bucket.queue.popitem(last=False)
+            serial = next(self._serials)
+            self._issued[serial] = _Issued(index, bucket.free_at, self._epoch)
+            bucket.free_at = now + self.spacing_s
+            bucket.last_serial = serial
+            grants.append(Grant(shard_id, pending.requester, index, now, serial))
+        self._remaining -= len(grants)
+        self._granted += len(grants)
+        return grants
+
+    def next_deadline(self, now: float) -> float | None:
+        """When :meth:`poll` could next grant (``now`` if it could grant now); None if nothing is queued."""
+        waiting = [bucket.free_at for bucket in self._buckets if bucket.queue]
+        if not waiting:
+            return None
+        earliest = min(waiting)
+        if self._remaining <= 0 and now < self._reset_at:
+            return max(earliest, self._reset_at)
+        return max(earliest, now)
+
+    def undelivered(self, grant: Grant[R], now: float) -> bool:
+        """Give back a grant that never reached its requester (or that it will not use).
+
+        The session start is refunded and, if no later grant was issued in the
+        bucket, the bucket's slot is freed: no IDENTIFY was sent under it, so
+        a dying worker costs nothing extra. Returns False when the grant was
+        already given back or belongs to a budget window that has since reset.
+        """
+        issued = self._issued.pop(grant.serial, None)
+        if issued is None:
+            return False
+        if issued.epoch == self._epoch:
+            self._remaining = min(self._total, self._remaining + 1)
+            self._refunded += 1
+        bucket = self._buckets[issued.bucket]
+        if bucket.last_serial == grant.serial:
+            bucket.free_at = issued.previous_free_at
+        return True
+
+    def confirm(self, grant: Grant[R]) -> None:
+        """Forget what is needed to give ``grant`` back: it was used (or can no longer be refunded)."""
+        self._issued.pop(grant.serial, None)
+
+    # -- budget ---------------------------------------------------------------------------
+
+    def update_limit(
+        self, remaining: int, reset_after_s: float, now: float, total: int | None = None
+    ) -> None:
+        """Take fresh ``session_start_limit`` numbers from ``GET /gateway/bot``.
+
+        Within the same window we keep the smaller of our count and Discord's:
+        grants we issued may not have reached Discord as IDENTIFYs yet, and
+        overspending costs the bot its token. A reset later than ours (beyond
+        network slack) means Discord started a new window: its numbers win.
+        """
+        if remaining < 0 or reset_after_s < 0:
+            raise ValueError("session start numbers must not be negative")
+        if total is not None:
+            if total < 0:
+                raise ValueError("session start total must not be negative")
+            self._total = total
+        new_reset_at = now + reset_after_s
+        if new_reset_at > self._reset_at + _SAME_WINDOW_SLACK_S or now >= self._reset_at:
+            self._remaining = remaining
+            self._epoch += 1
+            self._issued.clear()
+        else:
+            self._remaining = min(self._remaining, remaining)
+        self._remaining = min(self._remaining, self._total)
+        self._reset_at = new_reset_at
+
+    @property
+    def remaining(self) -> int:
+        return self._remaining
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @property
+    def reset_at(self) -> float:
+        return self._reset_at
+
+    def snapshot(self) -> SchedulerSnapshot:
+        return SchedulerSnapshot(
+            remaining=self._remaining,
+            total=self._total,
+            reset_at=self._reset_at,
+            max_concurrency=self.max_concurrency,
+            interval_s=self.interval_s,
+            queued=tuple(len(bucket.queue) for bucket in self._buckets),
+            granted=self._granted,
+            refunded=self._refunded,
+        )
