@@ -1,0 +1,126 @@
+"""protocol.ipc: round trips and malformed input (hypothesis)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.errors import WireFormatError
+from protocol.ipc import (
+    HEADER_SIZE,
+    IPC_VERSION,
+    Command,
+    EventBatch,
+    Hello,
+    MessageKind,
+    ShardReport,
+    Stop,
+    WorkerStatus,
+    decode,
+    encode_command,
+    encode_hello,
+    encode_shard_report,
+    encode_stop,
+    encode_worker_status,
+    event_message,
+    read_header,
+    session_epoch,
+)
+
+u32 = st.integers(0, 2**32 - 1)
+opt_text = st.none() | st.text(max_size=30)
+
+
+@given(u32, u32, st.integers(0, 2**64 - 1), st.binary(max_size=30), st.binary(), st.binary())
+def test_event_round_trip(shard: int, epoch: int, seq: int, topic: bytes, hdr: bytes, payload: bytes) -> None:
+    frames = event_message(shard, epoch, seq, topic, hdr, payload)
+    assert len(frames[0]) == HEADER_SIZE
+    h = read_header(frames[0])
+    assert (h.kind, h.count, h.shard_id, h.epoch, h.seq) == (MessageKind.EVENTS, 1, shard, epoch, seq)
+    assert decode(frames) == EventBatch(shard, epoch, seq, [(topic, hdr, payload)])
+    assert frames[1:] == [topic, hdr, payload]  # untouched
+
+
+reports = st.builds(
+    ShardReport,
+    shard_id=u32,
+    phase=st.sampled_from(["ready", "resuming", "fatal"]),
+    seq=st.integers(0, 2**53),
+    session_id=opt_text,
+    resume_url=opt_text,
+    latency_ms=st.none() | st.floats(0, 1e6),
+    identifies=st.integers(0, 1000),
+    resumes=st.integers(0, 1000),
+    reconnects=st.integers(0, 1000),
+    events=st.integers(0, 2**40),
+    session_started=st.booleans(),
+    fatal_code=st.none() | st.integers(4000, 4999),
+    reason=opt_text,
+)
+
+
+@given(reports)
+def test_shard_report_round_trip(report: ShardReport) -> None:
+    frames = encode_shard_report(report)
+    h = read_header(frames[0])
+    assert h.epoch == session_epoch(report.session_id) and h.shard_id == report.shard_id
+    assert decode(frames) == report
+
+
+@given(st.integers(0, 1000), st.integers(1, 2**22), st.sampled_from(["started", "drained", "fatal"]), st.none() | st.integers(4000, 4014), opt_text, st.lists(st.integers(0, 1000)))
+def test_worker_messages_round_trip(wid: int, pid: int, status: str, code: int | None, detail: str | None, shards: list[int]) -> None:
+    ws = WorkerStatus(wid, pid, status, code, detail, shards)
+    assert decode(encode_worker_status(ws)) == ws
+    assert decode(encode_hello(Hello(wid, pid))) == Hello(wid, pid)
+
+
+@given(u32, st.binary(max_size=5000))
+def test_command_round_trip(shard: int, payload: bytes) -> None:
+    assert decode(encode_command(shard, payload)) == Command(shard, payload)
+    assert decode(encode_stop()) == Stop()
+
+
+def test_epoch_is_stable_per_session() -> None:
+    assert session_epoch("abc") == session_epoch("abc") != session_epoch("abd")
+    assert session_epoch(None) == 0 == session_epoch("")
+
+
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_garbage_is_refused_with_a_wire_format_error(frames: list[bytes]) -> None:
+    try:
+        decode(frames)
+    except WireFormatError:
+        pass
+
+
+@given(st.integers(0, 255), st.lists(st.binary(max_size=40), max_size=7), st.integers(0, 5))
+def test_any_header_with_garbage_frames_decodes_or_raises_wire_format_error(
+    kind: int, rest: list[bytes], count: int
+) -> None:
+    head = struct.pack("<BBHIIQ", IPC_VERSION, kind, count, 1, 2, 3)
+    try:
+        decode([head, *rest])
+    except WireFormatError:
+        pass
+
+
+def test_specific_malformations() -> None:
+    good = event_message(1, 2, 3, b"T", b"{}", b"{}")
+    with pytest.raises(WireFormatError, match="version"):
+        decode([b"\x02" + good[0][1:], *good[1:]])
+    with pytest.raises(WireFormatError, match="frames"):
+        decode(good[:3])
+    with pytest.raises(WireFormatError, match="unknown"):
+        decode([good[0][:1] + b"\x63" + good[0][2:]])
+    with pytest.raises(WireFormatError):
+        decode([])
+    report = encode_shard_report(ShardReport(1, "ready", 5, "s", "u"))
+    with pytest.raises(WireFormatError, match="JSON"):
+        decode([report[0], b"{not json"])
+    with pytest.raises(WireFormatError, match="fields"):
+        decode([report[0], b'{"shard_id":1,"seq":2,"bogus":1}'])
+    with pytest.raises(WireFormatError, match="disagree"):
+        decode([report[0], encode_shard_report(ShardReport(9, "ready", 5, "s", "u"))[1]])
