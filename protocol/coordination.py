@@ -1,0 +1,248 @@
+"""Wire format of the identify coordinator, version 1 (DESIGN.md 4.5).
+
+Workers (and, across hosts, other supervisors) ask the coordinator for
+permission to IDENTIFY a shard. Transport: ZeroMQ, a DEALER per client and one
+ROUTER in the coordinator. Every message is **one frame**: a UTF-8 JSON object
+(orjson), at most :data:`MAX_MESSAGE_BYTES`, with
+
+- ``"v"``: the format version, the integer ``1``;
+- ``"type"``: one of the names below;
+- the fields of that type (unknown extra fields are ignored, so version 1 may
+  grow fields without breaking older peers; a different ``"v"`` is refused).
+
+The ROUTER sees ``[client identity, frame]``; the DEALER sends and receives the
+bare frame (no empty delimiter frame).
+
+| type | direction | fields |
+|---|---|---|
+| ``acquire`` | client -> coordinator | ``shard_id``, ``nonce`` |
+| ``cancel`` | client -> coordinator | ``shard_id``, ``nonce`` |
+| ``release`` | client -> coordinator | ``shard_id``, ``nonce`` |
+| ``grant`` | coordinator -> client | ``shard_id``, ``nonce`` |
+| ``status`` | client -> coordinator | (none) |
+| ``status_reply`` | coordinator -> client | ``remaining``, ``total``, ``exhausted``, ``reset_after_s``, ``max_concurrency``, ``interval_s``, ``queued`` |
+| ``error`` | coordinator -> client | ``reason``, ``shard_id`` (int or null) |
+
+``nonce`` is chosen by the client for each acquire (an int in [0, 2**63)).
+Sending the same ``acquire`` again is idempotent: while queued it keeps its
+place, after the grant it is answered with the same grant again, so a client
+may re-send freely when it hears nothing (a lost message, a coordinator
+restart). ``cancel`` withdraws a queued acquire. ``release`` gives back a
+grant the client will not use (its shard stopped before it could IDENTIFY):
+the session start is refunded. ``grant`` echoes the acquire's nonce so a
+client can tell a current grant from a stale one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Self, cast
+
+import orjson
+
+from protocol.errors import WireFormatError
+
+VERSION: Final = 1
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+MAX_SHARD_ID: Final = (1 << 31) - 1
+MAX_NONCE: Final = (1 << 63) - 1
+MAX_REASON_CHARS: Final = 500
+
+
+def _int(obj: dict[str, Any], key: str, low: int, high: int) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WireFormatError(f"coordination field {key!r} must be an int, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise WireFormatError(f"coordination field {key!r} = {value} is outside [{low}, {high}]")
+    return value
+
+
+def _float(obj: dict[str, Any], key: str) -> float:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise WireFormatError(f"coordination field {key!r} must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise WireFormatError(f"coordination field {key!r} must be a finite number >= 0")
+    return number
+
+
+def _bool(obj: dict[str, Any], key: str) -> bool:
+    value = obj.get(key)
+    if not isinstance(value, bool):
+        raise WireFormatError(f"coordination field {key!r} must be a bool, got {type(value).__name__}")
+    return value
+
+
+class _Message:
+    """Shared encode/decode; subclasses are frozen dataclasses with a ``TYPE``."""
+
+    __slots__ = ()
+
+    TYPE: ClassVar[str]
+
+    def fields(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_fields(cls, obj: dict[str, Any]) -> Self:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        """This message as one ZeroMQ frame."""
+        return orjson.dumps({"v": VERSION, "type": self.TYPE, **self.fields()})
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Decode ``data``, which must be a message of this type."""
+        message = decode_message(data)
+        if not isinstance(message, cls):
+            raise WireFormatError(f"expected a {cls.TYPE!r} message, got {message.TYPE!r}")
+        return message
+
+
+@dataclass(frozen=True, slots=True)
+class _ShardMessage(_Message):
+    shard_id: int
+    nonce: int
+
+    def __post_init__(self) -> None:
+        _int({"shard_id": self.shard_id}, "shard_id", 0, MAX_SHARD_ID)
+        _int({"nonce": self.nonce}, "nonce", 0, MAX_NONCE)
+
+    def fields(self) -> dict[str, Any]:
+        return {"shard_id": self.shard_id, "nonce": self.nonce}
+
+    @classmethod
+    def from_fields(cls, obj: dict[str, Any]) -> Self:
+        return cls(_int(obj, "shard_id", 0, MAX_SHARD_ID), _int(obj, "nonce", 0, MAX_NONCE))
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire(_ShardMessage):
+    """Ask for permission to IDENTIFY ``shard_id``; answered by a :class:`Grant` with the same nonce."""
+
+    TYPE: ClassVar[str] = "acquire"
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(_ShardMessage):
+    """Withdraw the queued acquire with this nonce."""
+
+    TYPE: ClassVar[str] = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class Release(_ShardMessage):
+    """Give back a grant that will not be used: no IDENTIFY was sent under it."""
+
+    TYPE: ClassVar[str] = "release"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant(_ShardMessage):
+    """Permission to send one IDENTIFY for ``shard_id`` now."""
+
+    TYPE: ClassVar[str] = "grant"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest(_Message):
+    """Ask for the coordinator's budget and queues."""
+
+    TYPE: ClassVar[str] = "status"
+
+    def fields(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_fields(cls, obj: dict[str, Any]) -> Self:
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply(_Message):
+    """The coordinator's identify budget and how many requests wait."""
+
+    TYPE: ClassVar[str] = "status_reply"
+
+    remaining: int
+    total: int
+    exhausted: bool
+    reset_after_s: float
+    max_concurrency: int
+    interval_s: float
+    queued: int
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "remaining": self.remaining,
+            "total": self.total,
+            "exhausted": self.exhausted,
+            "reset_after_s": self.reset_after_s,
+            "max_concurrency": self.max_concurrency,
+            "interval_s": self.interval_s,
+            "queued": self.queued,
+        }
+
+    @classmethod
+    def from_fields(cls, obj: dict[str, Any]) -> Self:
+        return cls(
+            remaining=_int(obj, "remaining", 0, MAX_NONCE),
+            total=_int(obj, "total", 0, MAX_NONCE),
+            exhausted=_bool(obj, "exhausted"),
+            reset_after_s=_float(obj, "reset_after_s"),
+            max_concurrency=_int(obj, "max_concurrency", 1, MAX_SHARD_ID),
+            interval_s=_float(obj, "interval_s"),
+            queued=_int(obj, "queued", 0, MAX_NONCE),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply(_Message):
+    """The coordinator could not use a request (malformed, wrong version)."""
+
+    TYPE: ClassVar[str] = "error"
+
+    reason: str
+    shard_id: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {"reason": self.reason[:MAX_REASON_CHARS], "shard_id": self.shard_id}
+
+    @classmethod
+    def from_fields(cls, obj: dict[str, Any]) -> Self:
+        reason = obj.get("reason")
+        if not isinstance(reason, str):
+            raise WireFormatError("coordination field 'reason' must be a string")
+        shard_id = None if obj.get("shard_id") is None else _int(obj, "shard_id", 0, MAX_SHARD_ID)
+        return cls(reason[:MAX_REASON_CHARS], shard_id)
+
+
+CoordinationMessage = Acquire | Cancel | Release | Grant | StatusRequest | StatusReply | ErrorReply
+
+_TYPES: Final[dict[str, type[_Message]]] = {
+    cls.TYPE: cls for cls in (Acquire, Cancel, Release, Grant, StatusRequest, StatusReply, ErrorReply)
+}
+
+
+def decode_message(data: bytes | bytearray | memoryview) -> CoordinationMessage:
+    """Decode one coordination frame, or raise :class:`WireFormatError` saying what is wrong."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise WireFormatError(f"coordination message is {len(data)} bytes, over {MAX_MESSAGE_BYTES}")
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise WireFormatError(f"coordination message is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise WireFormatError(f"coordination message must be a JSON object, got {type(obj).__name__}")
+    version = obj.get("v")
+    if type(version) is not int or version != VERSION:
+        raise WireFormatError(f"unsupported coordination format version {version!r} (expected {VERSION})")
+    kind = obj.get("type")
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise WireFormatError(f"unknown coordination message type {str(kind)[:40]!r}")
+    return cast(CoordinationMessage, cls.from_fields(obj))
