@@ -227,6 +227,4 @@ def on_resumed(state: ShardState) -> ShardState:
 
 def on_stop(state: ShardState) -> Decision:
     """A stop/drain command: close with 4000 so the session can be resumed later."""
-    return Decision(
-        ShardState(ShardPhase.STOPPED, state.session, 0), RESUMABLE_CLOSE_CODE, None
-    )
+    return Decision(ShardState(ShardPhase.STOPPED, state.session, 0), RESUMABLE_CLOSE_CODE, None)

@@ -10,7 +10,8 @@ from worker.ratelimit import SendLimiter, SendWindow, heartbeat_reserve
 
 
 @pytest.mark.parametrize(
-    ("interval", "reserve"), [(41.25, 3), (45.0, 3), (60.0, 2), (30.0, 3), (10.0, 7), (1.0, 10), (0.0, 10)]
+    ("interval", "reserve"),
+    [(41.25, 3), (45.0, 3), (60.0, 2), (30.0, 3), (10.0, 7), (1.0, 10), (0.0, 10)],
 )
 def test_heartbeat_reserve(interval: float, reserve: int) -> None:
     assert heartbeat_reserve(interval) == reserve

@@ -107,10 +107,20 @@ def test_every_gateway_close_code_is_in_the_table() -> None:
 # Events the shard sees while connected: (decision function, expected plan with a session,
 # expected plan without one, close code the shard sends)
 EVENT_TABLE = [
-    ("op 7 reconnect", on_reconnect_request, RESUME_NOW, Reconnect(ConnectMode.IDENTIFY, GatewayUrl.MAIN, Wait.NONE)),
+    (
+        "op 7 reconnect",
+        on_reconnect_request,
+        RESUME_NOW,
+        Reconnect(ConnectMode.IDENTIFY, GatewayUrl.MAIN, Wait.NONE),
+    ),
     ("op 9 d=true", lambda s: on_invalid_session(s, True), RESUME_LATER, IDENTIFY_LATER),
     ("op 9 d=false", lambda s: on_invalid_session(s, False), NEW_SESSION, NEW_SESSION),
-    ("missed ack", on_missed_ack, RESUME_NOW, Reconnect(ConnectMode.IDENTIFY, GatewayUrl.MAIN, Wait.NONE)),
+    (
+        "missed ack",
+        on_missed_ack,
+        RESUME_NOW,
+        Reconnect(ConnectMode.IDENTIFY, GatewayUrl.MAIN, Wait.NONE),
+    ),
     ("bad input", on_bad_input, RESUME_LATER, IDENTIFY_LATER),
 ]
 
