@@ -1,0 +1,352 @@
+"""The identify coordinator: the pure scheduler behind a ZeroMQ ROUTER (DESIGN.md 4.5).
+
+Workers, and across hosts other supervisors, connect a DEALER
+(:class:`worker.identify_client.IdentifyClient`) and speak the versioned
+format of :mod:`protocol.coordination`. This module only moves bytes and
+time: every decision is :class:`cluster.identify_scheduler.IdentifyScheduler`'s.
+
+- One asyncio task owns the socket. It sleeps exactly until the scheduler's
+  next deadline or the next message, never polls on a timer.
+- ``ROUTER_MANDATORY`` is on: a grant for a peer that has gone (a worker
+  killed while queued) raises instead of vanishing, and the grant is handed
+  back with ``undelivered`` so the session start and the bucket slot are not
+  lost. ``ROUTER_HANDOVER`` lets a client that reconnects under its own
+  routing id take over its old identity.
+- A client that repeats an ``acquire`` it was already granted gets the same
+  grant again, not a second one; ``release`` gives back an unused grant.
+- When the session-start budget runs out, one loud warning line names the
+  reset time; ``status_json()`` says so for /health and /status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from cluster.identify_scheduler import Grant, IdentifyScheduler, SchedulerSnapshot
+from protocol.coordination import (
+    Acquire,
+    Cancel,
+    CoordinationMessage,
+    ErrorReply,
+    Release,
+    StatusReply,
+    StatusRequest,
+    decode_message,
+)
+from protocol.coordination import Grant as GrantMessage
+from protocol.errors import WireFormatError
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """Who asked: the peer's ZeroMQ routing id and the nonce of its acquire."""
+
+    identity: bytes
+    nonce: int
+
+
+@dataclass(slots=True)
+class CoordinatorStats:
+    """Counters for /metrics: every grant that could not be delivered is counted."""
+
+    grants_delivered: int = 0
+    grants_undelivered: int = 0
+    grants_released: int = 0
+    duplicate_acquires: int = 0
+    bad_messages: int = 0
+
+
+class Coordinator:
+    """Serves identify permits on a ROUTER bound to ``endpoint`` (tcp://, ipc:// or inproc://)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        max_concurrency: int,
+        interval_s: float,
+        session_total: int,
+        session_remaining: int,
+        reset_after_s: float,
+        safety_margin_s: float | None = None,
+        context: zmq.asyncio.Context | None = None,
+        clock: Clock = time.monotonic,
+        on_grant: Callable[[Grant[Requester]], None] | None = None,
+    ) -> None:
+        self._requested_endpoint = endpoint
+        self._clock = clock
+        self.scheduler: IdentifyScheduler[Requester] = IdentifyScheduler(
+            max_concurrency,
+            interval_s,
+            safety_margin_s,
+            session_total=session_total,
+            session_remaining=session_remaining,
+            reset_at=clock() + reset_after_s,
+        )
+        self._own_context = context is None
+        self._context = context
+        self._socket: zmq.asyncio.Socket | None = None
+        self._endpoint: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._on_grant = on_grant
+        #: The latest grant per shard, to answer a repeated acquire and to take a release.
+        self._granted: dict[int, Grant[Requester]] = {}
+        self._warned_exhausted = False
+        self.stats = CoordinatorStats()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """The bound endpoint, with an ephemeral tcp port resolved (valid after :meth:`start`)."""
+        if self._endpoint is None:
+            raise RuntimeError("the coordinator is not started")
+        return self._endpoint
+
+    async def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("the coordinator is already started")
+        if self._context is None:
+            self._context = zmq.asyncio.Context()
+        sock = self._context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        try:
+            sock.bind(self._requested_endpoint)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            self._close_context()
+            raise
+        self._socket = sock
+        self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._task = asyncio.create_task(self._serve(sock), name="identify-coordinator")
+        log.info(
+            "identify coordinator on %s: max_concurrency %d, interval %.3f s, %d of %d session starts left",
+            self._endpoint,
+            self.scheduler.max_concurrency,
+            self.scheduler.interval_s,
+            self.scheduler.remaining,
+            self.scheduler.total,
+        )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        self._close_context()
+
+    def _close_context(self) -> None:
+        if self._own_context and self._context is not None:
+            self._context.term()
+            self._context = None
+
+    async def __aenter__(self) -> Coordinator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- what the supervisor reads and writes ---------------------------------------------
+
+    def snapshot(self) -> SchedulerSnapshot:
+        return self.scheduler.snapshot()
+
+    def status_json(self) -> dict[str, Any]:
+        """The budget for /health and /status (``ClusterStatus(identify_snapshot=...)``)."""
+        body = self.scheduler.snapshot().to_json(self._clock())
+        body["undelivered"] = self.stats.grants_undelivered
+        return body
+
+    def update_limit(self, remaining: int, reset_after_s: float, total: int | None = None) -> None:
+        """Fresh ``session_start_limit`` numbers from ``GET /gateway/bot``."""
+        self.scheduler.update_limit(remaining, reset_after_s, self._clock(), total)
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def _serve(self, sock: zmq.asyncio.Socket) -> None:
+        loop = asyncio.get_running_loop()
+        receiving: asyncio.Future[list[bytes]] | None = None
+        try:
+            while True:
+                await self._grant_due(sock)
+                now = self._clock()
+                deadline = self.scheduler.next_deadline(now)
+                timeout = None if deadline is None else max(0.0, deadline - now)
+                if receiving is None:
+                    receiving = asyncio.ensure_future(sock.recv_multipart())
+                wake: asyncio.Future[None] = loop.create_future()
+                self._wake = wake
+                waiters: set[asyncio.Future[Any]] = {receiving, wake}
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if receiving.done():
+                    frames = receiving.result()
+                    receiving = None
+                    await self._receive(sock, frames)
+                    # Take everything already queued before deciding again.
+                    while True:
+                        try:
+                            frames = await sock.recv_multipart(flags=zmq.DONTWAIT)
+                        except zmq.Again:
+                            break
+                        await self._receive(sock, frames)
+        finally:
+            if receiving is not None:
+                receiving.cancel()
+            if self._wake is not None:
+                self._wake.cancel()
+
+    async def _receive(self, sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self.stats.bad_messages += 1
+            return
+        identity, frame = frames
+        try:
+            message = decode_message(frame)
+        except WireFormatError as exc:
+            self.stats.bad_messages += 1
+            await self._send(sock, identity, ErrorReply(str(exc)))
+            return
+        await self._handle(sock, identity, message)
+
+    async def _handle(self, sock: zmq.asyncio.Socket, identity: bytes, message: CoordinationMessage) -> None:
+        now = self._clock()
+        if isinstance(message, Acquire):
+            requester = Requester(identity, message.nonce)
+            previous = self._granted.get(message.shard_id)
+            if previous is not None and previous.requester == requester:
+                # A repeat of an acquire we already granted: the same grant again, not a new one.
+                self.stats.duplicate_acquires += 1
+                await self._send(sock, identity, GrantMessage(message.shard_id, message.nonce))
+                return
+            self.scheduler.request(message.shard_id, requester, now)
+        elif isinstance(message, Cancel):
+            self.scheduler.cancel(message.shard_id, Requester(identity, message.nonce))
+        elif isinstance(message, Release):
+            grant = self._granted.get(message.shard_id)
+            if grant is not None and grant.requester == Requester(identity, message.nonce):
+                del self._granted[message.shard_id]
+                if self.scheduler.undelivered(grant, now):
+                    self.stats.grants_released += 1
+        elif isinstance(message, StatusRequest):
+            await self._send(sock, identity, self._status_reply(now))
+        else:
+            self.stats.bad_messages += 1
+            await self._send(sock, identity, ErrorReply(f"a client may not send {message.TYPE!r}"))
+
+    def _status_reply(self, now: float) -> StatusReply:
+        snap = self.scheduler.snapshot()
+        return StatusReply(
+            remaining=snap.remaining,
+            total=snap.total,
+            exhausted=snap.exhausted,
+            reset_after_s=max(0.0, snap.reset_at - now),
+            max_concurrency=snap.max_concurrency,
+            interval_s=snap.interval_s,
+            queued=sum(snap.queued),
+        )
+
+    async def _grant_due(self, sock: zmq.asyncio.Socket) -> None:
+        # A grant handed back frees its bucket at once, so poll again until nothing is due.
+        while True:
+            now = self._clock()
+            grants = self.scheduler.poll(now)
+            if not grants:
+                break
+            undelivered = False
+            for grant in grants:
+                frame = GrantMessage(grant.shard_id, grant.requester.nonce).encode()
+                try:
+                    await sock.send_multipart([grant.requester.identity, frame], flags=zmq.DONTWAIT)
+                except zmq.ZMQError as exc:
+                    # EHOSTUNREACH (ROUTER_MANDATORY: the peer is gone) or EAGAIN (its queue is full).
+                    self.scheduler.undelivered(grant, self._clock())
+                    self.stats.grants_undelivered += 1
+                    undelivered = True
+                    log.info("identify grant for shard %d not delivered (%s): refunded", grant.shard_id, exc.strerror)
+                    continue
+                self._granted[grant.shard_id] = grant
+                self.stats.grants_delivered += 1
+                if self._on_grant is not None:
+                    self._on_grant(grant)
+            if not undelivered:
+                break
+        self._warn_if_exhausted()
+
+    def _warn_if_exhausted(self) -> None:
+        snap = self.scheduler.snapshot()
+        if not snap.exhausted:
+            self._warned_exhausted = False
+            return
+        if self._warned_exhausted:
+            return
+        self._warned_exhausted = True
+        reset_in = max(0.0, snap.reset_at - self._clock())
+        at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=reset_in)
+        log.warning(
+            "IDENTIFY BUDGET EXHAUSTED: 0 of %d session starts left; no shard will IDENTIFY until "
+            "the limit resets in %.0f s (%s); %d waiting",
+            snap.total,
+            math.ceil(reset_in),
+            at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            sum(snap.queued),
+        )
+
+    async def _send(self, sock: zmq.asyncio.Socket, identity: bytes, message: CoordinationMessage) -> None:
+        # Replies other than grants are best effort: a gone peer needs no answer.
+        with contextlib.suppress(zmq.ZMQError):
+            await sock.send_multipart([identity, message.encode()], flags=zmq.DONTWAIT)
+
+
+async def run_coordinator(
+    endpoint: str,
+    max_concurrency: int,
+    interval: float,
+    total: int,
+    remaining: int,
+    reset_after: float,
+) -> None:
+    """Run a standalone coordinator on ``endpoint`` until cancelled (``cluster coordinator``).
+
+    ``reset_after`` is in seconds (``session_start_limit.reset_after`` / 1000).
+    """
+    coordinator = Coordinator(
+        endpoint,
+        max_concurrency=max_concurrency,
+        interval_s=interval,
+        session_total=total,
+        session_remaining=remaining,
+        reset_after_s=reset_after,
+    )
+    await coordinator.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await coordinator.stop()
