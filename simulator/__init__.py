@@ -1,1 +1,72 @@
-"""A local stand-in for Discord: REST, the gateway, its rules, and fault injection."""
+"""A local stand-in for Discord: REST, the gateway, its rules, and fault injection.
+
+In-process use (tests, benchmarks, ``cluster up --simulate``)::
+
+    from simulator import Simulator, SimulatorConfig
+
+    async with Simulator(SimulatorConfig(shards=4, guilds=20, event_rate=50)) as sim:
+        sim.rest_url      # "http://127.0.0.1:PORT/api/v10"  (GET /gateway/bot ...)
+        sim.gateway_url   # "ws://127.0.0.1:PORT/"           (append ?v=10&encoding=json[&compress=...])
+        sim.resume_url    # "ws://127.0.0.1:PORT/resume/"    (what READY hands out; differs from the main URL)
+        sim.admin_url     # "http://127.0.0.1:PORT/_sim"     (the same admin API over HTTP)
+
+        sim.emit(0, 10)                         # 10 dispatches now into shard 0's live sessions
+        sim.set_event_rate(100.0)               # per shard (per session) per second
+        sim.inject(0, "reconnect")              # op 7; see simulator.faults for all kinds
+        sim.inject("all", "close", code=4000)   # also: drop, zombie, invalid_session(resumable=),
+                                                # malformed_json, truncated_frame, unknown_opcode,
+                                                # heartbeat_request
+        await sim.record.wait_for(lambda r: len(r.accepted_resumes(0)) == 1, timeout=5)
+        sim.record.identifies_for(0)            # IdentifyRecord(shard_id, num_shards, intents, at, outcome...)
+        sim.record.sent_events(0)               # DispatchRecord(shard_id, session_id, seq, t, event_id, conn_id)
+        sim.record.violations_of(ViolationKind.IDENTIFY_RATE_LIMIT)
+
+Every generated dispatch carries ``d["_sim_event_id"]`` (unique per
+simulator): a consumer proves exactly-once delivery by comparing the ids it
+saw with ``[r.event_id for r in sim.record.sent_events()]``. Events are
+produced into a session even while it has no connection, so only a correct
+RESUME (replay after ``seq``) delivers them.
+
+Rules enforced (shared/PROTOCOL.md): token (4004), shard (4010), sharding
+required (4011), API version (4012), intents (4013/4014), second Identify
+(4005), payload before Identify (4003), payload > 4096 bytes or bad JSON
+(4002), unknown opcode (4001), 120 payloads / 60 s (4008), identify buckets
+(op 9), session-start budget (op 9 + every session terminated), heartbeat
+timeout (close 4000, session kept), resume seq (4007) and expiry (op 9).
+Module map: config (SimulatorConfig), server (Simulator), gateway (the
+rules), sessions (sessions, limiters), events (payloads), faults, record,
+rest, admin.
+"""
+
+from simulator.config import SimulatorConfig
+from simulator.events import bot_id_from_token, discord_shaped_token
+from simulator.faults import FaultKind
+from simulator.record import (
+    DispatchRecord,
+    IdentifyOutcome,
+    IdentifyRecord,
+    Record,
+    ResumeOutcome,
+    ResumeRecord,
+    UrlKind,
+    Violation,
+    ViolationKind,
+)
+from simulator.server import Simulator
+
+__all__ = [
+    "DispatchRecord",
+    "FaultKind",
+    "IdentifyOutcome",
+    "IdentifyRecord",
+    "Record",
+    "ResumeOutcome",
+    "ResumeRecord",
+    "Simulator",
+    "SimulatorConfig",
+    "UrlKind",
+    "Violation",
+    "ViolationKind",
+    "bot_id_from_token",
+    "discord_shaped_token",
+]
