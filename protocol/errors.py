@@ -43,3 +43,11 @@ class UnknownIntentError(ProtocolError, ValueError):
 
 class WireFormatError(ProtocolError, ValueError):
     """A message between our own processes, or on the PUB socket, is malformed."""
+
+
+class InvalidCommandError(ProtocolError, ValueError):
+    """A gateway command (control socket or builder input) is not one we may send."""
+
+
+class MalformedPayloadError(ProtocolError, ValueError):
+    """An inbound gateway payload is not a JSON object envelope with an integer ``op``."""

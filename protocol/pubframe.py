@@ -1,0 +1,87 @@
+"""The event stream on the PUB socket, format version 1 (DESIGN.md 4.2).
+
+Every dispatch event is one ZeroMQ multipart message of exactly three frames::
+
+    frame 0  topic    the event name in ASCII, e.g. b"MESSAGE_CREATE"; subscribers
+                      filter by prefix (b"MESSAGE_" takes all message events,
+                      b"" takes everything)
+    frame 1  header   a compact JSON object with at least "shard_id" (int) and
+                      "seq" (int, the gateway sequence number in that shard's
+                      session): b'{"shard_id":3,"seq":42}'. Readers must ignore
+                      keys they do not know; later versions only add keys.
+    frame 2  payload  the gateway payload exactly as the gateway sent it (after
+                      transport decompression): UTF-8 JSON with op, s, t, d
+
+The header is written from a pre-formatted byte template (no dict, no JSON
+encoder) because it is built once per event on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from protocol.errors import WireFormatError
+
+PUB_FORMAT_VERSION: Final = 1
+FRAME_COUNT: Final = 3
+_HEADER_TEMPLATE: Final = b'{"shard_id":%d,"seq":%d}'
+
+
+@dataclass(frozen=True, slots=True)
+class PubEvent:
+    """One decoded PUB message."""
+
+    topic: str
+    shard_id: int
+    seq: int
+    header: dict[str, Any]
+    payload: bytes
+
+
+def encode_header(shard_id: int, seq: int) -> bytes:
+    """The header frame for an event of ``shard_id`` with gateway sequence ``seq``."""
+    return _HEADER_TEMPLATE % (shard_id, seq)
+
+
+def event_frames(topic: bytes, shard_id: int, seq: int, payload: bytes) -> list[bytes]:
+    """The three frames of one event, ready for ``send_multipart``."""
+    return [topic, _HEADER_TEMPLATE % (shard_id, seq), payload]
+
+
+def _header_int(header: dict[str, Any], key: str) -> int:
+    if key not in header:
+        raise WireFormatError(f"PUB header has no {key!r}")
+    value = header[key]
+    if type(value) is not int:  # bool is an int subclass and not a valid value
+        raise WireFormatError(f"PUB header {key!r} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise WireFormatError(f"PUB header {key!r} must not be negative, got {value}")
+    return value
+
+
+def decode_event(frames: Sequence[bytes]) -> PubEvent:
+    """Decode one multipart message from the PUB socket; raise WireFormatError if malformed."""
+    if len(frames) != FRAME_COUNT:
+        raise WireFormatError(f"a PUB event has {FRAME_COUNT} frames, got {len(frames)}")
+    raw_topic, raw_header, payload = frames
+    try:
+        topic = bytes(raw_topic).decode("ascii")
+    except UnicodeDecodeError:
+        raise WireFormatError("PUB topic is not ASCII") from None
+    try:
+        header = orjson.loads(raw_header)
+    except orjson.JSONDecodeError as exc:
+        raise WireFormatError(f"PUB header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise WireFormatError(f"PUB header must be a JSON object, not {type(header).__name__}")
+    return PubEvent(
+        topic=topic,
+        shard_id=_header_int(header, "shard_id"),
+        seq=_header_int(header, "seq"),
+        header=header,
+        payload=bytes(payload),
+    )
