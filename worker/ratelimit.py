@@ -61,7 +61,7 @@ class SendWindow:
 
     def set_heartbeat_interval(self, heartbeat_interval_s: float) -> None:
         """Size the heartbeat reserve from the interval Hello announced."""
-        self._reserved = heartbeat_reserve(heartbeat_interval_s)
+        self._reserved = heartbeat_reserve(heartbeat_interval_s, self._window)
 
     def in_window(self, now: float) -> int:
         self._expire(now)

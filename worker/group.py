@@ -1,0 +1,300 @@
+"""A group of shards on one event loop, wired to the supervisor over ZeroMQ.
+
+:class:`WorkerSpec` is everything a worker process needs (frozen, picklable,
+the token hidden from repr). :class:`ShardGroup` runs one :class:`Shard` per
+shard id on the current loop and owns the worker's sockets:
+
+- a PUSH to ``event_endpoint``: events, shard reports and worker status, in
+  order (protocol/ipc.py); events are sent without blocking, and when the
+  high-water mark is reached the shard that produced the event waits (and so
+  stops reading its socket) instead of dropping it;
+- a DEALER to ``command_endpoint`` (optional): COMMAND and STOP from the
+  supervisor; a HELLO is sent first so the supervisor's ROUTER knows us.
+
+Liveness comes from this loop: every ``report_interval_s`` each shard's state
+is reported, so a stuck loop shows as silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import aiohttp
+import zmq
+import zmq.asyncio
+
+from protocol import ipc
+from protocol.compression import DEFAULT_MAX_MESSAGE_SIZE, Compression
+from protocol.errors import WireFormatError
+from protocol.gateway import API_VERSION, IDENTIFY_INTERVAL_S, SEND_WINDOW_S
+from protocol.ipc import ShardReport, WorkerStatus, WorkerStatusKind
+from protocol.pubframe import encode_header
+from worker.backoff import BackoffPolicy
+from worker.permits import LocalPermits, PermitSource
+from worker.ratelimit import DEFAULT_SLACK_S
+from worker.shard import FatalCloseError, Shard, ShardConfig
+from worker.state import ShardSession
+
+log = logging.getLogger("worker.group")
+
+#: Events queued towards the supervisor before shards wait.
+EVENT_HWM: Final = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What one worker process runs. Picklable: it is the spawn target's argument."""
+
+    worker_id: int
+    shard_ids: tuple[int, ...]
+    total_shards: int
+    token: str = field(repr=False)
+    intents: int
+    gateway_url: str
+    event_endpoint: str
+    command_endpoint: str | None = None
+    #: None: identify permits come from an in-process scheduler (a lone worker).
+    coordinator_endpoint: str | None = None
+    compression: Compression = Compression.ZLIB_STREAM
+    api_version: int = API_VERSION
+    #: Saved sessions to RESUME: {shard_id: (session_id, seq, resume_url)}.
+    sessions: Mapping[int, tuple[str, int, str]] = field(default_factory=dict)
+    large_threshold: int | None = None
+    report_interval_s: float = 1.0
+    parent_check_interval_s: float = 1.0
+    #: Random wait before a new session (op 9 false, 4003/4007/4009); Discord's old docs: 1-5 s.
+    new_session_delay_s: tuple[float, float] = (1.0, 5.0)
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    #: Used only without a coordinator.
+    max_concurrency: int = 1
+    identify_interval_s: float = IDENTIFY_INTERVAL_S
+    log_level: str = "INFO"
+    #: The send limiter's window (tests shorten it together with the simulator's).
+    send_window_s: float = SEND_WINDOW_S + DEFAULT_SLACK_S
+
+    def shard_config(self, shard_id: int) -> ShardConfig:
+        return ShardConfig(
+            shard_id=shard_id,
+            total_shards=self.total_shards,
+            token=self.token,
+            intents=self.intents,
+            gateway_url=self.gateway_url,
+            compression=self.compression,
+            api_version=self.api_version,
+            large_threshold=self.large_threshold,
+            max_message_size=self.max_message_size,
+            backoff=self.backoff,
+            new_session_delay_s=self.new_session_delay_s,
+            send_window_s=self.send_window_s,
+        )
+
+    def saved_session(self, shard_id: int) -> ShardSession | None:
+        saved = self.sessions.get(shard_id)
+        return ShardSession(*saved) if saved is not None else None
+
+
+class ZmqOutput:
+    """The worker's ordered channel to the supervisor (a PUSH socket)."""
+
+    def __init__(self, socket: zmq.Socket[bytes]) -> None:
+        self._socket = socket
+        self.send_blocked = 0
+
+    def event(self, shard_id: int, epoch: int, seq: int, topic: bytes, payload: bytes) -> bool:
+        try:
+            self._socket.send_multipart(
+                ipc.event_message(
+                    shard_id, epoch, seq, topic, encode_header(shard_id, seq), payload
+                ),
+                zmq.NOBLOCK,
+            )
+        except zmq.Again:
+            self.send_blocked += 1
+            return False
+        return True
+
+    async def drain(self) -> None:
+        delay = 0.001
+        while not int(self._socket.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def send(self, frames: list[bytes]) -> None:
+        while True:
+            try:
+                self._socket.send_multipart(frames, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                await self.drain()
+
+    async def report(self, report: ShardReport) -> None:
+        await self.send(ipc.encode_shard_report(report))
+
+
+class ShardGroup:
+    """Runs every shard of a :class:`WorkerSpec` on the running loop."""
+
+    def __init__(self, spec: WorkerSpec, context: zmq.asyncio.Context) -> None:
+        self.spec = spec
+        self._context = context
+        self._stop = asyncio.Event()
+        self._parent_pid = os.getppid()
+        self.stop_reason: str | None = None
+        self.shards: dict[int, Shard] = {}
+        self.fatal_code: int | None = None
+
+    def stop(self, reason: str = "stop") -> None:
+        """Drain: every shard closes with 4000 and reports its session; ``run()`` returns."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stop.set()
+        for shard in self.shards.values():
+            shard.stop()
+
+    async def run(self) -> WorkerStatusKind:
+        spec = self.spec
+        push: zmq.Socket[bytes] = zmq.Socket(self._context, zmq.PUSH)
+        push.setsockopt(zmq.SNDHWM, EVENT_HWM)
+        push.setsockopt(zmq.LINGER, 5000)
+        push.connect(spec.event_endpoint)
+        output = ZmqOutput(push)
+        dealer: zmq.asyncio.Socket | None = None
+        if spec.command_endpoint is not None:
+            dealer = self._context.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.ROUTING_ID, ipc.worker_routing_id(spec.worker_id))
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.connect(spec.command_endpoint)
+            await dealer.send_multipart(ipc.encode_hello(ipc.Hello(spec.worker_id, os.getpid())))
+        permits = self._permits()
+        helpers: list[asyncio.Task[None]] = []
+        result = WorkerStatusKind.DRAINED
+        try:
+            await output.send(ipc.encode_worker_status(self._status(WorkerStatusKind.STARTED)))
+            async with aiohttp.ClientSession() as http:
+                for shard_id in spec.shard_ids:
+                    self.shards[shard_id] = Shard(
+                        spec.shard_config(shard_id),
+                        http,
+                        permits,
+                        output,
+                        spec.saved_session(shard_id),
+                    )
+                if self._stop.is_set():
+                    self.stop()
+                runs = {
+                    asyncio.create_task(shard.run(), name=f"shard-{sid}"): sid
+                    for sid, shard in self.shards.items()
+                }
+                helpers.append(asyncio.create_task(self._report_loop(output)))
+                helpers.append(asyncio.create_task(self._parent_watch()))
+                if dealer is not None:
+                    helpers.append(asyncio.create_task(self._command_loop(dealer)))
+                pending = set(runs)
+                while pending:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        exc = task.exception()
+                        if isinstance(exc, FatalCloseError):
+                            result = WorkerStatusKind.FATAL
+                            if self.fatal_code is None:
+                                self.fatal_code = exc.code
+                            self.stop(f"fatal close code {exc.code} on shard {exc.shard_id}")
+                        elif exc is not None:
+                            log.error("shard %d crashed: %r", runs[task], exc)
+                            self.stop("a shard crashed")
+                            result = WorkerStatusKind.FATAL
+        finally:
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await permits.close()
+            # Final reports (sessions to resume), then the worker's last word.
+            for shard in self.shards.values():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        output.report(shard.snapshot(reason=self.stop_reason)), 2.0
+                    )
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    output.send(ipc.encode_worker_status(self._status(result))), 2.0
+                )
+            push.close(linger=5000)
+            if dealer is not None:
+                dealer.close(linger=0)
+        return result
+
+    def _status(self, kind: WorkerStatusKind) -> WorkerStatus:
+        detail = self.stop_reason
+        if kind is WorkerStatusKind.FATAL and self.fatal_code is not None:
+            from protocol.gateway import explain_fatal
+
+            detail = explain_fatal(self.fatal_code)
+        return WorkerStatus(
+            worker_id=self.spec.worker_id,
+            pid=os.getpid(),
+            status=kind.value,
+            fatal_code=self.fatal_code,
+            detail=detail,
+            shard_ids=list(self.spec.shard_ids),
+        )
+
+    def _permits(self) -> PermitSource:
+        spec = self.spec
+        if spec.coordinator_endpoint is None:
+            return LocalPermits(spec.max_concurrency, spec.identify_interval_s)
+        from worker.identify_client import IdentifyClient
+
+        client: PermitSource = IdentifyClient(spec.coordinator_endpoint, self._context)
+        return client
+
+    async def _report_loop(self, output: ZmqOutput) -> None:
+        # Liveness from the event loop itself: a stuck loop stops these reports.
+        while True:
+            await asyncio.sleep(self.spec.report_interval_s)
+            for shard in self.shards.values():
+                await output.report(shard.snapshot())
+
+    async def _parent_watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.parent_check_interval_s)
+            if os.getppid() != self._parent_pid:
+                log.warning("worker %d: the supervisor is gone; draining", self.spec.worker_id)
+                self.stop("parent gone")
+                return
+
+    async def _command_loop(self, dealer: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await dealer.recv_multipart()
+            try:
+                message = ipc.decode(frames)
+            except WireFormatError as exc:
+                log.warning("worker %d: dropped a malformed command: %s", self.spec.worker_id, exc)
+                continue
+            if isinstance(message, ipc.Stop):
+                self.stop("stop command")
+            elif isinstance(message, ipc.Command):
+                shard = self.shards.get(message.shard_id)
+                if shard is None:
+                    log.warning(
+                        "worker %d: command for shard %d, which is not ours",
+                        self.spec.worker_id,
+                        message.shard_id,
+                    )
+                else:
+                    shard.send_command(message.payload)
+            else:
+                log.warning(
+                    "worker %d: unexpected %s on the command channel",
+                    self.spec.worker_id,
+                    type(message).__name__,
+                )

@@ -1,0 +1,81 @@
+"""The worker process entry point: ``run_worker(spec)``, a multiprocessing *spawn* target.
+
+Everything with a thread or a file descriptor (the uvloop loop, the ZeroMQ
+context, the HTTP session) is created here, in the child, never inherited.
+
+Exit codes are part of the protocol with the supervisor:
+
+==========================  ===  ================================================
+``EXIT_OK``                   0  stopped or drained (STOP command, SIGTERM, parent
+                                 gone); sessions were reported for RESUME
+``EXIT_CRASH``                1  an unexpected error; respawn with backoff
+``EXIT_FATAL``               78  a fatal gateway close code (4004, 4010-4014):
+                                 do **not** respawn; the WORKER_STATUS message
+                                 names the code and the fix
+==========================  ===  ================================================
+
+SIGTERM drains like a STOP command. SIGINT is ignored: a Ctrl-C in a terminal
+reaches the whole process group, and the supervisor decides how its workers
+stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Final
+
+import zmq.asyncio
+
+from protocol.ipc import WorkerStatusKind
+from worker.group import ShardGroup, WorkerSpec
+
+EXIT_OK: Final = 0
+EXIT_CRASH: Final = 1
+EXIT_FATAL: Final = 78  # EX_CONFIG: retrying with the same configuration cannot help
+
+
+async def serve(spec: WorkerSpec) -> int:
+    """Run the worker's shards on the running loop until stopped; return the exit code."""
+    context = zmq.asyncio.Context()
+    group = ShardGroup(spec, context)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+        loop.add_signal_handler(signal.SIGTERM, group.stop, "SIGTERM")
+    try:
+        result = await group.run()
+    finally:
+        context.term()
+    return (
+        EXIT_FATAL
+        if result is WorkerStatusKind.FATAL and group.fatal_code is not None
+        else (EXIT_CRASH if result is WorkerStatusKind.FATAL else EXIT_OK)
+    )
+
+
+def _install_loop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run_worker(spec: WorkerSpec) -> None:
+    """Spawn target: run ``spec`` in this (fresh) process and exit with a documented code."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=spec.log_level,
+        format=f"%(asctime)s worker-{spec.worker_id} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    _install_loop()
+    try:
+        code = asyncio.run(serve(spec))
+    except Exception:
+        logging.getLogger("worker").exception("worker %d crashed", spec.worker_id)
+        code = EXIT_CRASH
+    sys.exit(code)

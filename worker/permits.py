@@ -1,0 +1,65 @@
+"""Where a shard gets its permission to IDENTIFY.
+
+:class:`PermitSource` is the one call a shard makes before every IDENTIFY
+(twilight's ``Queue::enqueue``); :class:`worker.identify_client.IdentifyClient`
+implements it against the cluster's coordinator. :class:`LocalPermits` is a
+real in-process implementation for a worker running alone (and for tests):
+one grant per bucket (``shard_id % max_concurrency``) per interval, FIFO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+
+class PermitSource(Protocol):
+    async def acquire(self, shard_id: int) -> None:
+        """Wait until ``shard_id`` may send one IDENTIFY."""
+        ...
+
+    async def cancel(self, shard_id: int) -> object:
+        """Withdraw a pending request (the connection died while waiting)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalPermits:
+    """One IDENTIFY per bucket per ``interval_s``, granted in request order."""
+
+    def __init__(
+        self,
+        max_concurrency: int = 1,
+        interval_s: float = 5.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if max_concurrency < 1 or interval_s < 0:
+            raise ValueError("max_concurrency must be >= 1 and interval_s >= 0")
+        self._max_concurrency = max_concurrency
+        self._interval = interval_s
+        self._clock = clock
+        self._next_free: dict[int, float] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+        self.granted: list[int] = []
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    async def acquire(self, shard_id: int) -> None:
+        bucket = shard_id % self._max_concurrency
+        lock = self._locks.setdefault(bucket, asyncio.Lock())
+        async with lock:  # asyncio.Lock wakes waiters in FIFO order
+            wait = self._next_free.get(bucket, 0.0) - self._now()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._next_free[bucket] = self._now() + self._interval
+            self.granted.append(shard_id)
+
+    async def cancel(self, shard_id: int) -> None:
+        # A waiter is cancelled by cancelling its acquire(); nothing is held here.
+        return None
+
+    async def close(self) -> None:
+        return None
