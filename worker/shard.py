@@ -36,6 +36,7 @@ from yarl import URL
 
 from protocol import payloads
 from protocol.compression import DEFAULT_MAX_MESSAGE_SIZE, Compression, make_decompressor
+from protocol.envelope import peek
 from protocol.errors import (
     DecompressionError,
     InvalidCommandError,
@@ -55,19 +56,10 @@ log = logging.getLogger("worker.shard")
 _WS = aiohttp.ClientWebSocketResponse[Literal[False]]
 
 
-def peek(data: bytes) -> tuple[int, bytes | None, int | None]:  # TEMPORARY until protocol.envelope
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedPayloadError(str(exc)) from None
-    if not isinstance(obj, dict) or type(obj.get("op")) is not int:
-        raise MalformedPayloadError("no op")
-    t = obj.get("t")
-    return obj["op"], t.encode() if isinstance(t, str) else None, obj.get("s")
-
-
-_READY: Final = b"READY"
-_RESUMED: Final = b"RESUMED"
+_READY: Final = "READY"
+_RESUMED: Final = "RESUMED"
+#: Topic frames by event name, so the hot path encodes each name once.
+_TOPIC_CACHE_MAX: Final = 512
 #: Commands waiting for a connection, per shard; more are refused.
 MAX_PENDING_COMMANDS: Final = 1000
 
@@ -170,7 +162,7 @@ class Shard:
         self._ack_pending = False
         self._beat_sent_at = 0.0
         self._unknown_ops_logged = False
-        self._reports: set[asyncio.Task[None]] = set()
+        self._topics: dict[str, bytes] = {}
         self._url = gateway_url(config.gateway_url, config.api_version, config.compression)
 
     # -- the view from outside ------------------------------------------------
@@ -435,6 +427,7 @@ class Shard:
         binary = aiohttp.WSMsgType.BINARY
         text = aiohttp.WSMsgType.TEXT
         limiter: SendLimiter | None = None
+        topics = self._topics
         hello_timeout: float | None = self.config.hello_timeout_s
         while True:
             try:
@@ -469,9 +462,12 @@ class Shard:
                     continue  # already relayed (replay overlap)
                 self._seq = s
                 counters.events += 1
-                if not emit(shard_id, self._epoch, s, t, data):
+                topic = topics.get(t)
+                if topic is None:
+                    topic = self._topic(t)
+                if not emit(shard_id, self._epoch, s, topic, data):
                     await output.drain()
-                    while not emit(shard_id, self._epoch, s, t, data):
+                    while not emit(shard_id, self._epoch, s, topic, data):
                         await output.drain()
             elif op == 11:
                 if self._ack_pending:
@@ -505,6 +501,12 @@ class Shard:
                 if not self._unknown_ops_logged:
                     self._unknown_ops_logged = True
                     log.warning("shard %d: ignoring unknown opcode %r", shard_id, op)
+
+    def _topic(self, t: str) -> bytes:
+        topic = t.encode("ascii", "replace")
+        if len(self._topics) < _TOPIC_CACHE_MAX:
+            self._topics[t] = topic
+        return topic
 
     def _end_of_stream(self, msg: WSMessageNoDecodeText) -> Decision:
         typ = msg.type
@@ -549,7 +551,7 @@ class Shard:
 
     async def _on_session_event(
         self,
-        t: bytes,
+        t: str,
         s: int,
         data: bytes,
         ws: _WS,
