@@ -297,12 +297,15 @@ class Shard:
                         decision = await self._connection(ws, plan.mode)
                     finally:
                         self._backoff.disconnected(loop.time())
+                if decision.session is None:
+                    self._seq = 0  # heartbeats of the next connection carry null until READY
+                    self._epoch = 0
+                if decision.phase is ShardPhase.FATAL:
+                    self.fatal_code = decision.fatal_code
+                    await self._set_phase(decision.state, reason="fatal close code")
+                    raise FatalCloseError(self.shard_id, decision.fatal_code)
                 await self._set_phase(decision.state)
                 if decision.reconnect is None:
-                    if decision.phase is ShardPhase.FATAL:
-                        self.fatal_code = decision.fatal_code
-                        await self._output.report(self.snapshot(reason="fatal close code"))
-                        raise FatalCloseError(self.shard_id, decision.fatal_code)
                     break
                 self.counters.reconnects += 1
                 plan = decision.reconnect
@@ -348,7 +351,9 @@ class Shard:
         self._ack_pending = False
         tasks: list[asyncio.Task[None]] = []
         await self._set_phase(sm.on_connected(self._state, mode))
-        reader = asyncio.create_task(self._guard(self._read(ws, mode, tasks, verdict), verdict))
+        reader = asyncio.create_task(
+            self._guard(self._read(ws, mode, tasks, verdict), verdict, reader=True)
+        )
         tasks.append(reader)
         try:
             if self._stopping:
@@ -383,13 +388,24 @@ class Shard:
             await asyncio.wait_for(ws.close(code=code), self.config.close_timeout_s + 1.0)
 
     async def _guard(
-        self, coro: Coroutine[Any, Any, Decision], verdict: asyncio.Future[Decision]
+        self,
+        coro: Coroutine[Any, Any, Decision],
+        verdict: asyncio.Future[Decision],
+        reader: bool = False,
     ) -> None:
-        """Run a connection task; its decision (or a crash, as bad input) settles the verdict."""
+        """Run a connection task; its decision (or a crash, as bad input) settles the verdict.
+
+        A send that fails because the socket is gone settles nothing: the reader
+        sees the close frame or the end of the stream and decides what it means.
+        """
         try:
             decision = await coro
         except asyncio.CancelledError:
             raise
+        except (ConnectionError, aiohttp.ClientConnectionError):
+            if not reader:
+                return
+            decision = sm.on_transport_error(self._current())
         except Exception:
             log.exception("shard %d: connection task failed; reconnecting", self.shard_id)
             decision = sm.on_bad_input(self._current())
