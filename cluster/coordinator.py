@@ -236,7 +236,9 @@ class Coordinator:
             return
         await self._handle(sock, identity, message)
 
-    async def _handle(self, sock: zmq.asyncio.Socket, identity: bytes, message: CoordinationMessage) -> None:
+    async def _handle(
+        self, sock: zmq.asyncio.Socket, identity: bytes, message: CoordinationMessage
+    ) -> None:
         now = self._clock()
         if isinstance(message, Acquire):
             requester = Requester(identity, message.nonce)
@@ -290,7 +292,11 @@ class Coordinator:
                     self.scheduler.undelivered(grant, self._clock())
                     self.stats.grants_undelivered += 1
                     undelivered = True
-                    log.info("identify grant for shard %d not delivered (%s): refunded", grant.shard_id, exc.strerror)
+                    log.info(
+                        "identify grant for shard %d not delivered (%s): refunded",
+                        grant.shard_id,
+                        exc.strerror,
+                    )
                     continue
                 self._granted[grant.shard_id] = grant
                 self.stats.grants_delivered += 1
@@ -319,7 +325,9 @@ class Coordinator:
             sum(snap.queued),
         )
 
-    async def _send(self, sock: zmq.asyncio.Socket, identity: bytes, message: CoordinationMessage) -> None:
+    async def _send(
+        self, sock: zmq.asyncio.Socket, identity: bytes, message: CoordinationMessage
+    ) -> None:
         # Replies other than grants are best effort: a gone peer needs no answer.
         with contextlib.suppress(zmq.ZMQError):
             await sock.send_multipart([identity, message.encode()], flags=zmq.DONTWAIT)

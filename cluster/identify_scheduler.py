@@ -144,8 +144,14 @@ class IdentifyScheduler(Generic[R]):
         reset_at: float,
         reset_period_s: float = DEFAULT_RESET_PERIOD_S,
     ) -> None:
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise SchedulerConfigError(f"max_concurrency must be an int >= 1, got {max_concurrency!r}")
+        if (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or max_concurrency < 1
+        ):
+            raise SchedulerConfigError(
+                f"max_concurrency must be an int >= 1, got {max_concurrency!r}"
+            )
         if not (math.isfinite(interval_s) and interval_s > 0):
             raise SchedulerConfigError(f"identify interval must be > 0 s, got {interval_s!r}")
         margin = default_safety_margin(interval_s) if safety_margin_s is None else safety_margin_s

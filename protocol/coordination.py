@@ -53,7 +53,9 @@ MAX_REASON_CHARS: Final = 500
 def _int(obj: dict[str, Any], key: str, low: int, high: int) -> int:
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise WireFormatError(f"coordination field {key!r} must be an int, got {type(value).__name__}")
+        raise WireFormatError(
+            f"coordination field {key!r} must be an int, got {type(value).__name__}"
+        )
     if not low <= value <= high:
         raise WireFormatError(f"coordination field {key!r} = {value} is outside [{low}, {high}]")
     return value
@@ -62,7 +64,9 @@ def _int(obj: dict[str, Any], key: str, low: int, high: int) -> int:
 def _float(obj: dict[str, Any], key: str) -> float:
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise WireFormatError(f"coordination field {key!r} must be a number, got {type(value).__name__}")
+        raise WireFormatError(
+            f"coordination field {key!r} must be a number, got {type(value).__name__}"
+        )
     number = float(value)
     if not math.isfinite(number) or number < 0:
         raise WireFormatError(f"coordination field {key!r} must be a finite number >= 0")
@@ -72,7 +76,9 @@ def _float(obj: dict[str, Any], key: str) -> float:
 def _bool(obj: dict[str, Any], key: str) -> bool:
     value = obj.get(key)
     if not isinstance(value, bool):
-        raise WireFormatError(f"coordination field {key!r} must be a bool, got {type(value).__name__}")
+        raise WireFormatError(
+            f"coordination field {key!r} must be a bool, got {type(value).__name__}"
+        )
     return value
 
 
@@ -224,23 +230,30 @@ class ErrorReply(_Message):
 CoordinationMessage = Acquire | Cancel | Release | Grant | StatusRequest | StatusReply | ErrorReply
 
 _TYPES: Final[dict[str, type[_Message]]] = {
-    cls.TYPE: cls for cls in (Acquire, Cancel, Release, Grant, StatusRequest, StatusReply, ErrorReply)
+    cls.TYPE: cls
+    for cls in (Acquire, Cancel, Release, Grant, StatusRequest, StatusReply, ErrorReply)
 }
 
 
 def decode_message(data: bytes | bytearray | memoryview) -> CoordinationMessage:
     """Decode one coordination frame, or raise :class:`WireFormatError` saying what is wrong."""
     if len(data) > MAX_MESSAGE_BYTES:
-        raise WireFormatError(f"coordination message is {len(data)} bytes, over {MAX_MESSAGE_BYTES}")
+        raise WireFormatError(
+            f"coordination message is {len(data)} bytes, over {MAX_MESSAGE_BYTES}"
+        )
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise WireFormatError(f"coordination message is not JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise WireFormatError(f"coordination message must be a JSON object, got {type(obj).__name__}")
+        raise WireFormatError(
+            f"coordination message must be a JSON object, got {type(obj).__name__}"
+        )
     version = obj.get("v")
     if type(version) is not int or version != VERSION:
-        raise WireFormatError(f"unsupported coordination format version {version!r} (expected {VERSION})")
+        raise WireFormatError(
+            f"unsupported coordination format version {version!r} (expected {VERSION})"
+        )
     kind = obj.get("type")
     cls = _TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:

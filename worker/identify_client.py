@@ -109,7 +109,9 @@ class IdentifyClient:
         """
         self._check_open()
         if shard_id in self._waiters:
-            raise IdentifyClientError(f"an identify request for shard {shard_id} is already waiting")
+            raise IdentifyClientError(
+                f"an identify request for shard {shard_id} is already waiting"
+            )
         self._start()
         nonce = next(self._nonces)
         waiter = _Waiter(nonce, asyncio.get_running_loop().create_future())
@@ -135,7 +137,9 @@ class IdentifyClient:
         self._withdraw(shard_id, waiter)
         if not waiter.future.done():
             waiter.future.set_exception(
-                IdentifyRequestCancelledError(f"the identify request for shard {shard_id} was cancelled")
+                IdentifyRequestCancelledError(
+                    f"the identify request for shard {shard_id} was cancelled"
+                )
             )
         return True
 
@@ -210,7 +214,9 @@ class IdentifyClient:
         # queue or is dropped at the high-water mark; the resend loop covers both.
         if self._closed:
             return
-        future = cast("asyncio.Future[object]", self._socket.send(message.encode(), flags=zmq.DONTWAIT))
+        future = cast(
+            "asyncio.Future[object]", self._socket.send(message.encode(), flags=zmq.DONTWAIT)
+        )
         future.add_done_callback(_ignore_send_result)
 
     async def _resend_loop(self) -> None:

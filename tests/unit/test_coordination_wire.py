@@ -60,7 +60,12 @@ def test_every_message_round_trips(message: CoordinationMessage) -> None:
 
 
 def test_the_documented_layout() -> None:
-    assert orjson.loads(Acquire(7, 42).encode()) == {"v": 1, "type": "acquire", "shard_id": 7, "nonce": 42}
+    assert orjson.loads(Acquire(7, 42).encode()) == {
+        "v": 1,
+        "type": "acquire",
+        "shard_id": 7,
+        "nonce": 42,
+    }
     assert decode_message(b'{"v":1,"type":"grant","shard_id":3,"nonce":9}') == Grant(3, 9)
     # Fields added later within version 1 are ignored.
     assert decode_message(b'{"v":1,"type":"status","future":true}') == StatusRequest()
@@ -118,7 +123,11 @@ def test_arbitrary_bytes_decode_or_raise_the_typed_error(data: bytes) -> None:
     st.dictionaries(
         st.sampled_from(["v", "type", "shard_id", "nonce", "reason", "remaining", "exhausted"]),
         st.one_of(
-            st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10),
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(),
+            st.text(max_size=10),
             st.sampled_from(["acquire", "grant", "status_reply", "error", "cancel"]),
         ),
     )
