@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -264,10 +265,18 @@ class ShardGroup:
             for shard in self.shards.values():
                 await output.report(shard.snapshot())
 
+    def _parent_alive(self) -> bool:
+        # A spawned child holds a sentinel of its parent that stays valid even
+        # when the parent died before we looked; getppid() is the fallback.
+        parent = multiprocessing.parent_process()
+        if parent is not None and not parent.is_alive():
+            return False
+        return os.getppid() == self._parent_pid
+
     async def _parent_watch(self) -> None:
         while True:
             await asyncio.sleep(self.spec.parent_check_interval_s)
-            if os.getppid() != self._parent_pid:
+            if not self._parent_alive():
                 log.warning("worker %d: the supervisor is gone; draining", self.spec.worker_id)
                 self.stop("parent gone")
                 return
