@@ -8,6 +8,7 @@ checked on what a real ZeroMQ PULL socket playing the supervisor received.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -198,3 +199,45 @@ async def test_heartbeats_carry_the_last_seq_and_get_acks(
     await sim.record.wait_for(lambda r: any(h.seq == last_seq for h in r.heartbeats), 3)
     await harness.wait_for(lambda got: got.latest[0].latency_ms is not None, 3)
     assert len(sim.record.connections_for(0)) == 1
+
+
+async def test_heartbeats_go_on_while_waiting_for_the_identify_permit(
+    sim_factory: SimFactory, harness: SupervisorHarness, start_group: StartGroup
+) -> None:
+    # Shard 1 waits about a second for its permit; the simulator closes a silent
+    # connection after 1.5 heartbeat intervals (225 ms), so only heartbeats that
+    # keep running during the wait keep it open (PROTOCOL.md 11).
+    sim = await sim_factory(shards=2, identify_window_s=0.05, heartbeat_interval_ms=150)
+    await start_group(sim, (0, 1), identify_interval_s=1.0)
+    await harness.wait_for(all_ready([0, 1]), 10)
+    (identify,) = sim.record.identifies_for(1)
+    (conn,) = sim.record.connections_for(1)
+    early = [h for h in sim.record.heartbeats_on(conn.conn_id) if h.at < identify.at]
+    assert len(early) >= 4
+    assert all(h.seq is None for h in early)  # no session yet: d is null
+    assert not sim.record.violations
+    assert len(sim.record.identifies) == 2
+
+
+async def test_a_dead_resume_url_falls_back_to_the_main_url(
+    sim_factory: SimFactory, harness: SupervisorHarness, start_group: StartGroup
+) -> None:
+    sim = await sim_factory(shards=1, identify_window_s=0.05)
+    first = await start_group(sim, (0,))
+    await harness.wait_for(all_ready([0]), 10)
+    sim.emit(0, 3)
+    await wait_delivered(sim, harness)
+    await first.stop()
+    report = harness.got.latest[0]
+    assert report.session_id is not None
+    # a port that refuses connections: bound, never listening, held for the whole test
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        dead_url = f"ws://127.0.0.1:{dead.getsockname()[1]}/"
+        sim.emit(0, 2)
+        await start_group(sim, (0,), sessions={0: (report.session_id, report.seq, dead_url)})
+        await sim.record.wait_for(lambda r: len(r.accepted_resumes(0)) == 1, 10)
+    (resume,) = sim.record.resumes_for(0)
+    assert resume.url_kind is UrlKind.MAIN
+    assert len(sim.record.identifies) == 1  # a RESUME, not a new session
+    await wait_delivered(sim, harness)
