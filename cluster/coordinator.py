@@ -119,6 +119,11 @@ class Coordinator:
             raise RuntimeError("the coordinator is not started")
         return self._endpoint
 
+    @property
+    def running(self) -> bool:
+        """True while the coordinator's loop serves (False before start, after stop or a crash)."""
+        return self._task is not None and not self._task.done()
+
     async def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("the coordinator is already started")
@@ -137,6 +142,7 @@ class Coordinator:
         self._socket = sock
         self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._task = asyncio.create_task(self._serve(sock), name="identify-coordinator")
+        self._task.add_done_callback(_log_crash)
         log.info(
             "identify coordinator on %s: max_concurrency %d, interval %.3f s, %d of %d session starts left",
             self._endpoint,
@@ -150,7 +156,8 @@ class Coordinator:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # A crash was already logged by _log_crash; stopping must still release the socket.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._socket is not None:
             self._socket.close(linger=0)
@@ -298,10 +305,17 @@ class Coordinator:
                         exc.strerror,
                     )
                     continue
+                previous = self._granted.get(grant.shard_id)
+                if previous is not None:
+                    # A newer grant for the shard: the older one can no longer be released.
+                    self.scheduler.confirm(previous)
                 self._granted[grant.shard_id] = grant
                 self.stats.grants_delivered += 1
                 if self._on_grant is not None:
-                    self._on_grant(grant)
+                    try:
+                        self._on_grant(grant)
+                    except Exception:
+                        log.exception("on_grant hook failed for shard %d", grant.shard_id)
             if not undelivered:
                 break
         self._warn_if_exhausted()
@@ -331,6 +345,14 @@ class Coordinator:
         # Replies other than grants are best effort: a gone peer needs no answer.
         with contextlib.suppress(zmq.ZMQError):
             await sock.send_multipart([identity, message.encode()], flags=zmq.DONTWAIT)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical(
+            "identify coordinator stopped: no more identify permits will be granted",
+            exc_info=task.exception(),
+        )
 
 
 async def run_coordinator(

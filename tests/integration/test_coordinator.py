@@ -38,6 +38,7 @@ from protocol.coordination import (
 from protocol.coordination import Grant as GrantMessage
 from worker.identify_client import (
     IdentifyClient,
+    IdentifyClientClosedError,
     IdentifyClientError,
     IdentifyRequestCancelledError,
 )
@@ -436,3 +437,21 @@ async def test_run_coordinator_serves_until_cancelled(tmp_path: Path) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_closing_the_client_fails_its_waiting_acquires() -> None:
+    async with running("tcp://127.0.0.1:0", interval_s=30.0) as (coord, _):
+        assert coord.running
+        client = IdentifyClient(coord.endpoint)
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await client.acquire(0)
+            waiting = asyncio.create_task(client.acquire(1))
+            await wait_until(lambda: coord.scheduler.is_queued(1))
+        finally:
+            await client.close()
+        with pytest.raises(IdentifyClientClosedError):
+            await waiting
+        with pytest.raises(IdentifyClientClosedError):
+            await client.acquire(2)
+    assert not coord.running
