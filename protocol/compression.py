@@ -32,6 +32,9 @@ ZLIB_SUFFIX: Final = b"\x00\x00\xff\xff"
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
 #: A pending-input buffer larger than this is dropped (not kept) after use.
 _SHRINK_THRESHOLD: Final = 1024 * 1024
+#: zstd's worst inflation per input byte: a 4-byte block (3-byte header, 1 RLE
+#: byte) can stand for a whole 128 KiB block (RFC 8878 3.1.1.2).
+_ZSTD_MAX_RATIO: Final = 128 * 1024 // 4
 
 
 class Compression(enum.Enum):
@@ -99,15 +102,24 @@ class ZlibStreamDecompressor:
 class ZstdStreamDecompressor:
     """Decompresses a zstd-stream; one instance per connection."""
 
-    __slots__ = ("_dctx", "_max")
+    __slots__ = ("_dctx", "_max", "_step")
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self._dctx = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
         self._max = max_message_size
+        # python-zstandard's decompressobj has no output cap, so a few KB can
+        # inflate to GBs. An input of n bytes completes at most n / 4 + 1 blocks
+        # of at most 128 KiB each (_ZSTD_MAX_RATIO), so inputs up to _step bytes
+        # stay within about twice the limit in one call; larger inputs are fed
+        # in _step-sized slices and checked after each.
+        self._step = max(64, max_message_size // _ZSTD_MAX_RATIO)
 
     def feed(self, data: bytes) -> bytes | None:
         try:
-            out: bytes = self._dctx.decompress(data)
+            if len(data) <= self._step:
+                out: bytes = self._dctx.decompress(data)  # the common case: one call
+            else:
+                out = self._feed_sliced(data)
         except zstandard.ZstdError as exc:
             raise DecompressionError(f"corrupt zstd-stream data: {exc}") from None
         if len(out) > self._max:
@@ -115,6 +127,20 @@ class ZstdStreamDecompressor:
         # A message cut short produces less than a whole payload; the caller's
         # JSON parse rejects it, and the next message cannot decode either.
         return out if out else None
+
+    def _feed_sliced(self, data: bytes) -> bytes:
+        step, limit, decompress = self._step, self._max, self._dctx.decompress
+        view = memoryview(data)
+        parts: list[bytes] = []
+        size = 0
+        for start in range(0, len(view), step):
+            part: bytes = decompress(view[start : start + step])
+            if part:
+                size += len(part)
+                if size > limit:
+                    raise MessageTooLargeError(limit)
+                parts.append(part)
+        return b"".join(parts)
 
 
 class PassthroughDecompressor:
