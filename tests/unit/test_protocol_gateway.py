@@ -81,7 +81,7 @@ def test_fatal_explanations() -> None:
 
 
 def test_resumable_close_code_is_4000() -> None:
-    assert RESUMABLE_CLOSE_CODE == 4000
+    assert int(RESUMABLE_CLOSE_CODE) == 4000
     assert close_action(RESUMABLE_CLOSE_CODE) is RESUME
 
 
