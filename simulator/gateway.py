@@ -112,8 +112,9 @@ class _Raw:
         self.data = data
 
 
-_ABORT: Final = object()
-_Item = bytes | _Close | _Raw | object
+_Item = bytes | _Close | _Raw
+#: How long a server close waits for queued frames to be written.
+_CLOSE_FLUSH_S: Final = 5.0
 
 
 class Connection(Sink):
@@ -140,7 +141,6 @@ class Connection(Sink):
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._send_limiter = SendLimiter(gateway.config.send_limit, gateway.config.send_window_s)
         self._writer: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         self._hb_timer: asyncio.TimerHandle | None = None
         self._closing = False
 
@@ -189,16 +189,19 @@ class Connection(Sink):
                 return
 
     async def _finish(self) -> None:
+        """After the reader stopped: flush a pending server close, then release everything."""
         self.open = False
         if self._hb_timer is not None:
             self._hb_timer.cancel()
-        if self._writer is not None:
-            self._writer.cancel()
+        writer = self._writer
+        if writer is not None:
+            if self.info.closed_by == "server" and not writer.done():
+                # the writer sends what was queued before the close, then the close frame
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(writer), _CLOSE_FLUSH_S)
+            writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-        for task in list(self._tasks):
-            if task is not asyncio.current_task():
-                task.cancel()
+                await writer
         if not self.ws.closed and self.info.closed_by in (None, "lost"):
             with contextlib.suppress(Exception):
                 await self.ws.close(code=CloseCode.UNKNOWN_ERROR, message=b"server shutting down")
@@ -207,6 +210,7 @@ class Connection(Sink):
         self.gateway.connection_closed(self)
 
     async def _write_loop(self) -> None:
+        """The only writer of frames: payloads in queue order, then at most one close."""
         ws = self.ws
         queue = self._queue
         compressor = self.compressor
@@ -220,58 +224,44 @@ class Connection(Sink):
                 elif isinstance(item, _Raw):
                     await ws.send_frame(item.data, opcode)
                 elif isinstance(item, _Close):
-                    self._spawn(self.close(item.code, item.reason))
-                    return
-                elif item is _ABORT:
-                    self.abort()
+                    with contextlib.suppress(Exception):
+                        await ws.close(code=item.code, message=item.reason.encode()[:120])
                     return
         except (ConnectionError, RuntimeError):
-            self._spawn(self._lost())
+            if self.info.closed_by is None:
+                self.info.closed_by = "lost"
+            self.abort(record=False)
 
-    async def _lost(self) -> None:
-        if self.info.closed_by is None:
-            self.info.closed_by = "lost"
-        self._closing = True
-        transport = self.request.transport
-        if transport is not None:
-            transport.abort()
+    def close(self, code: int, reason: str) -> None:
+        """Close from the server side: frames already queued go out first, then the close frame.
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def close(self, code: int, reason: str) -> None:
-        """Close from the server side with ``code`` (the reason is sent in the close frame)."""
-        if self._closing or self.ws.closed:
-            return
-        self._closing = True
-        self.info.closed_by = "server"
-        self.info.close_code = code
-        self.info.closed_at = time.monotonic()
-        self.open = False
-        self.gateway.server_closed(self, code)
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=code, message=reason.encode()[:120])
-
-    def abort(self) -> None:
-        """Drop the TCP connection without a close frame."""
+        The session's fate is decided now (``Gateway.server_closed``); nothing
+        more is read from the client.
+        """
         if self._closing:
             return
         self._closing = True
         self.open = False
-        self.info.closed_by = "abort"
+        self.info.closed_by = "server"
+        self.info.close_code = code
         self.info.closed_at = time.monotonic()
-        transport = self.request.transport
-        if transport is not None:
-            transport.abort()
-
-    def close_later(self, code: int, reason: str) -> None:
-        self._spawn(self.close(code, reason))
+        self.gateway.server_closed(self, code)
+        self._queue.put_nowait(_Close(code, reason))
 
     def close_if_open(self, code: int, reason: str) -> None:
         if self.open:
-            self.close_later(code, reason)
+            self.close(code, reason)
+
+    def abort(self, record: bool = True) -> None:
+        """Drop the TCP connection at once, without a close frame (queued frames are lost)."""
+        if record and not self._closing:
+            self.info.closed_by = "abort"
+            self.info.closed_at = time.monotonic()
+        self._closing = True
+        self.open = False
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
 
     # -- heartbeats ------------------------------------------------------------------
 
@@ -286,13 +276,13 @@ class Connection(Sink):
         if not self.open:
             return
         self.gateway.violation(self, ViolationKind.HEARTBEAT_TIMEOUT, CloseCode.UNKNOWN_ERROR)
-        self.close_later(CloseCode.UNKNOWN_ERROR, "heartbeat timeout")
+        self.close(CloseCode.UNKNOWN_ERROR, "heartbeat timeout")
 
     # -- rules -------------------------------------------------------------------------
 
     async def _reject(self, kind: ViolationKind, code: int, reason: str) -> None:
         self.gateway.violation(self, kind, code, reason)
-        await self.close(code, reason)
+        self.close(code, reason)
 
     async def _on_payload(self, data: bytes) -> None:
         gw = self.gateway
@@ -515,12 +505,12 @@ class Connection(Sink):
                 shard_id=session.shard_id,
             )
             session.invalidate()
-            await self.close(CloseCode.INVALID_SEQ, "Invalid seq.")
+            self.close(CloseCode.INVALID_SEQ, "Invalid seq.")
             return
         previous = session.sink
         if isinstance(previous, Connection) and previous is not self:
             session.detach(previous, now, gw.config.resume_timeout_s)
-            previous.close_later(CloseCode.UNKNOWN_ERROR, "session resumed elsewhere")
+            previous.close(CloseCode.UNKNOWN_ERROR, "session resumed elsewhere")
         self.session = session
         self.info.shard_id = session.shard_id
         self.info.session_id = session.session_id
@@ -744,7 +734,7 @@ class Gateway:
             sink = session.sink
             session.invalidate()
             if isinstance(sink, Connection):
-                sink.close_later(
+                sink.close(
                     CloseCode.AUTHENTICATION_FAILED,
                     "session start limit exhausted: sessions terminated",
                 )
@@ -890,9 +880,9 @@ class Gateway:
             conn.send_op(Opcode.INVALID_SESSION, resumable)
         elif kind is FaultKind.CLOSE:
             code = int(params.get("code") or CloseCode.UNKNOWN_ERROR)
-            conn._queue.put_nowait(_Close(code, str(params.get("reason", "injected close"))))
+            conn.close(code, str(params.get("reason", "injected close")))
         elif kind is FaultKind.DROP:
-            conn._queue.put_nowait(_ABORT)
+            conn.abort()
         elif kind is FaultKind.ZOMBIE:
             conn.zombie = True
         elif kind is FaultKind.MALFORMED_JSON:
