@@ -350,12 +350,12 @@ class Shard:
         self._verdict = verdict
         self._ack_pending = False
         tasks: list[asyncio.Task[None]] = []
-        await self._set_phase(sm.on_connected(self._state, mode))
-        reader = asyncio.create_task(
-            self._guard(self._read(ws, mode, tasks, verdict), verdict, reader=True)
-        )
-        tasks.append(reader)
         try:
+            await self._set_phase(sm.on_connected(self._state, mode))
+            reader = asyncio.create_task(
+                self._guard(self._read(ws, mode, tasks, verdict), verdict, reader=True)
+            )
+            tasks.append(reader)
             if self._stopping:
                 self.stop()
             try:
@@ -368,7 +368,9 @@ class Shard:
             self._verdict = None
             for task in tasks:
                 task.cancel()
-            for task in tasks:
+            while tasks:
+                task = tasks.pop()
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if self._state.phase is ShardPhase.AWAITING_PERMIT:
