@@ -30,7 +30,7 @@ async def resume_on(
     client = await raw_clients(url, compress=compress)
     await client.hello()
     await client.resume(session_id, seq)
-    replayed = []
+    replayed: list[dict[str, Any]] = []
     while True:
         p = await client.recv()
         if p["t"] == "RESUMED":
@@ -244,7 +244,7 @@ async def test_chaos_mode_injects_seeded_faults_into_live_connections(
     assert all(
         f.chaos and f.kind in ("unknown_opcode", "heartbeat_request") for f in sim.record.faults
     )
-    ops = []
+    ops: list[int] = []
     while len(ops) < 5:
         ops.append((await client.recv())["op"])
     assert set(ops) <= {42, 1}
