@@ -80,7 +80,8 @@ class SimulatorConfig:
     payload_limit: int = CLIENT_PAYLOAD_LIMIT
     send_limit: int = SEND_LIMIT
     send_window_s: float = SEND_WINDOW_S
-    #: Guild shape in GUILD_CREATE (a few KB each with the defaults).
+    #: Guild shape in GUILD_CREATE (a few KB each with the defaults): a category,
+    #: ``channels_per_guild - 2`` text channels and a voice channel.
     channels_per_guild: int = 8
     roles_per_guild: int = 5
     members_per_guild: int = 6
@@ -175,7 +176,7 @@ class SimulatorConfig:
         _int_range("payload_limit", self.payload_limit, 64, 1 << 24)
         _int_range("send_limit", self.send_limit, 1, 1 << 20)
         _number_positive("send_window_s", self.send_window_s)
-        _int_range("channels_per_guild", self.channels_per_guild, 1, 500)
+        _int_range("channels_per_guild", self.channels_per_guild, 3, 500)
         _int_range("roles_per_guild", self.roles_per_guild, 0, 250)
         _int_range("members_per_guild", self.members_per_guild, 0, 1000)
 

@@ -34,6 +34,8 @@ GUILD_BASE: Final = 720_720 * 220_000
 USER_BASE: Final = 720_720 * 230_000
 DEFAULT_BOT_ID: Final = 1_234_567_890_123_456_789
 _JOINED_AT: Final = "2021-06-01T12:00:00.000000+00:00"
+#: Guilds whose event ids are kept pre-encoded (the cache is dropped when full).
+_GUILD_CACHE_MAX: Final = 65536
 
 
 def snowflake(ts_part: int, low: int = 0) -> int:
@@ -148,29 +150,24 @@ def discord_shaped_token(bot_id: int) -> str:
 
 
 class _Template:
-    """A JSON document split at ``@@NAME@@`` slots; ``"@@EVENT@@"`` becomes a bare integer."""
+    """A JSON document with ``@@NAME@@`` slots, rendered by one ``bytes % tuple``.
 
-    __slots__ = ("names", "parts")
+    ``"@@EVENT@@"`` (quotes included) becomes a bare integer; other slots sit
+    inside JSON strings. Values must be JSON-safe ASCII (ids, timestamps).
+    """
+
+    __slots__ = ("fmt", "names")
     _SLOT = re.compile(rb'"@@EVENT@@"|@@([A-Z]+)@@')
 
     def __init__(self, doc: dict[str, Any]) -> None:
-        raw = orjson.dumps(doc)
-        self.parts: list[bytes] = []
-        self.names: list[str] = []
-        pos = 0
-        for m in self._SLOT.finditer(raw):
-            self.parts.append(raw[pos : m.start()])
-            self.names.append(m.group(1).decode() if m.group(1) else "EVENT")
-            pos = m.end()
-        self.parts.append(raw[pos:])
+        raw = orjson.dumps(doc).replace(b"%", b"%%")
+        self.names: tuple[str, ...] = tuple(
+            m.group(1).decode() if m.group(1) else "EVENT" for m in self._SLOT.finditer(raw)
+        )
+        self.fmt = self._SLOT.sub(b"%s", raw)
 
     def render(self, values: dict[str, bytes]) -> bytes:
-        parts = self.parts
-        out = [parts[0]]
-        for i, name in enumerate(self.names):
-            out.append(values[name])
-            out.append(parts[i + 1])
-        return b"".join(out)
+        return self.fmt % tuple(values[name] for name in self.names)
 
 
 def _user(id_slot: str, name: str) -> dict[str, Any]:
@@ -305,8 +302,7 @@ class GuildShape:
 
     def text_channel(self, n: int) -> int:
         """The n-th text channel (channel 0 is a category, the last one is voice)."""
-        texts = max(1, self.channels - 2)
-        return self.channel_id(1 + n % texts) if self.channels >= 3 else self.channel_id(0)
+        return self.channel_id(1 + n % (self.channels - 2))
 
     def role_id(self, k: int) -> int:
         return self.child(1 + self.channels + k)
@@ -333,6 +329,7 @@ class EventFactory:
         self._id_counter = 0
         self._ts_second = -1
         self._ts_bytes = b""
+        self._guild_cache: dict[int, tuple[bytes, bytes, tuple[bytes, ...], tuple[bytes, ...]]] = {}
 
     def guild(self, index: int) -> GuildShape:
         return GuildShape(index, self.config)
@@ -383,7 +380,7 @@ class EventFactory:
         ]
         for k in range(1, g.channels):
             cid = str(g.channel_id(k))
-            if k == g.channels - 1 and g.channels >= 3:
+            if k == g.channels - 1:
                 channels.append(
                     {
                         "id": cid,
@@ -512,13 +509,30 @@ class EventFactory:
         self._next_event_id += 1
         return event_id
 
+    def _guild_values(
+        self, guild_index: int
+    ) -> tuple[bytes, bytes, tuple[bytes, ...], tuple[bytes, ...]]:
+        """(guild id, first role id, text channel ids, member ids) of a guild, as bytes (cached)."""
+        cached = self._guild_cache.get(guild_index)
+        if cached is None:
+            g = GuildShape(guild_index, self.config)
+            gid = str(g.id).encode()
+            role = str(g.role_id(0)).encode() if self.config.roles_per_guild else gid
+            texts = self.config.channels_per_guild - 2
+            channels = tuple(str(g.text_channel(k)).encode() for k in range(texts))
+            users = tuple(str(g.user_id(k)).encode() for k in range(max(1, g.members)))
+            cached = (gid, role, channels, users)
+            if len(self._guild_cache) >= _GUILD_CACHE_MAX:
+                self._guild_cache.clear()
+            self._guild_cache[guild_index] = cached
+        return cached
+
     def event(self, t: str, guild_index: int, n: int) -> tuple[bytes, int]:
         """The ``d`` of one ``t`` event in guild ``guild_index`` and its event id."""
-        g = GuildShape(guild_index, self.config)
-        event_id = self.next_event_id()
-        self._id_counter = (self._id_counter + 1) & 0x3FFFFF
+        event_id = self._next_event_id
+        self._next_event_id = event_id + 1
+        self._id_counter = counter = (self._id_counter + 1) & 0x3FFFFF
         now = time.time()
-        msg_id = snowflake(int(now * 1000) - DISCORD_EPOCH_MS, self._id_counter)
         second = int(now)
         if second != self._ts_second:
             self._ts_second = second
@@ -527,15 +541,15 @@ class EventFactory:
                 .isoformat(timespec="microseconds")
                 .encode()
             )
-        role = str(g.role_id(0)).encode() if self.config.roles_per_guild else str(g.id).encode()
+        gid, role, channels, users = self._guild_values(guild_index)
         values = {
-            "ID": str(msg_id).encode(),
-            "GUILD": str(g.id).encode(),
-            "CHANNEL": str(g.text_channel(n)).encode(),
-            "USER": str(g.user_id(n)).encode(),
+            "ID": b"%d" % (((int(now * 1000) - DISCORD_EPOCH_MS) << 22) | counter),
+            "GUILD": gid,
+            "CHANNEL": channels[n % len(channels)],
+            "USER": users[n % len(users)],
             "ROLE": role,
             "TS": self._ts_bytes,
-            "EVENT": str(event_id).encode(),
+            "EVENT": b"%d" % event_id,
         }
         return self.templates[t].render(values), event_id
 
