@@ -54,7 +54,7 @@ async def test_64_shards_survive_chaos_with_no_loss_no_duplicate_no_wasted_ident
         chaos_kinds=kinds,
         guilds=SHARDS,
         members_per_guild=2,
-        channels_per_guild=2,
+        channels_per_guild=3,
     )
     spec = spec_for(
         sim,
