@@ -204,7 +204,7 @@ class SessionStartBudget:
 
     def reset_after_ms(self, now: float) -> int:
         self._refresh(now)
-        return max(0, int((self._reset_at - now) * 1000))
+        return max(0, round((self._reset_at - now) * 1000))
 
     def available(self, now: float) -> int:
         self._refresh(now)
