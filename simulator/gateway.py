@@ -142,6 +142,7 @@ class Connection(Sink):
         self._send_limiter = SendLimiter(gateway.config.send_limit, gateway.config.send_window_s)
         self._writer: asyncio.Task[None] | None = None
         self._hb_timer: asyncio.TimerHandle | None = None
+        self._timers: list[asyncio.TimerHandle] = []
         self._closing = False
 
     # -- Sink ----------------------------------------------------------------------
@@ -193,6 +194,8 @@ class Connection(Sink):
         self.open = False
         if self._hb_timer is not None:
             self._hb_timer.cancel()
+        for timer in self._timers:
+            timer.cancel()
         writer = self._writer
         if writer is not None:
             if self.info.closed_by == "server" and not writer.done():
@@ -251,6 +254,11 @@ class Connection(Sink):
     def close_if_open(self, code: int, reason: str) -> None:
         if self.open:
             self.close(code, reason)
+
+    def close_after(self, delay_s: float, code: int, reason: str) -> None:
+        """Close later unless the connection ended before (the timer dies with it)."""
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_later(delay_s, self.close_if_open, code, reason))
 
     def abort(self, record: bool = True) -> None:
         """Drop the TCP connection at once, without a close frame (queued frames are lost)."""
@@ -869,10 +877,7 @@ class Gateway:
             conn.send_op(Opcode.RECONNECT, None)
             after = params.get("close_after_s")
             if after is not None:
-                loop = asyncio.get_running_loop()
-                loop.call_later(
-                    float(after), conn.close_if_open, CloseCode.UNKNOWN_ERROR, "reconnect"
-                )
+                conn.close_after(float(after), CloseCode.UNKNOWN_ERROR, "reconnect")
         elif kind is FaultKind.INVALID_SESSION:
             resumable = bool(params.get("resumable", params.get("d", False)))
             if not resumable and conn.session is not None:

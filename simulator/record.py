@@ -40,7 +40,6 @@ class ViolationKind(enum.Enum):
     DISALLOWED_INTENTS = "disallowed_intents"  # 4014
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"  # closed 4000, session kept
     UNSUPPORTED_ENCODING = "unsupported_encoding"  # 4002
-    INVALID_SESSION = "invalid_session"  # resume of an unknown/expired session: op 9 false
     REST_UNAUTHORIZED = "rest_unauthorized"  # HTTP 401
 
 

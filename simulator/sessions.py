@@ -15,13 +15,8 @@ from __future__ import annotations
 import collections
 import enum
 import secrets
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from simulator.config import SESSION_START_WINDOW_MS
-
-if TYPE_CHECKING:
-    from simulator.record import DispatchRecord
 
 
 class SessionState(enum.Enum):
@@ -233,6 +228,3 @@ class SendLimiter:
             times.popleft()
         times.append(now)
         return len(times) <= self._limit
-
-
-DispatchHook = Callable[["DispatchRecord"], None]
