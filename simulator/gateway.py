@@ -178,7 +178,7 @@ class Connection(Sink):
             msg = await ws.receive()
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
-                await self._on_payload(data)
+                self._on_payload(data)
             elif msg.type is WSMsgType.CLOSE:
                 if self.info.closed_by is None:
                     self.info.closed_by = "client"
@@ -288,63 +288,61 @@ class Connection(Sink):
 
     # -- rules -------------------------------------------------------------------------
 
-    async def _reject(self, kind: ViolationKind, code: int, reason: str) -> None:
+    def _reject(self, kind: ViolationKind, code: int, reason: str) -> None:
         self.gateway.violation(self, kind, code, reason)
         self.close(code, reason)
 
-    async def _on_payload(self, data: bytes) -> None:
+    def _on_payload(self, data: bytes) -> None:
         gw = self.gateway
         cfg = gw.config
         self.info.payloads += 1
         now = time.monotonic()
         if not self._send_limiter.hit(now):
-            await self._reject(
+            self._reject(
                 ViolationKind.SEND_RATE_LIMIT,
                 CloseCode.RATE_LIMITED,
                 "You are being rate limited.",
             )
             return
         if len(data) > cfg.payload_limit:
-            await self._reject(
+            self._reject(
                 ViolationKind.PAYLOAD_TOO_LARGE, CloseCode.DECODE_ERROR, "Payload too large."
             )
             return
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
-            await self._reject(
+            self._reject(
                 ViolationKind.DECODE_ERROR, CloseCode.DECODE_ERROR, "Error while decoding payload."
             )
             return
         op = payload.get("op") if isinstance(payload, dict) else None
         if not isinstance(op, int) or isinstance(op, bool):
-            await self._reject(
+            self._reject(
                 ViolationKind.DECODE_ERROR, CloseCode.DECODE_ERROR, "Error while decoding payload."
             )
             return
         d = payload.get("d")
         if op not in CLIENT_OPCODES:
-            await self._reject(
-                ViolationKind.UNKNOWN_OPCODE, CloseCode.UNKNOWN_OPCODE, "Unknown opcode."
-            )
+            self._reject(ViolationKind.UNKNOWN_OPCODE, CloseCode.UNKNOWN_OPCODE, "Unknown opcode.")
             return
         if op == Opcode.HEARTBEAT:
             self._on_heartbeat(d, now)
             return
         if self.session is None:
             if op == Opcode.IDENTIFY:
-                await self._on_identify(d, now)
+                self._on_identify(d, now)
             elif op == Opcode.RESUME:
-                await self._on_resume(d, now)
+                self._on_resume(d, now)
             else:
-                await self._reject(
+                self._reject(
                     ViolationKind.NOT_AUTHENTICATED,
                     CloseCode.NOT_AUTHENTICATED,
                     "Not authenticated.",
                 )
             return
         if op in (Opcode.IDENTIFY, Opcode.RESUME):
-            await self._reject(
+            self._reject(
                 ViolationKind.ALREADY_AUTHENTICATED,
                 CloseCode.ALREADY_AUTHENTICATED,
                 "Already authenticated.",
@@ -365,7 +363,7 @@ class Connection(Sink):
             HeartbeatRecord(self.conn_id, now, d if isinstance(d, int) else None, acked)
         )
 
-    async def _on_identify(self, d: Any, now: float) -> None:
+    def _on_identify(self, d: Any, now: float) -> None:
         gw = self.gateway
         cfg = gw.config
 
@@ -387,22 +385,21 @@ class Connection(Sink):
 
         if not isinstance(d, dict) or not isinstance(d.get("token"), str):
             outcome(IdentifyOutcome.REJECTED, CloseCode.UNKNOWN_OPCODE)
-            await self._reject(
+            self._reject(
                 ViolationKind.INVALID_PAYLOAD, CloseCode.UNKNOWN_OPCODE, "Invalid identify payload."
             )
             return
         if not gw.token_ok(d["token"]):
             outcome(IdentifyOutcome.REJECTED, CloseCode.AUTHENTICATION_FAILED)
-            await self._reject(
+            self._reject(
                 ViolationKind.AUTH_FAILED, CloseCode.AUTHENTICATION_FAILED, "Authentication failed."
             )
             return
-        shard = _parse_shard(d.get("shard", [0, 1]), cfg.max_concurrency)
+        raw_shard = d.get("shard")
+        shard = _parse_shard([0, 1] if raw_shard is None else raw_shard, cfg.max_concurrency)
         if shard is None:
             outcome(IdentifyOutcome.REJECTED, CloseCode.INVALID_SHARD)
-            await self._reject(
-                ViolationKind.INVALID_SHARD, CloseCode.INVALID_SHARD, "Invalid shard."
-            )
+            self._reject(ViolationKind.INVALID_SHARD, CloseCode.INVALID_SHARD, "Invalid shard.")
             return
         intents = d.get("intents")
         if (
@@ -412,13 +409,13 @@ class Connection(Sink):
             or intents & ~ALL_INTENTS
         ):
             outcome(IdentifyOutcome.REJECTED, CloseCode.INVALID_INTENTS, shard)
-            await self._reject(
+            self._reject(
                 ViolationKind.INVALID_INTENTS, CloseCode.INVALID_INTENTS, "Invalid intent(s)."
             )
             return
         if intents & PRIVILEGED_INTENTS & ~cfg.privileged_intents:
             outcome(IdentifyOutcome.REJECTED, CloseCode.DISALLOWED_INTENTS, shard)
-            await self._reject(
+            self._reject(
                 ViolationKind.DISALLOWED_INTENTS,
                 CloseCode.DISALLOWED_INTENTS,
                 "Disallowed intent(s).",
@@ -427,7 +424,7 @@ class Connection(Sink):
         guilds = gw.factory.guild_indices(*shard)
         if len(guilds) > cfg.max_guilds_per_shard:
             outcome(IdentifyOutcome.REJECTED, CloseCode.SHARDING_REQUIRED, shard)
-            await self._reject(
+            self._reject(
                 ViolationKind.SHARDING_REQUIRED,
                 CloseCode.SHARDING_REQUIRED,
                 "Sharding is required.",
@@ -460,7 +457,7 @@ class Connection(Sink):
         session.attach(self)
         gw.send_ready(session, shard, guilds)
 
-    async def _on_resume(self, d: Any, now: float) -> None:
+    def _on_resume(self, d: Any, now: float) -> None:
         gw = self.gateway
         kind = self.info.url_kind
 
@@ -484,13 +481,13 @@ class Connection(Sink):
         session: Session | None = None
         if not isinstance(d, dict) or not isinstance(d.get("token"), str):
             outcome(ResumeOutcome.REJECTED, CloseCode.UNKNOWN_OPCODE)
-            await self._reject(
+            self._reject(
                 ViolationKind.INVALID_PAYLOAD, CloseCode.UNKNOWN_OPCODE, "Invalid resume payload."
             )
             return
         if not gw.token_ok(d["token"]):
             outcome(ResumeOutcome.REJECTED, CloseCode.AUTHENTICATION_FAILED)
-            await self._reject(
+            self._reject(
                 ViolationKind.AUTH_FAILED, CloseCode.AUTHENTICATION_FAILED, "Authentication failed."
             )
             return
