@@ -237,3 +237,87 @@ async def test_discordpy_privileged_intents_not_enabled_stop_the_client(
                 await asyncio.wait_for(task, 10)
     [identify] = sim.record.identifies
     assert identify.outcome is IdentifyOutcome.REJECTED and identify.code == 4014
+
+
+# discord.py without zstandard falls back to zlib-stream; run it so in a child process
+# whose import of zstandard fails, as on a machine without it.
+_ZLIB_CLIENT = r"""
+import asyncio, json, sys
+sys.modules["zstandard"] = None
+import aiohttp, discord, yarl
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+
+rest, gateway, admin, token = sys.argv[1:5]
+Route.BASE = rest
+DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)
+
+async def main() -> None:
+    client = discord.Client(intents=discord.Intents.default(), guild_ready_timeout=0.2)
+    messages, resumed, ready = [], asyncio.Event(), asyncio.Event()
+    async def on_ready(): ready.set()
+    async def on_message(m): messages.append(m.id)
+    async def on_resumed(): resumed.set()
+    for f in (on_ready, on_message, on_resumed):
+        client.event(f)
+    async def post(path, body):
+        async with aiohttp.ClientSession() as http, http.post(admin + path, json=body) as r:
+            assert r.status == 200, await r.text()
+    await client.login(token)
+    task = asyncio.create_task(client.connect())
+    try:
+        async with asyncio.timeout(20):
+            await ready.wait()
+            await post("/emit", {"shard_id": 0, "count": 3, "event_type": "MESSAGE_CREATE"})
+            while len(messages) < 3:
+                await asyncio.sleep(0.01)
+            await post("/fault", {"shard_id": 0, "kind": "reconnect"})
+            await post("/emit", {"shard_id": 0, "count": 3, "event_type": "MESSAGE_CREATE"})
+            await resumed.wait()
+            while len(messages) < 6:
+                await asyncio.sleep(0.01)
+        print(json.dumps({"compression": discord.utils._ActiveDecompressionContext.COMPRESSION_TYPE,
+                          "messages": len(messages), "unique": len(set(messages)),
+                          "guilds": len(client.guilds)}))
+    finally:
+        await client.close()
+        task.cancel()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(60)
+async def test_discordpy_without_zstandard_uses_zlib_stream_and_resumes(
+    sim_factory: SimFactory,
+) -> None:
+    import json
+    import sys
+
+    sim = await sim_factory(token=TOKEN, guilds=2, heartbeat_interval_ms=2000)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _ZLIB_CLIENT,
+        sim.rest_url,
+        sim.gateway_url,
+        sim.admin_url,
+        TOKEN,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(40):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result == {"compression": "zlib-stream", "messages": 6, "unique": 6, "guilds": 2}
+    assert {c.compress for c in sim.record.connections.values()} == {"zlib-stream"}
+    assert len(sim.record.accepted_identifies()) == 1
+    [resume] = sim.record.resumes
+    assert resume.outcome is ResumeOutcome.ACCEPTED and resume.url_kind is UrlKind.RESUME
+    assert not sim.record.violations
