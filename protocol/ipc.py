@@ -127,6 +127,11 @@ _EVENTS: Final = int(MessageKind.EVENTS)
 _PACK: Final = HEADER.pack
 
 
+def event_header(shard_id: int, epoch: int, seq: int) -> bytes:
+    """The binary frame of a one-event EVENTS message (the hot path: no checks)."""
+    return _PACK(IPC_VERSION, _EVENTS, 1, shard_id, epoch, seq)
+
+
 def event_message(
     shard_id: int, epoch: int, seq: int, topic: bytes, header: bytes, payload: bytes
 ) -> list[bytes]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -29,12 +30,13 @@ from typing import Final
 import aiohttp
 import zmq
 import zmq.asyncio
+import zmq.backend
 
 from protocol import ipc
 from protocol.compression import DEFAULT_MAX_MESSAGE_SIZE, Compression
 from protocol.errors import WireFormatError
 from protocol.gateway import API_VERSION, IDENTIFY_INTERVAL_S, SEND_WINDOW_S
-from protocol.ipc import ShardReport, WorkerStatus, WorkerStatusKind
+from protocol.ipc import ShardReport, WorkerStatus, WorkerStatusKind, event_header
 from protocol.pubframe import encode_header
 from worker.backoff import BackoffPolicy
 from worker.permits import LocalPermits, PermitSource
@@ -46,6 +48,8 @@ log = logging.getLogger("worker.group")
 
 #: Events queued towards the supervisor before shards wait.
 EVENT_HWM: Final = 200_000
+_MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
+_LAST: Final = int(zmq.NOBLOCK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,19 +110,25 @@ class ZmqOutput:
 
     def __init__(self, socket: zmq.Socket[bytes]) -> None:
         self._socket = socket
+        # The backend's send skips the sugar layer's per-call Python checks
+        # (copy thresholds, enum flags): about 1.5 us per event on this machine.
+        self._send = functools.partial(zmq.backend.Socket.send, socket)
         self.send_blocked = 0
 
     def event(self, shard_id: int, epoch: int, seq: int, topic: bytes, payload: bytes) -> bool:
+        # Four frames sent one by one with plain int flags: pyzmq's send_multipart
+        # costs twice as much per event (enum flag arithmetic per frame). A
+        # multipart message is atomic: only its first frame can meet the
+        # high-water mark, so a refused first frame means nothing was sent.
+        send = self._send
         try:
-            self._socket.send_multipart(
-                ipc.event_message(
-                    shard_id, epoch, seq, topic, encode_header(shard_id, seq), payload
-                ),
-                zmq.NOBLOCK,
-            )
+            send(event_header(shard_id, epoch, seq), _MORE)
         except zmq.Again:
             self.send_blocked += 1
             return False
+        send(topic, _MORE)
+        send(encode_header(shard_id, seq), _MORE)
+        send(payload, _LAST)
         return True
 
     async def drain(self) -> None:
