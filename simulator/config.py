@@ -80,6 +80,8 @@ class SimulatorConfig:
     payload_limit: int = CLIENT_PAYLOAD_LIMIT
     send_limit: int = SEND_LIMIT
     send_window_s: float = SEND_WINDOW_S
+    #: "Request all members" (op 8, query "", limit 0) of one guild at most once per window.
+    member_request_window_s: float = 30.0
     #: Guild shape in GUILD_CREATE (a few KB each with the defaults): a category,
     #: ``channels_per_guild - 2`` text channels and a voice channel.
     channels_per_guild: int = 8
@@ -176,6 +178,7 @@ class SimulatorConfig:
         _int_range("payload_limit", self.payload_limit, 64, 1 << 24)
         _int_range("send_limit", self.send_limit, 1, 1 << 20)
         _number_positive("send_window_s", self.send_window_s)
+        _number_min("member_request_window_s", self.member_request_window_s, 0.0)
         _int_range("channels_per_guild", self.channels_per_guild, 3, 500)
         _int_range("roles_per_guild", self.roles_per_guild, 0, 250)
         _int_range("members_per_guild", self.members_per_guild, 0, 1000)

@@ -55,7 +55,7 @@ from protocol.gateway import (
 )
 from protocol.intents import ALL_INTENTS, PRIVILEGED_INTENTS
 from simulator.config import SimulatorConfig
-from simulator.events import EventFactory
+from simulator.events import GUILD_BASE, EventFactory
 from simulator.faults import ChaosPicker, FaultKind
 from simulator.record import (
     CommandRecord,
@@ -350,7 +350,7 @@ class Connection(Sink):
             return
         gw.record.add(CommandRecord(self.conn_id, self.session.shard_id, op, d, now))
         if op == Opcode.REQUEST_GUILD_MEMBERS:
-            gw.answer_request_members(self.session, d)
+            gw.answer_request_members(self.session, d, now)
 
     def _on_heartbeat(self, d: Any, now: float) -> None:
         self.info.heartbeats += 1
@@ -571,6 +571,7 @@ class Gateway:
         self._wake = asyncio.Event()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._all_members_requests: dict[int, float] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -744,19 +745,40 @@ class Gateway:
                     "session start limit exhausted: sessions terminated",
                 )
 
-    def answer_request_members(self, session: Session, d: Any) -> None:
-        """Op 8: one GUILD_MEMBERS_CHUNK per requested guild of this session."""
+    def answer_request_members(self, session: Session, d: Any, now: float) -> None:
+        """Op 8: one GUILD_MEMBERS_CHUNK per requested guild of this session.
+
+        Requesting *all* members (``query: ""``, ``limit: 0``) of a guild is
+        limited to once per ``member_request_window_s`` per guild (Discord:
+        30 s since 2025-08-14); a request over the limit gets a
+        ``RATE_LIMITED`` dispatch instead (shared/PROTOCOL.md section 1).
+        """
         if not isinstance(d, dict):
             return
         raw = d.get("guild_id")
         ids = raw if isinstance(raw, list) else [raw]
-        by_id = {self.factory.guild(i).id: i for i in session.guild_indices}
+        request_all = d.get("query") == "" and d.get("limit") == 0
+        window = self.config.member_request_window_s
         for gid in ids:
             if not isinstance(gid, str | int) or not str(gid).isdigit():
                 continue
-            index = by_id.get(int(gid))
-            if index is None:
+            index = (int(gid) >> 22) - GUILD_BASE
+            if index not in session.guild_indices or self.factory.guild(index).id != int(gid):
                 continue
+            if request_all:
+                last = self._all_members_requests.get(index)
+                if last is not None and now - last < window:
+                    meta: dict[str, Any] = {"guild_id": str(gid)}
+                    if "nonce" in d:
+                        meta["nonce"] = d["nonce"]
+                    limited = {
+                        "opcode": int(Opcode.REQUEST_GUILD_MEMBERS),
+                        "retry_after": round(window - (now - last), 3),
+                        "meta": meta,
+                    }
+                    self.dispatch(session, b"RATE_LIMITED", orjson.dumps(limited), None)
+                    continue
+                self._all_members_requests[index] = now
             members = self.factory.guild_create(index)["members"]
             chunk: dict[str, Any] = {
                 "guild_id": str(gid),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -291,9 +293,6 @@ asyncio.run(main())
 async def test_discordpy_without_zstandard_uses_zlib_stream_and_resumes(
     sim_factory: SimFactory,
 ) -> None:
-    import json
-    import sys
-
     sim = await sim_factory(token=TOKEN, guilds=2, heartbeat_interval_ms=2000)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

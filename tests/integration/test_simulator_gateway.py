@@ -372,6 +372,14 @@ async def test_request_guild_members_is_answered_and_recorded(
     assert chunk["d"]["chunk_count"] == 1 and chunk["d"]["members"]
     [command] = sim.record.commands
     assert command.op == 8 and command.shard_id == 0
+    # requesting all members of the same guild again within 30 s is rate limited
+    await client.send({"op": 8, "d": {"guild_id": gid, "query": "", "limit": 0, "nonce": "n2"}})
+    limited = await client.recv_event("RATE_LIMITED")
+    assert limited["d"]["opcode"] == 8 and 0 < limited["d"]["retry_after"] <= 30
+    assert limited["d"]["meta"] == {"guild_id": gid, "nonce": "n2"}
+    # a query is not limited
+    await client.send({"op": 8, "d": {"guild_id": gid, "query": "mem", "limit": 10}})
+    await client.recv_event("GUILD_MEMBERS_CHUNK")
 
 
 async def test_discord_shaped_token_is_accepted_on_the_gateway(
