@@ -27,6 +27,12 @@ Decisions where Discord's behaviour is undocumented (shared/PROTOCOL.md 10):
 - A client close with 1000/1001 ends the session; any other close, or a lost
   TCP connection, keeps it resumable for ``resume_timeout_s``. A server close
   keeps it when ``protocol.gateway.close_action`` of the code says RESUME.
+- Identify's payload compression (``compress: true``) is ignored: without
+  transport compression every payload is a text frame. Dispatches follow the
+  session's intents (simulator.config.EVENT_INTENTS), but message content is
+  filled even without MESSAGE_CONTENT (load realism over that detail).
+- A zombie connection (fault) reads and records heartbeats but answers
+  nothing: no ACKs, no dispatches (they stay in the replay buffer).
 - Undocumented client payload rules: ``d`` of Identify/Resume that is not an
   object, or lacks the token, gets 4001 (invalid payload for an opcode);
   missing intents get 4013.
