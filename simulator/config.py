@@ -87,6 +87,10 @@ class SimulatorConfig:
     channels_per_guild: int = 8
     roles_per_guild: int = 5
     members_per_guild: int = 6
+    #: Transport compression levels. Discord's are not documented; low levels keep
+    #: the load source cheap, and the client's inflate cost barely depends on them.
+    zlib_level: int = 1
+    zstd_level: int = 3
     #: Keep one record entry per dispatch (turn off for long benchmarks).
     record_dispatches: bool = True
 
@@ -179,6 +183,8 @@ class SimulatorConfig:
         _int_range("send_limit", self.send_limit, 1, 1 << 20)
         _number_positive("send_window_s", self.send_window_s)
         _number_min("member_request_window_s", self.member_request_window_s, 0.0)
+        _int_range("zlib_level", self.zlib_level, 0, 9)
+        _int_range("zstd_level", self.zstd_level, 1, 19)
         _int_range("channels_per_guild", self.channels_per_guild, 3, 500)
         _int_range("roles_per_guild", self.roles_per_guild, 0, 250)
         _int_range("members_per_guild", self.members_per_guild, 0, 1000)

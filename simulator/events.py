@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import random
 import re
 import time
 from collections.abc import Sequence
@@ -152,17 +153,18 @@ def discord_shaped_token(bot_id: int) -> str:
 class _Template:
     """A JSON document with ``@@NAME@@`` slots, rendered by one ``bytes % tuple``.
 
-    ``"@@EVENT@@"`` (quotes included) becomes a bare integer; other slots sit
-    inside JSON strings. Values must be JSON-safe ASCII (ids, timestamps).
+    ``"@@EVENT@@"`` and ``"@@CONTENT@@"`` (quotes included) take a whole JSON
+    value (an integer, an encoded string); other slots sit inside JSON
+    strings and take JSON-safe ASCII (ids, timestamps).
     """
 
     __slots__ = ("fmt", "names")
-    _SLOT = re.compile(rb'"@@EVENT@@"|@@([A-Z]+)@@')
+    _SLOT = re.compile(rb'"@@(EVENT|CONTENT)@@"|@@([A-Z]+)@@')
 
     def __init__(self, doc: dict[str, Any]) -> None:
         raw = orjson.dumps(doc).replace(b"%", b"%%")
         self.names: tuple[str, ...] = tuple(
-            m.group(1).decode() if m.group(1) else "EVENT" for m in self._SLOT.finditer(raw)
+            (m.group(1) or m.group(2)).decode() for m in self._SLOT.finditer(raw)
         )
         self.fmt = self._SLOT.sub(b"%s", raw)
 
@@ -199,10 +201,107 @@ def _member() -> dict[str, Any]:
     }
 
 
-_CONTENT = (
-    "Simulated message for load and fidelity tests. "
-    "The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. "
-) * 2
+_WORDS: Final = [
+    "the",
+    "a",
+    "to",
+    "and",
+    "of",
+    "is",
+    "in",
+    "it",
+    "you",
+    "that",
+    "for",
+    "on",
+    "this",
+    "with",
+    "be",
+    "are",
+    "was",
+    "have",
+    "not",
+    "but",
+    "what",
+    "all",
+    "just",
+    "can",
+    "so",
+    "like",
+    "get",
+    "one",
+    "my",
+    "do",
+    "if",
+    "we",
+    "they",
+    "your",
+    "about",
+    "out",
+    "up",
+    "no",
+    "time",
+    "when",
+    "there",
+    "how",
+    "raid",
+    "tonight",
+    "guild",
+    "server",
+    "channel",
+    "role",
+    "bot",
+    "ping",
+    "lag",
+    "patch",
+    "update",
+    "queue",
+    "match",
+    "ranked",
+    "gg",
+    "lol",
+    "nice",
+    "thanks",
+    "anyone",
+    "help",
+    "please",
+    "check",
+    "link",
+    "image",
+    "voice",
+    "stream",
+    "event",
+    "meme",
+    "build",
+    "deploy",
+    "shard",
+    "gateway",
+    "latency",
+    "sweet",
+    "really",
+    "maybe",
+    "tomorrow",
+    "later",
+    "someone",
+    "everyone",
+    "here",
+]
+
+
+def _content_pool(size: int = 512, seed: int = 1) -> tuple[bytes, ...]:
+    """JSON-encoded message contents of varied length and words, so streams compress
+    about as well as real chat does (not 30x, as one repeated text would)."""
+    rng = random.Random(seed)
+    pool = []
+    for _ in range(size):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 140))]
+        if rng.random() < 0.3:
+            words.append(f"https://example.com/{rng.getrandbits(48):x}")
+        pool.append(orjson.dumps(" ".join(words)))
+    return tuple(pool)
+
+
+_CONTENTS: Final = _content_pool()
 
 _TEMPLATES: Final[dict[str, dict[str, Any]]] = {
     "MESSAGE_CREATE": {
@@ -219,7 +318,7 @@ _TEMPLATES: Final[dict[str, dict[str, Any]]] = {
         "flags": 0,
         "embeds": [],
         "edited_timestamp": None,
-        "content": _CONTENT,
+        "content": "@@CONTENT@@",
         "components": [],
         "channel_type": 0,
         "channel_id": "@@CHANNEL@@",
@@ -550,6 +649,7 @@ class EventFactory:
             "ROLE": role,
             "TS": self._ts_bytes,
             "EVENT": b"%d" % event_id,
+            "CONTENT": _CONTENTS[event_id % len(_CONTENTS)],
         }
         return self.templates[t].render(values), event_id
 
