@@ -35,7 +35,7 @@ import zmq.backend
 from protocol import ipc
 from protocol.compression import DEFAULT_MAX_MESSAGE_SIZE, Compression
 from protocol.errors import WireFormatError
-from protocol.gateway import API_VERSION, IDENTIFY_INTERVAL_S, SEND_WINDOW_S
+from protocol.gateway import API_VERSION, IDENTIFY_INTERVAL_S, SEND_WINDOW_S, explain_fatal
 from protocol.ipc import ShardReport, WorkerStatus, WorkerStatusKind, event_header
 from protocol.pubframe import encode_header
 from worker.backoff import BackoffPolicy
@@ -185,6 +185,7 @@ class ShardGroup:
             await dealer.send_multipart(ipc.encode_hello(ipc.Hello(spec.worker_id, os.getpid())))
         permits = self._permits()
         helpers: list[asyncio.Task[None]] = []
+        runs: dict[asyncio.Task[None], int] = {}
         result = WorkerStatusKind.DRAINED
         try:
             await output.send(ipc.encode_worker_status(self._status(WorkerStatusKind.STARTED)))
@@ -199,10 +200,8 @@ class ShardGroup:
                     )
                 if self._stop.is_set():
                     self.stop()
-                runs = {
-                    asyncio.create_task(shard.run(), name=f"shard-{sid}"): sid
-                    for sid, shard in self.shards.items()
-                }
+                for sid, shard in self.shards.items():
+                    runs[asyncio.create_task(shard.run(), name=f"shard-{sid}")] = sid
                 helpers.append(asyncio.create_task(self._report_loop(output)))
                 helpers.append(asyncio.create_task(self._parent_watch()))
                 if dealer is not None:
@@ -222,9 +221,10 @@ class ShardGroup:
                             self.stop("a shard crashed")
                             result = WorkerStatusKind.FATAL
         finally:
-            for task in helpers:
+            # Only a cancelled run() gets here with shards still running.
+            for task in (*runs, *helpers):
                 task.cancel()
-            for task in helpers:
+            for task in (*runs, *helpers):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             with contextlib.suppress(Exception):
@@ -247,8 +247,6 @@ class ShardGroup:
     def _status(self, kind: WorkerStatusKind) -> WorkerStatus:
         detail = self.stop_reason
         if kind is WorkerStatusKind.FATAL and self.fatal_code is not None:
-            from protocol.gateway import explain_fatal
-
             detail = explain_fatal(self.fatal_code)
         return WorkerStatus(
             worker_id=self.spec.worker_id,
