@@ -92,7 +92,7 @@ class Session:
         """
         self.seq += 1
         seq = self.seq
-        frame = b'{"t":"' + t + b'","s":' + str(seq).encode() + b',"op":0,"d":' + d + b"}"
+        frame = b'{"t":"%s","s":%d,"op":0,"d":%s}' % (t, seq, d)
         self.buffer.append((seq, frame))
         sink = self.sink
         if sink is not None and sink.delivers:

@@ -342,6 +342,8 @@ async def test_events_respect_intents(sim_factory: SimFactory, raw_clients: Conn
     sim.set_event_rate(500)
     await sim.record.wait_for(lambda r: len(r.sent_events()) >= 20)
     assert {r.t for r in sim.record.sent_events()} == {"TYPING_START"}
+    with pytest.raises(ValueError, match="event_type"):
+        sim.emit(0, 1, "NOT_AN_EVENT")
 
 
 async def test_message_create_is_realistic(sim_factory: SimFactory, raw_clients: Connect) -> None:
