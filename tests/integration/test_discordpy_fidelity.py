@@ -125,6 +125,7 @@ async def test_discordpy_client_logs_in_receives_guilds_and_messages_and_resumes
             # login read the bot id from the simulator's REST answers
             assert client.user is not None and client.user.id == BOT_ID
             assert client.application_id == BOT_ID
+            assert client.latency < 5  # discord.py beats right after Hello; the ACK came back
             # READY's unavailable guilds became full guilds through GUILD_CREATE
             expected = {sim.factory.guild(i).id for i in range(3)}
             assert {g.id for g in client.guilds} == expected and len(expected) == 3
