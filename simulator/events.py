@@ -424,6 +424,12 @@ class EventFactory:
         self.config = config
         self.bot = bot
         self.templates = {name: _Template(doc) for name, doc in _TEMPLATES.items()}
+        # Without the MESSAGE_CONTENT intent, guild messages arrive with empty
+        # content, embeds, attachments and components (PROTOCOL.md section 8).
+        self.templates_without_content = {
+            **self.templates,
+            "MESSAGE_CREATE": _Template({**_TEMPLATES["MESSAGE_CREATE"], "content": ""}),
+        }
         self._next_event_id = 1
         self._id_counter = 0
         self._ts_second = -1
@@ -626,8 +632,11 @@ class EventFactory:
             self._guild_cache[guild_index] = cached
         return cached
 
-    def event(self, t: str, guild_index: int, n: int) -> tuple[bytes, int]:
-        """The ``d`` of one ``t`` event in guild ``guild_index`` and its event id."""
+    def event(self, t: str, guild_index: int, n: int, content: bool = True) -> tuple[bytes, int]:
+        """The ``d`` of one ``t`` event in guild ``guild_index`` and its event id.
+
+        ``content``: whether the session has the MESSAGE_CONTENT intent.
+        """
         event_id = self._next_event_id
         self._next_event_id = event_id + 1
         self._id_counter = counter = (self._id_counter + 1) & 0x3FFFFF
@@ -651,7 +660,8 @@ class EventFactory:
             "EVENT": b"%d" % event_id,
             "CONTENT": _CONTENTS[event_id % len(_CONTENTS)],
         }
-        return self.templates[t].render(values), event_id
+        templates = self.templates if content else self.templates_without_content
+        return templates[t].render(values), event_id
 
 
 def _role(rid: str, name: str, position: int, permissions: str) -> dict[str, Any]:

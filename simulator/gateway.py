@@ -29,8 +29,8 @@ Decisions where Discord's behaviour is undocumented (shared/PROTOCOL.md 10):
   keeps it when ``protocol.gateway.close_action`` of the code says RESUME.
 - Identify's payload compression (``compress: true``) is ignored: without
   transport compression every payload is a text frame. Dispatches follow the
-  session's intents (simulator.config.EVENT_INTENTS), but message content is
-  filled even without MESSAGE_CONTENT (load realism over that detail).
+  session's intents (simulator.config.EVENT_INTENTS); without MESSAGE_CONTENT,
+  MESSAGE_CREATE has an empty ``content``.
 - A zombie connection (fault) reads and records heartbeats but answers
   nothing: no ACKs, no dispatches (they stay in the replay buffer).
 - Undocumented client payload rules: ``d`` of Identify/Resume that is not an
@@ -65,7 +65,7 @@ from protocol.gateway import (
     Opcode,
     close_action,
 )
-from protocol.intents import ALL_INTENTS, PRIVILEGED_INTENTS
+from protocol.intents import ALL_INTENTS, PRIVILEGED_INTENTS, Intent
 from simulator.config import EVENT_INTENTS, SimulatorConfig
 from simulator.events import GUILD_BASE, EventFactory
 from simulator.faults import ChaosPicker, FaultKind
@@ -887,12 +887,13 @@ class Gateway:
             guilds = range(phantom, phantom + 1)
             n_guilds = 1
         factory = self.factory
+        content = bool(session.intents & Intent.MESSAGE_CONTENT)
         ids: list[int] = []
         for _ in range(count):
             n = session.event_n
             session.event_n = n + 1
             kind = t if t is not None else table[n % len(table)]
-            d, event_id = factory.event(kind, guilds[n % n_guilds], n)
+            d, event_id = factory.event(kind, guilds[n % n_guilds], n, content)
             self.dispatch(session, _EVENT_NAMES[kind], d, event_id)
             ids.append(event_id)
         return ids

@@ -347,9 +347,9 @@ async def test_events_respect_intents(sim_factory: SimFactory, raw_clients: Conn
 
 
 async def test_message_create_is_realistic(sim_factory: SimFactory, raw_clients: Connect) -> None:
-    sim = await sim_factory(guilds=1)
+    sim = await sim_factory(guilds=1, privileged_intents=1 << 15)
     client = await raw_clients(sim.gateway_url)
-    ready = await client.ready()
+    ready = await client.ready(intents=513 | (1 << 15))
     guild = (await client.recv_event("GUILD_CREATE"))["d"]
     sim.emit(0, 1, "MESSAGE_CREATE")
     msg = await client.recv_event("MESSAGE_CREATE")
@@ -359,6 +359,18 @@ async def test_message_create_is_realistic(sim_factory: SimFactory, raw_clients:
     assert d["channel_id"] in {c["id"] for c in guild["channels"] if c["type"] == 0}
     assert d["author"]["id"] in {m["user"]["id"] for m in guild["members"]}
     assert d["id"] == d["nonce"]
+    assert d["content"]
+
+
+async def test_message_content_is_empty_without_its_intent(
+    sim_factory: SimFactory, raw_clients: Connect
+) -> None:
+    sim = await sim_factory(guilds=1, privileged_intents=1 << 15)
+    client = await raw_clients(sim.gateway_url)
+    await client.ready(intents=513)
+    sim.emit(0, 3, "MESSAGE_CREATE")
+    for _ in range(3):
+        assert (await client.recv_event("MESSAGE_CREATE"))["d"]["content"] == ""
 
 
 async def test_request_guild_members_is_answered_and_recorded(
