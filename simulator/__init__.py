@@ -50,6 +50,8 @@ from simulator.config import SimulatorConfig
 from simulator.events import bot_id_from_token, discord_shaped_token
 from simulator.faults import FaultKind
 from simulator.record import (
+    ClosedBy,
+    ConnectionRecord,
     DispatchRecord,
     IdentifyOutcome,
     IdentifyRecord,
@@ -63,6 +65,8 @@ from simulator.record import (
 from simulator.server import Simulator
 
 __all__ = [
+    "ClosedBy",
+    "ConnectionRecord",
     "DispatchRecord",
     "FaultKind",
     "IdentifyOutcome",

@@ -70,6 +70,7 @@ from simulator.config import EVENT_INTENTS, SimulatorConfig
 from simulator.events import GUILD_BASE, EventFactory
 from simulator.faults import ChaosPicker, FaultKind
 from simulator.record import (
+    ClosedBy,
     CommandRecord,
     ConnectionRecord,
     DispatchRecord,
@@ -229,12 +230,12 @@ class Connection(Sink):
                 self._on_payload(data)
             elif msg.type is WSMsgType.CLOSE:
                 if self.info.closed_by is None:
-                    self.info.closed_by = "client"
+                    self.info.closed_by = ClosedBy.CLIENT
                     self.info.close_code = ws.close_code
                 return
             elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 if self.info.closed_by is None:
-                    self.info.closed_by = "lost"
+                    self.info.closed_by = ClosedBy.LOST
                 return
 
     async def _finish(self) -> None:
@@ -246,14 +247,14 @@ class Connection(Sink):
             timer.cancel()
         writer = self._writer
         if writer is not None:
-            if self.info.closed_by == "server" and not writer.done():
+            if self.info.closed_by is ClosedBy.SERVER and not writer.done():
                 # the writer sends what was queued before the close, then the close frame
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(writer), _CLOSE_FLUSH_S)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
-        if not self.ws.closed and self.info.closed_by in (None, "lost"):
+        if not self.ws.closed and self.info.closed_by in (None, ClosedBy.LOST):
             with contextlib.suppress(Exception):
                 await self.ws.close(code=CloseCode.UNKNOWN_ERROR, message=b"server shutting down")
         if self.info.closed_at is None:
@@ -313,7 +314,7 @@ class Connection(Sink):
                     return
         except (ConnectionError, RuntimeError):
             if self.info.closed_by is None:
-                self.info.closed_by = "lost"
+                self.info.closed_by = ClosedBy.LOST
             self.abort(record=False)
 
     def close(self, code: int, reason: str) -> None:
@@ -326,7 +327,7 @@ class Connection(Sink):
             return
         self._closing = True
         self.open = False
-        self.info.closed_by = "server"
+        self.info.closed_by = ClosedBy.SERVER
         self.info.close_code = code
         self.info.closed_at = time.monotonic()
         self.gateway.server_closed(self, code)
@@ -344,7 +345,7 @@ class Connection(Sink):
     def abort(self, record: bool = True) -> None:
         """Drop the TCP connection at once, without a close frame (queued frames are lost)."""
         if record and not self._closing:
-            self.info.closed_by = "abort"
+            self.info.closed_by = ClosedBy.ABORT
             self.info.closed_at = time.monotonic()
         self._closing = True
         self.open = False
@@ -707,7 +708,11 @@ class Gateway:
 
         async def refuse(kind: ViolationKind, code: int, reason: str) -> None:
             self.record.add(Violation(kind, conn_id, time.monotonic(), code, None, reason))
-            info.closed_by, info.close_code, info.closed_at = "server", code, time.monotonic()
+            info.closed_by, info.close_code, info.closed_at = (
+                ClosedBy.SERVER,
+                code,
+                time.monotonic(),
+            )
             await ws.close(code=code, message=reason.encode())
 
         if v not in SUPPORTED_API_VERSIONS:
@@ -797,7 +802,7 @@ class Gateway:
         if session is None or session.sink is not conn:
             return
         info = conn.info
-        if info.closed_by == "client" and info.close_code in (
+        if info.closed_by is ClosedBy.CLIENT and info.close_code in (
             CloseCode.NORMAL,
             CloseCode.GOING_AWAY,
         ):

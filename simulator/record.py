@@ -56,6 +56,15 @@ class ResumeOutcome(enum.Enum):
     REJECTED = "rejected"  # closed with ``code``
 
 
+class ClosedBy(enum.StrEnum):
+    """Who ended a connection (a StrEnum: compares equal to its value)."""
+
+    SERVER = "server"  # a close frame from the server
+    CLIENT = "client"  # a close frame from the client
+    ABORT = "abort"  # the server dropped TCP on purpose (fault), no close frame
+    LOST = "lost"  # TCP went away without a close frame from either side
+
+
 class UrlKind(enum.Enum):
     MAIN = "main"
     RESUME = "resume"
@@ -73,8 +82,7 @@ class ConnectionRecord:
     session_id: str | None = None
     closed_at: float | None = None
     close_code: int | None = None
-    #: "server", "client", "abort" (TCP dropped by the server) or "lost".
-    closed_by: str | None = None
+    closed_by: ClosedBy | None = None
     heartbeats: int = 0
     acks: int = 0
     payloads: int = 0
