@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import pytest
 
 from simulator import IdentifyOutcome, ViolationKind
-from tests.conftest import RawClient, SimFactory
+from tests.conftest import GatewayClosed, RawClient, SimFactory
 
 Connect = Callable[..., Awaitable[RawClient]]
 
@@ -377,3 +379,40 @@ async def test_resume_does_not_spend_a_session_start(
     assert sim.gateway.budget.remaining == 0
     assert len(sim.record.accepted_resumes()) == 3
     assert not sim.record.violations
+
+
+async def test_garbage_input_gets_a_clear_close_and_costs_nothing_else(
+    sim_factory: SimFactory, raw_clients: Connect
+) -> None:
+    """Random payloads: each connection ends with a documented code; the server keeps serving."""
+    rng = random.Random(11)
+    sim = await sim_factory(guilds=1)
+    samples: list[str] = [
+        "",
+        "{}",
+        "[]",
+        '{"op":null}',
+        '{"op":1.5}',
+        '{"op":2,"d":[]}',
+        "\x00" * 10,
+    ]
+    alphabet = '{}[]":,0123456789opdtsnul \\'
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(25)]
+    samples += [
+        orjson.dumps({"op": rng.randint(-5, 50), "d": rng.choice([None, 1, "x", {}, []])}).decode()
+        for _ in range(15)
+    ]
+    for raw in samples:
+        client = await raw_clients(sim.gateway_url)
+        await client.hello()
+        await client.send(raw)
+        try:
+            reply = await client.recv(timeout=2)
+        except GatewayClosed as closed:
+            assert closed.code in (4001, 4002, 4003, 4004, 4010, 4013), (raw, closed.code)
+        else:
+            assert reply["op"] in (9, 11) or reply["t"] == "READY", (raw, reply)
+        await client.close()
+    good = await raw_clients(sim.gateway_url)
+    await good.ready()
+    assert len(sim.record.violations) >= len(samples) // 2
