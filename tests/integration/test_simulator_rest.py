@@ -145,3 +145,23 @@ async def test_admin_api_rejects_bad_requests(sim_factory: SimFactory) -> None:
     status, _, sessions = await get(sim.admin_url + "/sessions")
     assert status == 200 and sessions["sessions"] == []
     assert sessions["session_start_limit"]["remaining"] == 1000
+
+
+def _ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_ipv6_host_urls_are_bracketed(sim_factory: SimFactory) -> None:
+    sim = await sim_factory(host="::1")
+    assert sim.rest_url == f"http://[::1]:{sim.port}/api/v10"
+    assert sim.gateway_url == f"ws://[::1]:{sim.port}/"
+    status, _, body = await get(sim.rest_url + "/gateway/bot", AUTH)
+    assert status == 200 and body["url"] == f"ws://[::1]:{sim.port}"
