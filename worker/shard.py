@@ -624,18 +624,22 @@ class Shard:
             self.counters.resumes += 1
         else:
             # awaiting_permit: heartbeats keep running in their own task meanwhile
-            await self._permits.acquire(cfg.shard_id)
-            await self._set_phase(sm.on_permit(self._state))
-            payload = payloads.identify(
-                cfg.token,
-                cfg.shard_id,
-                cfg.total_shards,
-                cfg.intents,
-                large_threshold=cfg.large_threshold,
+            data = payloads.encode_client_payload(
+                payloads.identify(
+                    cfg.token,
+                    cfg.shard_id,
+                    cfg.total_shards,
+                    cfg.intents,
+                    large_threshold=cfg.large_threshold,
+                )
             )
+            await self._permits.acquire(cfg.shard_id)
+            # The server measures identify spacing when the IDENTIFY arrives, so it
+            # goes out right after the grant; the phase report can wait.
             await limiter.acquire_priority()
-            await self._send(ws, payloads.encode_client_payload(payload))
+            await self._send(ws, data)
             self.counters.identifies += 1
+            await self._set_phase(sm.on_permit(self._state))
         # Nothing else to do; wait until the connection ends (the reader settles it).
         await asyncio.Event().wait()
         raise AssertionError("unreachable")

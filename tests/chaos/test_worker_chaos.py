@@ -106,7 +106,20 @@ async def test_64_shards_survive_chaos_with_no_loss_no_duplicate_no_wasted_ident
             for f in sim.record.faults
             if f.kind == "invalid_session" and not f.params.get("resumable")
         )
-        assert identifies == Counter(range(SHARDS)) + ended, "wasted identifies"
+        wasted = {s for s in range(SHARDS) if identifies[s] != 1 + ended[s]}
+        assert not wasted, [
+            (
+                s,
+                [(f.kind, f.params, round(f.at, 2)) for f in sim.record.faults if f.shard_id == s],
+                [
+                    (r.outcome.value, r.code, r.url_kind.value, round(r.at, 2))
+                    for r in sim.record.resumes_for(s)
+                ],
+                [(r.outcome.value, r.code, round(r.at, 2)) for r in sim.record.identifies_for(s)],
+                [(v.kind.value, v.detail) for v in sim.record.violations if v.shard_id == s],
+            )
+            for s in sorted(wasted)
+        ]
         assert all(r.outcome.value == "accepted" for r in sim.record.identifies)
         assert sim.record.accepted_resumes(), "chaos caused no resume at all"
         assert not sim.record.violations, sim.record.violations[:5]

@@ -228,6 +228,8 @@ async def test_a_dead_resume_url_falls_back_to_the_main_url(
     sim.emit(0, 3)
     await wait_delivered(sim, harness)
     await first.stop()
+    # the final reports travel on the same ordered channel, ahead of the last status
+    await harness.wait_for(lambda got: "drained" in got_status(got, first.spec.worker_id), 5)
     report = harness.got.latest[0]
     assert report.session_id is not None
     # a port that refuses connections: bound, never listening, held for the whole test

@@ -96,6 +96,8 @@ async def test_drain_then_a_new_worker_resumes_every_saved_session(
     sim.emit(1, 5)
     await wait_delivered(sim, harness)
     assert await first.stop() is WorkerStatusKind.DRAINED
+    # the final reports travel on the same ordered channel, ahead of the last status
+    await harness.wait_for(lambda got: "drained" in got_status(got, first.spec.worker_id), 5)
     for shard in (0, 1):
         (conn,) = sim.record.connections_for(shard)
         assert conn.closed_by == "client" and conn.close_code == 4000  # resumable, not 1000
