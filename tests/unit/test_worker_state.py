@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocol.gateway import CloseCode
 from worker.state import (
@@ -208,3 +210,62 @@ def test_stop_keeps_the_session_and_closes_resumably() -> None:
 def test_session_seq_update_is_a_new_record() -> None:
     assert SESSION.with_seq(50) == ShardSession("abc", 50, "ws://resume.example/")
     assert SESSION.seq == 42
+
+
+# -- properties over random event sequences -------------------------------------------
+
+
+events = st.lists(
+    st.one_of(
+        st.tuples(st.just("close"), st.none() | st.integers(1000, 1015) | st.integers(4000, 4999)),
+        st.tuples(st.just("op7"), st.none()),
+        st.tuples(st.just("op9"), st.booleans()),
+        st.tuples(st.just("zombie"), st.none()),
+        st.tuples(st.just("transport"), st.none()),
+        st.tuples(st.just("bad"), st.none()),
+        st.tuples(st.just("connect_failed"), st.sampled_from(list(GatewayUrl))),
+        st.tuples(st.just("ready"), st.none()),
+    ),
+    max_size=40,
+)
+
+
+@given(st.booleans(), events)
+def test_no_event_sequence_ends_a_session_by_accident(
+    saved: bool, seq: list[tuple[str, object]]
+) -> None:
+    state = initial_state(SESSION if saved else None)
+    for kind, arg in seq:
+        if state.phase is ShardPhase.FATAL:
+            break
+        if kind == "ready":
+            state = on_ready(state, SESSION)
+            continue
+        if kind == "close":
+            d = on_server_close(state, arg)  # type: ignore[arg-type]
+        elif kind == "op7":
+            d = on_reconnect_request(state)
+        elif kind == "op9":
+            d = on_invalid_session(state, bool(arg))
+        elif kind == "zombie":
+            d = on_missed_ack(state)
+        elif kind == "transport":
+            d = on_transport_error(state)
+        elif kind == "bad":
+            d = on_bad_input(state)
+        else:
+            d = on_connect_failed(state, arg)  # type: ignore[arg-type]
+        # the shard never sends the close codes that end a Discord session
+        assert d.close_code not in (1000, 1001)
+        if d.reconnect is None:
+            assert d.phase is ShardPhase.FATAL and d.fatal_code is not None
+        elif d.reconnect.mode is ConnectMode.RESUME:
+            assert d.session is not None  # never RESUME without a session
+        else:
+            assert d.session is None and d.reconnect.url is GatewayUrl.MAIN
+        # a session is only dropped by what Discord says ends it
+        if state.session is not None and d.session is None and d.phase is not ShardPhase.FATAL:
+            assert (kind, arg) in {("op9", False)} or (
+                kind == "close" and arg in (4003, 4007, 4009)
+            )
+        state = d.state
