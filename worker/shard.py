@@ -39,9 +39,7 @@ from protocol.compression import DEFAULT_MAX_MESSAGE_SIZE, Compression, make_dec
 from protocol.envelope import peek
 from protocol.errors import (
     DecompressionError,
-    InvalidCommandError,
     MalformedPayloadError,
-    PayloadTooLargeError,
 )
 from protocol.gateway import API_VERSION, CLIENT_PAYLOAD_LIMIT, RESUMABLE_CLOSE_CODE, SEND_WINDOW_S
 from protocol.ipc import ShardReport, session_epoch
@@ -660,8 +658,6 @@ class Shard:
 
 __all__ = [
     "FatalCloseError",
-    "InvalidCommandError",
-    "PayloadTooLargeError",
     "Shard",
     "ShardConfig",
     "ShardOutput",
