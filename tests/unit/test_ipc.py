@@ -138,3 +138,15 @@ def test_specific_malformations() -> None:
         decode([report[0], b'{"shard_id":1,"seq":2,"bogus":1}'])
     with pytest.raises(WireFormatError, match="disagree"):
         decode([report[0], encode_shard_report(ShardReport(9, "ready", 5, "s", "u"))[1]])
+
+
+def test_a_batch_of_consecutive_events_decodes_with_consecutive_seqs() -> None:
+    # Version 1 workers send one event per message; readers already accept batches.
+    from protocol.ipc import pack_header
+
+    events = [(b"T%d" % i, b'{"shard_id":3,"seq":%d}' % (10 + i), b"{}") for i in range(3)]
+    frames = [pack_header(MessageKind.EVENTS, 3, 77, 10, count=3)]
+    for e in events:
+        frames.extend(e)
+    batch = decode(frames)
+    assert batch == EventBatch(3, 77, 10, events)
