@@ -177,3 +177,7 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# Commands that live in their own modules register on ``app`` when imported.
+from cluster import cli_client  # noqa: E402, F401
