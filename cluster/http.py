@@ -29,16 +29,25 @@ class ClusterCollector(Collector):
         shards = [status.shards[i] for i in sorted(status.shards)]
 
         events = CounterMetricFamily(
-            "titanium_events", "Dispatch events received, per shard and event type",
+            "titanium_events",
+            "Dispatch events received, per shard and event type",
             labels=["shard", "type"],
         )
         latency = GaugeMetricFamily(
             "titanium_shard_latency_seconds", "Heartbeat round trip per shard", labels=["shard"]
         )
-        ready = GaugeMetricFamily("titanium_shard_ready", "1 when the shard is ready", labels=["shard"])
-        reconnects = CounterMetricFamily("titanium_shard_reconnects", "Reconnects per shard", labels=["shard"])
-        resumes = CounterMetricFamily("titanium_shard_resumes", "Successful resumes per shard", labels=["shard"])
-        identifies = CounterMetricFamily("titanium_shard_identifies", "Identifies sent per shard", labels=["shard"])
+        ready = GaugeMetricFamily(
+            "titanium_shard_ready", "1 when the shard is ready", labels=["shard"]
+        )
+        reconnects = CounterMetricFamily(
+            "titanium_shard_reconnects", "Reconnects per shard", labels=["shard"]
+        )
+        resumes = CounterMetricFamily(
+            "titanium_shard_resumes", "Successful resumes per shard", labels=["shard"]
+        )
+        identifies = CounterMetricFamily(
+            "titanium_shard_identifies", "Identifies sent per shard", labels=["shard"]
+        )
         for shard in shards:
             label = str(shard.shard_id)
             for event_type, count in shard.events_by_type.items():
@@ -51,7 +60,9 @@ class ClusterCollector(Collector):
             identifies.add_metric([label], shard.identifies)
         yield from (events, latency, ready, reconnects, resumes, identifies)
 
-        yield GaugeMetricFamily("titanium_shards_total", "Shards this supervisor runs", value=len(shards))
+        yield GaugeMetricFamily(
+            "titanium_shards_total", "Shards this supervisor runs", value=len(shards)
+        )
         yield GaugeMetricFamily("titanium_shards_ready", "Shards ready", value=status.shards_ready)
 
         budget = status.identify_budget()
@@ -63,15 +74,23 @@ class ClusterCollector(Collector):
             )
 
         relay = status.relay
-        yield CounterMetricFamily("titanium_relay_published", "Events published on the PUB socket", value=relay.published)
-        dropped = CounterMetricFamily("titanium_relay_dropped", "Events dropped by the relay, by reason", labels=["reason"])
+        yield CounterMetricFamily(
+            "titanium_relay_published", "Events published on the PUB socket", value=relay.published
+        )
+        dropped = CounterMetricFamily(
+            "titanium_relay_dropped", "Events dropped by the relay, by reason", labels=["reason"]
+        )
         dropped.add_metric(["duplicate"], relay.duplicates_dropped)
         dropped.add_metric(["pub_hwm"], relay.pub_dropped)
         dropped.add_metric(["malformed"], relay.malformed_dropped)
         yield dropped
 
-        alive = GaugeMetricFamily("titanium_worker_alive", "1 when the worker process is alive", labels=["worker"])
-        restarts = CounterMetricFamily("titanium_worker_restarts", "Worker restarts", labels=["worker"])
+        alive = GaugeMetricFamily(
+            "titanium_worker_alive", "1 when the worker process is alive", labels=["worker"]
+        )
+        restarts = CounterMetricFamily(
+            "titanium_worker_restarts", "Worker restarts", labels=["worker"]
+        )
         for worker in status.workers.values():
             alive.add_metric([str(worker.worker_id)], 1.0 if worker.alive else 0.0)
             restarts.add_metric([str(worker.worker_id)], worker.restarts)
@@ -91,7 +110,9 @@ def build_app(status: ClusterStatus) -> web.Application:
         return web.json_response(status.to_status_json())
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def page(_: web.Request) -> web.Response:
         return web.Response(text=STATUS_PAGE_HTML, content_type="text/html")

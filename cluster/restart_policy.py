@@ -61,6 +61,10 @@ class RestartTracker:
         self.restarts += 1
         if self.quick_deaths == 1:
             return RestartDecision(RestartAction.RESTART, 0.0)
-        ceiling = min(self.policy.max_delay_s, self.policy.base_delay_s * 2 ** (self.quick_deaths - 2))
+        ceiling = min(
+            self.policy.max_delay_s, self.policy.base_delay_s * 2 ** (self.quick_deaths - 2)
+        )
         # Equal jitter: at least half the ceiling, so quick deaths really slow down.
-        return RestartDecision(RestartAction.RESTART, ceiling / 2 + self._rng.uniform(0, ceiling / 2))
+        return RestartDecision(
+            RestartAction.RESTART, ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        )

@@ -74,7 +74,9 @@ class SessionStore:
                 os.unlink(tmp)
             raise
 
-    def load(self, max_age_s: float = DEFAULT_MAX_AGE_S, now: float | None = None) -> dict[int, SavedSession]:
+    def load(
+        self, max_age_s: float = DEFAULT_MAX_AGE_S, now: float | None = None
+    ) -> dict[int, SavedSession]:
         """Sessions that may still be resumed; anything unreadable or foreign is ignored."""
         now = time.time() if now is None else now
         try:

@@ -133,7 +133,9 @@ class ClusterStatus:
         problems: list[str] = []
         if self.fatal_reason is not None:
             problems.append(self.fatal_reason)
-        given_up = sorted(w.worker_id for w in self.workers.values() if w.state is WorkerState.GIVEN_UP)
+        given_up = sorted(
+            w.worker_id for w in self.workers.values() if w.state is WorkerState.GIVEN_UP
+        )
         if given_up:
             problems.append(f"workers given up after repeated crashes: {given_up}")
         budget = self.identify_budget()

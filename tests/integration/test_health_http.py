@@ -27,7 +27,9 @@ async def served() -> AsyncIterator[tuple[ClusterStatus, str]]:
 async def get(url: str) -> tuple[int, str, Any]:
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
         text = await resp.text()
-        body = await resp.json(content_type=None) if resp.content_type == "application/json" else None
+        body = (
+            await resp.json(content_type=None) if resp.content_type == "application/json" else None
+        )
         return resp.status, text, body
 
 
@@ -50,7 +52,9 @@ async def test_health_is_503_until_every_shard_is_ready(served: tuple[ClusterSta
 
 async def test_health_names_a_given_up_worker_and_an_exhausted_budget() -> None:
     status = ClusterStatus(
-        1, [(0, (0,))], identify_snapshot=lambda: {"remaining": 0, "exhausted": True, "reset_after_s": 42}
+        1,
+        [(0, (0,))],
+        identify_snapshot=lambda: {"remaining": 0, "exhausted": True, "reset_after_s": 42},
     )
     status.workers[0].state = WorkerState.GIVEN_UP
     server = HealthServer(status, "127.0.0.1", 0)
@@ -74,13 +78,27 @@ async def test_status_has_the_contract_fields(served: tuple[ClusterStatus, str])
     assert code == 200
     assert [s["shard_id"] for s in body["shards"]] == [0, 1, 2, 3]
     one = body["shards"][1]
-    for key in ("shard_id", "state", "worker_id", "latency_ms", "seq", "identifies", "resumes", "events"):
+    for key in (
+        "shard_id",
+        "state",
+        "worker_id",
+        "latency_ms",
+        "seq",
+        "identifies",
+        "resumes",
+        "events",
+    ):
         assert key in one
     assert one["state"] == "ready" and one["latency_ms"] == 41.23 and one["seq"] == 99
     assert one["worker_id"] == 0
     worker = body["workers"][0]
     assert worker == {
-        "worker_id": 0, "pid": 1234, "shard_ids": [0, 1], "alive": True, "restarts": 0, "state": "running",
+        "worker_id": 0,
+        "pid": 1234,
+        "shard_ids": [0, 1],
+        "alive": True,
+        "restarts": 0,
+        "state": "running",
     }
     assert body["identify"]["remaining"] == 997
 
@@ -104,4 +122,4 @@ async def test_status_page_is_html_that_polls_status(served: tuple[ClusterStatus
     _, url = served
     code, text, _ = await get(url + "/")
     assert code == 200
-    assert "<div id=\"grid\"" in text and 'fetch("status")' in text
+    assert '<div id="grid"' in text and 'fetch("status")' in text
