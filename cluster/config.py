@@ -1,0 +1,181 @@
+"""The supervisor's frozen configuration (``cluster up``) and the parsing of its option values.
+
+The CLI parses strings into a :class:`SupervisorConfig`; every bad value raises
+:class:`ConfigError` whose message is the one line the user sees. The token is
+kept out of the repr and out of every message.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from cluster.planner import PlanError, parse_shard_count, parse_shard_range
+from cluster.restart_policy import RestartPolicy
+from protocol.compression import Compression
+from protocol.errors import UnknownIntentError
+from protocol.intents import NON_PRIVILEGED_INTENTS, parse_intents
+
+DEFAULT_API_URL: Final = "https://discord.com/api/v10"
+DEFAULT_PUB: Final = "tcp://127.0.0.1:5555"
+DEFAULT_CONTROL: Final = "tcp://127.0.0.1:5556"
+DEFAULT_HEALTH: Final = "127.0.0.1:8080"
+DEFAULT_STATE_DIR: Final = "./.cluster-state"
+#: The token ``cluster up --simulate`` uses against its embedded simulator.
+SIMULATED_TOKEN: Final = "simulated-token"
+_ZMQ_TRANSPORTS: Final = ("tcp://", "ipc://", "inproc://")
+
+
+class ConfigError(ValueError):
+    """A bad option value; the message is one line naming the option and the fix."""
+
+
+class LogFormat(enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class SimulateSettings:
+    """The embedded simulator of ``cluster up --simulate``."""
+
+    shards: int = 4
+    max_concurrency: int = 4
+    event_rate: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    """Everything ``cluster up`` runs with (DESIGN.md 4.1), validated."""
+
+    token: str = field(repr=False)
+    #: None: Discord's recommendation (``--shards auto``).
+    shards: int | None = None
+    shard_range: tuple[int, int] | None = None
+    workers: int | None = None
+    intents: int = NON_PRIVILEGED_INTENTS
+    api_url: str = DEFAULT_API_URL
+    compression: Compression = Compression.ZLIB_STREAM
+    pub: str = DEFAULT_PUB
+    control: str = DEFAULT_CONTROL
+    #: None: the embedded coordinator.
+    coordinator: str | None = None
+    health_host: str = "127.0.0.1"
+    health_port: int = 8080
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    identify_interval_s: float = 5.0
+    #: Extra spacing per bucket on top of the interval (None: the scheduler's default).
+    identify_margin_s: float | None = None
+    simulate: SimulateSettings | None = None
+    log_format: LogFormat = LogFormat.TEXT
+    log_level: str = "INFO"
+    #: How often workers report every shard (liveness and /status freshness).
+    report_interval_s: float = 1.0
+    #: A worker silent for this many report intervals is killed and replaced.
+    liveness_intervals: int = 10
+    #: Per-subscriber queue of the PUB socket, in messages; beyond it events are dropped (counted).
+    pub_hwm: int = 10_000
+    #: Graceful stop: how long workers get to drain before SIGKILL.
+    stop_timeout_s: float = 7.0
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+
+    def __post_init__(self) -> None:
+        if not self.token or any(c.isspace() for c in self.token):
+            raise ConfigError("--token is required (or DISCORD_TOKEN): a bot token without spaces")
+        for name, endpoint in (("--pub", self.pub), ("--control", self.control)):
+            check_endpoint(name, endpoint)
+        if self.coordinator is not None:
+            check_endpoint("--coordinator", self.coordinator)
+        if not (math.isfinite(self.identify_interval_s) and self.identify_interval_s > 0):
+            raise ConfigError(
+                f"--identify-interval must be a number of seconds > 0, got {self.identify_interval_s!r}"
+            )
+        if self.identify_margin_s is not None and not (
+            math.isfinite(self.identify_margin_s) and self.identify_margin_s >= 0
+        ):
+            raise ConfigError("--identify-margin must be a number of seconds >= 0")
+        if not (math.isfinite(self.report_interval_s) and 0 < self.report_interval_s <= 60):
+            raise ConfigError("--report-interval must be between 0 and 60 s")
+        if self.liveness_intervals < 2:
+            raise ConfigError("--liveness-intervals must be at least 2")
+        if self.pub_hwm < 1:
+            raise ConfigError("--pub-hwm must be at least 1")
+        if not 0 <= self.health_port <= 65535:
+            raise ConfigError(f"--health port must be 0-65535, got {self.health_port}")
+        if not (self.api_url.startswith("http://") or self.api_url.startswith("https://")):
+            raise ConfigError(f"--api-url must be an http(s) URL, got {self.api_url[:60]!r}")
+
+    @property
+    def liveness_timeout_s(self) -> float:
+        return self.report_interval_s * self.liveness_intervals
+
+
+def check_endpoint(option: str, endpoint: str) -> str:
+    if not endpoint.startswith(_ZMQ_TRANSPORTS) or len(endpoint) <= len("tcp://"):
+        raise ConfigError(
+            f"{option} must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555 or ipc:///path, "
+            f"got {endpoint[:60]!r}"
+        )
+    return endpoint
+
+
+def parse_health(text: str) -> tuple[str, int]:
+    """``"host:port"`` (``[v6]:port`` for IPv6) -> (host, port)."""
+    host, sep, port_text = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"--health must be host:port, e.g. 127.0.0.1:8080, got {text[:60]!r}")
+    return host, int(port_text)
+
+
+def parse_shards(text: str) -> int | None:
+    try:
+        return parse_shard_count(text)
+    except PlanError as exc:
+        raise ConfigError(f"--shards: {exc}") from None
+
+
+def parse_range(text: str | None) -> tuple[int, int] | None:
+    if text is None or text.strip().lower() in ("", "all"):
+        return None
+    try:
+        return parse_shard_range(text)
+    except PlanError as exc:
+        raise ConfigError(f"--shard-ids: {exc}") from None
+
+
+def parse_workers(text: str | None) -> int | None:
+    if text is None or text.strip().lower() in ("", "auto"):
+        return None
+    raw = text.strip()
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ConfigError(f"--workers must be 'auto' or a positive integer, got {raw[:40]!r}")
+    return int(raw)
+
+
+def parse_intent_option(text: str | None) -> int:
+    if text is None:
+        return NON_PRIVILEGED_INTENTS
+    try:
+        return parse_intents(text)
+    except UnknownIntentError as exc:
+        raise ConfigError(f"--intents: {exc}") from None
+
+
+def parse_compression(text: str) -> Compression:
+    try:
+        return Compression(text.strip().lower())
+    except ValueError:
+        raise ConfigError(
+            f"--compress must be zlib-stream, zstd-stream or none, got {text[:40]!r}"
+        ) from None
+
+
+def parse_log_format(text: str) -> LogFormat:
+    try:
+        return LogFormat(text.strip().lower())
+    except ValueError:
+        raise ConfigError(f"--log-format must be text or json, got {text[:40]!r}") from None

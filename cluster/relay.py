@@ -1,0 +1,261 @@
+"""The event relay: workers' PULL channel -> dedupe -> the PUB socket (the supervisor's hot path).
+
+Workers send every message on one ordered PUSH->PULL channel (protocol/ipc.py).
+The relay reads it with a plain (non-asyncio) ZeroMQ socket whose file
+descriptor is registered with ``loop.add_reader``. ZeroMQ's descriptor is
+edge-triggered, so every wake-up drains with ``NOBLOCK`` until ``zmq.Again``;
+the work per wake-up is bounded (``batch`` messages), and a busy relay
+reschedules itself with ``call_soon`` so the HTTP server and the process
+manager are never starved.
+
+Per event only the 20-byte binary frame is decoded; the three PUB frames are
+forwarded untouched. Reports (SHARD_STATE, WORKER_STATUS: a few per shard per
+second) are decoded and handed to the supervisor's callback.
+
+:class:`SessionBook` is the pure bookkeeping: the last published
+``(epoch, seq)`` per shard, which is what dedupes a RESUME's replay, and each
+shard's current session from its reports. A replacement worker RESUMEs from
+``resume_point(shard)``: the last seq the supervisor *published*, so every
+``(shard_id, seq)`` reaches the PUB socket exactly once, across a SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import zmq
+
+from cluster.publisher import Publisher
+from cluster.status import RelayCounters
+from protocol import ipc
+from protocol.errors import WireFormatError
+
+#: Messages handled per wake-up before yielding to the event loop.
+DEFAULT_BATCH: Final = 2000
+#: Older epochs remembered per shard (a replaced session's stragglers still dedupe).
+_OLD_EPOCHS_PER_SHARD: Final = 4
+
+_HEADER_UNPACK: Final = ipc.HEADER.unpack
+_HEADER_SIZE: Final = ipc.HEADER_SIZE
+_EVENTS: Final = int(ipc.MessageKind.EVENTS)
+_VERSION: Final = ipc.IPC_VERSION
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """What a replacement worker (or the next ``cluster up``) RESUMEs a shard with."""
+
+    session_id: str
+    seq: int
+    resume_url: str
+
+
+class SessionBook:
+    """Per shard: the last published seq per session epoch, and the current session."""
+
+    __slots__ = ("_current", "_older", "_sessions")
+
+    def __init__(self) -> None:
+        #: shard -> [epoch, last published seq] of the newest epoch seen on the PUB socket
+        self._current: dict[int, list[int]] = {}
+        #: shard -> {epoch: last published seq} of earlier epochs (a few per shard)
+        self._older: dict[int, dict[int, int]] = {}
+        #: shard -> (session_id, resume_url) from the worker's latest report
+        self._sessions: dict[int, tuple[str, str]] = {}
+
+    def admit(self, shard_id: int, epoch: int, seq: int, count: int) -> int:
+        """How many of the ``count`` events ``seq .. seq+count-1`` are already published.
+
+        The rest (from ``seq + skipped``) are new and are now counted as published.
+        """
+        last = seq + count - 1
+        current = self._current.get(shard_id)
+        if current is not None and current[0] == epoch:
+            done = current[1]
+            if last <= done:
+                return count
+            current[1] = last
+            return max(0, done - seq + 1)
+        return self._admit_other_epoch(shard_id, epoch, seq, last, count, current)
+
+    def _admit_other_epoch(
+        self, shard_id: int, epoch: int, seq: int, last: int, count: int, current: list[int] | None
+    ) -> int:
+        older = self._older.setdefault(shard_id, {})
+        done = older.pop(epoch, None)
+        if current is not None:
+            older[current[0]] = current[1]
+            while len(older) > _OLD_EPOCHS_PER_SHARD:
+                del older[next(iter(older))]
+        if done is None:
+            self._current[shard_id] = [epoch, last]
+            return 0
+        self._current[shard_id] = [epoch, max(done, last)]
+        if last <= done:
+            return count
+        return max(0, done - seq + 1)
+
+    def published(self, shard_id: int, epoch: int) -> int:
+        """The last seq of session ``epoch`` published for ``shard_id`` (0: none)."""
+        current = self._current.get(shard_id)
+        if current is not None and current[0] == epoch:
+            return current[1]
+        return self._older.get(shard_id, {}).get(epoch, 0)
+
+    def on_session(self, shard_id: int, session_id: str | None, resume_url: str | None) -> None:
+        """A worker reported the shard's session (None: it has none to resume)."""
+        if session_id and resume_url:
+            self._sessions[shard_id] = (session_id, resume_url)
+        else:
+            self._sessions.pop(shard_id, None)
+
+    def seed(self, shard_id: int, session_id: str, seq: int, resume_url: str) -> None:
+        """A saved session from the previous run: its events up to ``seq`` were published."""
+        self._sessions[shard_id] = (session_id, resume_url)
+        epoch = ipc.session_epoch(session_id)
+        if self.published(shard_id, epoch) < seq:
+            self.admit(shard_id, epoch, 1, seq)
+
+    def resume_point(self, shard_id: int) -> ResumePoint | None:
+        session = self._sessions.get(shard_id)
+        if session is None:
+            return None
+        session_id, resume_url = session
+        seq = self.published(shard_id, ipc.session_epoch(session_id))
+        return ResumePoint(session_id, seq, resume_url)
+
+    def resume_points(self, shard_ids: tuple[int, ...] | list[int]) -> dict[int, ResumePoint]:
+        points = {s: self.resume_point(s) for s in shard_ids}
+        return {s: p for s, p in points.items() if p is not None}
+
+
+ReportHandler = Callable[[ipc.ShardReport | ipc.WorkerStatus], None]
+
+
+class Relay:
+    """Reads the workers' channel, dedupes events, publishes them, hands reports on."""
+
+    def __init__(
+        self,
+        pull: zmq.Socket[bytes],
+        publisher: Publisher,
+        book: SessionBook,
+        counters: RelayCounters,
+        on_report: ReportHandler,
+        batch: int = DEFAULT_BATCH,
+    ) -> None:
+        self._pull = pull
+        self._publisher = publisher
+        self._book = book
+        self._counters = counters
+        self._on_report = on_report
+        self._batch = batch
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd: int | None = None
+        self._scheduled = False
+        #: monotonic time the channel was last seen empty (the relay is caught up)
+        self.caught_up_at = time.monotonic()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        fd = self._pull.getsockopt(zmq.FD)
+        pub_fd = self._publisher.socket.getsockopt(zmq.FD)
+        assert isinstance(fd, int) and isinstance(pub_fd, int)
+        self._fd = fd
+        loop.add_reader(fd, self._wake)
+        loop.add_reader(pub_fd, self._publisher.drain_subscriptions)
+        # Edge-triggered: whatever is queued already would never signal.
+        self._wake()
+        self._publisher.drain_subscriptions()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            pub_fd = self._publisher.socket.getsockopt(zmq.FD)
+            assert isinstance(pub_fd, int)
+            self._loop.remove_reader(pub_fd)
+        self._fd = None
+
+    def _wake(self) -> None:
+        if self._scheduled or self._fd is None:
+            return
+        if self.process(self._batch) >= self._batch:
+            # More is waiting: go on after the loop has served everyone else.
+            self._scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        self._scheduled = False
+        self._wake()
+
+    def drain(self) -> int:
+        """Handle everything queued now (shutdown, a worker's exit)."""
+        total = 0
+        while True:
+            n = self.process(self._batch)
+            total += n
+            if n < self._batch:
+                return total
+
+    def process(self, limit: int) -> int:
+        """Handle up to ``limit`` messages; fewer means the channel is empty now."""
+        recv = self._pull.recv_multipart
+        admit = self._book.admit
+        publish = self._publisher.publish
+        counters = self._counters
+        published = 0
+        duplicates = 0
+        handled = 0
+        try:
+            while handled < limit:
+                try:
+                    frames = recv(_NOBLOCK)
+                except zmq.Again:
+                    self.caught_up_at = time.monotonic()
+                    break
+                handled += 1
+                head = frames[0]
+                if len(head) == _HEADER_SIZE:
+                    version, kind, count, shard_id, epoch, seq = _HEADER_UNPACK(head)
+                    if kind == _EVENTS and version == _VERSION:
+                        if count < 1 or len(frames) != 1 + 3 * count:
+                            counters.malformed_dropped += 1
+                            continue
+                        skip = admit(shard_id, epoch, seq, count)
+                        if count == 1:
+                            if skip:
+                                duplicates += 1
+                            else:
+                                publish(frames[1], frames[2], frames[3])
+                                published += 1
+                            continue
+                        for i in range(1 + 3 * skip, len(frames), 3):
+                            publish(frames[i], frames[i + 1], frames[i + 2])
+                        published += count - skip
+                        duplicates += skip
+                        continue
+                self._other(frames)
+        finally:
+            counters.published += published
+            counters.duplicates_dropped += duplicates
+            counters.pub_dropped = self._publisher.dropped
+        self._publisher.drain_subscriptions()
+        return handled
+
+    def _other(self, frames: list[bytes]) -> None:
+        try:
+            message = ipc.decode(frames)
+        except WireFormatError:
+            self._counters.malformed_dropped += 1
+            return
+        if isinstance(message, ipc.ShardReport | ipc.WorkerStatus):
+            self._on_report(message)
+        else:
+            self._counters.malformed_dropped += 1

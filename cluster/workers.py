@@ -1,0 +1,212 @@
+"""Worker processes: spawn, watch, kill, and the command channel to them.
+
+One :class:`WorkerSlot` per planned worker. Its state is
+:class:`cluster.status.WorkerState` (spawning -> running -> stopping ->
+exited, or backoff / given_up), shown as is in /status. Workers start with
+multiprocessing's *spawn* method from the top-level entry point
+:func:`worker.main.run_worker` with a frozen :class:`WorkerSpec` (STYLE.md 9).
+
+- **Exit** is seen at once: the process sentinel is registered with
+  ``loop.add_reader``; the callback reaps the process and hands
+  ``(slot, exit code)`` to the supervisor.
+- **Liveness** comes from the worker's own event loop: it reports every shard
+  every report interval; :meth:`WorkerPool.silent` names the running slots
+  that have not been heard from for the liveness timeout.
+- **Commands** go out on a ROUTER with ``ROUTER_MANDATORY``; a worker is
+  addressable once its HELLO arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import zmq
+import zmq.asyncio
+
+from cluster.restart_policy import RestartPolicy, RestartTracker
+from cluster.status import WorkerState
+from protocol import ipc
+from worker.group import WorkerSpec
+from worker.main import run_worker
+
+log = logging.getLogger(__name__)
+
+_spawn = multiprocessing.get_context("spawn")
+
+
+class CommandRoutingError(LookupError):
+    """A command could not be handed to a shard's worker."""
+
+
+class UnknownShardError(CommandRoutingError):
+    def __init__(self, shard_id: int) -> None:
+        super().__init__(f"shard {shard_id} is not run by this supervisor")
+        self.shard_id = shard_id
+
+
+class ShardNotRunningError(CommandRoutingError):
+    def __init__(self, shard_id: int, why: str) -> None:
+        super().__init__(f"shard {shard_id} is not running: {why}")
+        self.shard_id = shard_id
+
+
+@dataclass(slots=True)
+class WorkerSlot:
+    worker_id: int
+    shard_ids: tuple[int, ...]
+    tracker: RestartTracker
+    state: WorkerState = WorkerState.SPAWNING
+    process: multiprocessing.process.BaseProcess | None = None
+    started_at: float = 0.0
+    #: monotonic time of the latest report from this worker (or of its spawn)
+    last_seen: float = 0.0
+    hello: bool = False
+    fatal_code: int | None = None
+    fatal_detail: str | None = None
+    #: the spawn generation; an exit of an older process is ignored
+    generation: int = 0
+    sentinel: int | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+
+ExitHandler = Callable[[WorkerSlot, int | None], None]
+
+
+class WorkerPool:
+    """The worker slots of one supervisor and their processes."""
+
+    def __init__(
+        self,
+        plans: list[tuple[int, tuple[int, ...]]],
+        policy: RestartPolicy,
+        on_exit: ExitHandler,
+        router: zmq.asyncio.Socket,
+    ) -> None:
+        self.slots: dict[int, WorkerSlot] = {
+            worker_id: WorkerSlot(worker_id, shard_ids, RestartTracker(policy))
+            for worker_id, shard_ids in plans
+        }
+        self._shard_to_worker = {s: w for w, shard_ids in plans for s in shard_ids}
+        self._on_exit = on_exit
+        self._router = router
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- processes ------------------------------------------------------------------------
+
+    def spawn(self, slot: WorkerSlot, spec: WorkerSpec) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        process = _spawn.Process(
+            target=run_worker, args=(spec,), name=f"titanium-worker-{slot.worker_id}", daemon=True
+        )
+        process.start()
+        slot.generation += 1
+        slot.process = process
+        slot.state = WorkerState.SPAWNING
+        slot.hello = False
+        slot.started_at = slot.last_seen = time.monotonic()
+        sentinel = process.sentinel
+        slot.sentinel = sentinel
+        generation = slot.generation
+        loop.add_reader(sentinel, self._exited, slot, generation)
+        log.info(
+            "worker %d started (pid %s): shards %d-%d",
+            slot.worker_id,
+            process.pid,
+            slot.shard_ids[0],
+            slot.shard_ids[-1],
+        )
+
+    def _exited(self, slot: WorkerSlot, generation: int) -> None:
+        if slot.sentinel is not None and self._loop is not None:
+            self._loop.remove_reader(slot.sentinel)
+            slot.sentinel = None
+        if generation != slot.generation or slot.process is None:
+            return
+        slot.process.join(0)
+        code = slot.process.exitcode
+        slot.hello = False
+        self._on_exit(slot, code)
+
+    def kill(self, slot: WorkerSlot) -> None:
+        if slot.process is not None and slot.sentinel is not None:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                pid = slot.process.pid
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+
+    def kill_all(self) -> None:
+        for slot in self.slots.values():
+            self.kill(slot)
+
+    def alive(self) -> list[WorkerSlot]:
+        return [s for s in self.slots.values() if s.sentinel is not None]
+
+    def seen(self, worker_id: int) -> WorkerSlot | None:
+        slot = self.slots.get(worker_id)
+        if slot is not None:
+            slot.last_seen = time.monotonic()
+        return slot
+
+    def slot_of(self, shard_id: int) -> WorkerSlot | None:
+        worker_id = self._shard_to_worker.get(shard_id)
+        return None if worker_id is None else self.slots[worker_id]
+
+    def silent(self, now: float, timeout_s: float) -> list[WorkerSlot]:
+        return [
+            s
+            for s in self.slots.values()
+            if s.sentinel is not None
+            and s.state in (WorkerState.SPAWNING, WorkerState.RUNNING)
+            and now - s.last_seen > timeout_s
+        ]
+
+    # -- the command channel ----------------------------------------------------------------
+
+    def on_hello(self, hello: ipc.Hello) -> None:
+        slot = self.slots.get(hello.worker_id)
+        if slot is not None and slot.pid == hello.pid:
+            slot.hello = True
+
+    async def send(self, shard_id: int, payload: bytes) -> None:
+        slot = self.slot_of(shard_id)
+        if slot is None:
+            raise UnknownShardError(shard_id)
+        if slot.sentinel is None or slot.state not in (WorkerState.SPAWNING, WorkerState.RUNNING):
+            raise ShardNotRunningError(shard_id, f"its worker is {slot.state.value}")
+        if not slot.hello:
+            raise ShardNotRunningError(shard_id, "its worker has not connected yet")
+        await self._to_worker(slot, ipc.encode_command(shard_id, payload), shard_id)
+
+    async def stop_worker(self, slot: WorkerSlot) -> bool:
+        """Ask a worker to drain (STOP); False if it cannot be reached (kill it instead)."""
+        if not slot.hello:
+            return False
+        try:
+            await self._to_worker(slot, ipc.encode_stop(), None)
+        except ShardNotRunningError:
+            return False
+        return True
+
+    async def _to_worker(self, slot: WorkerSlot, frames: list[bytes], shard_id: int | None) -> None:
+        try:
+            await self._router.send_multipart(
+                [ipc.worker_routing_id(slot.worker_id), *frames], flags=zmq.NOBLOCK
+            )
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH (ROUTER_MANDATORY: not connected) or EAGAIN (its queue is full)
+            raise ShardNotRunningError(
+                -1 if shard_id is None else shard_id, f"worker {slot.worker_id}: {exc.strerror}"
+            ) from None
