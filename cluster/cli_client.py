@@ -267,7 +267,12 @@ def summarize(d: Any) -> str:
     if not isinstance(d, dict):
         return _short(d)
     parts: list[str] = []
-    for key, label in (("guild_id", "guild"), ("channel_id", "channel"), ("id", "id")):
+    for key, label in (
+        ("guild_id", "guild"),
+        ("channel_id", "channel"),
+        ("id", "id"),
+        ("user_id", "user"),
+    ):
         value = d.get(key)
         if isinstance(value, str | int) and not isinstance(value, bool):
             parts.append(f"{label}={value}")

@@ -52,6 +52,9 @@ MAX_REQUEST_BYTES: Final = 64 * 1024
 MAX_FRAME_BYTES: Final = 1024 * 1024
 #: Requests queued in the socket before ZeroMQ stops reading from peers.
 RECEIVE_HWM: Final = 1000
+#: A shard's ``send`` that takes longer than this is a failure (a stuck worker must
+#: not stall the control socket for everyone).
+SEND_TIMEOUT_S: Final = 5.0
 
 _REQUEST_KEYS: Final = frozenset({"op", "d", "shard_id", "guild_id", "all"})
 _TARGET_KEYS: Final = ("shard_id", "guild_id", "all")
@@ -264,6 +267,7 @@ class ControlServer:
         send: SendCommand,
         *,
         context: zmq.asyncio.Context | None = None,
+        send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> None:
         if total_shards < 1:
             raise ValueError(f"total_shards must be at least 1, got {total_shards}")
@@ -274,6 +278,7 @@ class ControlServer:
         self.total_shards = total_shards
         self.local_shard_ids = frozenset(local_shard_ids)
         self._send = send
+        self._send_timeout_s = send_timeout_s
         self._own_context = context is None
         self._context = context
         self._socket: zmq.asyncio.Socket | None = None
@@ -377,7 +382,13 @@ class ControlServer:
         failures: list[str] = []
         for shard_id in request.shard_ids:
             try:
-                await self._send(shard_id, request.payload)
+                async with asyncio.timeout(self._send_timeout_s):
+                    await self._send(shard_id, request.payload)
+            except TimeoutError:
+                self.stats.send_failures += 1
+                failures.append(
+                    f"shard {shard_id} did not take the command within {self._send_timeout_s:g} s"
+                )
             except Exception as exc:
                 self.stats.send_failures += 1
                 failures.append(f"shard {shard_id} did not take the command ({_why(exc)})")

@@ -160,6 +160,32 @@ async def test_a_shard_that_is_not_running_gets_ok_false(served: Served) -> None
     assert served.server.stats.send_failures == 3
 
 
+async def test_a_send_that_hangs_times_out_and_the_server_goes_on() -> None:
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    async def send(shard_id: int, payload: bytes) -> None:
+        if shard_id == 0:
+            await release.wait()  # a worker that never takes it
+        calls.append(shard_id)
+
+    server = ControlServer("tcp://127.0.0.1:0", 2, [0, 1], send, send_timeout_s=0.2)
+    await server.start()
+    context = zmq.asyncio.Context()
+    served = Served(server, SendRecorder(), context)
+    try:
+        reply = await served.request({"op": 3, "d": PRESENCE, "shard_id": 0})
+        assert reply == {"ok": False, "error": "shard 0 did not take the command within 0.2 s"}
+        assert await served.request({"op": 3, "d": PRESENCE, "shard_id": 1}) == {
+            "ok": True,
+            "shard_ids": [1],
+        }
+    finally:
+        await server.stop()
+        context.term()
+    assert calls == [1]
+
+
 async def test_dealer_clients_with_and_without_a_delimiter(served: Served) -> None:
     dealer = served.socket(zmq.DEALER)
     try:
