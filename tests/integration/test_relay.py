@@ -1,0 +1,158 @@
+"""The relay on real ZeroMQ sockets: PUSH -> PULL -> dedupe -> XPUB -> SUB."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from cluster.publisher import Publisher
+from cluster.relay import Relay, SessionBook
+from cluster.status import RelayCounters
+from protocol import ipc
+from protocol.pubframe import decode_event, encode_header
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@dataclass
+class Rig:
+    push: zmq.Socket[bytes]
+    sub: zmq.asyncio.Socket
+    relay: Relay
+    book: SessionBook
+    counters: RelayCounters
+    publisher: Publisher
+    reports: list[ipc.ShardReport | ipc.WorkerStatus] = field(default_factory=list)
+
+    async def received(self, n: int, within_s: float = 5.0) -> list[tuple[str, int, int]]:
+        out: list[tuple[str, int, int]] = []
+        async with asyncio.timeout(within_s):
+            while len(out) < n:
+                event = decode_event(await self.sub.recv_multipart())
+                out.append((event.topic, event.shard_id, event.seq))
+        return out
+
+
+def event(shard: int, epoch: int, seq: int, topic: bytes = b"MESSAGE_CREATE") -> list[bytes]:
+    payload = b'{"op":0,"s":%d,"t":"%s","d":{}}' % (seq, topic)
+    return ipc.event_message(shard, epoch, seq, topic, encode_header(shard, seq), payload)
+
+
+@contextlib.asynccontextmanager
+async def relay_rig(batch: int) -> AsyncIterator[Rig]:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    async_context = zmq.asyncio.Context()
+    pull: zmq.Socket[bytes] = context.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.bind("tcp://127.0.0.1:0")
+    publisher = Publisher(context, "tcp://127.0.0.1:0", hwm=100_000)
+    push: zmq.Socket[bytes] = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(pull.getsockopt_string(zmq.LAST_ENDPOINT))
+    sub = async_context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(publisher.endpoint)
+    book = SessionBook()
+    counters = RelayCounters()
+    reports: list[ipc.ShardReport | ipc.WorkerStatus] = []
+    relay = Relay(pull, publisher, book, counters, reports.append, batch=batch)
+    relay.start()
+    rig = Rig(push, sub, relay, book, counters, publisher, reports)
+    try:
+        # the subscription must reach the XPUB before anything is published
+        async with asyncio.timeout(5):
+            while publisher.subscriptions < 1:  # noqa: ASYNC110 (counted by the relay's reader)
+                await asyncio.sleep(0.01)
+        yield rig
+    finally:
+        relay.stop()
+        for sock in (push, pull):
+            sock.close(0)
+        sub.close(0)
+        publisher.close()
+        context.term()
+        async_context.term()
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    async with relay_rig(batch=2000) as r:
+        yield r
+
+
+async def test_events_are_published_once_in_order_with_their_frames_untouched(rig: Rig) -> None:
+    for seq in (1, 2, 3, 2, 3, 4):  # 2 and 3 replayed (a RESUME after a crash)
+        rig.push.send_multipart(event(0, 11, seq))
+    rig.push.send_multipart(event(1, 5, 1, b"READY"))
+    got = await rig.received(5)
+    assert got == [
+        ("MESSAGE_CREATE", 0, 1),
+        ("MESSAGE_CREATE", 0, 2),
+        ("MESSAGE_CREATE", 0, 3),
+        ("MESSAGE_CREATE", 0, 4),
+        ("READY", 1, 1),
+    ]
+    assert rig.counters.published == 5
+    assert rig.counters.duplicates_dropped == 2
+
+
+async def test_a_batched_events_message_is_relayed_skipping_what_was_published(rig: Rig) -> None:
+    rig.push.send_multipart(event(0, 3, 1))
+    rig.push.send_multipart(event(0, 3, 2))
+    frames = [ipc.pack_header(ipc.MessageKind.EVENTS, 0, 3, 1, count=4)]
+    for seq in range(1, 5):
+        frames += event(0, 3, seq)[1:]
+    rig.push.send_multipart(frames)
+    got = await rig.received(4)
+    assert [seq for _, _, seq in got] == [1, 2, 3, 4]
+    assert rig.counters.published == 4
+    assert rig.counters.duplicates_dropped == 2
+
+
+async def test_reports_go_to_the_supervisor_and_malformed_messages_are_counted(rig: Rig) -> None:
+    report = ipc.ShardReport(2, "ready", 9, "sess", "wss://resume")
+    rig.push.send_multipart(ipc.encode_shard_report(report))
+    rig.push.send_multipart([b"short"])
+    rig.push.send_multipart([event(0, 1, 1)[0]])  # EVENTS header without its frames
+    rig.push.send_multipart([ipc.pack_header(ipc.MessageKind.SHARD_STATE, 0, 0, 0), b"{not json"])
+    rig.push.send_multipart(event(0, 1, 1))
+    await rig.received(1)
+    assert rig.reports == [report]
+    assert rig.counters.malformed_dropped == 3
+
+
+async def test_a_busy_relay_yields_to_the_event_loop_between_batches() -> None:
+    async with relay_rig(batch=100) as rig:
+        seen_by_ticker: list[int] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            while not done.is_set():
+                seen_by_ticker.append(rig.counters.published)
+                await asyncio.sleep(0)
+
+        # queue everything before the relay's loop gets to run
+        rig.relay.stop()
+        for seq in range(1, 5001):
+            rig.push.send_multipart(event(0, 1, seq))
+        await asyncio.sleep(0.2)  # let ZeroMQ move them into the PULL's queue
+        task = asyncio.create_task(ticker())
+        rig.relay.start()
+        try:
+            got = await rig.received(5000, within_s=20)
+        finally:
+            done.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert [seq for _, _, seq in got] == list(range(1, 5001))
+        # at most 100 messages per wake-up: the ticker ran between the batches
+        partial = {n for n in seen_by_ticker if 0 < n < 5000}
+        assert len(partial) >= 10, sorted(partial)
+        assert all(n % 100 == 0 for n in partial)
