@@ -182,6 +182,20 @@ class Relay:
             self._loop.remove_reader(pub_fd)
         self._fd = None
 
+    def lagging(self, now: float, within_s: float) -> bool:
+        """True when messages wait and the channel has not been empty for ``within_s``.
+
+        Then a worker's silence proves nothing: its reports may be queued behind events.
+        """
+        if not int(self._pull.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self.caught_up_at = now
+            return False
+        # Reading EVENTS may have consumed the descriptor's edge: look again soon.
+        if self._loop is not None and not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._resume)
+        return now - self.caught_up_at > within_s
+
     def _wake(self) -> None:
         if self._scheduled or self._fd is None:
             return

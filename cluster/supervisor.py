@@ -506,8 +506,8 @@ class Supervisor:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            if now - self._relay.caught_up_at > 2 * interval:
-                continue  # reports may be queued behind events: silence proves nothing now
+            if self._relay.lagging(now, 2 * interval):
+                continue
             for slot in self._pool.silent(now, timeout):
                 limit = SPAWN_GRACE_S if slot.state is WorkerState.SPAWNING else timeout
                 if now - slot.last_seen <= limit:

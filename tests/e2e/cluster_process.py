@@ -27,7 +27,7 @@ import zmq.asyncio
 
 from protocol.pubframe import decode_event
 
-UP = [sys.executable, "-c", "from cluster.cli import main; main()", "up"]
+CLUSTER = [sys.executable, "-c", "from cluster.cli import main; main()"]
 
 
 @dataclass
@@ -40,11 +40,14 @@ class ClusterProcess:
     _reader: asyncio.Task[None] | None = None
 
     @classmethod
-    async def start(cls, *args: str, env: dict[str, str] | None = None) -> ClusterProcess:
+    async def start(
+        cls, *args: str, env: dict[str, str] | None = None, command: str = "up"
+    ) -> ClusterProcess:
+        """``cluster up --log-format json ARGS`` (or ``cluster COMMAND ARGS``)."""
+        prefix = ["up", "--log-format", "json"] if command == "up" else [command]
         process = await asyncio.create_subprocess_exec(
-            *UP,
-            "--log-format",
-            "json",
+            *CLUSTER,
+            *prefix,
             *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -90,6 +93,18 @@ class ClusterProcess:
                 self._changed.clear()
                 await self._changed.wait()
 
+    async def wait_text(self, text: str, within_s: float) -> str:
+        """Wait for a stderr line containing ``text`` (JSON or not)."""
+        async with asyncio.timeout(within_s):
+            while True:
+                for line in self.raw:
+                    if text in line:
+                        return line
+                if self._reader is not None and self._reader.done():
+                    raise AssertionError(f"exited without {text!r}: {self.raw[-5:]}")
+                self._changed.clear()
+                await self._changed.wait()
+
     async def listening(self, within_s: float = 20.0) -> dict[str, Any]:
         return await self.wait_line(lambda line: line.get("event") == "listening", within_s)
 
@@ -128,8 +143,10 @@ class ClusterProcess:
 async def clusters() -> AsyncIterator[Callable[..., Any]]:
     started: list[ClusterProcess] = []
 
-    async def start(*args: str, env: dict[str, str] | None = None) -> ClusterProcess:
-        run = await ClusterProcess.start(*args, env=env)
+    async def start(
+        *args: str, env: dict[str, str] | None = None, command: str = "up"
+    ) -> ClusterProcess:
+        run = await ClusterProcess.start(*args, env=env, command=command)
         started.append(run)
         return run
 

@@ -1,0 +1,157 @@
+"""``cluster up`` lifecycle end to end: bad input, a stuck worker, an external coordinator, signals."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator import ViolationKind
+from tests.conftest import SimFactory
+from tests.e2e.cluster_process import clusters, http_get, wait_http
+from tests.e2e.test_up import all_ready, args_for, short_dir
+
+__all__ = ["clusters", "short_dir"]
+
+pytestmark = pytest.mark.timeout(60)
+
+StartCluster = Callable[..., Any]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--shards", "abc"],
+            "cluster: error: --shards: shard count must be 'auto' or a positive integer",
+        ),
+        (["--health", "nowhere"], "cluster: error: --health must be host:port"),
+        (
+            ["--compress", "gzip"],
+            "cluster: error: --compress must be zlib-stream, zstd-stream or none",
+        ),
+        (["--pub", "localhost:5555"], "cluster: error: --pub must be a ZeroMQ endpoint"),
+    ],
+)
+async def test_a_bad_option_is_one_line_and_exit_status_2(
+    clusters: StartCluster, args: list[str], message: str
+) -> None:
+    run = await clusters("--token", "x", *args)
+    assert await run.wait(15) == 2
+    assert len(run.raw) == 1 and run.raw[0].startswith(message), run.raw
+
+
+async def test_no_token_and_an_unreachable_api_are_one_line_each(clusters: StartCluster) -> None:
+    no_token = await clusters(env={"DISCORD_TOKEN": ""})
+    assert await no_token.wait(15) == 2
+    assert no_token.raw == [
+        "cluster: error: --token (or DISCORD_TOKEN) is required unless --simulate"
+    ]
+    unreachable = await clusters(
+        "--api-url", "http://127.0.0.1:1/api/v10", env={"DISCORD_TOKEN": "tok"}
+    )
+    assert await unreachable.wait(15) == 1
+    assert unreachable.raw[-1].startswith(
+        "cluster: error: Discord API unreachable: GET http://127.0.0.1:1/api/v10/gateway/bot failed"
+    ), unreachable.raw
+
+
+async def test_a_shard_count_discord_would_refuse_is_refused_before_any_identify(
+    sim_factory: SimFactory, clusters: StartCluster, short_dir: Path
+) -> None:
+    sim = await sim_factory(shards=4, max_concurrency=4)
+    run = await clusters(*args_for(sim, short_dir, "--shards", "6"))
+    assert await run.wait(15) == 1
+    assert run.raw[-1] == (
+        "cluster: error: 6 shards is not a multiple of max_concurrency 4, which Discord refuses "
+        "(close 4010): use 4 or 8 shards"
+    )
+    assert not sim.record.connections
+
+
+async def test_a_stuck_worker_is_killed_and_its_shards_resume(
+    sim_factory: SimFactory, clusters: StartCluster, short_dir: Path
+) -> None:
+    sim = await sim_factory(shards=2, identify_window_s=0.05, heartbeat_interval_ms=5000)
+    run = await clusters(*args_for(sim, short_dir, "--liveness-intervals", "5"))
+    url = await all_ready(run)
+    _, body = await http_get(f"{url}/status")
+    pid = body["workers"][0]["pid"]
+    os.kill(pid, signal.SIGSTOP)  # a stuck event loop: no more reports
+    try:
+        await run.wait_line(lambda line: "sent nothing for" in line.get("msg", ""), 10)
+        await sim.record.wait_for(
+            lambda r: len(r.accepted_resumes(0)) == 1 and len(r.accepted_resumes(1)) == 1,
+            timeout=15,
+        )
+    finally:
+        # normally SIGKILLed by the supervisor already; never leave a stopped process behind
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    status = await wait_http(
+        f"{url}/status",
+        lambda _, b: b["shards_ready"] == 2 and b["workers"][0]["pid"] != pid,
+        10,
+    )
+    assert status["workers"][0]["restarts"] == 1
+    assert len(sim.record.identifies) == 2
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+async def test_an_external_coordinator_grants_the_identifies(
+    sim_factory: SimFactory, clusters: StartCluster, short_dir: Path
+) -> None:
+    sim = await sim_factory(shards=4, max_concurrency=2, identify_window_s=0.1)
+    endpoint = f"ipc://{short_dir}/coordinator"
+    coordinator = await clusters(
+        "--bind",
+        endpoint,
+        "--max-concurrency",
+        "2",
+        "--identify-interval",
+        "0.15",
+        "--session-total",
+        "100",
+        "--session-remaining",
+        "100",
+        "--reset-after",
+        "3600",
+        command="coordinator",
+    )
+    await coordinator.wait_text("identify coordinator on", 15)
+    run = await clusters(*args_for(sim, short_dir, "--coordinator", endpoint))
+    url = await all_ready(run)
+    _, body = await http_get(f"{url}/status")
+    assert body["identify"] is None  # the budget lives in the external coordinator
+    assert len(sim.record.accepted_identifies()) == 4
+    assert not sim.record.violations_of(ViolationKind.IDENTIFY_RATE_LIMIT)
+    run.signal(signal.SIGTERM)
+    assert await run.wait(10) == 0
+    coordinator.signal(signal.SIGINT)
+    assert await coordinator.wait(10) == 0
+
+
+async def test_a_second_signal_exits_at_once(
+    sim_factory: SimFactory, clusters: StartCluster, short_dir: Path
+) -> None:
+    sim = await sim_factory(shards=1)
+    # a long stop timeout: only the second signal can make it exit quickly
+    run = await clusters(*args_for(sim, short_dir, "--stop-timeout", "30"))
+    url = await all_ready(run)
+    _, body = await http_get(f"{url}/status")
+    worker_pid = body["workers"][0]["pid"]
+    os.kill(worker_pid, signal.SIGSTOP)  # it cannot drain, so the graceful stop would wait
+    try:
+        run.signal(signal.SIGTERM)
+        await run.wait_line(lambda line: "stopping" in line.get("msg", ""), 10)
+        run.signal(signal.SIGTERM)
+        assert await run.wait(5) == 130
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker_pid, signal.SIGCONT)
