@@ -100,8 +100,6 @@ async def test_a_stuck_worker_is_killed_and_its_shards_resume(
     )
     assert status["workers"][0]["restarts"] == 1
     assert len(sim.record.identifies) == 2
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
 
 
 async def test_an_external_coordinator_grants_the_identifies(
