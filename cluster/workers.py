@@ -135,7 +135,9 @@ class WorkerPool:
             slot.sentinel = None
         if generation != slot.generation or slot.process is None:
             return
-        slot.process.join(0)
+        # The sentinel closes while the process exits, a moment before it can be
+        # reaped: a non-blocking wait could miss the exit status and leave a zombie.
+        slot.process.join(1.0)
         code = slot.process.exitcode
         slot.hello = False
         self._on_exit(slot, code)
