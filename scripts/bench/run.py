@@ -1,0 +1,574 @@
+"""``python -m scripts.bench``: every benchmark of issue 5, repeated, written to docs/BENCHMARKS.md.
+
+Benchmarks (``--only`` takes these names):
+
+- ``throughput``: CPU seconds per event of the receiving process tree and
+  events/s, 16 shards, the firehose's pre-generated zlib-stream (simulator/firehose.py)
+  served as fast as each receiver reads: the floor loop, our worker alone,
+  the cluster (``cluster up``, when it exists), discord.py, hikari, @discordjs/ws.
+- ``latency``: p50/p99/p99.9 from the load source's send (``d._sent_ns``) to the
+  consumer's receive at 1k, 10k and 50k events/s.
+- ``startup``: 1,024 shards, max_concurrency 16, identify interval 0.05 s,
+  against the full simulator: time to all READY vs ``(ceil(N/mc) - 1) * interval``.
+- ``memory``: RSS per idle connected shard at 1,000 shards (zlib-stream).
+
+Each figure is measured ``--repeat`` times, the receivers interleaved so a
+change of machine load hits all of them alike; the report gives the median,
+the spread ((max - min) / median) and the load average seen. ``--quick`` runs
+every path with tiny sizes (the CI smoke test) and skips receivers that are
+not installed, saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from scripts.bench import report
+from scripts.bench.procs import REPO, Child, ChildError, tree_cpu, tree_rss
+
+TOKEN = "simulated-token"
+NODE_DIR = REPO / "scripts" / "bench" / "node"
+RECEIVERS = ("floor", "worker", "cluster", "discord.py", "hikari", "discordjs-ws")
+BENCHMARKS = ("throughput", "latency", "startup", "memory")
+#: receiver -> py-spy output file (``--profile DIR``); the CPU figures include py-spy then.
+PROFILE: dict[str, Path] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    shards: int
+    events_per_shard: int
+    latency_rates: tuple[int, ...]
+    latency_seconds: float
+    startup_shards: int
+    startup_mc: int
+    startup_interval: float
+    memory_shards: int
+    memory_baseline_shards: int
+
+
+FULL = Sizes(16, 20_000, (1_000, 10_000, 50_000), 5.0, 1024, 16, 0.05, 1000, 10)
+QUICK = Sizes(4, 300, (1_000,), 0.5, 32, 16, 0.05, 20, 2)
+
+
+@dataclass
+class Results:
+    sizes: Sizes
+    quick: bool
+    repeat: int
+    #: receiver -> {"cpu_us": Figure samples, "eps": ...}
+    throughput: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    latency: dict[str, dict[int, list[dict[str, float]]]] = field(default_factory=dict)
+    startup: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    memory: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    load: list[tuple[str, tuple[float, float, float]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- availability ------------------------------------------------------------------
+
+
+def cluster_up_available() -> str | None:
+    """None when ``cluster up`` can run a supervisor, else why not."""
+    if importlib.util.find_spec("cluster.supervisor") is None:
+        return "cluster/supervisor.py does not exist yet (cluster up has not landed)"
+    return None
+
+
+def unavailable(receiver: str) -> str | None:
+    """Why a receiver cannot run here, or None."""
+    if receiver == "cluster":
+        return cluster_up_available() or "the cluster receiver is not wired into the bench yet"
+    if receiver == "discord.py" and importlib.util.find_spec("discord") is None:
+        return "discord.py is not installed"
+    if receiver == "hikari" and importlib.util.find_spec("hikari") is None:
+        return "hikari is not installed (pip install hikari)"
+    if receiver == "discordjs-ws":
+        if shutil.which("node") is None:
+            return "node is not installed"
+        if not (NODE_DIR / "node_modules" / "@discordjs" / "ws").exists():
+            return f"@discordjs/ws is not installed (cd {NODE_DIR} && npm install)"
+    return None
+
+
+# -- the load sources ------------------------------------------------------------------
+
+
+class Firehose:
+    """The firehose in its own process, with its HTTP control."""
+
+    def __init__(self, child: Child, port: int, http: aiohttp.ClientSession) -> None:
+        self.child = child
+        self.port = port
+        self.http = http
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"{self.base}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @classmethod
+    async def start(cls, shards: int, events: int, http: aiohttp.ClientSession) -> Firehose:
+        child = await Child.python(
+            "firehose", "simulator.firehose", "--shards", str(shards), "--events", str(events)
+        )
+        port = int(await child.expect("PORT ", 120))
+        return cls(child, port, http)
+
+    async def status(self) -> dict[str, int]:
+        async with self.http.get(self.base + "/_fh/status") as r:
+            body: dict[str, int] = await r.json()
+            return body
+
+    async def wait(self, pred: Callable[[dict[str, int]], bool], timeout: float, what: str) -> None:  # noqa: ASYNC109
+        deadline = time.monotonic() + timeout
+        while True:
+            st = await self.status()
+            if pred(st):
+                return
+            if time.monotonic() > deadline:
+                raise ChildError(f"firehose: {what} not reached in {timeout} s: {st}")
+            await asyncio.sleep(0.05)
+
+    async def go(self, **body: Any) -> None:
+        async with self.http.post(self.base + "/_fh/go", json=body) as r:
+            r.raise_for_status()
+
+
+async def start_receiver(
+    name: str, fh: Firehose, shards: int, expect: int, sink: str | None
+) -> Child:
+    py = sys.executable
+    if name == "floor":
+        assert sink is not None
+        return await Child.python(
+            "floor", "scripts.bench.floor", fh.gateway_url, str(shards), TOKEN, sink
+        )
+    if name == "worker":
+        assert sink is not None
+        return await Child.python(
+            "worker", "scripts.bench.worker_proc", fh.gateway_url, str(shards), TOKEN, sink
+        )
+    if name == "discord.py":
+        return await Child.python(
+            "discord.py",
+            "scripts.bench.dpy_recv",
+            fh.rest_url,
+            fh.gateway_url,
+            str(shards),
+            TOKEN,
+            str(expect),
+        )
+    if name == "hikari":
+        return await Child.python(
+            "hikari", "scripts.bench.hikari_recv", fh.rest_url, str(shards), TOKEN, str(expect)
+        )
+    if name == "discordjs-ws":
+        return await Child.start(
+            "discordjs-ws",
+            [
+                "node",
+                str(NODE_DIR / "receiver.mjs"),
+                fh.rest_url,
+                fh.gateway_url,
+                str(shards),
+                TOKEN,
+                str(expect),
+            ],
+            cwd=NODE_DIR,
+        )
+    raise ValueError(f"unknown receiver {name}")
+    del py
+
+
+SINK_MODE = {"floor": "floor", "worker": "ipc", "cluster": "sub"}
+
+
+async def throughput_once(name: str, fh: Firehose, sizes: Sizes) -> tuple[float, float]:
+    """(µs of CPU per event, events/s) of one receiver on the whole pre-generated stream."""
+    shards = sizes.shards
+    total = shards * sizes.events_per_shard
+    await fh.wait(lambda s: s["ready"] == 0 and s["streaming"] == 0, 30, "idle")
+    sink: Child | None = None
+    receiver: Child | None = None
+    try:
+        endpoint = None
+        if name in SINK_MODE:
+            sink = await Child.python(
+                "sink", "scripts.bench.sink", SINK_MODE[name], "tcp://127.0.0.1:*", str(total)
+            )
+            endpoint = await sink.expect("BOUND ", 30)
+        receiver = await start_receiver(name, fh, shards, total, endpoint)
+        await fh.wait(lambda s: s["ready"] == shards, 60, f"{shards} shards ready")
+        await asyncio.sleep(0.5)  # the handshake's tail (READY handling) is not the stream
+        spy = await Child.py_spy(receiver.pid, PROFILE[name]) if name in PROFILE else None
+        if spy is not None:
+            await asyncio.sleep(1.0)  # attached (its CPU is not in the receiver's tree)
+        cpu0 = tree_cpu(receiver.pid)
+        t0 = time.monotonic_ns()
+        await fh.go()
+        timeout = 60 + total * 300e-6
+        line = await (sink or receiver).expect("DONE ", timeout)
+        cpu1 = tree_cpu(receiver.pid)
+        if spy is not None:
+            await spy.interrupt()
+        t1 = int(line.split()[1])
+        n = int(line.split()[0])
+        if n < total:
+            raise ChildError(f"{name}: {n} of {total} events")
+        return (cpu1 - cpu0) / total * 1e6, total / ((t1 - t0) / 1e9)
+    finally:
+        for child in (receiver, sink):
+            if child is not None:
+                await child.stop()
+
+
+async def bench_throughput(res: Results, receivers: list[str], http: aiohttp.ClientSession) -> None:
+    sizes = res.sizes
+    fh = await Firehose.start(sizes.shards, sizes.events_per_shard, http)
+    try:
+        for rep in range(res.repeat):
+            for name in receivers:
+                try:
+                    cpu_us, eps = await throughput_once(name, fh, sizes)
+                except ChildError as exc:
+                    res.errors.append(f"throughput/{name}: {exc}")
+                    log(f"throughput {name}: FAILED {exc}")
+                    continue
+                fig = res.throughput.setdefault(name, {"cpu_us": [], "eps": []})
+                fig["cpu_us"].append(cpu_us)
+                fig["eps"].append(eps)
+                log(f"throughput {name} #{rep + 1}: {cpu_us:.1f} µs/event, {eps:,.0f} events/s")
+    finally:
+        await fh.child.stop()
+
+
+# -- latency ---------------------------------------------------------------------------
+
+
+async def latency_once(name: str, fh: Firehose, sizes: Sizes, rate: int) -> dict[str, float]:
+    shards = sizes.shards
+    per_shard = max(1, int(rate * sizes.latency_seconds / shards))
+    total = per_shard * shards
+    await fh.wait(lambda s: s["ready"] == 0 and s["streaming"] == 0, 30, "idle")
+    sink: Child | None = None
+    receiver: Child | None = None
+    try:
+        sink = await Child.python(
+            "sink",
+            "scripts.bench.sink",
+            SINK_MODE[name],
+            "tcp://127.0.0.1:*",
+            str(total),
+            "--latency",
+        )
+        endpoint = await sink.expect("BOUND ", 30)
+        receiver = await start_receiver(name, fh, shards, total, endpoint)
+        await fh.wait(lambda s: s["ready"] == shards, 60, f"{shards} shards ready")
+        await asyncio.sleep(0.5)
+        cpu0 = tree_cpu(receiver.pid)
+        t0 = time.monotonic()
+        await fh.go(rate=rate, count=per_shard)
+        await sink.expect("DONE ", 60 + sizes.latency_seconds * 3)
+        cpu1 = tree_cpu(receiver.pid)
+        elapsed = time.monotonic() - t0
+        lat: dict[str, float] = orjson.loads(await sink.expect("LAT ", 30))
+        lat["cpu_us"] = (cpu1 - cpu0) / total * 1e6
+        lat["achieved_eps"] = total / elapsed
+        return lat
+    finally:
+        for child in (receiver, sink):
+            if child is not None:
+                await child.stop()
+
+
+async def bench_latency(res: Results, receivers: list[str], http: aiohttp.ClientSession) -> None:
+    sizes = res.sizes
+    fh = await Firehose.start(sizes.shards, 2_000, http)
+    try:
+        for rep in range(res.repeat):
+            for rate in sizes.latency_rates:
+                for name in receivers:
+                    try:
+                        lat = await latency_once(name, fh, sizes, rate)
+                    except ChildError as exc:
+                        res.errors.append(f"latency/{name}/{rate}: {exc}")
+                        log(f"latency {name} {rate}/s: FAILED {exc}")
+                        continue
+                    res.latency.setdefault(name, {}).setdefault(rate, []).append(lat)
+                    log(
+                        f"latency {name} {rate}/s #{rep + 1}: p50 {lat['p50']:.0f} µs, "
+                        f"p99 {lat['p99']:.0f} µs, p99.9 {lat['p999']:.0f} µs"
+                    )
+    finally:
+        await fh.child.stop()
+
+
+# -- startup and memory (the full simulator, its rules enforced) ------------------------
+
+
+async def start_simulator(**config: Any) -> tuple[Child, str, str]:
+    child = await Child.python("simulator", "scripts.bench.sim_proc", orjson.dumps(config).decode())
+    line = await child.expect("URLS ", 60)
+    rest, gateway = line.split()
+    return child, rest, gateway
+
+
+async def connect_all(
+    name: str, shards: int, mc: int, interval: float
+) -> tuple[Child, Child, Child | None, float, float, float]:
+    """Start a simulator and ``name`` with ``shards`` shards; return when all are READY.
+
+    Returns (simulator, receiver, sink, seconds from start to all READY,
+    seconds from the first READY to the last, the receiver's start time).
+    """
+    sim, rest, gateway = await start_simulator(
+        shards=shards,
+        max_concurrency=mc,
+        identify_window_s=interval,
+        guilds=0,
+        record_dispatches=False,
+        heartbeat_interval_ms=41_250,
+    )
+    sink: Child | None = None
+    try:
+        if name == "worker":
+            sink = await Child.python(
+                "sink",
+                "scripts.bench.sink",
+                "ipc",
+                "tcp://127.0.0.1:*",
+                str(shards),
+                "--topic",
+                "READY",
+            )
+            endpoint = await sink.expect("BOUND ", 30)
+            t0 = time.monotonic_ns()
+            receiver = await Child.python(
+                "worker",
+                "scripts.bench.worker_proc",
+                gateway,
+                str(shards),
+                TOKEN,
+                endpoint,
+                str(mc),
+                str(interval),
+            )
+            first = int(await sink.expect("FIRST ", 120))
+            done = int((await sink.expect("DONE ", 120 + shards * interval)).split()[1])
+        else:
+            t0 = time.monotonic_ns()
+            receiver = await Child.python(
+                "discord.py",
+                "scripts.bench.dpy_recv",
+                rest,
+                gateway,
+                str(shards),
+                TOKEN,
+                "1000000000",
+                str(interval),
+            )
+            done = int(await receiver.expect("READY ", 120 + shards * interval * 3))
+            first = t0
+        return sim, receiver, sink, (done - t0) / 1e9, (done - first) / 1e9, t0 / 1e9
+    except BaseException:
+        if sink is not None:
+            await sink.stop()
+        await sim.stop()
+        raise
+
+
+async def bench_startup(res: Results, receivers: list[str]) -> None:
+    sizes = res.sizes
+    n, mc, interval = sizes.startup_shards, sizes.startup_mc, sizes.startup_interval
+    for rep in range(res.repeat):
+        for name in receivers:
+            try:
+                sim, receiver, sink, total_s, ready_span_s, _ = await connect_all(
+                    name, n, mc, interval
+                )
+            except ChildError as exc:
+                res.errors.append(f"startup/{name}: {exc}")
+                log(f"startup {name}: FAILED {exc}")
+                continue
+            for child in (receiver, sink, sim):
+                if child is not None:
+                    await child.stop()
+            res.startup.setdefault(name, []).append({"total_s": total_s, "span_s": ready_span_s})
+            log(
+                f"startup {name} #{rep + 1}: all READY after {total_s:.2f} s (first..last READY {ready_span_s:.2f} s)"
+            )
+
+
+async def bench_memory(res: Results, receivers: list[str]) -> None:
+    sizes = res.sizes
+    for rep in range(res.repeat):
+        for name in receivers:
+            rss: dict[int, float] = {}
+            try:
+                for shards in (sizes.memory_baseline_shards, sizes.memory_shards):
+                    sim, receiver, sink, _, _, _ = await connect_all(name, shards, 16, 0.005)
+                    try:
+                        await asyncio.sleep(2.0)  # idle: handshakes done, buffers settled
+                        rss[shards] = float(tree_rss(receiver.pid))
+                    finally:
+                        for child in (receiver, sink, sim):
+                            if child is not None:
+                                await child.stop()
+            except ChildError as exc:
+                res.errors.append(f"memory/{name}: {exc}")
+                log(f"memory {name}: FAILED {exc}")
+                continue
+            big, small = sizes.memory_shards, sizes.memory_baseline_shards
+            per_total = rss[big] / big / 1024
+            marginal = (rss[big] - rss[small]) / (big - small) / 1024
+            res.memory.setdefault(name, []).append(
+                {
+                    "kb_per_shard_marginal": marginal,
+                    "kb_per_shard_total": per_total,
+                    "rss_mb": rss[big] / 2**20,
+                }
+            )
+            log(
+                f"memory {name} #{rep + 1}: {marginal:.1f} KB per extra shard, RSS {rss[big] / 2**20:.0f} MB at {big}"
+            )
+
+
+# -- the command -------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> Results:
+    sizes = QUICK if args.quick else FULL
+    res = Results(sizes=sizes, quick=args.quick, repeat=args.repeat)
+    only = set(args.only or BENCHMARKS)
+    wanted = [r for r in RECEIVERS if not args.receivers or r in args.receivers]
+    receivers: list[str] = []
+    for r in wanted:
+        why = unavailable(r)
+        if why is None:
+            receivers.append(r)
+        else:
+            res.skipped[r] = why
+            log(f"skipping {r}: {why}")
+    steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+    async with aiohttp.ClientSession() as http:
+        if "throughput" in only:
+            steps.append(("throughput", lambda: bench_throughput(res, receivers, http)))
+        if "latency" in only:
+            lat_recv = [r for r in receivers if r in ("worker", "cluster")]
+            steps.append(("latency", lambda: bench_latency(res, lat_recv, http)))
+        if "startup" in only:
+            steps.append(
+                (
+                    "startup",
+                    lambda: bench_startup(
+                        res, [r for r in receivers if r in ("worker", "discord.py")]
+                    ),
+                )
+            )
+        if "memory" in only:
+            steps.append(
+                (
+                    "memory",
+                    lambda: bench_memory(
+                        res, [r for r in receivers if r in ("worker", "discord.py")]
+                    ),
+                )
+            )
+        for name, step in steps:
+            res.load.append((f"before {name}", os.getloadavg()))
+            log(f"== {name} (load average {os.getloadavg()[0]:.2f})")
+            await step()
+        res.load.append(("end", os.getloadavg()))
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.bench", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke mode: tiny sizes, every path once"
+    )
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
+    parser.add_argument("--receivers", nargs="+", choices=RECEIVERS, help="only these receivers")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="runs per figure (default 3, quick 1)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="markdown output (default docs/BENCHMARKS.md; quick: none)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the raw samples as JSON"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="run floor/worker under py-spy, raw stacks in DIR",
+    )
+    args = parser.parse_args(argv)
+    if args.profile is not None:
+        for r in ("floor", "worker"):
+            PROFILE[r] = args.profile / f"{r}.txt"
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    started = time.time()
+    res = asyncio.run(run(args))
+    out: Path | None = args.out
+    if out is None and not args.quick:
+        out = REPO / "docs" / "BENCHMARKS.md"
+    text = report.markdown(res, time.time() - started)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        log(f"wrote {out}")
+    if args.json is not None:
+        args.json.write_text(report.to_json(res))
+    if args.quick:
+        print(text)
+    if res.errors:
+        for e in res.errors:
+            log(f"error: {e}")
+        sys.exit(1)
+
+
+__all__ = ["main", "run"]
+_ = (contextlib, math)

@@ -1,0 +1,105 @@
+"""The consumer end of a benchmark, in its own process: count events, time them, report.
+
+``python -m scripts.bench.sink MODE ENDPOINT EXPECT [--latency]``
+
+- ``ipc``: bind a PULL at ENDPOINT and read the worker's ipc messages
+  (protocol/ipc.py): EVENTS of any count; other kinds are ignored.
+- ``floor``: bind a PULL; every message is one event.
+- ``sub``: connect a SUB (subscribed to everything) to a PUB at ENDPOINT;
+  every message of three frames is one event.
+
+Prints ``BOUND <endpoint>`` once it listens, ``FIRST <ns>`` at the first
+event, then ``DONE <events> <monotonic ns>`` when EXPECT events came, and
+with ``--latency`` a ``LAT <json>`` line: percentiles in microseconds of
+``receive - d._sent_ns`` (the firehose's paced mode stamps it). With
+``--topic T`` only events with that topic count (e.g. READY at startup).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import orjson
+import zmq
+
+from protocol.ipc import HEADER, HEADER_SIZE, MessageKind
+from scripts.bench.stats import percentile
+from simulator.firehose import read_sent_ns
+
+_EVENTS = int(MessageKind.EVENTS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=("ipc", "floor", "sub"))
+    parser.add_argument("endpoint")
+    parser.add_argument("expect", type=int)
+    parser.add_argument("--latency", action="store_true")
+    parser.add_argument("--topic", default=None)
+    args = parser.parse_args()
+    ctx = zmq.Context()
+    if args.mode == "sub":
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(args.endpoint)
+        bound = args.endpoint
+    else:
+        sock = ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.bind(args.endpoint)
+        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    print(f"BOUND {bound}", flush=True)
+    topic = args.topic.encode() if args.topic else None
+    latency = args.latency
+    lat: list[int] = []
+    now = time.monotonic_ns
+    recv = sock.recv_multipart
+    mode = args.mode
+    expect = args.expect
+    n = 0
+    while n < expect:
+        frames = recv()
+        if mode == "ipc":
+            head = frames[0]
+            if len(head) != HEADER_SIZE:
+                continue
+            _v, kind, count, _shard, _epoch, _seq = HEADER.unpack(head)
+            if kind != _EVENTS:
+                continue
+            events = [frames[1 + 3 * i : 4 + 3 * i] for i in range(count)]
+        elif mode == "floor":
+            events = [[b"", b"", frames[-1]]]
+        else:
+            events = [frames]
+        if n == 0:
+            print(f"FIRST {now()}", flush=True)
+        for ev in events:
+            if topic is not None and ev[0] != topic:
+                continue
+            n += 1
+            if latency:
+                sent = read_sent_ns(ev[2])
+                if sent is not None:
+                    lat.append(now() - sent)
+    print(f"DONE {n} {now()}", flush=True)
+    if latency:
+        lat.sort()
+        us = [x / 1000.0 for x in lat]
+        summary = {
+            "n": len(us),
+            "p50": percentile(us, 0.5),
+            "p99": percentile(us, 0.99),
+            "p999": percentile(us, 0.999),
+            "max": us[-1] if us else None,
+        }
+        print("LAT " + orjson.dumps(summary).decode(), flush=True)
+    sock.close(linger=0)
+    ctx.term()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

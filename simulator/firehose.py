@@ -1,0 +1,400 @@
+"""A benchmark load source: a fixed, pre-generated dispatch stream served as fast as a client reads.
+
+The full :class:`~simulator.Simulator` generates and compresses every event
+live (about 35 us of CPU each), which would starve a receiver that needs
+only 10 us per event. The firehose does the expensive part once, at start:
+
+- ``events_per_shard`` dispatches (by default 70 % MESSAGE_CREATE of about
+  1 KB with content, 30 % PRESENCE_UPDATE of about 0.5 KB, from the
+  simulator's own :class:`~simulator.events.EventFactory`), sequence numbers
+  ``2 .. events_per_shard + 1`` (READY is 1);
+- deflated as one zlib-stream (each message ends with a Z_SYNC_FLUSH) and
+  wrapped in unmasked websocket frames, joined into ~64 KB chunks.
+
+Every connection gets the same bytes: a zlib-stream starts at the first
+*binary* message, and the handshake (Hello, READY, heartbeat ACKs) goes out as
+text frames, which every client library reads as plain JSON. Streaming a
+shard is then a loop of ``transport.write(chunk)`` with flow control, so the
+load source costs almost nothing and the receiver is the bottleneck.
+
+Paced mode (latency): ``rate`` events per second in total, spread over the
+connected shards, each dispatch carrying ``d._sent_ns`` (``time.monotonic_ns()``,
+CLOCK_MONOTONIC, comparable across processes on one host) stamped just before
+it is compressed and written; compression is live then (level 1).
+
+It speaks only what a client needs to log in: REST ``/gateway/bot``,
+``/users/@me`` and ``/oauth2/applications/@me`` (the simulator's
+:class:`~simulator.rest.Rest`), Hello, IDENTIFY -> READY (no guilds), and
+heartbeats. RESUME is answered with op 9 (not resumable). It enforces none of
+Discord's rules: use :class:`~simulator.Simulator` for correctness.
+
+Control (HTTP, on the same port):
+
+- ``GET /_fh/status`` -> ``{"ready": n, "streaming": n, "finished": n}``
+- ``POST /_fh/go`` ``{}`` streams the pre-generated events to every ready
+  shard; ``{"rate": R, "count": C}`` sends ``C`` events per shard paced at
+  ``R`` per second in total instead.
+
+``python -m simulator.firehose --shards 16 --events 20000`` runs it alone and
+prints ``PORT <n>`` once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from protocol.intents import PRIVILEGED_INTENTS
+from simulator.config import SimulatorConfig
+from simulator.events import BotIdentity, EventFactory
+from simulator.record import Record
+from simulator.rest import Rest
+from simulator.sessions import SessionStartBudget
+
+#: Event mix of the stream: 7 of every 10 are MESSAGE_CREATE, 3 PRESENCE_UPDATE.
+STREAM_PATTERN: Final = (
+    "MESSAGE_CREATE",
+    "MESSAGE_CREATE",
+    "PRESENCE_UPDATE",
+    "MESSAGE_CREATE",
+    "MESSAGE_CREATE",
+    "PRESENCE_UPDATE",
+    "MESSAGE_CREATE",
+    "MESSAGE_CREATE",
+    "PRESENCE_UPDATE",
+    "MESSAGE_CREATE",
+)
+_CHUNK: Final = 64 * 1024
+_ALL_INTENTS: Final = PRIVILEGED_INTENTS
+#: The key of the send time the paced mode puts first in ``d``.
+SENT_KEY: Final = b'"_sent_ns":'
+_TICK_S: Final = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class FirehoseConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    token: str = field(default="simulated-token", repr=False)
+    #: Recommended shard count answered by /gateway/bot.
+    shards: int = 16
+    max_concurrency: int = 16
+    events_per_shard: int = 20_000
+    heartbeat_interval_ms: int = 41_250
+    zlib_level: int = 1
+    guilds: int = 16
+
+
+def _frame(payload: bytes, opcode: int) -> bytes:
+    """An unmasked server websocket frame (RFC 6455 5.2) with FIN set."""
+    first = 0x80 | opcode
+    n = len(payload)
+    if n < 126:
+        head = bytes((first, n))
+    elif n < 65536:
+        head = bytes((first, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((first, 127)) + n.to_bytes(8, "big")
+    return head + payload
+
+
+def dispatch_payloads(
+    factory: EventFactory, count: int, first_seq: int = 2, guilds: int = 16
+) -> list[bytes]:
+    """``count`` dispatches in Discord's key order (t, s, op, d), mixed by STREAM_PATTERN."""
+    out: list[bytes] = []
+    for i in range(count):
+        t = STREAM_PATTERN[i % len(STREAM_PATTERN)]
+        d, _ = factory.event(t, i % guilds, i)
+        out.append(b'{"t":"%s","s":%d,"op":0,"d":%s}' % (t.encode(), first_seq + i, d))
+    return out
+
+
+def compressed_stream(payloads: list[bytes], level: int = 1) -> list[bytes]:
+    """The payloads as one zlib-stream of binary websocket frames, joined into ~64 KB chunks."""
+    deflater = zlib.compressobj(level)
+    chunks: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for payload in payloads:
+        body = deflater.compress(payload) + deflater.flush(zlib.Z_SYNC_FLUSH)
+        frame = _frame(body, 0x2)
+        current.append(frame)
+        size += len(frame)
+        if size >= _CHUNK:
+            chunks.append(b"".join(current))
+            current, size = [], 0
+    if current:
+        chunks.append(b"".join(current))
+    return chunks
+
+
+def stamp(payload: bytes, now_ns: int) -> bytes:
+    """Put ``"_sent_ns":now_ns`` first in ``d`` of a dispatch (Discord's key order)."""
+    head, sep, rest = payload.partition(b'"d":{')
+    return b"%s%s%s%d,%s" % (head, sep, SENT_KEY, now_ns, rest)
+
+
+def read_sent_ns(payload: bytes) -> int | None:
+    """The send time a paced dispatch carries, or None."""
+    at = payload.find(SENT_KEY)
+    if at < 0:
+        return None
+    start = at + len(SENT_KEY)
+    return int(payload[start : payload.index(b",", start)])
+
+
+class _Conn:
+    __slots__ = ("compress", "deflater", "protocol", "shard", "transport", "ws")
+
+    def __init__(
+        self, ws: web.WebSocketResponse, request: web.Request, compress: bool, shard: int
+    ) -> None:
+        self.ws = ws
+        self.transport = request.transport
+        self.protocol: Any = request.protocol
+        self.compress = compress
+        self.shard = shard
+        self.deflater = zlib.compressobj(1)
+
+
+class Firehose:
+    """The load source; ``async with Firehose(config) as fh: fh.base_url``."""
+
+    def __init__(self, config: FirehoseConfig | None = None) -> None:
+        self.config = config or FirehoseConfig()
+        cfg = self.config
+        self.sim_config = SimulatorConfig(
+            token=cfg.token,
+            shards=cfg.shards,
+            max_concurrency=cfg.max_concurrency,
+            guilds=cfg.guilds,
+            privileged_intents=_ALL_INTENTS,
+        )
+        self.bot = BotIdentity(cfg.token, _ALL_INTENTS)
+        self.factory = EventFactory(self.sim_config, self.bot)
+        self.payloads = dispatch_payloads(self.factory, cfg.events_per_shard, guilds=cfg.guilds)
+        self.chunks = compressed_stream(self.payloads, cfg.zlib_level)
+        self.plain_chunks = [
+            b"".join(_frame(p, 0x1) for p in self.payloads[i : i + 64])
+            for i in range(0, len(self.payloads), 64)
+        ]
+        self.ready: list[_Conn] = []
+        self.streaming = 0
+        self.finished = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"{self.base_url}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://{self.config.host}:{self.port}/"
+
+    async def start(self) -> None:
+        app = web.Application()
+        budget = SessionStartBudget(1_000_000, 1_000_000, 86_400_000, time.monotonic())
+        Rest(
+            self.sim_config, Record(), self.bot, budget, lambda: self.gateway_url.rstrip("/")
+        ).add_routes(app)
+        app.router.add_get("/", self._ws)
+        app.router.add_get("/resume/", self._ws)
+        app.router.add_get("/_fh/status", self._status)
+        app.router.add_post("/_fh/go", self._go)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+        server: Any = site._server
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for conn in self.ready:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.ws.close(code=4000), 1.0)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Firehose:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- control -----------------------------------------------------------------
+
+    async def _status(self, request: web.Request) -> web.Response:
+        body = {"ready": len(self.ready), "streaming": self.streaming, "finished": self.finished}
+        return web.json_response(body)
+
+    async def _go(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        rate = float(body.get("rate", 0) or 0)
+        count = int(body.get("count", self.config.events_per_shard))
+        conns = list(self.ready)
+        for conn in conns:
+            coro = self._paced(conn, rate / len(conns), count) if rate > 0 else self._flood(conn)
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return web.json_response({"shards": len(conns)})
+
+    # -- the gateway -----------------------------------------------------------------
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(autoping=True, compress=False, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        compress = request.query.get("compress", "none")
+        if compress not in ("none", "zlib-stream"):
+            await ws.close(code=4000, message=b"the firehose speaks zlib-stream or none")
+            return ws
+        hello = {"heartbeat_interval": self.config.heartbeat_interval_ms, "_trace": []}
+        await ws.send_frame(
+            orjson.dumps({"t": None, "s": None, "op": 10, "d": hello}), WSMsgType.TEXT
+        )
+        conn: _Conn | None = None
+        try:
+            async for msg in ws:
+                if msg.type not in (web.WSMsgType.TEXT, web.WSMsgType.BINARY):
+                    break
+                try:
+                    payload = orjson.loads(msg.data)
+                    op = payload["op"]
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    await ws.close(code=4002, message=b"decode error")
+                    break
+                if op == 1:
+                    await ws.send_str('{"t":null,"s":null,"op":11,"d":null}')
+                elif op == 2 and conn is None:
+                    shard = (payload.get("d") or {}).get("shard") or [0, 1]
+                    ready = self.factory.ready(
+                        f"firehose-{shard[0]}", self.gateway_url + "resume/", tuple(shard), []
+                    )
+                    await ws.send_frame(
+                        orjson.dumps({"t": "READY", "s": 1, "op": 0, "d": ready}), WSMsgType.TEXT
+                    )
+                    conn = _Conn(ws, request, compress == "zlib-stream", int(shard[0]))
+                    self.ready.append(conn)
+                elif op == 6:
+                    await ws.send_str('{"t":null,"s":null,"op":9,"d":false}')
+        finally:
+            if conn is not None and conn in self.ready:
+                self.ready.remove(conn)
+        return ws
+
+    async def _write(self, conn: _Conn, data: bytes) -> bool:
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(data)
+        if conn.protocol.writing_paused:
+            await conn.protocol._drain_helper()
+        return True
+
+    async def _flood(self, conn: _Conn) -> None:
+        self.streaming += 1
+        try:
+            for chunk in self.chunks if conn.compress else self.plain_chunks:
+                if not await self._write(conn, chunk):
+                    return
+        finally:
+            self.streaming -= 1
+            self.finished += 1
+
+    async def _paced(self, conn: _Conn, rate: float, count: int) -> None:
+        """``count`` events at ``rate`` per second, stamped and compressed as they go."""
+        self.streaming += 1
+        payloads = self.payloads
+        n = len(payloads)
+        deflater = conn.deflater
+        flush = zlib.Z_SYNC_FLUSH
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        sent = 0
+        try:
+            while sent < count:
+                due = min(count, int((loop.time() - start) * rate) + 1)
+                frames = []
+                now_ns = time.monotonic_ns()
+                while sent < due:
+                    payload = stamp(payloads[sent % n], now_ns)
+                    if conn.compress:
+                        body = deflater.compress(payload) + deflater.flush(flush)
+                        frames.append(_frame(body, 0x2))
+                    else:
+                        frames.append(_frame(payload, 0x1))
+                    sent += 1
+                if frames and not await self._write(conn, b"".join(frames)):
+                    return
+                next_at = start + sent / rate
+                await asyncio.sleep(max(0.0, min(_TICK_S, next_at - loop.time())))
+        finally:
+            self.streaming -= 1
+            self.finished += 1
+
+
+async def _main(config: FirehoseConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Firehose(config) as fh:
+        print(f"PORT {fh.port}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m simulator.firehose")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token", default="simulated-token")
+    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--heartbeat-interval-ms", type=int, default=41_250)
+    args = parser.parse_args(argv)
+    config = FirehoseConfig(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        shards=args.shards,
+        max_concurrency=args.shards,
+        events_per_shard=args.events,
+        heartbeat_interval_ms=args.heartbeat_interval_ms,
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    asyncio.run(_main(config))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
