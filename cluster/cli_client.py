@@ -251,7 +251,6 @@ def status(
 
 def _short(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
-    text = text.replace("\n", "\\n").replace("\r", "\\r")
     return text if len(text) <= _CONTENT_CHARS else text[: _CONTENT_CHARS - 1] + "…"
 
 
@@ -297,15 +296,22 @@ def summarize(d: Any) -> str:
     return " ".join(parts)
 
 
+def _printable(text: str) -> str:
+    """Escape what would break the line (newlines, other control and separator characters)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def format_event(event: PubEvent) -> str:
-    """``shard seq TOPIC summary``, one line."""
+    """``shard seq TOPIC summary``, always one line."""
     try:
         payload = orjson.loads(event.payload)
     except orjson.JSONDecodeError:
         summary = f"(payload is not JSON, {len(event.payload)} bytes)"
     else:
         summary = summarize(payload.get("d") if isinstance(payload, dict) else payload)
-    return f"{event.shard_id} {event.seq} {event.topic} {summary}"
+    return _printable(f"{event.shard_id} {event.seq} {event.topic} {summary}")
 
 
 def _topic_filters(filters: Sequence[str] | None) -> list[bytes]:

@@ -16,12 +16,14 @@ import orjson
 import pytest
 import zmq
 import zmq.asyncio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cluster.cli import main
-from cluster.cli_client import format_event, health_base_url, render_status, summarize
+from cluster.cli_client import format_event, health_base_url, render_status
 from cluster.http import HealthServer
 from cluster.status import ClusterStatus, WorkerState
-from protocol.pubframe import decode_event, event_frames
+from protocol.pubframe import PubEvent, decode_event, event_frames
 from tests.conftest import SimFactory
 
 pytestmark = pytest.mark.timeout(60)
@@ -404,4 +406,56 @@ def test_tail_bad_options_are_usage_errors(
     ],
 )
 def test_summaries(d: Any, summary: str) -> None:
-    assert summarize(d) == summary
+    event = PubEvent("X", 0, 1, {}, orjson.dumps({"op": 0, "d": d}))
+    assert format_event(event) == f"0 1 X {summary}"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats() | st.text(max_size=80),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+    ),
+    max_leaves=25,
+)
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.builds(lambda d: orjson.dumps({"op": 0, "d": d}), json_values),
+        st.builds(
+            lambda d: orjson.dumps({"op": 0, "d": d}),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "author": st.fixed_dictionaries({"username": st.text(max_size=20)}),
+                    "guild_id": st.text(max_size=20),
+                    "content": st.text(max_size=20),
+                }
+                | {
+                    k: json_values
+                    for k in (
+                        "guild_id",
+                        "channel_id",
+                        "id",
+                        "user_id",
+                        "author",
+                        "user",
+                        "name",
+                        "status",
+                        "guilds",
+                        "shard",
+                        "content",
+                    )
+                },
+            ),
+        ),
+    ),
+    st.integers(0, 2**32),
+    st.integers(0, 2**63),
+)
+def test_any_payload_formats_as_one_line(payload: bytes, shard_id: int, seq: int) -> None:
+    event = PubEvent("MESSAGE_CREATE", shard_id, seq, {}, payload)
+    line = format_event(event)
+    assert line.startswith(f"{shard_id} {seq} MESSAGE_CREATE ")
+    assert len(line.splitlines()) == 1
