@@ -22,12 +22,14 @@ shard's current session from its reports. A replacement worker RESUMEs from
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 import zmq
+import zmq.backend
 
 from cluster.publisher import Publisher
 from cluster.status import RelayCounters
@@ -44,6 +46,8 @@ _HEADER_SIZE: Final = ipc.HEADER_SIZE
 _EVENTS: Final = int(ipc.MessageKind.EVENTS)
 _VERSION: Final = ipc.IPC_VERSION
 _NOBLOCK: Final = int(zmq.NOBLOCK)
+#: The PUB header frame an event of (shard_id, seq) carries (protocol/pubframe.py).
+_PUB_HEADER: Final = b'{"shard_id":%d,"seq":%d}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +154,7 @@ class Relay:
         batch: int = DEFAULT_BATCH,
     ) -> None:
         self._pull = pull
+        self._recv = functools.partial(zmq.backend.Socket.recv, pull)
         self._publisher = publisher
         self._book = book
         self._counters = counters
@@ -220,7 +225,16 @@ class Relay:
 
     def process(self, limit: int) -> int:
         """Handle up to ``limit`` messages; fewer means the channel is empty now."""
-        recv = self._pull.recv_multipart
+        # Frames are read one by one through the backend: pyzmq's recv_multipart
+        # asks RCVMORE after every frame, and that getsockopt costs more than the
+        # whole EVENTS message otherwise (measured: 9.6 us vs 1.6 us for 4 frames).
+        # An EVENTS header says how many frames follow; ZeroMQ delivers a multipart
+        # message whole, so they are all there. Each event's PUB header frame must be
+        # exactly the one its ipc header implies (cheap, and it is the contract): a
+        # message that lies about its size (never sent by our workers) fails that
+        # check, is counted, and the channel realigns at the end of the message it
+        # ran into (which is lost with it).
+        recv = self._recv
         admit = self._book.admit
         publish = self._publisher.publish
         counters = self._counters
@@ -230,38 +244,62 @@ class Relay:
         try:
             while handled < limit:
                 try:
-                    frames = recv(_NOBLOCK)
+                    head = recv(_NOBLOCK)
                 except zmq.Again:
                     self.caught_up_at = time.monotonic()
                     break
                 handled += 1
-                head = frames[0]
                 if len(head) == _HEADER_SIZE:
                     version, kind, count, shard_id, epoch, seq = _HEADER_UNPACK(head)
-                    if kind == _EVENTS and version == _VERSION:
-                        if count < 1 or len(frames) != 1 + 3 * count:
-                            counters.malformed_dropped += 1
+                    if kind == _EVENTS and version == _VERSION and count >= 1:
+                        try:
+                            if count == 1:
+                                topic = recv(_NOBLOCK)
+                                header = recv(_NOBLOCK)
+                                payload = recv(_NOBLOCK)
+                                if header != _PUB_HEADER % (shard_id, seq):
+                                    self._realign()
+                                    continue
+                                if admit(shard_id, epoch, seq, 1):
+                                    duplicates += 1
+                                else:
+                                    publish(topic, header, payload)
+                                    published += 1
+                                continue
+                            frames = [recv(_NOBLOCK) for _ in range(3 * count)]
+                        except zmq.Again:
+                            counters.malformed_dropped += 1  # shorter than its header says
+                            continue
+                        if any(
+                            frames[3 * i + 1] != _PUB_HEADER % (shard_id, seq + i)
+                            for i in range(count)
+                        ):
+                            self._realign()
                             continue
                         skip = admit(shard_id, epoch, seq, count)
-                        if count == 1:
-                            if skip:
-                                duplicates += 1
-                            else:
-                                publish(frames[1], frames[2], frames[3])
-                                published += 1
-                            continue
-                        for i in range(1 + 3 * skip, len(frames), 3):
+                        for i in range(3 * skip, len(frames), 3):
                             publish(frames[i], frames[i + 1], frames[i + 2])
                         published += count - skip
                         duplicates += skip
                         continue
-                self._other(frames)
+                self._other(self._rest_of(head))
         finally:
             counters.published += published
             counters.duplicates_dropped += duplicates
             counters.pub_dropped = self._publisher.dropped
         self._publisher.drain_subscriptions()
         return handled
+
+    def _realign(self) -> None:
+        self._counters.malformed_dropped += 1
+        while self._pull.getsockopt(zmq.RCVMORE):
+            self._recv(_NOBLOCK)
+
+    def _rest_of(self, head: bytes) -> list[bytes]:
+        frames = [head]
+        while self._pull.getsockopt(zmq.RCVMORE):
+            frames.append(self._recv(_NOBLOCK))
+        return frames
 
     def _other(self, frames: list[bytes]) -> None:
         try:

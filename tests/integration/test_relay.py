@@ -120,12 +120,28 @@ async def test_reports_go_to_the_supervisor_and_malformed_messages_are_counted(r
     report = ipc.ShardReport(2, "ready", 9, "sess", "wss://resume")
     rig.push.send_multipart(ipc.encode_shard_report(report))
     rig.push.send_multipart([b"short"])
-    rig.push.send_multipart([event(0, 1, 1)[0]])  # EVENTS header without its frames
     rig.push.send_multipart([ipc.pack_header(ipc.MessageKind.SHARD_STATE, 0, 0, 0), b"{not json"])
     rig.push.send_multipart(event(0, 1, 1))
     await rig.received(1)
     assert rig.reports == [report]
-    assert rig.counters.malformed_dropped == 3
+    assert rig.counters.malformed_dropped == 2
+    assert rig.counters.published == 1
+
+
+async def test_an_events_message_that_lies_about_its_size_is_dropped_and_the_channel_realigns(
+    rig: Rig,
+) -> None:
+    rig.push.send_multipart([event(0, 1, 1)[0]])  # says 1 event, carries none
+    rig.push.send_multipart(event(0, 1, 2))  # read as its frames: lost with it
+    rig.push.send_multipart(event(0, 1, 3))
+    batch = ipc.pack_header(ipc.MessageKind.EVENTS, 0, 1, 4, count=2)
+    rig.push.send_multipart([batch, *event(0, 1, 4)[1:]])  # says 2, carries 1
+    rig.push.send_multipart(event(0, 1, 6))
+    rig.push.send_multipart(event(0, 1, 7))
+    got = await rig.received(2)
+    assert [seq for _, _, seq in got] == [3, 7]
+    assert rig.counters.malformed_dropped == 2
+    assert rig.counters.published == 2
 
 
 async def test_a_busy_relay_yields_to_the_event_loop_between_batches() -> None:
