@@ -234,6 +234,7 @@ def up(
     liveness_intervals: Annotated[int, typer.Option(hidden=True)] = 10,
     pub_hwm: Annotated[int, typer.Option(hidden=True)] = 10_000,
     stop_timeout: Annotated[float, typer.Option(hidden=True)] = 7.0,
+    limit_refresh: Annotated[float, typer.Option(hidden=True)] = 600.0,
     simulate_shards: Annotated[int, typer.Option(hidden=True)] = 4,
     simulate_max_concurrency: Annotated[int, typer.Option(hidden=True)] = 4,
     simulate_event_rate: Annotated[float, typer.Option(hidden=True)] = 5.0,
@@ -287,6 +288,7 @@ def up(
             liveness_intervals=liveness_intervals,
             pub_hwm=pub_hwm,
             stop_timeout_s=stop_timeout,
+            limit_refresh_s=limit_refresh,
         )
     except ConfigError as exc:
         usage_error(str(exc))

@@ -80,6 +80,8 @@ class SupervisorConfig:
     pub_hwm: int = 10_000
     #: Graceful stop: how long workers get to drain before SIGKILL.
     stop_timeout_s: float = 7.0
+    #: How often ``GET /gateway/bot`` is fetched again for fresh session-start numbers.
+    limit_refresh_s: float = 600.0
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
 
     def __post_init__(self) -> None:
@@ -99,6 +101,8 @@ class SupervisorConfig:
             raise ConfigError("--identify-margin must be a number of seconds >= 0")
         if not (math.isfinite(self.report_interval_s) and 0 < self.report_interval_s <= 60):
             raise ConfigError("--report-interval must be between 0 and 60 s")
+        if not (math.isfinite(self.limit_refresh_s) and self.limit_refresh_s > 0):
+            raise ConfigError("the session-limit refresh interval must be > 0 s")
         if self.liveness_intervals < 2:
             raise ConfigError("--liveness-intervals must be at least 2")
         if self.pub_hwm < 1:

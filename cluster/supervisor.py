@@ -266,6 +266,9 @@ class Supervisor:
                 self._spawn(slot)
             if self.coordinator is not None:
                 self._tasks.append(asyncio.create_task(self._gate_coordinator(), name="gate"))
+                self._tasks.append(
+                    asyncio.create_task(self._refresh_limit(api_url, token), name="limit")
+                )
             self._tasks.append(asyncio.create_task(self._liveness_loop(), name="liveness"))
             fatal = await self._main_loop()
         finally:
@@ -498,6 +501,18 @@ class Supervisor:
             await self.coordinator.start()
         except zmq.ZMQError as exc:
             log.critical("the identify coordinator cannot bind: %s", exc.strerror)
+
+    async def _refresh_limit(self, api_url: str, token: str) -> None:
+        """Fetch ``GET /gateway/bot`` now and then; the coordinator takes the fresh budget."""
+        assert self.coordinator is not None
+        while True:
+            await asyncio.sleep(self.config.limit_refresh_s)
+            try:
+                limit = (await fetch_gateway_bot(api_url, token)).session_start_limit
+            except DiscordApiError as exc:
+                log.warning("refreshing the session start limit failed: %s", exc)
+                continue
+            self.coordinator.update_limit(limit.remaining, limit.reset_after_s, limit.total)
 
     async def _liveness_loop(self) -> None:
         assert self._pool is not None and self._relay is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -153,3 +154,20 @@ async def test_a_second_signal_exits_at_once(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker_pid, signal.SIGCONT)
+
+
+async def test_the_session_start_budget_is_refreshed_from_gateway_bot(
+    sim_factory: SimFactory, clusters: StartCluster, short_dir: Path, raw_clients: Any
+) -> None:
+    sim = await sim_factory(shards=2, identify_window_s=0.05)
+    run = await clusters(*args_for(sim, short_dir, "--limit-refresh", "0.2"))
+    url = await all_ready(run)
+    # someone else (another process of the same bot) starts a session, once the
+    # identify window of the cluster's last IDENTIFY (bucket 0) has passed
+    await asyncio.sleep(0.1)
+    client = await raw_clients(sim.gateway_url)
+    await client.ready(token=sim.config.token, shard=[0, 2])
+    body = await wait_http(f"{url}/status", lambda _, b: b["identify"]["remaining"] == 997, 10)
+    assert body["identify"]["total"] == 1000
+    gets = [r for r in sim.record.rest_requests if r[1].endswith("/gateway/bot")]
+    assert len(gets) >= 2
