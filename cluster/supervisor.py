@@ -148,6 +148,9 @@ class Supervisor:
         self._spec_base: dict[str, Any] = {}
         self._control: Any = None
         self._token = config.token
+        self._runtime_dir: str | None = None
+        #: True once a worker ran: only then is the book's view worth saving.
+        self._spawned = False
 
     # -- the public surface ------------------------------------------------------------------
 
@@ -164,6 +167,7 @@ class Supervisor:
         """Run until SIGINT/SIGTERM (returns) or a fatal condition (raises :class:`SupervisorError`)."""
         loop = asyncio.get_running_loop()
         runtime_dir = tempfile.mkdtemp(prefix="titanium-")
+        self._runtime_dir = runtime_dir
         sync_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         async_context = zmq.asyncio.Context()
         sockets: list[zmq.Socket[Any]] = []
@@ -201,6 +205,11 @@ class Supervisor:
             router.bind(command_endpoint)
 
             coordinator_endpoint = self.config.coordinator
+            if coordinator_endpoint is None and self.config.shard_range is not None:
+                log.warning(
+                    "--shard-ids without --coordinator: the embedded coordinator only spaces "
+                    "this host's identifies; hosts sharing a bot need one `cluster coordinator`"
+                )
             if coordinator_endpoint is None:
                 coordinator_endpoint = f"ipc://{runtime_dir}/identify"
                 limit = gateway.session_start_limit
@@ -418,6 +427,7 @@ class Supervisor:
         slot.fatal_code = None
         slot.fatal_detail = None
         self._pool.spawn(slot, self._spec(slot))
+        self._spawned = True
         self._sync_worker(slot)
 
     def _sync_worker(self, slot: WorkerSlot) -> None:
@@ -542,6 +552,8 @@ class Supervisor:
             # A second signal: no more waiting.
             if self._pool is not None:
                 self._pool.kill_all()
+            if self._runtime_dir is not None:
+                shutil.rmtree(self._runtime_dir, ignore_errors=True)
             os._exit(EXIT_INTERRUPTED)
         self._signalled = True
         log.info("%s: stopping (again to stop at once)", signum.name)
@@ -643,7 +655,9 @@ class Supervisor:
         if self._relay is not None:
             self._relay.drain()
             self._relay.stop()
-        if store is not None and self.plan is not None and graceful:
+        # Without a worker having run, the book holds only what was loaded: re-saving
+        # it would make old sessions look fresh.
+        if store is not None and self.plan is not None and graceful and self._spawned:
             self._save(store, self.plan)
 
     async def _wait_exits(self, pool: WorkerPool, deadline: float) -> None:
