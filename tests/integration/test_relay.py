@@ -132,16 +132,21 @@ async def test_an_events_message_that_lies_about_its_size_is_dropped_and_the_cha
     rig: Rig,
 ) -> None:
     rig.push.send_multipart([event(0, 1, 1)[0]])  # says 1 event, carries none
-    rig.push.send_multipart(event(0, 1, 2))  # read as its frames: lost with it
+    rig.push.send_multipart(event(0, 1, 2))  # read as its frames (lost with it) if queued already
     rig.push.send_multipart(event(0, 1, 3))
     batch = ipc.pack_header(ipc.MessageKind.EVENTS, 0, 1, 4, count=2)
     rig.push.send_multipart([batch, *event(0, 1, 4)[1:]])  # says 2, carries 1
     rig.push.send_multipart(event(0, 1, 6))
     rig.push.send_multipart(event(0, 1, 7))
-    got = await rig.received(2)
-    assert [seq for _, _, seq in got] == [3, 7]
+    got: list[int] = []
+    async with asyncio.timeout(5):
+        while 7 not in got:
+            got += [seq for _, _, seq in await rig.received(1)]
+    # only whole, true events went out (which neighbours were lost depends on timing)
+    assert {3, 7} <= set(got) <= {2, 3, 6, 7}
+    assert got == sorted(got)
     assert rig.counters.malformed_dropped == 2
-    assert rig.counters.published == 2
+    assert rig.counters.published == len(got)
 
 
 async def test_a_busy_relay_yields_to_the_event_loop_between_batches() -> None:
