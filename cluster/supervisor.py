@@ -190,19 +190,17 @@ class Supervisor:
                 if shard_id in plan.shard_ids:
                     self.book.seed(shard_id, session.session_id, session.seq, session.resume_url)
 
-            event_endpoint = f"ipc://{runtime_dir}/events"
-            command_endpoint = f"ipc://{runtime_dir}/commands"
             pull: zmq.Socket[bytes] = sync_context.socket(zmq.PULL)
             sockets.append(pull)
             pull.setsockopt(zmq.LINGER, 0)
             pull.setsockopt(zmq.RCVHWM, 10_000)
-            pull.bind(event_endpoint)
+            event_endpoint = _bind_private(pull, runtime_dir, "events")
             router = async_context.socket(zmq.ROUTER)
             sockets.append(router)
             router.setsockopt(zmq.LINGER, 0)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-            router.bind(command_endpoint)
+            command_endpoint = _bind_private(router, runtime_dir, "commands")
 
             coordinator_endpoint = self.config.coordinator
             if coordinator_endpoint is None and self.config.shard_range is not None:
@@ -211,7 +209,11 @@ class Supervisor:
                     "this host's identifies; hosts sharing a bot need one `cluster coordinator`"
                 )
             if coordinator_endpoint is None:
-                coordinator_endpoint = f"ipc://{runtime_dir}/identify"
+                # ipc: the path is known before the bind, so the bind can wait for the
+                # workers (see the module docstring); tcp binds at once on port 0.
+                coordinator_endpoint = (
+                    f"ipc://{runtime_dir}/identify" if _HAS_IPC else "tcp://127.0.0.1:0"
+                )
                 limit = gateway.session_start_limit
                 self.coordinator = Coordinator(
                     coordinator_endpoint,
@@ -241,6 +243,9 @@ class Supervisor:
                 router,
             )
             self._tasks.append(asyncio.create_task(self._router_loop(router), name="router"))
+            if self.coordinator is not None and not _HAS_IPC:
+                await self.coordinator.start()
+                coordinator_endpoint = self.coordinator.endpoint
             await self._start_http(status)
             await self._start_control(plan, async_context)
             self._log_listening(plan, gateway)
@@ -505,6 +510,8 @@ class Supervisor:
 
     async def _gate_coordinator(self) -> None:
         assert self.coordinator is not None
+        if self.coordinator.running:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_started.wait(), STARTUP_GATE_S)
         try:
@@ -680,6 +687,16 @@ class Supervisor:
             log.error("cannot save sessions to %s: %s", store.path, exc.strerror or exc)
             return
         log.info("saved %d sessions to %s for resume", len(points), store.path)
+
+
+_HAS_IPC: Final = zmq.has("ipc")
+
+
+def _bind_private(sock: zmq.Socket[Any], runtime_dir: str, name: str) -> str:
+    """Bind in the private runtime directory (ipc://), else on loopback port 0."""
+    sock.bind(f"ipc://{runtime_dir}/{name}" if _HAS_IPC else "tcp://127.0.0.1:0")
+    endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    return endpoint
 
 
 def _describe_exit(code: int | None) -> str:
