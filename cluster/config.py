@@ -83,6 +83,9 @@ class SupervisorConfig:
     #: How often ``GET /gateway/bot`` is fetched again for fresh session-start numbers.
     limit_refresh_s: float = 600.0
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    #: How the supervisor talks to its workers: "ipc" (a private directory; falls
+    #: back to tcp where ZeroMQ has no ipc) or "tcp" (loopback, port 0).
+    private_transport: str = "ipc"
 
     def __post_init__(self) -> None:
         if not self.token or any(c.isspace() for c in self.token):
@@ -103,6 +106,8 @@ class SupervisorConfig:
             raise ConfigError("--report-interval must be between 0 and 60 s")
         if not (math.isfinite(self.limit_refresh_s) and self.limit_refresh_s > 0):
             raise ConfigError("the session-limit refresh interval must be > 0 s")
+        if self.private_transport not in ("ipc", "tcp"):
+            raise ConfigError("the private transport must be ipc or tcp")
         if self.liveness_intervals < 2:
             raise ConfigError("--liveness-intervals must be at least 2")
         if self.pub_hwm < 1:

@@ -190,17 +190,18 @@ class Supervisor:
                 if shard_id in plan.shard_ids:
                     self.book.seed(shard_id, session.session_id, session.seq, session.resume_url)
 
+            use_ipc = self.config.private_transport == "ipc" and zmq.has("ipc")
             pull: zmq.Socket[bytes] = sync_context.socket(zmq.PULL)
             sockets.append(pull)
             pull.setsockopt(zmq.LINGER, 0)
             pull.setsockopt(zmq.RCVHWM, 10_000)
-            event_endpoint = _bind_private(pull, runtime_dir, "events")
+            event_endpoint = _bind_private(pull, runtime_dir, "events", use_ipc)
             router = async_context.socket(zmq.ROUTER)
             sockets.append(router)
             router.setsockopt(zmq.LINGER, 0)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-            command_endpoint = _bind_private(router, runtime_dir, "commands")
+            command_endpoint = _bind_private(router, runtime_dir, "commands", use_ipc)
 
             coordinator_endpoint = self.config.coordinator
             if coordinator_endpoint is None and self.config.shard_range is not None:
@@ -212,7 +213,7 @@ class Supervisor:
                 # ipc: the path is known before the bind, so the bind can wait for the
                 # workers (see the module docstring); tcp binds at once on port 0.
                 coordinator_endpoint = (
-                    f"ipc://{runtime_dir}/identify" if _HAS_IPC else "tcp://127.0.0.1:0"
+                    f"ipc://{runtime_dir}/identify" if use_ipc else "tcp://127.0.0.1:0"
                 )
                 limit = gateway.session_start_limit
                 self.coordinator = Coordinator(
@@ -243,7 +244,7 @@ class Supervisor:
                 router,
             )
             self._tasks.append(asyncio.create_task(self._router_loop(router), name="router"))
-            if self.coordinator is not None and not _HAS_IPC:
+            if self.coordinator is not None and not use_ipc:
                 await self.coordinator.start()
                 coordinator_endpoint = self.coordinator.endpoint
             await self._start_http(status)
@@ -554,6 +555,10 @@ class Supervisor:
 
     # -- the loop ---------------------------------------------------------------------------
 
+    def request_stop(self) -> None:
+        """Drain and stop, as SIGINT/SIGTERM do (the same command, from code)."""
+        self._queue.put_nowait(_Shutdown.SIGNAL)
+
     def _on_signal(self, signum: signal.Signals) -> None:
         if self._signalled:
             # A second signal: no more waiting.
@@ -564,7 +569,7 @@ class Supervisor:
             os._exit(EXIT_INTERRUPTED)
         self._signalled = True
         log.info("%s: stopping (again to stop at once)", signum.name)
-        self._queue.put_nowait(_Shutdown.SIGNAL)
+        self.request_stop()
 
     async def _main_loop(self) -> FatalCloseError | None:
         while True:
@@ -689,12 +694,9 @@ class Supervisor:
         log.info("saved %d sessions to %s for resume", len(points), store.path)
 
 
-_HAS_IPC: Final = zmq.has("ipc")
-
-
-def _bind_private(sock: zmq.Socket[Any], runtime_dir: str, name: str) -> str:
+def _bind_private(sock: zmq.Socket[Any], runtime_dir: str, name: str, ipc: bool) -> str:
     """Bind in the private runtime directory (ipc://), else on loopback port 0."""
-    sock.bind(f"ipc://{runtime_dir}/{name}" if _HAS_IPC else "tcp://127.0.0.1:0")
+    sock.bind(f"ipc://{runtime_dir}/{name}" if ipc else "tcp://127.0.0.1:0")
     endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     return endpoint
 
