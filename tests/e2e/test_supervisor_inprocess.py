@@ -39,13 +39,18 @@ async def test_over_loopback_tcp_commands_reach_the_right_shard(
     run = asyncio.create_task(supervisor.run())
     try:
         async with asyncio.timeout(20):
-            while supervisor.status is None or supervisor.status.shards_ready < 2:
+            while supervisor.status is None or supervisor.status.shards_ready < 2:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
         assert supervisor.publisher is not None
         assert supervisor.publisher.endpoint.startswith("tcp://127.0.0.1:")
         with pytest.raises(UnknownShardError):
             await supervisor.send_command(7, b"{}")
-        presence = {"since": None, "activities": [], "status": "idle", "afk": False}
+        presence: dict[str, object] = {
+            "since": None,
+            "activities": [],
+            "status": "idle",
+            "afk": False,
+        }
         await supervisor.send_command(1, orjson.dumps({"op": 3, "d": presence}))
         await sim.record.wait_for(
             lambda r: any(c.op == 3 and c.shard_id == 1 for c in r.commands), timeout=5
