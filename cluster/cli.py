@@ -235,6 +235,7 @@ def up(
     pub_hwm: Annotated[int, typer.Option(hidden=True)] = 10_000,
     stop_timeout: Annotated[float, typer.Option(hidden=True)] = 7.0,
     limit_refresh: Annotated[float, typer.Option(hidden=True)] = 600.0,
+    max_quick_deaths: Annotated[int, typer.Option(hidden=True)] = 5,
     simulate_shards: Annotated[int, typer.Option(hidden=True)] = 4,
     simulate_max_concurrency: Annotated[int, typer.Option(hidden=True)] = 4,
     simulate_event_rate: Annotated[float, typer.Option(hidden=True)] = 5.0,
@@ -252,6 +253,7 @@ def up(
         parse_shards,
         parse_workers,
     )
+    from cluster.restart_policy import RestartPolicy
 
     try:
         if simulate:
@@ -289,6 +291,7 @@ def up(
             pub_hwm=pub_hwm,
             stop_timeout_s=stop_timeout,
             limit_refresh_s=limit_refresh,
+            restart_policy=RestartPolicy(max_quick_deaths=max_quick_deaths),
         )
     except ConfigError as exc:
         usage_error(str(exc))

@@ -106,6 +106,8 @@ class SupervisorConfig:
             raise ConfigError("--report-interval must be between 0 and 60 s")
         if not (math.isfinite(self.limit_refresh_s) and self.limit_refresh_s > 0):
             raise ConfigError("the session-limit refresh interval must be > 0 s")
+        if self.restart_policy.max_quick_deaths < 0:
+            raise ConfigError("--max-quick-deaths must not be negative")
         if self.private_transport not in ("ipc", "tcp"):
             raise ConfigError("the private transport must be ipc or tcp")
         if self.liveness_intervals < 2:

@@ -191,3 +191,30 @@ async def test_workers_exit_when_the_supervisor_is_killed(
     )
     assert not alive, alive
     assert await run.wait(5) == -9  # (the workers held its stderr pipe until they exited)
+
+
+async def test_a_worker_that_keeps_dying_is_given_up_and_health_says_so(
+    sim_factory: SimFactory, clusters: StartCluster, short_dir: Path
+) -> None:
+    sim = await sim_factory(shards=1, identify_window_s=0.05)
+    run = await clusters(*args_for(sim, short_dir, "--max-quick-deaths", "1"))
+    url = await all_ready(run)
+    _, body = await http_get(f"{url}/status")
+    first = body["workers"][0]["pid"]
+    os.kill(first, signal.SIGKILL)
+    body = await wait_http(
+        f"{url}/status",
+        lambda _, b: b["workers"][0]["pid"] not in (None, first) and b["workers"][0]["alive"],
+        10,
+    )
+    os.kill(body["workers"][0]["pid"], signal.SIGKILL)  # a second quick death
+    health = await wait_http(f"{url}/health", lambda status, b: "problems" in b, 10)
+    assert any("given up" in p for p in health["problems"]), health
+    status, _ = await http_get(f"{url}/health")
+    assert status == 503
+    _, body = await http_get(f"{url}/status")
+    assert body["workers"][0]["state"] == "given_up"
+    assert not body["workers"][0]["alive"]
+    assert len(sim.record.identifies) == 1  # no session starts burnt by the deaths
+    run.signal(signal.SIGTERM)
+    assert await run.wait(10) == 0
