@@ -2,7 +2,7 @@
 
 The time left comes from the identify schedule (:func:`cluster.planner.identify_duration`):
 the last shard can be ready no earlier than ``(windows - 1) * interval`` after the
-first IDENTIFY. On a terminal one line is rewritten in place; otherwise (a
+first IDENTIFY; the clock starts when identifies may begin (:meth:`Progress.schedule_started`). On a terminal one line is rewritten in place; otherwise (a
 pipe, a log collector) a plain log line is written when the count changes, at
 most once per ``log_every_s``, and once when every shard is ready.
 """
@@ -38,13 +38,22 @@ class Progress:
         self._stream = stream or sys.stderr
         self._interactive = self._stream.isatty() if interactive is None else interactive
         self._started = time.monotonic()
-        self._deadline = self._started + schedule_s
+        self._schedule_s = schedule_s
+        self._deadline: float | None = None
         self._log_every_s = log_every_s
         self._last_ready = -1
+        self._last_line = ""
         self._last_logged = 0.0
         self._done = False
 
+    def schedule_started(self) -> None:
+        """Identifies may begin now (the coordinator is serving)."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self._schedule_s
+
     def seconds_left(self, now: float) -> float:
+        if self._deadline is None:
+            return self._schedule_s
         return max(0.0, self._deadline - now)
 
     def update(self, ready: int) -> None:
@@ -62,8 +71,10 @@ class Progress:
                 log.info("all %d shards ready in %.1f s", self.total, elapsed)
             return
         if self._interactive:
-            self._stream.write(f"\r\x1b[K{line}")
-            self._stream.flush()
+            if line != self._last_line:
+                self._last_line = line
+                self._stream.write(f"\r\x1b[K{line}")
+                self._stream.flush()
         elif ready != self._last_ready and now - self._last_logged >= self._log_every_s:
             self._last_logged = now
             log.info("%s", line)

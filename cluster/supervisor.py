@@ -279,7 +279,9 @@ class Supervisor:
             )
             for slot in self._pool.slots.values():
                 self._spawn(slot)
-            if self.coordinator is not None:
+            if self.coordinator is None:
+                self._progress.schedule_started()  # an external coordinator: no gate here
+            else:
                 self._tasks.append(asyncio.create_task(self._gate_coordinator(), name="gate"))
                 self._tasks.append(
                     asyncio.create_task(self._refresh_limit(api_url, token), name="limit")
@@ -512,6 +514,8 @@ class Supervisor:
     async def _gate_coordinator(self) -> None:
         assert self.coordinator is not None
         if self.coordinator.running:
+            if self._progress is not None:
+                self._progress.schedule_started()
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_started.wait(), STARTUP_GATE_S)
@@ -519,6 +523,9 @@ class Supervisor:
             await self.coordinator.start()
         except zmq.ZMQError as exc:
             log.critical("the identify coordinator cannot bind: %s", exc.strerror)
+            return
+        if self._progress is not None:
+            self._progress.schedule_started()
 
     async def _refresh_limit(self, api_url: str, token: str) -> None:
         """Fetch ``GET /gateway/bot`` now and then; the coordinator takes the fresh budget."""

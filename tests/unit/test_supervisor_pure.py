@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -192,16 +193,30 @@ def test_progress_line_names_ready_total_and_time_left() -> None:
     assert "-" not in progress_line(1, 2, -3.0)
 
 
-def test_progress_on_a_terminal_rewrites_one_line() -> None:
+def test_progress_on_a_terminal_rewrites_one_line_when_it_changes() -> None:
     out = io.StringIO()
-    progress = Progress(4, 1.0, stream=out, interactive=True)
+    progress = Progress(4, 30.0, stream=out, interactive=True)
     progress.update(1)
+    progress.update(1)
+    assert "about 30.0 s left" in out.getvalue()  # the schedule has not started
+    progress.schedule_started()
+    assert 29.0 < progress.seconds_left(time.monotonic()) <= 30.0
     progress.update(4)
     progress.update(4)
     text = out.getvalue()
     assert text.count("\r") == 2
     assert "shards ready 1/4" in text
     assert text.endswith("s\n")
+
+
+def test_progress_off_a_terminal_logs_plain_lines(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "cluster.progress")
+    progress = Progress(2, 0.0, stream=io.StringIO(), interactive=False, log_every_s=0.0)
+    progress.update(0)
+    progress.update(2)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "shards ready 0/2, about 0.0 s left by the identify schedule"
+    assert caplog.records[-1].getMessage().startswith("all 2 shards ready in ")
 
 
 def test_the_token_is_redacted_from_log_records_and_json_lines_are_json() -> None:
