@@ -11,21 +11,25 @@ only 10 us per event. The firehose does the expensive part once, at start:
 - deflated as one zlib-stream (each message ends with a Z_SYNC_FLUSH) and
   wrapped in unmasked websocket frames, joined into ~64 KB chunks.
 
-Every connection gets the same bytes: a zlib-stream starts at the first
-*binary* message, and the handshake (Hello, READY, heartbeat ACKs) goes out as
-text frames, which every client library reads as plain JSON. Streaming a
+Every connection gets the same bytes: Hello and READY (which names no shard
+and has one session id for all) open the same zlib-stream on every
+connection, so Hello, READY and the events are compressed once. Streaming a
 shard is then a loop of ``transport.write(chunk)`` with flow control, so the
-load source costs almost nothing and the receiver is the bottleneck.
+load source costs almost nothing and the receiver is the bottleneck. Nothing
+can be put into a pre-generated stream, so with zlib-stream heartbeats are
+not ACKed and RESUME is not answered: give clients a heartbeat interval
+longer than the benchmark (the default is 10 minutes).
 
 Paced mode (latency): ``rate`` events per second in total, spread over the
 connected shards, each dispatch carrying ``d._sent_ns`` (``time.monotonic_ns()``,
 CLOCK_MONOTONIC, comparable across processes on one host) stamped just before
-it is compressed and written; compression is live then (level 1).
+it is compressed and written; compression is live then, continuing the stream
+from its state after READY.
 
 It speaks only what a client needs to log in: REST ``/gateway/bot``,
 ``/users/@me`` and ``/oauth2/applications/@me`` (the simulator's
 :class:`~simulator.rest.Rest`), Hello, IDENTIFY -> READY (no guilds), and
-heartbeats. RESUME is answered with op 9 (not resumable). It enforces none of
+(uncompressed only) heartbeat ACKs and op 9 for a RESUME. It enforces none of
 Discord's rules: use :class:`~simulator.Simulator` for correctness.
 
 Control (HTTP, on the same port):
@@ -90,7 +94,7 @@ class FirehoseConfig:
     shards: int = 16
     max_concurrency: int = 16
     events_per_shard: int = 20_000
-    heartbeat_interval_ms: int = 41_250
+    heartbeat_interval_ms: int = 600_000
     zlib_level: int = 1
     guilds: int = 16
 
@@ -120,9 +124,8 @@ def dispatch_payloads(
     return out
 
 
-def compressed_stream(payloads: list[bytes], level: int = 1) -> list[bytes]:
-    """The payloads as one zlib-stream of binary websocket frames, joined into ~64 KB chunks."""
-    deflater = zlib.compressobj(level)
+def compressed_stream(payloads: list[bytes], deflater: Any) -> list[bytes]:
+    """The payloads, continuing ``deflater``'s zlib-stream, as binary frames in ~64 KB chunks."""
     chunks: list[bytes] = []
     current: list[bytes] = []
     size = 0
@@ -137,6 +140,23 @@ def compressed_stream(payloads: list[bytes], level: int = 1) -> list[bytes]:
     if current:
         chunks.append(b"".join(current))
     return chunks
+
+
+def _inflates_to(inflater: Any, chunks: list[bytes], payloads: list[bytes]) -> bool:
+    """Whether the frames in ``chunks`` inflate (continuing ``inflater``) to ``payloads``."""
+    out = bytearray()
+    for chunk in chunks:
+        at = 0
+        while at < len(chunk):
+            n = chunk[at + 1] & 0x7F
+            head = 2
+            if n == 126:
+                n, head = int.from_bytes(chunk[at + 2 : at + 4], "big"), 4
+            elif n == 127:
+                n, head = int.from_bytes(chunk[at + 2 : at + 10], "big"), 10
+            out += inflater.decompress(chunk[at + head : at + head + n])
+            at += head + n
+    return bytes(out) == b"".join(payloads)
 
 
 def stamp(payload: bytes, now_ns: int) -> bytes:
@@ -155,7 +175,7 @@ def read_sent_ns(payload: bytes) -> int | None:
 
 
 class _Conn:
-    __slots__ = ("compress", "deflater", "protocol", "shard", "transport", "ws")
+    __slots__ = ("chunks", "compress", "deflater", "protocol", "shard", "transport", "ws")
 
     def __init__(
         self, ws: web.WebSocketResponse, request: web.Request, compress: bool, shard: int
@@ -165,7 +185,8 @@ class _Conn:
         self.protocol: Any = request.protocol
         self.compress = compress
         self.shard = shard
-        self.deflater = zlib.compressobj(1)
+        self.deflater: Any = None
+        self.chunks: list[bytes] = []
 
 
 class Firehose:
@@ -174,6 +195,7 @@ class Firehose:
     def __init__(self, config: FirehoseConfig | None = None) -> None:
         self.config = config or FirehoseConfig()
         cfg = self.config
+        self.port = cfg.port
         self.sim_config = SimulatorConfig(
             token=cfg.token,
             shards=cfg.shards,
@@ -184,7 +206,31 @@ class Firehose:
         self.bot = BotIdentity(cfg.token, _ALL_INTENTS)
         self.factory = EventFactory(self.sim_config, self.bot)
         self.payloads = dispatch_payloads(self.factory, cfg.events_per_shard, guilds=cfg.guilds)
-        self.chunks = compressed_stream(self.payloads, cfg.zlib_level)
+        # One zlib-stream for every connection: Hello, READY, then the events.
+        # READY must name the shard (discord.py reads it), so its shard id is
+        # padded with a space to one width: READYs differ in one or two bytes,
+        # and the events compressed after shard 0's READY inflate the same
+        # after any shard's READY unless a back-reference covers those bytes;
+        # :meth:`_verified` checks that per shard and compresses the shard's
+        # own stream when it does not hold.
+        hello = {"heartbeat_interval": cfg.heartbeat_interval_ms, "_trace": []}
+        self.hello = orjson.dumps({"t": None, "s": None, "op": 10, "d": hello})
+        ready = self.factory.ready("firehose-session", self.gateway_url + "resume/", (0, 0), [])
+        template = orjson.dumps({"t": "READY", "s": 1, "op": 0, "d": ready})
+        self._ready_template = template.replace(b'"shard":[0,0]', b'"shard":[%s,%d]')
+        self._width = len(str(max(cfg.shards - 1, 0)))
+        deflater = zlib.compressobj(cfg.zlib_level)
+        self.z_hello = deflater.compress(self.hello) + deflater.flush(zlib.Z_SYNC_FLUSH)
+        self._after_hello = deflater.copy()
+        z_ready0 = deflater.compress(self.ready_payload(0, cfg.shards)) + deflater.flush(
+            zlib.Z_SYNC_FLUSH
+        )
+        self.chunks = compressed_stream(self.payloads, deflater)
+        #: per (shard, total): (compressed READY, the deflater after it, the event chunks)
+        self._streams: dict[tuple[int, int], tuple[bytes, Any, list[bytes]]] = {}
+        self._streams[(0, cfg.shards)] = (z_ready0, None, self.chunks)
+        for shard in range(cfg.shards):
+            self._verified(shard, cfg.shards)
         self.plain_chunks = [
             b"".join(_frame(p, 0x1) for p in self.payloads[i : i + 64])
             for i in range(0, len(self.payloads), 64)
@@ -194,7 +240,29 @@ class Firehose:
         self.finished = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
-        self.port = 0
+
+    def ready_payload(self, shard: int, total: int) -> bytes:
+        return self._ready_template % (str(shard).ljust(self._width).encode(), total)
+
+    def _verified(self, shard: int, total: int) -> tuple[bytes, Any, list[bytes]]:
+        """The compressed READY, the deflater state after it and the event chunks of a shard."""
+        key = (shard, total)
+        stream = self._streams.get(key)
+        if stream is not None and stream[1] is not None:
+            return stream
+        deflater = self._after_hello.copy()
+        ready = self.ready_payload(shard, total)
+        z_ready = deflater.compress(ready) + deflater.flush(zlib.Z_SYNC_FLUSH)
+        after = deflater.copy()
+        chunks = self.chunks
+        inflater = zlib.decompressobj()
+        inflater.decompress(self.z_hello)
+        if inflater.decompress(z_ready) != ready or not _inflates_to(
+            inflater, chunks, self.payloads
+        ):
+            chunks = compressed_stream(self.payloads, deflater.copy())
+        stream = self._streams[key] = (z_ready, after, chunks)
+        return stream
 
     @property
     def base_url(self) -> str:
@@ -273,10 +341,11 @@ class Firehose:
         if compress not in ("none", "zlib-stream"):
             await ws.close(code=4000, message=b"the firehose speaks zlib-stream or none")
             return ws
-        hello = {"heartbeat_interval": self.config.heartbeat_interval_ms, "_trace": []}
-        await ws.send_frame(
-            orjson.dumps({"t": None, "s": None, "op": 10, "d": hello}), WSMsgType.TEXT
-        )
+        zlib_stream = compress == "zlib-stream"
+        if zlib_stream:
+            await ws.send_frame(self.z_hello, WSMsgType.BINARY)
+        else:
+            await ws.send_frame(self.hello, WSMsgType.TEXT)
         conn: _Conn | None = None
         try:
             async for msg in ws:
@@ -289,18 +358,22 @@ class Firehose:
                     await ws.close(code=4002, message=b"decode error")
                     break
                 if op == 1:
-                    await ws.send_str('{"t":null,"s":null,"op":11,"d":null}')
+                    # A zlib-stream is pre-generated: nothing can be put into it, so
+                    # heartbeats are not ACKed there (run with a long interval).
+                    if not zlib_stream:
+                        await ws.send_str('{"t":null,"s":null,"op":11,"d":null}')
                 elif op == 2 and conn is None:
-                    shard = (payload.get("d") or {}).get("shard") or [0, 1]
-                    ready = self.factory.ready(
-                        f"firehose-{shard[0]}", self.gateway_url + "resume/", tuple(shard), []
-                    )
-                    await ws.send_frame(
-                        orjson.dumps({"t": "READY", "s": 1, "op": 0, "d": ready}), WSMsgType.TEXT
-                    )
-                    conn = _Conn(ws, request, compress == "zlib-stream", int(shard[0]))
+                    shard_id, total = (payload.get("d") or {}).get("shard") or [0, 1]
+                    z_ready, after, chunks = self._verified(int(shard_id), int(total))
+                    if zlib_stream:
+                        await ws.send_frame(z_ready, WSMsgType.BINARY)
+                    else:
+                        await ws.send_frame(self.ready_payload(shard_id, total), WSMsgType.TEXT)
+                    conn = _Conn(ws, request, zlib_stream, int(shard_id))
+                    conn.deflater = after.copy()
+                    conn.chunks = chunks if zlib_stream else self.plain_chunks
                     self.ready.append(conn)
-                elif op == 6:
+                elif op == 6 and not zlib_stream:
                     await ws.send_str('{"t":null,"s":null,"op":9,"d":false}')
         finally:
             if conn is not None and conn in self.ready:
@@ -319,7 +392,7 @@ class Firehose:
     async def _flood(self, conn: _Conn) -> None:
         self.streaming += 1
         try:
-            for chunk in self.chunks if conn.compress else self.plain_chunks:
+            for chunk in conn.chunks:
                 if not await self._write(conn, chunk):
                     return
         finally:
@@ -375,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", default="simulated-token")
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--heartbeat-interval-ms", type=int, default=41_250)
+    parser.add_argument("--heartbeat-interval-ms", type=int, default=600_000)
     args = parser.parse_args(argv)
     config = FirehoseConfig(
         host=args.host,

@@ -51,6 +51,15 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+#: Every child still running, so the command can end them all when it ends.
+LIVE: set[Child] = set()
+
+
+async def stop_all() -> None:
+    for child in list(LIVE):
+        await child.stop()
+
+
 class Child:
     """One child process with its stdout read as lines."""
 
@@ -58,6 +67,8 @@ class Child:
         self.name = name
         self.proc = proc
         self.lines: list[str] = []
+        #: the end of stderr, read when stopped
+        self.stderr = ""
 
     @property
     def pid(self) -> int:
@@ -81,7 +92,9 @@ class Child:
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
-        return cls(name, proc)
+        child = cls(name, proc)
+        LIVE.add(child)
+        return child
 
     @classmethod
     async def python(cls, name: str, module: str, *args: str) -> Child:
@@ -122,6 +135,8 @@ class Child:
             ) from None
 
     async def stderr_tail(self) -> str:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.proc.wait(), 2.0)
         if self.proc.returncode is None or self.proc.stderr is None:
             return "(still running)"
         with contextlib.suppress(Exception):
@@ -130,7 +145,8 @@ class Child:
         return ""
 
     async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        """SIGTERM the child's process group, SIGKILL it after ``timeout``."""
+        """SIGTERM the child's process group, SIGKILL it after ``timeout``; keep its stderr tail."""
+        LIVE.discard(self)
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -141,7 +157,10 @@ class Child:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 await self.proc.wait()
         # drain the pipes so no transport outlives the loop
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(stream.read(), 1.0)
+        if self.proc.stdout is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.stdout.read(), 1.0)
+        if self.proc.stderr is not None:
+            with contextlib.suppress(Exception):
+                data = await asyncio.wait_for(self.proc.stderr.read(), 1.0)
+                self.stderr = data.decode(errors="replace")[-1500:]

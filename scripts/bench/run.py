@@ -28,7 +28,10 @@ import importlib.util
 import math
 import os
 import shutil
+import signal
+import socket
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,10 +41,15 @@ from typing import Any
 import aiohttp
 import orjson
 
+from protocol.intents import PRIVILEGED_INTENTS
 from scripts.bench import report
-from scripts.bench.procs import REPO, Child, ChildError, tree_cpu, tree_rss
+from scripts.bench.procs import REPO, Child, ChildError, stop_all, tree_cpu, tree_rss
+from simulator import discord_shaped_token
 
-TOKEN = "simulated-token"
+#: Discord-shaped (hikari reads the bot id from it); never a real one.
+TOKEN = discord_shaped_token(1_234_567_890_123_456_789)
+#: GUILDS | GUILD_MESSAGES | GUILD_PRESENCES | MESSAGE_CONTENT
+INTENTS = 1 | 512 | 256 | 32768
 NODE_DIR = REPO / "scripts" / "bench" / "node"
 RECEIVERS = ("floor", "worker", "cluster", "discord.py", "hikari", "discordjs-ws")
 BENCHMARKS = ("throughput", "latency", "startup", "memory")
@@ -60,10 +68,17 @@ class Sizes:
     startup_interval: float
     memory_shards: int
     memory_baseline_shards: int
+    #: wait after every shard is READY before measuring
+    settle_s: float
 
 
-FULL = Sizes(16, 20_000, (1_000, 10_000, 50_000), 5.0, 1024, 16, 0.05, 1000, 10)
-QUICK = Sizes(4, 300, (1_000,), 0.5, 32, 16, 0.05, 20, 2)
+FULL = Sizes(16, 20_000, (1_000, 10_000, 50_000), 5.0, 1024, 16, 0.05, 1000, 16, 0.5)
+QUICK = Sizes(4, 300, (1_000,), 0.3, 16, 16, 0.05, 32, 16, 0.1)
+#: max_concurrency of the memory benchmark (a divisor of both of its shard counts)
+MEMORY_MC = 8
+#: Added to the identify interval of the lone worker's in-process permits: the
+#: simulator measures spacing on arrival, so exact spacing gets op 9 on a loaded machine.
+WORKER_PERMIT_MARGIN_S = 0.01
 
 
 @dataclass
@@ -99,7 +114,7 @@ def cluster_up_available() -> str | None:
 def unavailable(receiver: str) -> str | None:
     """Why a receiver cannot run here, or None."""
     if receiver == "cluster":
-        return cluster_up_available() or "the cluster receiver is not wired into the bench yet"
+        return cluster_up_available()
     if receiver == "discord.py" and importlib.util.find_spec("discord") is None:
         return "discord.py is not installed"
     if receiver == "hikari" and importlib.util.find_spec("hikari") is None:
@@ -138,7 +153,14 @@ class Firehose:
     @classmethod
     async def start(cls, shards: int, events: int, http: aiohttp.ClientSession) -> Firehose:
         child = await Child.python(
-            "firehose", "simulator.firehose", "--shards", str(shards), "--events", str(events)
+            "firehose",
+            "simulator.firehose",
+            "--shards",
+            str(shards),
+            "--events",
+            str(events),
+            "--token",
+            TOKEN,
         )
         port = int(await child.expect("PORT ", 120))
         return cls(child, port, http)
@@ -166,7 +188,6 @@ class Firehose:
 async def start_receiver(
     name: str, fh: Firehose, shards: int, expect: int, sink: str | None
 ) -> Child:
-    py = sys.executable
     if name == "floor":
         assert sink is not None
         return await Child.python(
@@ -178,6 +199,7 @@ async def start_receiver(
             "worker", "scripts.bench.worker_proc", fh.gateway_url, str(shards), TOKEN, sink
         )
     if name == "discord.py":
+        # the firehose enforces no identify spacing: discord.py's 5 s between shards is skipped
         return await Child.python(
             "discord.py",
             "scripts.bench.dpy_recv",
@@ -186,6 +208,7 @@ async def start_receiver(
             str(shards),
             TOKEN,
             str(expect),
+            "0",
         )
     if name == "hikari":
         return await Child.python(
@@ -205,8 +228,54 @@ async def start_receiver(
             ],
             cwd=NODE_DIR,
         )
+    if name == "cluster":
+        assert sink is not None
+        return await start_cluster(fh.rest_url, sink)
     raise ValueError(f"unknown receiver {name}")
-    del py
+
+
+def sink_endpoint(receiver: str) -> str:
+    """Where the sink listens (PULL binds any port) or connects (SUB: the cluster's PUB)."""
+    return f"tcp://127.0.0.1:{free_port()}" if receiver == "cluster" else "tcp://127.0.0.1:*"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def start_cluster(rest_url: str, pub: str, workers: int = 1) -> Child:
+    """``cluster up`` (supervisor + ``workers`` worker processes) against ``rest_url``, publishing on ``pub``."""
+    state = tempfile.mkdtemp(prefix="bench-cluster-")
+    return await Child.start(
+        "cluster",
+        [
+            sys.executable,
+            "-c",
+            "from cluster.cli import main; main()",
+            "up",
+            "--token",
+            TOKEN,
+            "--api-url",
+            rest_url,
+            "--workers",
+            str(workers),
+            "--intents",
+            str(INTENTS),
+            "--pub",
+            pub,
+            "--control",
+            f"tcp://127.0.0.1:{free_port()}",
+            "--health",
+            f"127.0.0.1:{free_port()}",
+            "--state-dir",
+            state,
+            "--identify-interval",
+            "0.01",
+        ],
+    )
 
 
 SINK_MODE = {"floor": "floor", "worker": "ipc", "cluster": "sub"}
@@ -223,12 +292,14 @@ async def throughput_once(name: str, fh: Firehose, sizes: Sizes) -> tuple[float,
         endpoint = None
         if name in SINK_MODE:
             sink = await Child.python(
-                "sink", "scripts.bench.sink", SINK_MODE[name], "tcp://127.0.0.1:*", str(total)
+                "sink", "scripts.bench.sink", SINK_MODE[name], sink_endpoint(name), str(total)
             )
             endpoint = await sink.expect("BOUND ", 30)
         receiver = await start_receiver(name, fh, shards, total, endpoint)
         await fh.wait(lambda s: s["ready"] == shards, 60, f"{shards} shards ready")
-        await asyncio.sleep(0.5)  # the handshake's tail (READY handling) is not the stream
+        await asyncio.sleep(
+            sizes.settle_s
+        )  # the handshake's tail (READY handling) is not the stream
         spy = await Child.py_spy(receiver.pid, PROFILE[name]) if name in PROFILE else None
         if spy is not None:
             await asyncio.sleep(1.0)  # attached (its CPU is not in the receiver's tree)
@@ -248,7 +319,13 @@ async def throughput_once(name: str, fh: Firehose, sizes: Sizes) -> tuple[float,
     finally:
         for child in (receiver, sink):
             if child is not None:
-                await child.stop()
+                await child.stop(timeout=1.0)  # a drain is not measured
+        if receiver is not None:
+            LAST_STDERR[name] = receiver.stderr
+
+
+#: receiver -> the end of its stderr in its last run (for failures)
+LAST_STDERR: dict[str, str] = {}
 
 
 async def bench_throughput(res: Results, receivers: list[str], http: aiohttp.ClientSession) -> None:
@@ -260,8 +337,9 @@ async def bench_throughput(res: Results, receivers: list[str], http: aiohttp.Cli
                 try:
                     cpu_us, eps = await throughput_once(name, fh, sizes)
                 except ChildError as exc:
+                    exc.add_note(LAST_STDERR.get(name, ""))
                     res.errors.append(f"throughput/{name}: {exc}")
-                    log(f"throughput {name}: FAILED {exc}")
+                    log(f"throughput {name}: FAILED {exc}\n{LAST_STDERR.get(name, '')}")
                     continue
                 fig = res.throughput.setdefault(name, {"cpu_us": [], "eps": []})
                 fig["cpu_us"].append(cpu_us)
@@ -286,14 +364,14 @@ async def latency_once(name: str, fh: Firehose, sizes: Sizes, rate: int) -> dict
             "sink",
             "scripts.bench.sink",
             SINK_MODE[name],
-            "tcp://127.0.0.1:*",
+            sink_endpoint(name),
             str(total),
             "--latency",
         )
         endpoint = await sink.expect("BOUND ", 30)
         receiver = await start_receiver(name, fh, shards, total, endpoint)
         await fh.wait(lambda s: s["ready"] == shards, 60, f"{shards} shards ready")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(sizes.settle_s)
         cpu0 = tree_cpu(receiver.pid)
         t0 = time.monotonic()
         await fh.go(rate=rate, count=per_shard)
@@ -307,7 +385,7 @@ async def latency_once(name: str, fh: Firehose, sizes: Sizes, rate: int) -> dict
     finally:
         for child in (receiver, sink):
             if child is not None:
-                await child.stop()
+                await child.stop(timeout=1.0)
 
 
 async def bench_latency(res: Results, receivers: list[str], http: aiohttp.ClientSession) -> None:
@@ -351,6 +429,8 @@ async def connect_all(
     seconds from the first READY to the last, the receiver's start time).
     """
     sim, rest, gateway = await start_simulator(
+        token=TOKEN,
+        privileged_intents=PRIVILEGED_INTENTS,
         shards=shards,
         max_concurrency=mc,
         identify_window_s=interval,
@@ -380,7 +460,7 @@ async def connect_all(
                 TOKEN,
                 endpoint,
                 str(mc),
-                str(interval),
+                str(interval + WORKER_PERMIT_MARGIN_S),
             )
             first = int(await sink.expect("FIRST ", 120))
             done = int((await sink.expect("DONE ", 120 + shards * interval)).split()[1])
@@ -421,7 +501,7 @@ async def bench_startup(res: Results, receivers: list[str]) -> None:
                 continue
             for child in (receiver, sink, sim):
                 if child is not None:
-                    await child.stop()
+                    await child.stop(timeout=1.0)
             res.startup.setdefault(name, []).append({"total_s": total_s, "span_s": ready_span_s})
             log(
                 f"startup {name} #{rep + 1}: all READY after {total_s:.2f} s (first..last READY {ready_span_s:.2f} s)"
@@ -434,22 +514,24 @@ async def bench_memory(res: Results, receivers: list[str]) -> None:
         for name in receivers:
             rss: dict[int, float] = {}
             try:
-                for shards in (sizes.memory_baseline_shards, sizes.memory_shards):
-                    sim, receiver, sink, _, _, _ = await connect_all(name, shards, 16, 0.005)
+                for shards in (sizes.memory_baseline_shards, sizes.memory_shards)[res.quick :]:
+                    sim, receiver, sink, _, _, _ = await connect_all(name, shards, MEMORY_MC, 0.005)
                     try:
-                        await asyncio.sleep(2.0)  # idle: handshakes done, buffers settled
+                        # idle: handshakes done, buffers settled
+                        await asyncio.sleep(0.3 if res.quick else 2.0)
                         rss[shards] = float(tree_rss(receiver.pid))
                     finally:
                         for child in (receiver, sink, sim):
                             if child is not None:
-                                await child.stop()
+                                await child.stop(timeout=1.0)
             except ChildError as exc:
                 res.errors.append(f"memory/{name}: {exc}")
                 log(f"memory {name}: FAILED {exc}")
                 continue
             big, small = sizes.memory_shards, sizes.memory_baseline_shards
             per_total = rss[big] / big / 1024
-            marginal = (rss[big] - rss[small]) / (big - small) / 1024
+            # quick mode measures one size only: no marginal figure
+            marginal = (rss[big] - rss[small]) / (big - small) / 1024 if small in rss else math.nan
             res.memory.setdefault(name, []).append(
                 {
                     "kb_per_shard_marginal": marginal,
@@ -503,10 +585,13 @@ async def run(args: argparse.Namespace) -> Results:
                     ),
                 )
             )
-        for name, step in steps:
-            res.load.append((f"before {name}", os.getloadavg()))
-            log(f"== {name} (load average {os.getloadavg()[0]:.2f})")
-            await step()
+        try:
+            for name, step in steps:
+                res.load.append((f"before {name}", os.getloadavg()))
+                log(f"== {name} (load average {os.getloadavg()[0]:.2f})")
+                await step()
+        finally:
+            await stop_all()
         res.load.append(("end", os.getloadavg()))
     return res
 
@@ -551,6 +636,8 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # pragma: no cover
         pass
     started = time.time()
+    # SIGTERM ends the run like Ctrl-C: the children are stopped on the way out
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     res = asyncio.run(run(args))
     out: Path | None = args.out
     if out is None and not args.quick:

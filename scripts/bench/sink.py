@@ -12,7 +12,9 @@ Prints ``BOUND <endpoint>`` once it listens, ``FIRST <ns>`` at the first
 event, then ``DONE <events> <monotonic ns>`` when EXPECT events came, and
 with ``--latency`` a ``LAT <json>`` line: percentiles in microseconds of
 ``receive - d._sent_ns`` (the firehose's paced mode stamps it). With
-``--topic T`` only events with that topic count (e.g. READY at startup).
+``--topic T`` only events with that topic count (e.g. READY at startup);
+without it READY, RESUMED and GUILD_CREATE are not counted. The floor mode
+sees payloads only and counts every message.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from scripts.bench.stats import percentile
 from simulator.firehose import read_sent_ns
 
 _EVENTS = int(MessageKind.EVENTS)
+#: Not part of a stream: without --topic these are not counted.
+_SESSION_TOPICS = frozenset((b"READY", b"RESUMED", b"GUILD_CREATE"))
 
 
 def main() -> None:
@@ -77,7 +81,10 @@ def main() -> None:
         if n == 0:
             print(f"FIRST {now()}", flush=True)
         for ev in events:
-            if topic is not None and ev[0] != topic:
+            if topic is not None:
+                if ev[0] != topic:
+                    continue
+            elif ev[0] in _SESSION_TOPICS:
                 continue
             n += 1
             if latency:

@@ -1,0 +1,54 @@
+"""The benchmark command in smoke mode: every benchmark path runs end to end and reports.
+
+``python -m scripts.bench --quick`` with tiny sizes, in its own process (it
+starts its own load sources, receivers and sinks as processes). Nothing is
+asserted on timings: only that every benchmark produced figures, that the
+markdown report names the machine and each section, and that receivers which
+are not installed are skipped with a reason rather than failing the run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(170)
+def test_quick_bench_runs_every_benchmark(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    raw = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--quick", "--out", str(out), "--json", str(raw)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(raw.read_text())
+    skipped = data["skipped"]
+    assert data["errors"] == []
+    measured = set(data["throughput"])
+    assert {"floor", "worker"} <= measured
+    for name in ("cluster", "discord.py", "hikari", "discordjs-ws"):
+        assert name in measured or name in skipped, f"{name} neither measured nor skipped"
+    for name, fig in data["throughput"].items():
+        assert len(fig["cpu_us"]) == 1 and fig["cpu_us"][0] > 0, name
+        assert fig["eps"][0] > 0, name
+    assert "1000" in data["latency"]["worker"]
+    [lat] = data["latency"]["worker"]["1000"]
+    assert lat["n"] > 0 and 0 < lat["p50"] <= lat["p99"] <= lat["p999"]
+    assert data["startup"]["worker"][0]["total_s"] > 0
+    assert data["memory"]["worker"][0]["rss_mb"] > 0
+    text = out.read_text()
+    for heading in ("## Machine", "## CPU per event", "## Latency", "## Startup", "## Memory"):
+        assert heading in text
+    assert "Smoke mode" in text
+    for name, why in skipped.items():
+        assert f"skipping {name}: {why}" in proc.stderr

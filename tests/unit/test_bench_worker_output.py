@@ -1,0 +1,150 @@
+"""The worker's batched event output (worker.group.ZmqOutput) on real ZeroMQ sockets.
+
+Batching is the hot-path change the benchmarks drove: events of one shard
+queued in one loop iteration leave as one EVENTS message of ``count`` events,
+flushed when the iteration ends; a report goes out after the events queued
+before it; a gap in the sequence or a new session cuts the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from protocol import ipc
+from protocol.pubframe import decode_event
+from worker.group import MAX_BATCH, ZmqOutput
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        yield push, pull
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
+
+
+def receive_all(pull: zmq.Socket[bytes], n: int) -> list[ipc.Message]:
+    out = []
+    for _ in range(n):
+        assert pull.poll(5000), "no message within 5 s"
+        out.append(ipc.decode(pull.recv_multipart()))
+    return out
+
+
+def payload(seq: int) -> bytes:
+    return b'{"t":"MESSAGE_CREATE","s":%d,"op":0,"d":{}}' % seq
+
+
+async def test_one_iteration_of_one_shard_is_one_message(
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
+) -> None:
+    push, pull = pair
+    out = ZmqOutput(push, asyncio.get_running_loop())
+    for seq in range(5, 15):
+        assert out.event(3, 77, seq, b"MESSAGE_CREATE", payload(seq))
+    assert not pull.poll(50), "nothing leaves before the iteration ends"
+    await asyncio.sleep(0)
+    [batch] = receive_all(pull, 1)
+    assert isinstance(batch, ipc.EventBatch)
+    assert (batch.shard_id, batch.epoch, batch.first_seq, len(batch.events)) == (3, 77, 5, 10)
+    for i, frames in enumerate(batch.events):
+        event = decode_event(list(frames))
+        assert (event.topic, event.shard_id, event.seq) == ("MESSAGE_CREATE", 3, 5 + i)
+        assert event.payload == payload(5 + i)
+
+
+async def test_cuts_at_gaps_new_sessions_shards_and_the_cap(
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
+) -> None:
+    push, pull = pair
+    out = ZmqOutput(push, asyncio.get_running_loop())
+    events = [(0, 1, s) for s in (1, 2, 3)] + [(0, 1, 5), (0, 2, 1), (1, 9, 1)]
+    events += [(2, 4, s) for s in range(1, MAX_BATCH + 2)]
+    for shard, epoch, seq in events:
+        assert out.event(shard, epoch, seq, b"T", payload(seq))
+    await asyncio.sleep(0)
+    got = receive_all(pull, 6)
+    spans = [
+        (m.shard_id, m.epoch, m.first_seq, len(m.events))
+        for m in got
+        if isinstance(m, ipc.EventBatch)
+    ]
+    assert sorted(spans) == sorted(
+        [
+            (0, 1, 1, 3),
+            (0, 1, 5, 1),
+            (0, 2, 1, 1),
+            (1, 9, 1, 1),
+            (2, 4, 1, MAX_BATCH),
+            (2, 4, MAX_BATCH + 1, 1),
+        ]
+    )
+    # per shard, the order is the order of production
+    shard0 = [m.first_seq for m in got if isinstance(m, ipc.EventBatch) and m.shard_id == 0]
+    assert shard0 == [1, 5, 1]
+
+
+async def test_a_report_follows_the_events_queued_before_it(
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
+) -> None:
+    push, pull = pair
+    out = ZmqOutput(push, asyncio.get_running_loop())
+    out.event(0, 1, 1, b"READY", payload(1))
+    await out.report(
+        ipc.ShardReport(shard_id=0, phase="ready", seq=1, session_id="s", resume_url="u")
+    )
+    out.event(0, 1, 2, b"T", payload(2))
+    await asyncio.sleep(0)
+    first, second, third = receive_all(pull, 3)
+    assert isinstance(first, ipc.EventBatch) and first.first_seq == 1
+    assert isinstance(second, ipc.ShardReport)
+    assert isinstance(third, ipc.EventBatch) and third.first_seq == 2
+
+
+async def test_the_high_water_mark_refuses_until_drained() -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 1)
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 1)
+    try:
+        pull.bind("inproc://hwm")
+        push.connect("inproc://hwm")
+        out = ZmqOutput(push, asyncio.get_running_loop())
+        sent = 0
+        seq = 1
+        # different sessions so every event is its own message; fill until refused
+        while out.event(0, seq, 1, b"T", payload(seq)):
+            seq += 1
+            await asyncio.sleep(0)
+            assert seq < 100, "the high-water mark never refused"
+        assert out.send_blocked >= 1
+        drained = asyncio.create_task(out.drain())
+        got: list[ipc.Message] = []
+        async with asyncio.timeout(5):
+            while not drained.done():
+                if pull.poll(0):
+                    got.append(ipc.decode(pull.recv_multipart()))
+                await asyncio.sleep(0.001)
+            while pull.poll(50):
+                got.append(ipc.decode(pull.recv_multipart()))
+        sent = len(got)
+        # every event accepted before the refusal arrives, none twice, none lost
+        assert sorted(m.epoch for m in got if isinstance(m, ipc.EventBatch)) == list(range(1, seq))
+        assert sent == seq - 1
+        assert out.event(0, seq, 1, b"T", payload(seq)), "accepts again after the drain"
+    finally:
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
