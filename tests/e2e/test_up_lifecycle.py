@@ -24,27 +24,22 @@ pytestmark = pytest.mark.timeout(60)
 StartCluster = Callable[..., Any]
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (
-            ["--shards", "abc"],
-            "cluster: error: --shards: shard count must be 'auto' or a positive integer",
-        ),
-        (["--health", "nowhere"], "cluster: error: --health must be host:port"),
-        (
-            ["--compress", "gzip"],
-            "cluster: error: --compress must be zlib-stream, zstd-stream or none",
-        ),
-        (["--pub", "localhost:5555"], "cluster: error: --pub must be a ZeroMQ endpoint"),
-    ],
-)
-async def test_a_bad_option_is_one_line_and_exit_status_2(
-    clusters: StartCluster, args: list[str], message: str
-) -> None:
-    run = await clusters("--token", "x", *args)
-    assert await run.wait(15) == 2
-    assert len(run.raw) == 1 and run.raw[0].startswith(message), run.raw
+BAD_OPTIONS = [
+    (
+        ["--shards", "abc"],
+        "cluster: error: --shards: shard count must be 'auto' or a positive integer",
+    ),
+    (["--health", "nowhere"], "cluster: error: --health must be host:port"),
+    (["--compress", "gzip"], "cluster: error: --compress must be zlib-stream, zstd-stream or none"),
+    (["--pub", "localhost:5555"], "cluster: error: --pub must be a ZeroMQ endpoint"),
+]
+
+
+async def test_a_bad_option_is_one_line_and_exit_status_2(clusters: StartCluster) -> None:
+    runs = [await clusters("--token", "x", *args) for args, _ in BAD_OPTIONS]  # run at once
+    for run, (_, message) in zip(runs, BAD_OPTIONS, strict=True):
+        assert await run.wait(15) == 2
+        assert len(run.raw) == 1 and run.raw[0].startswith(message), run.raw
 
 
 async def test_no_token_and_an_unreachable_api_are_one_line_each(clusters: StartCluster) -> None:
