@@ -213,3 +213,39 @@ async def test_a_worker_that_keeps_dying_is_given_up_and_health_says_so(
     assert len(sim.record.identifies) == 1  # no session starts burnt by the deaths
     run.signal(signal.SIGTERM)
     assert await run.wait(10) == 0
+
+
+async def test_an_address_in_use_is_one_line(
+    sim_factory: SimFactory, clusters: StartCluster, short_dir: Path
+) -> None:
+    import socket
+
+    import zmq
+
+    sim = await sim_factory(shards=1)
+    taken = socket.create_server(("127.0.0.1", 0))
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind("tcp://127.0.0.1:0")
+    try:
+        port = taken.getsockname()[1]
+        health_args = args_for(sim, short_dir)
+        health_args[health_args.index("--health") + 1] = f"127.0.0.1:{port}"
+        pub_args = args_for(sim, short_dir / "other")
+        pub_args[pub_args.index("--pub") + 1] = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        (short_dir / "other").mkdir()
+        health_run = await clusters(*health_args)
+        pub_run = await clusters(*pub_args)
+        assert await health_run.wait(15) == 1
+        assert await pub_run.wait(15) == 1
+    finally:
+        taken.close()
+        pub.close(0)
+        context.term()
+    assert health_run.raw[-1].startswith(
+        f"cluster: error: cannot listen on --health 127.0.0.1:{port}"
+    )
+    assert pub_run.raw[-1].startswith("cluster: error: cannot bind --pub tcp://127.0.0.1:")
+    assert "in use" in health_run.raw[-1] and "in use" in pub_run.raw[-1]
+    assert not sim.record.identifies  # nothing started
