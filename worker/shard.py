@@ -35,7 +35,7 @@ from aiohttp.http import WSMessageNoDecodeText
 from yarl import URL
 
 from protocol import payloads
-from protocol.compression import DEFAULT_MAX_MESSAGE_SIZE, Compression, make_decompressor
+from protocol.compression import DEFAULT_MAX_MESSAGE_SIZE, Compression
 from protocol.envelope import peek
 from protocol.errors import (
     DecompressionError,
@@ -45,6 +45,7 @@ from protocol.gateway import API_VERSION, CLIENT_PAYLOAD_LIMIT, RESUMABLE_CLOSE_
 from protocol.ipc import ShardReport, session_epoch
 from worker import state as sm
 from worker.backoff import Backoff, BackoffPolicy
+from worker.inflate import make_worker_decompressor
 from worker.permits import PermitSource
 from worker.ratelimit import DEFAULT_SLACK_S, SendLimiter, SendWindow
 from worker.state import ConnectMode, Decision, GatewayUrl, ShardPhase, ShardSession, Wait
@@ -434,7 +435,9 @@ class Shard:
         tasks: list[asyncio.Task[None]],
         verdict: asyncio.Future[Decision],
     ) -> Decision:
-        decompress = make_decompressor(self.config.compression, self.config.max_message_size).feed
+        decompress = make_worker_decompressor(
+            self.config.compression, self.config.max_message_size
+        ).feed
         output = self._output
         emit = output.event
         shard_id = self.config.shard_id
