@@ -185,11 +185,7 @@ class Supervisor:
             plan = self._plan(gateway)
             self.plan = plan
             store = SessionStore(self.config.state_dir, token, plan.total_shards)
-            saved = store.load()
-            for shard_id, session in saved.items():
-                if shard_id in plan.shard_ids:
-                    self.book.seed(shard_id, session.session_id, session.seq, session.resume_url)
-
+            self._load_sessions(store, plan)
             use_ipc = self.config.private_transport == "ipc" and zmq.has("ipc")
             pull: zmq.Socket[bytes] = sync_context.socket(zmq.PULL)
             sockets.append(pull)
@@ -202,30 +198,9 @@ class Supervisor:
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             router.setsockopt(zmq.ROUTER_HANDOVER, 1)
             command_endpoint = _bind_private(router, runtime_dir, "commands", use_ipc)
-
-            coordinator_endpoint = self.config.coordinator
-            if coordinator_endpoint is None and self.config.shard_range is not None:
-                log.warning(
-                    "--shard-ids without --coordinator: the embedded coordinator only spaces "
-                    "this host's identifies; hosts sharing a bot need one `cluster coordinator`"
-                )
-            if coordinator_endpoint is None:
-                # ipc: the path is known before the bind, so the bind can wait for the
-                # workers (see the module docstring); tcp binds at once on port 0.
-                coordinator_endpoint = (
-                    f"ipc://{runtime_dir}/identify" if use_ipc else "tcp://127.0.0.1:0"
-                )
-                limit = gateway.session_start_limit
-                self.coordinator = Coordinator(
-                    coordinator_endpoint,
-                    max_concurrency=plan.max_concurrency,
-                    interval_s=self.config.identify_interval_s,
-                    safety_margin_s=self.config.identify_margin_s,
-                    session_total=limit.total,
-                    session_remaining=limit.remaining,
-                    reset_after_s=limit.reset_after_s,
-                    context=async_context,
-                )
+            coordinator_endpoint = self._make_coordinator(
+                plan, gateway, runtime_dir, use_ipc, async_context
+            )
             status = ClusterStatus(
                 plan.total_shards,
                 [(w.worker_id, w.shard_ids) for w in plan.workers],
@@ -311,6 +286,43 @@ class Supervisor:
             raise fatal
 
     # -- startup ----------------------------------------------------------------------------
+
+    def _load_sessions(self, store: SessionStore, plan: ClusterPlan) -> None:
+        for shard_id, session in store.load().items():
+            if shard_id in plan.shard_ids:
+                self.book.seed(shard_id, session.session_id, session.seq, session.resume_url)
+
+    def _make_coordinator(
+        self,
+        plan: ClusterPlan,
+        gateway: GatewayBot,
+        runtime_dir: str,
+        use_ipc: bool,
+        context: zmq.asyncio.Context,
+    ) -> str:
+        """The endpoint workers ask for identify permits (the embedded coordinator is created here)."""
+        if self.config.coordinator is not None:
+            return self.config.coordinator
+        if self.config.shard_range is not None:
+            log.warning(
+                "--shard-ids without --coordinator: the embedded coordinator only spaces "
+                "this host's identifies; hosts sharing a bot need one `cluster coordinator`"
+            )
+        # ipc: the path is known before the bind, so the bind can wait for the workers
+        # (see the module docstring); tcp binds at once on port 0 (see run()).
+        endpoint = f"ipc://{runtime_dir}/identify" if use_ipc else "tcp://127.0.0.1:0"
+        limit = gateway.session_start_limit
+        self.coordinator = Coordinator(
+            endpoint,
+            max_concurrency=plan.max_concurrency,
+            interval_s=self.config.identify_interval_s,
+            safety_margin_s=self.config.identify_margin_s,
+            session_total=limit.total,
+            session_remaining=limit.remaining,
+            reset_after_s=limit.reset_after_s,
+            context=context,
+        )
+        return endpoint
 
     async def _start_simulator(self) -> Any:
         from simulator import Simulator, SimulatorConfig
