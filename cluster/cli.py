@@ -180,14 +180,17 @@ def up(
     shard_ids: Annotated[
         str | None,
         typer.Option(
-            "--shard-ids", help="Inclusive range A-B this supervisor runs [default: all]."
+            "--shard-ids", help="Inclusive range A-B this supervisor runs.", show_default="all"
         ),
     ] = None,
-    workers: Annotated[str | None, typer.Option(help="Worker processes [default: auto].")] = None,
+    workers: Annotated[
+        str | None, typer.Option(help="Worker processes.", show_default="auto")
+    ] = None,
     intents: Annotated[
         str | None,
         typer.Option(
-            help="Integer or comma-separated names (GUILDS,GUILD_MESSAGES) [default: non-privileged]."
+            help="Integer or comma-separated names (GUILDS,GUILD_MESSAGES).",
+            show_default="non-privileged",
         ),
     ] = None,
     api_url: Annotated[
@@ -205,7 +208,9 @@ def up(
     ] = DEFAULT_CONTROL,
     coordinator: Annotated[
         str | None,
-        typer.Option(help="Endpoint of an external `cluster coordinator` [default: embedded]."),
+        typer.Option(
+            help="Endpoint of an external `cluster coordinator`.", show_default="embedded"
+        ),
     ] = None,
     health: Annotated[
         str, typer.Option(envvar="CLUSTER_HEALTH", help="host:port of the HTTP endpoint.")
@@ -318,7 +323,8 @@ def coordinator_command(
         str, typer.Option(help="Endpoint to bind (tcp://HOST:PORT or ipc://PATH).")
     ] = "tcp://127.0.0.1:5557",
     max_concurrency: Annotated[
-        int | None, typer.Option(help="Identify buckets [default: from /gateway/bot with --token].")
+        int | None,
+        typer.Option(help="Identify buckets.", show_default="from /gateway/bot with --token"),
     ] = None,
     identify_interval: Annotated[
         float, typer.Option(help="Seconds between identifies in one bucket.")
