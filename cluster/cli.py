@@ -34,10 +34,10 @@ from cluster.config import (
     DEFAULT_STATE_DIR,
     SIMULATED_TOKEN,
 )
-from simulator import Simulator, SimulatorConfig
 
 if TYPE_CHECKING:
     from cluster.config import SupervisorConfig
+    from simulator import SimulatorConfig
 
 app = typer.Typer(
     name="cluster",
@@ -118,6 +118,8 @@ def simulate(
     chaos_seed: Annotated[int, typer.Option(help="Seed of the chaos mode.")] = 0,
 ) -> None:
     """Run the Discord simulator alone (REST + gateway) until SIGINT or SIGTERM."""
+    from simulator import SimulatorConfig  # imported here: status and tail start faster
+
     try:
         config = SimulatorConfig(
             host=host,
@@ -138,6 +140,8 @@ def simulate(
 
 
 async def _simulate(config: SimulatorConfig) -> None:
+    from simulator import Simulator
+
     sim = Simulator(config)
     try:
         await sim.start()
@@ -458,10 +462,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cluster: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_FAILURE)
     sys.exit(result if isinstance(result, int) else 0)
-
-
-if __name__ == "__main__":
-    main()
 
 
 # Commands that live in their own modules register on ``app`` when imported.

@@ -1,0 +1,5 @@
+"""``python -m cluster``: the same command line as the ``cluster`` script."""
+
+from cluster.cli import main
+
+main()
