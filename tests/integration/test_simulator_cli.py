@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import RawClient
 
-CLI = [sys.executable, "-m", "cluster.cli"]
+CLI = [sys.executable, "-m", "cluster"]
 
 
 @pytest.fixture
