@@ -78,12 +78,19 @@ class ClusterCollector(Collector):
             "titanium_relay_published", "Events published on the PUB socket", value=relay.published
         )
         dropped = CounterMetricFamily(
-            "titanium_relay_dropped", "Events dropped by the relay, by reason", labels=["reason"]
+            "titanium_relay_dropped",
+            "Events dropped by the relay, by reason (pub_hwm: overflow episodes of a slow subscriber)",
+            labels=["reason"],
         )
         dropped.add_metric(["duplicate"], relay.duplicates_dropped)
         dropped.add_metric(["pub_hwm"], relay.pub_dropped)
         dropped.add_metric(["malformed"], relay.malformed_dropped)
         yield dropped
+        yield GaugeMetricFamily(
+            "titanium_relay_subscriptions",
+            "Subscriptions on the PUB socket",
+            value=relay.subscriptions,
+        )
 
         alive = GaugeMetricFamily(
             "titanium_worker_alive", "1 when the worker process is alive", labels=["worker"]

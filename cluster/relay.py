@@ -288,6 +288,7 @@ class Relay:
             counters.duplicates_dropped += duplicates
             counters.pub_dropped = self._publisher.dropped
         self._publisher.drain_subscriptions()
+        counters.subscriptions = self._publisher.subscriptions
         return handled
 
     def _realign(self) -> None:

@@ -83,8 +83,12 @@ class RelayCounters:
 
     published: int = 0
     duplicates_dropped: int = 0
+    #: Overflow episodes: a publish that found a subscriber at its high-water
+    #: mark. libzmq then drops further events for that subscriber silently
+    #: until it catches up; subscribers see the exact gaps from per-shard seq.
     pub_dropped: int = 0
     malformed_dropped: int = 0
+    subscriptions: int = 0
 
 
 IdentifySnapshot = Callable[[], dict[str, Any]]
@@ -161,6 +165,7 @@ class ClusterStatus:
                 "duplicates_dropped": self.relay.duplicates_dropped,
                 "pub_dropped": self.relay.pub_dropped,
                 "malformed_dropped": self.relay.malformed_dropped,
+                "subscriptions": self.relay.subscriptions,
             },
             "fatal": self.fatal_reason,
         }
