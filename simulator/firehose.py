@@ -37,7 +37,7 @@ Control (HTTP, on the same port):
 - ``GET /_fh/status`` -> ``{"ready": n, "streaming": n, "finished": n}``
 - ``POST /_fh/go`` ``{}`` streams the pre-generated events to every ready
   shard; ``{"rate": R, "count": C}`` sends ``C`` events per shard paced at
-  ``R`` per second in total instead.
+  ``R`` per second in total instead (at most ``events_per_shard``).
 
 ``python -m simulator.firehose --shards 16 --events 20000`` runs it alone and
 prints ``PORT <n>`` once it listens.
@@ -323,7 +323,8 @@ class Firehose:
     async def _go(self, request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else {}
         rate = float(body.get("rate", 0) or 0)
-        count = int(body.get("count", self.config.events_per_shard))
+        # never more than were pre-generated: sequence numbers must keep growing
+        count = min(int(body.get("count", self.config.events_per_shard)), len(self.payloads))
         conns = list(self.ready)
         for conn in conns:
             coro = self._paced(conn, rate / len(conns), count) if rate > 0 else self._flood(conn)
@@ -403,7 +404,6 @@ class Firehose:
         """``count`` events at ``rate`` per second, stamped and compressed as they go."""
         self.streaming += 1
         payloads = self.payloads
-        n = len(payloads)
         deflater = conn.deflater
         flush = zlib.Z_SYNC_FLUSH
         loop = asyncio.get_running_loop()
@@ -415,7 +415,7 @@ class Firehose:
                 frames = []
                 now_ns = time.monotonic_ns()
                 while sent < due:
-                    payload = stamp(payloads[sent % n], now_ns)
+                    payload = stamp(payloads[sent], now_ns)
                     if conn.compress:
                         body = deflater.compress(payload) + deflater.flush(flush)
                         frames.append(_frame(body, 0x2))

@@ -68,6 +68,31 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
+#: What each hot-path change of the worker bought, measured with this command
+#: (``--only throughput --receivers floor worker --repeat 3``) when it was made.
+HISTORY = """## Worker hot path: what each change bought
+
+Measured with `python -m scripts.bench --only throughput --receivers floor worker --repeat 3`
+on 2026-11-26 (2 cores shared with other jobs, load average 1-4: provisional), µs of CPU
+per event, median of 3 (range):
+
+| change | worker | floor, same run |
+|---|---|---|
+| before: four ZeroMQ sends per event (one message per event) | 28.4 (25.6-30.0) | 21.6 (20.5-24.7) |
+| one EVENTS message per shard per loop iteration (count > 1, flushed with `call_soon`) | 16.1 (15.8-18.4) | 22.3 (21.8-22.4) |
+| + zlib-ng inflate (worker/inflate.py) | 15.8 (13.5-16.5) | 19.7 (17.9-21.4) |
+
+py-spy on the worker before batching (share of samples): inflate 29 %, the four
+ZeroMQ sends 32 % (the last frame of each message alone 23 %: libzmq's cost is per
+message, not per frame), `peek` 11 %, aiohttp's websocket reader and
+`receive` ~10 %. The floor spends 28 % in its one send per event and 33 % in
+inflate. zlib-ng inflates this stream in 3.0 µs per event against zlib's 4.7
+and isal's 4.6 (same process, `time.process_time`); isal was not adopted.
+`copy=False` frames were not adopted: pyzmq's own threshold (64 KB) is far
+above these 0.5-1.3 KB payloads, where a zero-copy frame costs more than the copy.
+"""
+
+
 def markdown(res: Results, elapsed_s: float) -> str:
     s = res.sizes
     lines = [
@@ -180,8 +205,31 @@ def markdown(res: Results, elapsed_s: float) -> str:
                 f" | {f['rss_mb'].fmt(0)} |"
             )
         lines.append("")
+    if res.recovery:
+        lines += [
+            "## Recovery",
+            "",
+            f"`cluster up` with one worker holding all {s.recovery_shards} shards against the full"
+            f" simulator ({s.recovery_rate:g} dispatches/s per shard). The worker is SIGKILLed;"
+            " seconds from the kill to the last RESUMED event at the SUB client. Lost = gaps in"
+            " each shard's sequence at the SUB client (between the first and the last seq it saw);"
+            " duplicates = a (shard, seq) seen twice.",
+            "",
+            "| seconds to all RESUMED | RESUMED seen | events lost | duplicates |",
+            "|---|---|---|---|",
+        ]
+        f = {
+            k: Figure(tuple(r[k] for r in res.recovery))
+            for k in ("seconds", "resumed", "lost", "duplicates")
+        }
+        lines.append(
+            f"| {f['seconds'].fmt(2)} | {f['resumed'].fmt(0)} | {f['lost'].fmt(0)} | {f['duplicates'].fmt(0)} |"
+        )
+        lines.append("")
+    if not res.quick:
+        lines += [HISTORY]
     if res.skipped or res.errors or res.notes:
-        lines += ["## Not measured", ""]
+        lines += ["## Not measured, and notes", ""]
         lines += [f"- {k}: {v}" for k, v in res.skipped.items()]
         lines += [f"- error: {e}" for e in res.errors]
         lines += [f"- {n}" for n in res.notes]
@@ -196,8 +244,10 @@ def to_json(res: Results) -> str:
         "latency": {k: {str(r): v for r, v in d.items()} for k, d in res.latency.items()},
         "startup": res.startup,
         "memory": res.memory,
+        "recovery": res.recovery,
         "skipped": res.skipped,
         "errors": res.errors,
         "load": res.load,
+        "notes": res.notes,
     }
     return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()

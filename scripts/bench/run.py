@@ -52,7 +52,7 @@ TOKEN = discord_shaped_token(1_234_567_890_123_456_789)
 INTENTS = 1 | 512 | 256 | 32768
 NODE_DIR = REPO / "scripts" / "bench" / "node"
 RECEIVERS = ("floor", "worker", "cluster", "discord.py", "hikari", "discordjs-ws")
-BENCHMARKS = ("throughput", "latency", "startup", "memory")
+BENCHMARKS = ("throughput", "latency", "startup", "memory", "recovery")
 #: receiver -> py-spy output file (``--profile DIR``); the CPU figures include py-spy then.
 PROFILE: dict[str, Path] = {}
 
@@ -70,10 +70,13 @@ class Sizes:
     memory_baseline_shards: int
     #: wait after every shard is READY before measuring
     settle_s: float
+    recovery_shards: int
+    #: dispatches per second per shard while a worker is killed
+    recovery_rate: float
 
 
-FULL = Sizes(16, 20_000, (1_000, 10_000, 50_000), 5.0, 1024, 16, 0.05, 1000, 16, 0.5)
-QUICK = Sizes(4, 300, (1_000,), 0.3, 16, 16, 0.05, 32, 16, 0.1)
+FULL = Sizes(16, 20_000, (1_000, 10_000, 50_000), 5.0, 1024, 16, 0.05, 1000, 16, 0.5, 64, 20.0)
+QUICK = Sizes(4, 300, (1_000,), 0.3, 16, 16, 0.05, 32, 16, 0.1, 16, 20.0)
 #: max_concurrency of the memory benchmark (a divisor of both of its shard counts)
 MEMORY_MC = 8
 #: Added to the identify interval of the lone worker's in-process permits: the
@@ -91,6 +94,7 @@ class Results:
     latency: dict[str, dict[int, list[dict[str, float]]]] = field(default_factory=dict)
     startup: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     memory: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    recovery: list[dict[str, float]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     load: list[tuple[str, tuple[float, float, float]]] = field(default_factory=list)
@@ -246,7 +250,9 @@ def free_port() -> int:
         return port
 
 
-async def start_cluster(rest_url: str, pub: str, workers: int = 1) -> Child:
+async def start_cluster(
+    rest_url: str, pub: str, workers: int = 1, health: str | None = None, interval: float = 0.01
+) -> Child:
     """``cluster up`` (supervisor + ``workers`` worker processes) against ``rest_url``, publishing on ``pub``."""
     state = tempfile.mkdtemp(prefix="bench-cluster-")
     return await Child.start(
@@ -269,11 +275,11 @@ async def start_cluster(rest_url: str, pub: str, workers: int = 1) -> Child:
             "--control",
             f"tcp://127.0.0.1:{free_port()}",
             "--health",
-            f"127.0.0.1:{free_port()}",
+            health or f"127.0.0.1:{free_port()}",
             "--state-dir",
             state,
             "--identify-interval",
-            "0.01",
+            str(interval),
         ],
     )
 
@@ -396,7 +402,8 @@ async def latency_once(name: str, fh: Firehose, sizes: Sizes, rate: int) -> dict
 
 async def bench_latency(res: Results, receivers: list[str], http: aiohttp.ClientSession) -> None:
     sizes = res.sizes
-    fh = await Firehose.start(sizes.shards, 2_000, http)
+    most = max(int(rate * sizes.latency_seconds / sizes.shards) for rate in sizes.latency_rates)
+    fh = await Firehose.start(sizes.shards, max(most, 100), http)
     try:
         for rep in range(res.repeat):
             for rate in sizes.latency_rates:
@@ -550,6 +557,96 @@ async def bench_memory(res: Results, receivers: list[str]) -> None:
             )
 
 
+# -- recovery (needs cluster up) ----------------------------------------------------------
+
+
+async def _status(http: aiohttp.ClientSession, health: str) -> dict[str, Any]:
+    async with http.get(f"http://{health}/status") as r:
+        body: dict[str, Any] = await r.json()
+        return body
+
+
+async def recovery_once(sizes: Sizes, http: aiohttp.ClientSession) -> dict[str, float]:
+    """SIGKILL the one worker of a cluster holding every shard; time until every shard RESUMED."""
+    n = sizes.recovery_shards
+    sim, rest, _gateway = await start_simulator(
+        token=TOKEN,
+        privileged_intents=PRIVILEGED_INTENTS,
+        shards=n,
+        max_concurrency=16,
+        identify_window_s=0.05,
+        event_rate=sizes.recovery_rate,
+        record_dispatches=False,
+    )
+    pub = f"tcp://127.0.0.1:{free_port()}"
+    health = f"127.0.0.1:{free_port()}"
+    sink: Child | None = None
+    cluster: Child | None = None
+    try:
+        sink = await Child.python("sink", "scripts.bench.sink", "sub", pub, "0", "--seqs")
+        await sink.expect("BOUND ", 30)
+        cluster = await start_cluster(rest, pub, workers=1, health=health, interval=0.05)
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                st = await _status(http, health)
+                if st["shards"] and all(s["state"] == "ready" for s in st["shards"]):
+                    break
+            if time.monotonic() > deadline:
+                raise ChildError("cluster: shards not all ready in 60 s")
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2 * sizes.settle_s)  # events flowing
+        [worker] = st["workers"]
+        killed_at = time.monotonic_ns()
+        os.kill(int(worker["pid"]), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                st = await _status(http, health)
+                if all(s["state"] == "ready" and s["resumes"] >= 1 for s in st["shards"]):
+                    break
+            if time.monotonic() > deadline:
+                raise ChildError("cluster: shards not all resumed in 60 s")
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(2 * sizes.settle_s)  # later events prove nothing in between was lost
+        await cluster.stop(timeout=10.0)
+        cluster = None
+        sink.proc.send_signal(signal.SIGTERM)
+        seqs = orjson.loads(await sink.expect("SEQS ", 30))
+        resumed = [t for _shard, t in seqs["resumed"] if t > killed_at]
+        shards = seqs["shards"]
+        return {
+            "seconds": (max(resumed) - killed_at) / 1e9 if len(resumed) >= n else math.nan,
+            "resumed": float(len(resumed)),
+            "lost": float(sum(v["missing"] for v in shards.values())),
+            "duplicates": float(sum(v["duplicates"] for v in shards.values())),
+            "shards_seen": float(len(shards)),
+        }
+    finally:
+        for child in (cluster, sink, sim):
+            if child is not None:
+                await child.stop(timeout=5.0)
+
+
+async def bench_recovery(res: Results, http: aiohttp.ClientSession) -> None:
+    why = cluster_up_available()
+    if why is not None:
+        res.skipped["recovery"] = why
+        return
+    for rep in range(res.repeat):
+        try:
+            r = await recovery_once(res.sizes, http)
+        except ChildError as exc:
+            res.errors.append(f"recovery: {exc}")
+            log(f"recovery: FAILED {exc}")
+            continue
+        res.recovery.append(r)
+        log(
+            f"recovery #{rep + 1}: {r['seconds']:.2f} s to {r['resumed']:.0f} RESUMED,"
+            f" {r['lost']:.0f} lost, {r['duplicates']:.0f} duplicates"
+        )
+
+
 # -- the command -------------------------------------------------------------------------
 
 
@@ -582,6 +679,8 @@ async def run(args: argparse.Namespace) -> Results:
                     ),
                 )
             )
+        if "recovery" in only:
+            steps.append(("recovery", lambda: bench_recovery(res, http)))
         if "memory" in only:
             steps.append(
                 (
@@ -607,6 +706,19 @@ async def run(args: argparse.Namespace) -> Results:
     return res
 
 
+def merge(res: Results, old: dict[str, Any]) -> None:
+    """Fill the benchmarks this run did not measure from an earlier run's JSON."""
+    for key in ("throughput", "startup", "memory", "recovery"):
+        if not getattr(res, key) and old.get(key):
+            setattr(res, key, old[key])
+    if not res.latency and old.get("latency"):
+        res.latency = {k: {int(r): v for r, v in d.items()} for k, d in old["latency"].items()}
+    for k, v in old.get("skipped", {}).items():
+        res.skipped.setdefault(k, v)
+    res.load = [(str(w), (a, b, c)) for w, (a, b, c) in old.get("load", [])] + res.load
+    res.notes = list(old.get("notes", [])) + res.notes
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.bench", description=__doc__.split("\n")[0]
@@ -627,6 +739,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--json", type=Path, default=None, help="also write the raw samples as JSON"
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        help="take the figures of benchmarks not run now from this earlier --json output",
     )
     parser.add_argument(
         "--profile",
@@ -650,6 +768,8 @@ def main(argv: list[str] | None = None) -> None:
     # SIGTERM ends the run like Ctrl-C: the children are stopped on the way out
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     res = asyncio.run(run(args))
+    if args.merge is not None:
+        merge(res, orjson.loads(args.merge.read_bytes()))
     out: Path | None = args.out
     if out is None and not args.quick:
         out = REPO / "docs" / "BENCHMARKS.md"

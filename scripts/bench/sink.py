@@ -22,6 +22,7 @@ sees payloads only and counts every message.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -45,6 +46,12 @@ def main() -> None:
     parser.add_argument("--latency", action="store_true")
     parser.add_argument("--topic", default=None)
     parser.add_argument(
+        "--seqs",
+        action="store_true",
+        help="sub mode: record (shard, seq) of every event and the arrival of each RESUMED;"
+        " run until SIGTERM, then print SEQS <json>",
+    )
+    parser.add_argument(
         "--idle-s",
         type=float,
         default=2.0,
@@ -64,6 +71,9 @@ def main() -> None:
         sock.bind(args.endpoint)
         bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     print(f"BOUND {bound}", flush=True)
+    if args.seqs:
+        _record_seqs(sock)
+        return
     topic = args.topic.encode() if args.topic else None
     latency = args.latency
     lat: list[int] = []
@@ -75,7 +85,7 @@ def main() -> None:
     last = 0
     idle_ms = int(args.idle_s * 1000)
     while n < expect:
-        if n and not sock.poll(idle_ms):
+        if n and (not sock.poll(idle_ms) or now() - last > idle_ms * 1_000_000):
             break  # the rest was dropped upstream (a PUB at its high-water mark)
         frames = recv()
         if mode == "ipc":
@@ -119,6 +129,37 @@ def main() -> None:
     sock.close(linger=0)
     ctx.term()
     sys.exit(0)
+
+
+def _record_seqs(sock: zmq.Socket[bytes]) -> None:
+    """Every (shard_id, seq) seen and when each RESUMED arrived, until SIGTERM."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    seqs: dict[int, list[int]] = {}
+    resumed: list[tuple[int, int]] = []
+    now = time.monotonic_ns
+    try:
+        while True:
+            frames = sock.recv_multipart()
+            if len(frames) != 3:
+                continue
+            topic, header, _payload = frames
+            head = orjson.loads(header)
+            seqs.setdefault(head["shard_id"], []).append(head["seq"])
+            if topic == b"RESUMED":
+                resumed.append((head["shard_id"], now()))
+    except KeyboardInterrupt:
+        pass
+    summary = {}
+    for shard, got in seqs.items():
+        unique = set(got)
+        summary[shard] = {
+            "min": min(unique),
+            "max": max(unique),
+            "missing": max(unique) - min(unique) + 1 - len(unique),
+            "duplicates": len(got) - len(unique),
+        }
+    out = {"shards": summary, "resumed": resumed}
+    print("SEQS " + orjson.dumps(out, option=orjson.OPT_NON_STR_KEYS).decode(), flush=True)
 
 
 if __name__ == "__main__":
