@@ -285,7 +285,10 @@ class ShardGroup:
         result = WorkerStatusKind.DRAINED
         try:
             await output.send(ipc.encode_worker_status(self._status(WorkerStatusKind.STARTED)))
-            async with aiohttp.ClientSession() as http:
+            # No connection limit: aiohttp's default of 100 would hold every
+            # shard past the 100th in the connector's queue, never connecting.
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(connector=connector) as http:
                 for shard_id in spec.shard_ids:
                     self.shards[shard_id] = Shard(
                         spec.shard_config(shard_id),

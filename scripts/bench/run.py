@@ -450,8 +450,10 @@ async def connect_all(
         guilds=0,
         record_dispatches=False,
         heartbeat_interval_ms=41_250,
+        session_start_total=100_000,  # Discord's default 1,000 a day would refuse shard 1,000 on
     )
     sink: Child | None = None
+    receiver: Child | None = None
     try:
         if name == "worker":
             sink = await Child.python(
@@ -462,6 +464,8 @@ async def connect_all(
                 str(shards),
                 "--topic",
                 "READY",
+                "--idle-s",
+                "60",
             )
             endpoint = await sink.expect("BOUND ", 30)
             t0 = time.monotonic_ns()
@@ -476,7 +480,11 @@ async def connect_all(
                 str(interval + WORKER_PERMIT_MARGIN_S),
             )
             first = int(await sink.expect("FIRST ", 120))
-            done = int((await sink.expect("DONE ", 120 + shards * interval)).split()[1])
+            count, done = (
+                int(x) for x in (await sink.expect("DONE ", 120 + shards * interval)).split()[:2]
+            )
+            if count < shards:
+                raise ChildError(f"worker: {count} of {shards} shards READY")
         else:
             t0 = time.monotonic_ns()
             receiver = await Child.python(
@@ -493,9 +501,9 @@ async def connect_all(
             first = t0
         return sim, receiver, sink, (done - t0) / 1e9, (done - first) / 1e9, t0 / 1e9
     except BaseException:
-        if sink is not None:
-            await sink.stop()
-        await sim.stop()
+        for child in (receiver, sink, sim):
+            if child is not None:
+                await child.stop(timeout=1.0)
         raise
 
 
