@@ -492,6 +492,7 @@ class Supervisor:
             shard.resumes = message.resumes
             shard.reconnects = message.reconnects
             shard.events = message.events
+            shard.events_by_type = message.events_by_type
             shard.fatal_code = message.fatal_code
             if self._progress is not None:
                 self._progress.update(status.shards_ready)

@@ -174,6 +174,8 @@ class ShardReport:
     reason: str | None = None
     commands_sent: int = 0
     commands_refused: int = 0
+    #: Dispatches relayed by this worker process, per event name (since it started).
+    events_by_type: dict[str, int] = field(default_factory=dict)
 
     @property
     def epoch(self) -> int:

@@ -127,6 +127,7 @@ class ShardCounters:
     events: int = 0
     commands_sent: int = 0
     commands_refused: int = 0
+    events_by_type: dict[str, int] = field(default_factory=dict)
 
 
 class Shard:
@@ -202,6 +203,7 @@ class Shard:
             reason=reason,
             commands_sent=c.commands_sent,
             commands_refused=c.commands_refused,
+            events_by_type=dict(c.events_by_type),
         )
 
     def stop(self) -> None:
@@ -442,6 +444,7 @@ class Shard:
         emit = output.event
         shard_id = self.config.shard_id
         counters = self.counters
+        by_type = counters.events_by_type
         receive = ws.receive
         binary = aiohttp.WSMsgType.BINARY
         text = aiohttp.WSMsgType.TEXT
@@ -481,6 +484,7 @@ class Shard:
                     continue  # already relayed (replay overlap)
                 self._seq = s
                 counters.events += 1
+                by_type[t] = by_type.get(t, 0) + 1
                 topic = topics.get(t)
                 if topic is None:
                     topic = self._topic(t)

@@ -199,7 +199,13 @@ async def test_sigterm_then_up_again_resumes_and_delivers_what_was_missed(
     sim.emit(1, 20)
     await sub.wait_for(lambda s: len(s.event_ids) == 40, 10)
     _, status_body = await http_get(f"{url}/status")
-    _, metrics = await http_get(f"{url}/metrics")
+    # event counts by type come with the workers' periodic shard reports
+    async with asyncio.timeout(10):
+        while True:
+            _, metrics = await http_get(f"{url}/metrics")
+            if 'titanium_events_total{shard="1",type="READY"} 1.0' in str(metrics):
+                break
+            await asyncio.sleep(0.1)
     first.signal(signal.SIGTERM)
     assert await first.wait(10) == 0
     saved = (short_dir / "state" / "sessions.json").read_text()
