@@ -253,6 +253,7 @@ class ShardGroup:
         self._context = context
         self._stop = asyncio.Event()
         self._parent_pid = os.getppid()
+        self._parent_gone = False
         self.stop_reason: str | None = None
         self.shards: dict[int, Shard] = {}
         self.fatal_code: int | None = None
@@ -338,7 +339,8 @@ class ShardGroup:
                 await asyncio.wait_for(
                     output.send(ipc.encode_worker_status(self._status(result))), 2.0
                 )
-            push.close(linger=5000)
+            # With the supervisor gone nobody will read what is queued: exit at once.
+            push.close(linger=0 if self._parent_gone else 5000)
             if dealer is not None:
                 dealer.close(linger=0)
         return result
@@ -384,6 +386,7 @@ class ShardGroup:
         while True:
             await asyncio.sleep(self.spec.parent_check_interval_s)
             if not self._parent_alive():
+                self._parent_gone = True
                 log.warning("worker %d: the supervisor is gone; draining", self.spec.worker_id)
                 self.stop("parent gone")
                 return
