@@ -39,8 +39,24 @@ def token_fingerprint(token: str) -> str:
 
 
 class SessionStore:
-    def __init__(self, state_dir: Path | str, token: str, total_shards: int) -> None:
-        self.path = Path(state_dir) / SESSIONS_FILE
+    """Sessions of one supervisor: all shards, or its ``--shard-ids`` range.
+
+    A supervisor that runs a range of the shards keeps its own file
+    (``sessions-A-B.json``), so several hosts may share one state dir.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path | str,
+        token: str,
+        total_shards: int,
+        shard_range: tuple[int, int] | None = None,
+    ) -> None:
+        if shard_range is None or shard_range == (0, total_shards - 1):
+            name = SESSIONS_FILE
+        else:
+            name = f"sessions-{shard_range[0]}-{shard_range[1]}.json"
+        self.path = Path(state_dir) / name
         self._fingerprint = token_fingerprint(token)
         self._total_shards = total_shards
 

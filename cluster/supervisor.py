@@ -184,7 +184,9 @@ class Supervisor:
             gateway = await self._fetch(api_url, token)
             plan = self._plan(gateway)
             self.plan = plan
-            store = SessionStore(self.config.state_dir, token, plan.total_shards)
+            store = SessionStore(
+                self.config.state_dir, token, plan.total_shards, self.config.shard_range
+            )
             self._load_sessions(store, plan)
             use_ipc = self.config.private_transport == "ipc" and zmq.has("ipc")
             pull: zmq.Socket[bytes] = sync_context.socket(zmq.PULL)

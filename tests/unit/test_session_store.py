@@ -56,3 +56,15 @@ def test_save_replaces_and_clear_removes(tmp_path: Path) -> None:
     assert set(store.load(now=1000.0)) == {1}
     store.clear()
     assert store.load(now=1000.0) == {}
+
+
+def test_hosts_with_shard_ranges_keep_their_own_files(tmp_path: Path) -> None:
+    whole = SessionStore(tmp_path, TOKEN, 4, (0, 3))
+    low = SessionStore(tmp_path, TOKEN, 4, (0, 1))
+    high = SessionStore(tmp_path, TOKEN, 4, (2, 3))
+    assert whole.path.name == "sessions.json"
+    low.save({0: SavedSession("a", 1, "ws://x/", 1000.0)})
+    high.save({2: SavedSession("c", 3, "ws://x/", 1000.0)})
+    assert set(low.load(now=1000.0)) == {0}
+    assert set(high.load(now=1000.0)) == {2}
+    assert whole.load(now=1000.0) == {}
