@@ -28,7 +28,6 @@ anything unexpected inside the handler becomes an ``ok: false`` reply.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -39,6 +38,7 @@ import orjson
 import zmq
 import zmq.asyncio
 
+from cluster.router_service import RouterService
 from protocol.errors import InvalidCommandError, PayloadTooLargeError
 from protocol.gateway import Opcode
 from protocol.payloads import encode_client_payload, validate_command
@@ -252,12 +252,14 @@ class ControlStats:
     replies_dropped: int = 0
 
 
-class ControlServer:
+class ControlServer(RouterService):
     """The control socket of one supervisor; ``send`` is the supervisor's ``send_command``.
 
     ``send(shard_id, payload)`` must raise when the shard is not running; the
     client then gets ``ok: false`` naming the shard.
     """
+
+    service_name = "control server"
 
     def __init__(
         self,
@@ -274,76 +276,26 @@ class ControlServer:
         outside = [s for s in local_shard_ids if not 0 <= s < total_shards]
         if outside:
             raise ValueError(f"local shard ids {outside[:5]} are outside 0-{total_shards - 1}")
-        self._requested_endpoint = endpoint
+        super().__init__(endpoint, context)
         self.total_shards = total_shards
         self.local_shard_ids = frozenset(local_shard_ids)
         self._send = send
         self._send_timeout_s = send_timeout_s
-        self._own_context = context is None
-        self._context = context
-        self._socket: zmq.asyncio.Socket | None = None
-        self._endpoint: str | None = None
-        self._task: asyncio.Task[None] | None = None
         self.stats = ControlStats()
 
-    @property
-    def endpoint(self) -> str:
-        """The bound endpoint, an ephemeral tcp port resolved (valid after :meth:`start`)."""
-        if self._endpoint is None:
-            raise RuntimeError("the control server is not started")
-        return self._endpoint
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError("the control server is already started")
-        if self._context is None:
-            self._context = zmq.asyncio.Context()
-        sock = self._context.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
+    def _configure(self, sock: zmq.asyncio.Socket) -> None:
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
-        try:
-            sock.bind(self._requested_endpoint)
-        except zmq.ZMQError:
-            sock.close(linger=0)
-            self._close_context()
-            raise
-        self._socket = sock
-        self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._task = asyncio.create_task(self._serve(sock), name="control-server")
-        self._task.add_done_callback(_log_crash)
+
+    def _started(self) -> None:
         log.info(
             "control socket on %s for shards %s",
             self._endpoint,
             _describe_ids(self.local_shard_ids),
         )
 
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
-        self._close_context()
-
-    def _close_context(self) -> None:
-        if self._own_context and self._context is not None:
-            self._context.term()
-            self._context = None
-
-    async def __aenter__(self) -> ControlServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    def _crashed(self, exc: BaseException) -> None:
+        log.error("the control server stopped: %r", exc, exc_info=exc)
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -405,11 +357,3 @@ class ControlServer:
 def _why(exc: Exception) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
-        log.error("the control server stopped: %r", exc, exc_info=exc)

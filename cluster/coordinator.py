@@ -34,6 +34,7 @@ import zmq
 import zmq.asyncio
 
 from cluster.identify_scheduler import Grant, IdentifyScheduler, SchedulerSnapshot
+from cluster.router_service import RouterService
 from protocol.coordination import (
     Acquire,
     Cancel,
@@ -71,8 +72,10 @@ class CoordinatorStats:
     bad_messages: int = 0
 
 
-class Coordinator:
+class Coordinator(RouterService):
     """Serves identify permits on a ROUTER bound to ``endpoint`` (tcp://, ipc:// or inproc://)."""
+
+    service_name = "identify coordinator"
 
     def __init__(
         self,
@@ -88,7 +91,7 @@ class Coordinator:
         clock: Clock = time.monotonic,
         on_grant: Callable[[Grant[Requester]], None] | None = None,
     ) -> None:
-        self._requested_endpoint = endpoint
+        super().__init__(endpoint, context)
         self._clock = clock
         self.scheduler: IdentifyScheduler[Requester] = IdentifyScheduler(
             max_concurrency,
@@ -98,11 +101,6 @@ class Coordinator:
             session_remaining=session_remaining,
             reset_at=clock() + reset_after_s,
         )
-        self._own_context = context is None
-        self._context = context
-        self._socket: zmq.asyncio.Socket | None = None
-        self._endpoint: str | None = None
-        self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
         self._on_grant = on_grant
         #: The latest grant per shard, to answer a repeated acquire and to take a release.
@@ -110,39 +108,11 @@ class Coordinator:
         self._warned_exhausted = False
         self.stats = CoordinatorStats()
 
-    # -- lifecycle ------------------------------------------------------------------------
-
-    @property
-    def endpoint(self) -> str:
-        """The bound endpoint, with an ephemeral tcp port resolved (valid after :meth:`start`)."""
-        if self._endpoint is None:
-            raise RuntimeError("the coordinator is not started")
-        return self._endpoint
-
-    @property
-    def running(self) -> bool:
-        """True while the coordinator's loop serves (False before start, after stop or a crash)."""
-        return self._task is not None and not self._task.done()
-
-    async def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError("the coordinator is already started")
-        if self._context is None:
-            self._context = zmq.asyncio.Context()
-        sock = self._context.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
+    def _configure(self, sock: zmq.asyncio.Socket) -> None:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        try:
-            sock.bind(self._requested_endpoint)
-        except zmq.ZMQError:
-            sock.close(linger=0)
-            self._close_context()
-            raise
-        self._socket = sock
-        self._endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._task = asyncio.create_task(self._serve(sock), name="identify-coordinator")
-        self._task.add_done_callback(_log_crash)
+
+    def _started(self) -> None:
         log.info(
             "identify coordinator on %s: max_concurrency %d, interval %.3f s, %d of %d session starts left",
             self._endpoint,
@@ -152,29 +122,11 @@ class Coordinator:
             self.scheduler.total,
         )
 
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            # A crash was already logged by _log_crash; stopping must still release the socket.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
-        self._close_context()
-
-    def _close_context(self) -> None:
-        if self._own_context and self._context is not None:
-            self._context.term()
-            self._context = None
-
-    async def __aenter__(self) -> Coordinator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    def _crashed(self, exc: BaseException) -> None:
+        log.critical(
+            "identify coordinator stopped: no more identify permits will be granted",
+            exc_info=exc,
+        )
 
     # -- what the supervisor reads and writes ---------------------------------------------
 
@@ -345,14 +297,6 @@ class Coordinator:
         # Replies other than grants are best effort: a gone peer needs no answer.
         with contextlib.suppress(zmq.ZMQError):
             await sock.send_multipart([identity, message.encode()], flags=zmq.DONTWAIT)
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.critical(
-            "identify coordinator stopped: no more identify permits will be granted",
-            exc_info=task.exception(),
-        )
 
 
 async def run_coordinator(
