@@ -20,11 +20,16 @@ can be put into a pre-generated stream, so with zlib-stream heartbeats are
 not ACKed and RESUME is not answered: give clients a heartbeat interval
 longer than the benchmark (the default is 10 minutes).
 
-Paced mode (latency): ``rate`` events per second in total, spread over the
-connected shards, each dispatch carrying ``d._sent_ns`` (``time.monotonic_ns()``,
-CLOCK_MONOTONIC, comparable across processes on one host) stamped just before
-it is compressed and written; compression is live then, continuing the stream
-from its state after READY.
+Paced mode (latency): ``rate`` events per second in total, evenly spaced
+and dealt to the connected shards in turn. Each dispatch carries a key,
+``d._k`` (the event's number in send order), and is compressed before the
+stream starts (continuing each shard's stream from its state after READY),
+so pacing costs one ``transport.write`` per shard per millisecond tick. The
+firehose records ``time.monotonic_ns()`` (CLOCK_MONOTONIC, comparable across
+processes on one host) right before each write; ``GET /_fh/sent`` returns
+those send times, indexed by key, as little-endian int64s. A consumer that
+notes when each key arrived has the latency of every event without the
+source's own cost in it.
 
 It speaks only what a client needs to log in: REST ``/gateway/bot``,
 ``/users/@me`` and ``/oauth2/applications/@me`` (the simulator's
@@ -37,7 +42,10 @@ Control (HTTP, on the same port):
 - ``GET /_fh/status`` -> ``{"ready": n, "streaming": n, "finished": n}``
 - ``POST /_fh/go`` ``{}`` streams the pre-generated events to every ready
   shard; ``{"rate": R, "count": C}`` sends ``C`` events per shard paced at
-  ``R`` per second in total instead (at most ``events_per_shard``).
+  ``R`` per second in total instead (at most ``events_per_shard``); it answers
+  once the keyed frames are compressed, as the stream starts.
+- ``GET /_fh/sent`` -> the send time of each key of the last paced stream
+  (``array("q")`` bytes; 0 for a key not sent yet).
 
 ``python -m simulator.firehose --shards 16 --events 20000`` runs it alone and
 prints ``PORT <n>`` once it listens.
@@ -52,6 +60,7 @@ import signal
 import sys
 import time
 import zlib
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -80,8 +89,9 @@ STREAM_PATTERN: Final = (
 )
 _CHUNK: Final = 64 * 1024
 _ALL_INTENTS: Final = PRIVILEGED_INTENTS
-#: The key of the send time the paced mode puts first in ``d``.
-SENT_KEY: Final = b'"_sent_ns":'
+#: The key the paced mode puts first in ``d``: the event's number in send order.
+KEY_FIELD: Final = b'"_k":'
+#: How often the paced mode wakes to write what has come due.
 _TICK_S: Final = 0.001
 
 
@@ -159,18 +169,18 @@ def _inflates_to(inflater: Any, chunks: list[bytes], payloads: list[bytes]) -> b
     return bytes(out) == b"".join(payloads)
 
 
-def stamp(payload: bytes, now_ns: int) -> bytes:
-    """Put ``"_sent_ns":now_ns`` first in ``d`` of a dispatch (Discord's key order)."""
+def keyed(payload: bytes, key: int) -> bytes:
+    """Put ``"_k":key`` first in ``d`` of a dispatch (Discord's key order)."""
     head, sep, rest = payload.partition(b'"d":{')
-    return b"%s%s%s%d,%s" % (head, sep, SENT_KEY, now_ns, rest)
+    return b"%s%s%s%d,%s" % (head, sep, KEY_FIELD, key, rest)
 
 
-def read_sent_ns(payload: bytes) -> int | None:
-    """The send time a paced dispatch carries, or None."""
-    at = payload.find(SENT_KEY)
+def read_key(payload: bytes) -> int | None:
+    """The key a paced dispatch carries, or None."""
+    at = payload.find(KEY_FIELD)
     if at < 0:
         return None
-    start = at + len(SENT_KEY)
+    start = at + len(KEY_FIELD)
     return int(payload[start : payload.index(b",", start)])
 
 
@@ -238,6 +248,7 @@ class Firehose:
         self.ready: list[_Conn] = []
         self.streaming = 0
         self.finished = 0
+        self.sent_ns = array("q")
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
 
@@ -286,6 +297,7 @@ class Firehose:
         app.router.add_get("/resume/", self._ws)
         app.router.add_get("/_fh/status", self._status)
         app.router.add_post("/_fh/go", self._go)
+        app.router.add_get("/_fh/sent", self._sent)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         self._runner = runner
@@ -316,6 +328,9 @@ class Firehose:
 
     # -- control -----------------------------------------------------------------
 
+    async def _sent(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.sent_ns.tobytes(), content_type="application/octet-stream")
+
     async def _status(self, request: web.Request) -> web.Response:
         body = {"ready": len(self.ready), "streaming": self.streaming, "finished": self.finished}
         return web.json_response(body)
@@ -326,8 +341,15 @@ class Firehose:
         # never more than were pre-generated: sequence numbers must keep growing
         count = min(int(body.get("count", self.config.events_per_shard)), len(self.payloads))
         conns = list(self.ready)
-        for conn in conns:
-            coro = self._paced(conn, rate / len(conns), count) if rate > 0 else self._flood(conn)
+        if rate > 0:
+            frames = [
+                self._keyed_frames(conn, i, len(conns), count) for i, conn in enumerate(conns)
+            ]
+            self.sent_ns = array("q", bytes(8 * count * len(conns)))
+            coros = [self._paced(conns, frames, rate)]
+        else:
+            coros = [self._flood(c) for c in conns]
+        for coro in coros:
             task = asyncio.create_task(coro)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -400,35 +422,50 @@ class Firehose:
             self.streaming -= 1
             self.finished += 1
 
-    async def _paced(self, conn: _Conn, rate: float, count: int) -> None:
-        """``count`` events at ``rate`` per second, stamped and compressed as they go."""
-        self.streaming += 1
+    def _keyed_frames(self, conn: _Conn, index: int, shards: int, count: int) -> list[bytes]:
+        """The first ``count`` events of a shard as frames, keyed by their number in send order."""
         payloads = self.payloads
-        deflater = conn.deflater
-        flush = zlib.Z_SYNC_FLUSH
+        frames = []
+        for n in range(count):
+            payload = keyed(payloads[n], n * shards + index)
+            if conn.compress:
+                body = conn.deflater.compress(payload) + conn.deflater.flush(zlib.Z_SYNC_FLUSH)
+                frames.append(_frame(body, 0x2))
+            else:
+                frames.append(_frame(payload, 0x1))
+        return frames
+
+    async def _paced(self, conns: list[_Conn], frames: list[list[bytes]], rate: float) -> None:
+        """Every frame at ``rate`` per second in total; event ``k`` goes to shard ``k % shards``."""
+        shards = len(conns)
+        total = len(self.sent_ns)
+        sent_ns = self.sent_ns
+        clock = time.monotonic_ns
+        self.streaming += shards
         loop = asyncio.get_running_loop()
         start = loop.time()
         sent = 0
         try:
-            while sent < count:
-                due = min(count, int((loop.time() - start) * rate) + 1)
-                frames = []
-                now_ns = time.monotonic_ns()
-                while sent < due:
-                    payload = stamp(payloads[sent], now_ns)
-                    if conn.compress:
-                        body = deflater.compress(payload) + deflater.flush(flush)
-                        frames.append(_frame(body, 0x2))
-                    else:
-                        frames.append(_frame(payload, 0x1))
-                    sent += 1
-                if frames and not await self._write(conn, b"".join(frames)):
-                    return
-                next_at = start + sent / rate
-                await asyncio.sleep(max(0.0, min(_TICK_S, next_at - loop.time())))
+            while sent < total:
+                due = min(total, int((loop.time() - start) * rate) + 1)
+                first = sent
+                for index in range(shards):
+                    keys = range(first + (index - first) % shards, due, shards)
+                    if not keys:
+                        continue
+                    shard_frames = frames[index]
+                    data = b"".join([shard_frames[key // shards] for key in keys])
+                    now = clock()
+                    for key in keys:
+                        sent_ns[key] = now
+                    await self._write(conns[index], data)
+                sent = due
+                # A whole tick, never less: libuv's timers count milliseconds, and a
+                # shorter sleep turns into a busy loop that takes a core from the receiver.
+                await asyncio.sleep(_TICK_S)
         finally:
-            self.streaming -= 1
-            self.finished += 1
+            self.streaming -= shards
+            self.finished += shards
 
 
 async def _main(config: FirehoseConfig) -> None:

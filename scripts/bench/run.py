@@ -33,6 +33,7 @@ import socket
 import sys
 import tempfile
 import time
+from array import array
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ import orjson
 from protocol.intents import PRIVILEGED_INTENTS
 from scripts.bench import report
 from scripts.bench.procs import REPO, Child, ChildError, stop_all, tree_cpu, tree_rss
+from scripts.bench.stats import percentile
 from simulator import discord_shaped_token
 
 #: Discord-shaped (hikari reads the bot id from it); never a real one.
@@ -187,6 +189,14 @@ class Firehose:
     async def go(self, **body: Any) -> None:
         async with self.http.post(self.base + "/_fh/go", json=body) as r:
             r.raise_for_status()
+
+    async def sent_ns(self) -> array[int]:
+        """Send times of the last paced stream, by key (simulator/firehose.py)."""
+        async with self.http.get(self.base + "/_fh/sent") as r:
+            r.raise_for_status()
+            out: array[int] = array("q")
+            out.frombytes(await r.read())
+            return out
 
 
 async def start_receiver(
@@ -369,35 +379,60 @@ async def latency_once(name: str, fh: Firehose, sizes: Sizes, rate: int) -> dict
     await fh.wait(lambda s: s["ready"] == 0 and s["streaming"] == 0, 30, "idle")
     sink: Child | None = None
     receiver: Child | None = None
-    try:
-        sink = await Child.python(
-            "sink",
-            "scripts.bench.sink",
-            SINK_MODE[name],
-            sink_endpoint(name),
-            str(total),
-            "--latency",
-        )
-        endpoint = await sink.expect("BOUND ", 30)
-        receiver = await start_receiver(name, fh, shards, total, endpoint)
-        await fh.wait(lambda s: s["ready"] == shards, 60, f"{shards} shards ready")
-        await asyncio.sleep(sizes.settle_s)
-        cpu0 = tree_cpu(receiver.pid)
-        t0 = time.monotonic()
-        await fh.go(rate=rate, count=per_shard)
-        done = await sink.expect("DONE ", 60 + sizes.latency_seconds * 3)
-        if int(done.split()[0]) < total:
-            DROPPED.setdefault(f"{name} at {rate}/s", []).append(total - int(done.split()[0]))
-        cpu1 = tree_cpu(receiver.pid)
-        elapsed = time.monotonic() - t0
-        lat: dict[str, float] = orjson.loads(await sink.expect("LAT ", 30))
-        lat["cpu_us"] = (cpu1 - cpu0) / total * 1e6
-        lat["achieved_eps"] = total / elapsed
-        return lat
-    finally:
-        for child in (receiver, sink):
-            if child is not None:
-                await child.stop(timeout=1.0)
+    with tempfile.TemporaryDirectory(prefix="bench-lat-") as tmp:
+        arrivals = Path(tmp) / "arrivals"
+        try:
+            sink = await Child.python(
+                "sink",
+                "scripts.bench.sink",
+                SINK_MODE[name],
+                sink_endpoint(name),
+                str(total),
+                "--latency",
+                str(arrivals),
+            )
+            endpoint = await sink.expect("BOUND ", 30)
+            receiver = await start_receiver(name, fh, shards, total, endpoint)
+            await fh.wait(lambda s: s["ready"] == shards, 60, f"{shards} shards ready")
+            await asyncio.sleep(sizes.settle_s)
+            await fh.go(rate=rate, count=per_shard)  # answers once the frames are ready
+            cpu0 = tree_cpu(receiver.pid)
+            t0 = time.monotonic()
+            done = await sink.expect("DONE ", 60 + sizes.latency_seconds * 3)
+            cpu1 = tree_cpu(receiver.pid)
+            elapsed = time.monotonic() - t0
+            got = int(done.split()[0])
+            if got < total:
+                DROPPED.setdefault(f"{name} at {rate}/s", []).append(total - got)
+            await asyncio.wait_for(sink.proc.wait(), 30)  # the arrivals file is written
+            lat = latency_summary(await fh.sent_ns(), arrivals.read_bytes())
+        finally:
+            for child in (receiver, sink):
+                if child is not None:
+                    await child.stop(timeout=1.0)
+    lat["cpu_us"] = (cpu1 - cpu0) / total * 1e6
+    lat["achieved_eps"] = total / elapsed
+    return lat
+
+
+def latency_summary(sent_ns: array[int], arrivals: bytes) -> dict[str, float]:
+    """Percentiles (µs) of arrival - send per key: the sink's (keys, times) against the source's."""
+    pairs: array[int] = array("q")
+    pairs.frombytes(arrivals)
+    half = len(pairs) // 2
+    keys, times = pairs[:half], pairs[half:]
+    lat = sorted(
+        (at - sent_ns[key]) / 1000.0
+        for key, at in zip(keys, times, strict=True)
+        if 0 <= key < len(sent_ns) and sent_ns[key]
+    )
+    return {
+        "n": len(lat),
+        "p50": percentile(lat, 0.5),
+        "p99": percentile(lat, 0.99),
+        "p999": percentile(lat, 0.999),
+        "max": lat[-1] if lat else math.nan,
+    }
 
 
 async def bench_latency(res: Results, receivers: list[str], http: aiohttp.ClientSession) -> None:
@@ -676,7 +711,7 @@ async def run(args: argparse.Namespace) -> Results:
         if "throughput" in only:
             steps.append(("throughput", lambda: bench_throughput(res, receivers, http)))
         if "latency" in only:
-            lat_recv = [r for r in receivers if r in ("worker", "cluster")]
+            lat_recv = [r for r in receivers if r in ("floor", "worker", "cluster")]
             steps.append(("latency", lambda: bench_latency(res, lat_recv, http)))
         if "startup" in only:
             steps.append(

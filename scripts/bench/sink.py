@@ -11,12 +11,14 @@
 Prints ``BOUND <endpoint>`` once it listens, ``FIRST <ns>`` at the first
 event, then ``DONE <events> <monotonic ns>`` when EXPECT events came (or,
 when fewer come, after ``--idle-s`` without one: the time is the last
-event's; the harness reports the shortfall as dropped), and
-with ``--latency`` a ``LAT <json>`` line: percentiles in microseconds of
-``receive - d._sent_ns`` (the firehose's paced mode stamps it). With
+event's; the harness reports the shortfall as dropped). With
+``--latency FILE`` it notes the key (``d._k``, put there by the firehose's
+paced mode) and the arrival time of every event and writes them to FILE as
+two little-endian int64 arrays of equal length (keys, then times); the
+harness joins them with the firehose's send times. With
 ``--topic T`` only events with that topic count (e.g. READY at startup);
 without it READY, RESUMED and GUILD_CREATE are not counted. The floor mode
-sees payloads only and counts every message.
+sees payloads only: it tells READY by its first bytes and counts every other message.
 """
 
 from __future__ import annotations
@@ -25,17 +27,19 @@ import argparse
 import signal
 import sys
 import time
+from array import array
 
 import orjson
 import zmq
 
 from protocol.ipc import HEADER, HEADER_SIZE, MessageKind
-from scripts.bench.stats import percentile
-from simulator.firehose import read_sent_ns
+from simulator.firehose import read_key
 
 _EVENTS = int(MessageKind.EVENTS)
 #: Not part of a stream: without --topic these are not counted.
 _SESSION_TOPICS = frozenset((b"READY", b"RESUMED", b"GUILD_CREATE"))
+#: How the firehose's READY starts (the floor sends payloads only).
+_READY = b'{"t":"READY"'
 
 
 def main() -> None:
@@ -43,7 +47,7 @@ def main() -> None:
     parser.add_argument("mode", choices=("ipc", "floor", "sub"))
     parser.add_argument("endpoint")
     parser.add_argument("expect", type=int)
-    parser.add_argument("--latency", action="store_true")
+    parser.add_argument("--latency", metavar="FILE", default=None)
     parser.add_argument("--topic", default=None)
     parser.add_argument(
         "--seqs",
@@ -75,8 +79,9 @@ def main() -> None:
         _record_seqs(sock)
         return
     topic = args.topic.encode() if args.topic else None
-    latency = args.latency
-    lat: list[int] = []
+    latency = args.latency is not None
+    keys = array("q")
+    times = array("q")
     now = time.monotonic_ns
     recv = sock.recv_multipart
     mode = args.mode
@@ -84,10 +89,16 @@ def main() -> None:
     n = 0
     last = 0
     idle_ms = int(args.idle_s * 1000)
+    noblock = zmq.NOBLOCK
     while n < expect:
-        if n and (not sock.poll(idle_ms) or now() - last > idle_ms * 1_000_000):
-            break  # the rest was dropped upstream (a PUB at its high-water mark)
-        frames = recv()
+        try:
+            frames = recv(noblock)
+        except zmq.Again:
+            if n and (not sock.poll(idle_ms) or now() - last > idle_ms * 1_000_000):
+                break  # the rest was dropped upstream (a PUB at its high-water mark)
+            if not n:
+                sock.poll()
+            continue
         if mode == "ipc":
             head = frames[0]
             if len(head) != HEADER_SIZE:
@@ -97,7 +108,8 @@ def main() -> None:
                 continue
             events = [frames[1 + 3 * i : 4 + 3 * i] for i in range(count)]
         elif mode == "floor":
-            events = [[b"", b"", frames[-1]]]
+            payload = frames[-1]
+            events = [[b"READY" if payload.startswith(_READY) else b"", b"", payload]]
         else:
             events = [frames]
         if n == 0:
@@ -111,21 +123,15 @@ def main() -> None:
             n += 1
             last = now()
             if latency:
-                sent = read_sent_ns(ev[2])
-                if sent is not None:
-                    lat.append(now() - sent)
+                key = read_key(ev[2])
+                if key is not None:
+                    keys.append(key)
+                    times.append(last)
     print(f"DONE {n} {last if n < expect else now()}", flush=True)
-    if latency:
-        lat.sort()
-        us = [x / 1000.0 for x in lat]
-        summary = {
-            "n": len(us),
-            "p50": percentile(us, 0.5),
-            "p99": percentile(us, 0.99),
-            "p999": percentile(us, 0.999),
-            "max": us[-1] if us else None,
-        }
-        print("LAT " + orjson.dumps(summary).decode(), flush=True)
+    if args.latency is not None:
+        with open(args.latency, "wb") as out:
+            keys.tofile(out)
+            times.tofile(out)
     sock.close(linger=0)
     ctx.term()
     sys.exit(0)
