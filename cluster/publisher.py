@@ -58,7 +58,9 @@ class Publisher:
         self.dropped = 0
         self.subscriptions = 0
 
-    def publish(self, topic: bytes, header: bytes, payload: bytes) -> bool:
+    def publish(
+        self, topic: bytes | memoryview, header: bytes, payload: bytes | memoryview
+    ) -> bool:
         """Send one event (three frames); False when some subscriber was full and missed it."""
         send = self._send
         try:
@@ -69,7 +71,9 @@ class Publisher:
         send(payload, _LAST)
         return True
 
-    def _publish_dropping(self, topic: bytes, header: bytes, payload: bytes) -> bool:
+    def _publish_dropping(
+        self, topic: bytes | memoryview, header: bytes, payload: bytes | memoryview
+    ) -> bool:
         sock = self.socket
         sock.setsockopt(zmq.XPUB_NODROP, 0)
         try:

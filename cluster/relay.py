@@ -8,8 +8,13 @@ the work per wake-up is bounded (``batch`` messages), and a busy relay
 reschedules itself with ``call_soon`` so the HTTP server and the process
 manager are never starved.
 
-Per event only the 20-byte binary frame is decoded; the three PUB frames are
-forwarded untouched. Reports (SHARD_STATE, WORKER_STATUS: a few per shard per
+Workers send EVENT_RUNS messages (protocol/ipc.py): one binary frame and one
+body per event-loop iteration, holding runs of consecutive events per shard.
+Per run the relay reads its 20-byte head and dedupes it as a whole; per event
+it reads a 6-byte head and sends three frames: the topic and the payload as
+memoryview slices of the body (copied once, into ZeroMQ) and the PUB header
+built from ``(shard_id, seq)``. The older EVENTS kind (three PUB frames per
+event, forwarded untouched) is still read. Reports (SHARD_STATE, WORKER_STATUS: a few per shard per
 second) are decoded and handed to the supervisor's callback.
 
 :class:`SessionBook` is the pure bookkeeping: the last published
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,8 +50,14 @@ _OLD_EPOCHS_PER_SHARD: Final = 4
 _HEADER_UNPACK: Final = ipc.HEADER.unpack
 _HEADER_SIZE: Final = ipc.HEADER_SIZE
 _EVENTS: Final = int(ipc.MessageKind.EVENTS)
+_RUNS: Final = int(ipc.MessageKind.EVENT_RUNS)
+_RUN_UNPACK: Final = ipc.RUN_HEAD.unpack_from
+_RUN_SIZE: Final = ipc.RUN_HEAD.size
+_EVENT_UNPACK: Final = ipc.EVENT_HEAD.unpack_from
+_EVENT_SIZE: Final = ipc.EVENT_HEAD.size
 _VERSION: Final = ipc.IPC_VERSION
 _NOBLOCK: Final = int(zmq.NOBLOCK)
+_RCVMORE: Final = int(zmq.RCVMORE)
 #: The PUB header frame an event of (shard_id, seq) carries (protocol/pubframe.py).
 _PUB_HEADER: Final = b'{"shard_id":%d,"seq":%d}'
 
@@ -155,6 +167,7 @@ class Relay:
     ) -> None:
         self._pull = pull
         self._recv = functools.partial(zmq.backend.Socket.recv, pull)
+        self._more = functools.partial(zmq.backend.Socket.get, pull)
         self._publisher = publisher
         self._book = book
         self._counters = counters
@@ -235,6 +248,7 @@ class Relay:
         # check, is counted, and the channel realigns at the end of the message it
         # ran into (which is lost with it).
         recv = self._recv
+        more = self._more
         admit = self._book.admit
         publish = self._publisher.publish
         counters = self._counters
@@ -251,6 +265,15 @@ class Relay:
                 handled += 1
                 if len(head) == _HEADER_SIZE:
                     version, kind, count, shard_id, epoch, seq = _HEADER_UNPACK(head)
+                    if kind == _RUNS and version == _VERSION and count >= 1:
+                        if not more(_RCVMORE):  # once per message: the body is this one's
+                            counters.malformed_dropped += 1
+                            continue
+                        body = recv(_NOBLOCK)
+                        done, skipped = self._runs(count, body)
+                        published += done
+                        duplicates += skipped
+                        continue
                     if kind == _EVENTS and version == _VERSION and count >= 1:
                         try:
                             if count == 1:
@@ -290,6 +313,51 @@ class Relay:
         self._publisher.drain_subscriptions()
         counters.subscriptions = self._publisher.subscriptions
         return handled
+
+    def _runs(self, runs: int, body: bytes) -> tuple[int, int]:
+        """Publish the runs of an EVENT_RUNS body; (published, duplicates).
+
+        Slices of the body go to the PUB socket as memoryviews (one copy, into
+        the ZeroMQ message). A body that ends early or has bytes left over
+        (never sent by our workers) is counted as malformed; what came before
+        the fault in it was published.
+        """
+        view = memoryview(body)
+        end = len(view)
+        admit = self._book.admit
+        publish = self._publisher.publish
+        at = 0
+        published = 0
+        duplicates = 0
+        try:
+            for _ in range(runs):
+                shard_id, epoch, seq, count = _RUN_UNPACK(view, at)
+                at += _RUN_SIZE
+                if count < 1:
+                    raise ValueError("a run without events")
+                skip = admit(shard_id, epoch, seq, count)
+                duplicates += min(skip, count)
+                for i in range(count):
+                    topic_len, payload_len = _EVENT_UNPACK(view, at)
+                    at += _EVENT_SIZE
+                    topic_end = at + topic_len
+                    payload_end = topic_end + payload_len
+                    if payload_end > end:
+                        raise ValueError("an event runs past the body")
+                    if i >= skip:
+                        publish(
+                            view[at:topic_end],
+                            _PUB_HEADER % (shard_id, seq + i),
+                            view[topic_end:payload_end],
+                        )
+                        published += 1
+                    at = payload_end
+        except (ValueError, struct.error):
+            self._counters.malformed_dropped += 1
+            return published, duplicates
+        if at != end:
+            self._counters.malformed_dropped += 1
+        return published, duplicates
 
     def _realign(self) -> None:
         self._counters.malformed_dropped += 1

@@ -17,10 +17,11 @@ Every message starts with one fixed binary frame, readable without JSON::
     offset size  field
     0      1     version   u8   IPC_VERSION (1); other versions are refused
     1      1     kind      u8   MessageKind
-    2      2     count     u16  number of events that follow (EVENTS), else 0/1
+    2      2     count     u16  events that follow (EVENTS), runs (EVENT_RUNS), else 0/1
     4      4     shard_id  u32  the shard the message is about (0 for worker-wide)
     8      4     epoch     u32  session epoch: crc32 of the session id, 0 = none
-    12     8     seq       u64  EVENTS: seq of the first event; reports: last seq
+    12     8     seq       u64  EVENTS: seq of the first event; EVENT_RUNS: number of
+                                events in all runs; reports: last seq
     (little endian, struct "<BBHIIQ", 20 bytes)
 
 Kinds and the frames after the binary one:
@@ -31,6 +32,16 @@ EVENTS            1  ``count`` x 3 frames: the PUB v1 frames (topic, header,
                      events of one message are consecutive dispatches of one
                      session: seqs ``seq .. seq + count - 1``. Version 1
                      workers send count = 1; a reader must accept any count >= 1.
+EVENT_RUNS        5  1 frame, the body: ``count`` runs back to back. A run is
+                     consecutive dispatches of one shard's session: a
+                     ``<IIQI`` head (shard_id, epoch, seq of the first event,
+                     number of events n >= 1), then per event a ``<HI`` head
+                     (topic length >= 1, payload length) followed by the topic
+                     and the payload bytes. The PUB header frame is not carried:
+                     it is ``{"shard_id":S,"seq":N}`` (protocol/pubframe.py),
+                     built where the event is published. What a worker sends:
+                     every event of one event-loop iteration, of all its shards,
+                     in one message (two ZeroMQ frames).
 SHARD_STATE       2  1 frame: a JSON object (see :class:`ShardReport`)
 WORKER_STATUS     3  1 frame: a JSON object (see :class:`WorkerStatus`)
 HELLO             4  1 frame: a JSON object ``{"worker_id", "pid"}`` (on the DEALER)
@@ -58,12 +69,17 @@ from typing import Any, Final
 import orjson
 
 from protocol.errors import WireFormatError
+from protocol.pubframe import encode_header as encode_pub_header
 
 IPC_VERSION: Final = 1
 HEADER: Final = struct.Struct("<BBHIIQ")
 HEADER_SIZE: Final = HEADER.size  # 20
 PUB_FRAMES_PER_EVENT: Final = 3
 MAX_COUNT: Final = 0xFFFF
+#: An EVENT_RUNS run head: shard_id, epoch, seq of the first event, number of events.
+RUN_HEAD: Final = struct.Struct("<IIQI")
+#: An EVENT_RUNS event head: topic length, payload length.
+EVENT_HEAD: Final = struct.Struct("<HI")
 _U32: Final = 0xFFFFFFFF
 _U64: Final = 0xFFFFFFFFFFFFFFFF
 
@@ -73,6 +89,7 @@ class MessageKind(enum.IntEnum):
     SHARD_STATE = 2
     WORKER_STATUS = 3
     HELLO = 4
+    EVENT_RUNS = 5
     COMMAND = 16
     STOP = 17
 
@@ -139,6 +156,63 @@ def event_message(
     return [_PACK(IPC_VERSION, _EVENTS, 1, shard_id, epoch, seq), topic, header, payload]
 
 
+def encode_event_runs(
+    runs: Sequence[tuple[int, int, int, Sequence[tuple[bytes, bytes]]]],
+) -> list[bytes]:
+    """An EVENT_RUNS message of ``(shard_id, epoch, first_seq, [(topic, payload), ...])`` runs.
+
+    The reference encoder (tests, tools); the worker builds the same bytes
+    incrementally (worker/group.py).
+    """
+    if not 1 <= len(runs) <= MAX_COUNT:
+        raise WireFormatError(f"EVENT_RUNS carries 1 to {MAX_COUNT} runs, got {len(runs)}")
+    parts: list[bytes] = []
+    total = 0
+    for shard_id, epoch, first_seq, events in runs:
+        if not events:
+            raise WireFormatError("an EVENT_RUNS run has at least one event")
+        if not (0 <= shard_id <= _U32 and 0 <= epoch <= _U32 and 0 <= first_seq <= _U64):
+            raise WireFormatError("EVENT_RUNS run head field out of range")
+        parts.append(RUN_HEAD.pack(shard_id, epoch, first_seq, len(events)))
+        for topic, payload in events:
+            if not 1 <= len(topic) <= 0xFFFF:
+                raise WireFormatError("an EVENT_RUNS topic is 1 to 65535 bytes")
+            parts += (EVENT_HEAD.pack(len(topic), len(payload)), topic, payload)
+        total += len(events)
+    return [pack_header(MessageKind.EVENT_RUNS, 0, 0, total, len(runs)), b"".join(parts)]
+
+
+def decode_event_runs(runs: int, body: bytes | memoryview) -> list[EventBatch]:
+    """The runs of an EVENT_RUNS body, checked strictly (every byte accounted for)."""
+    view = memoryview(body)
+    end = len(view)
+    at = 0
+    out: list[EventBatch] = []
+    try:
+        for _ in range(runs):
+            shard_id, epoch, first_seq, count = RUN_HEAD.unpack_from(view, at)
+            at += RUN_HEAD.size
+            if count < 1:
+                raise WireFormatError("an EVENT_RUNS run has no events")
+            events: list[tuple[bytes, bytes, bytes]] = []
+            for i in range(count):
+                topic_len, payload_len = EVENT_HEAD.unpack_from(view, at)
+                at += EVENT_HEAD.size
+                if topic_len < 1 or at + topic_len + payload_len > end:
+                    raise WireFormatError("an EVENT_RUNS event runs past the body")
+                topic = bytes(view[at : at + topic_len])
+                at += topic_len
+                payload = bytes(view[at : at + payload_len])
+                at += payload_len
+                events.append((topic, encode_pub_header(shard_id, first_seq + i), payload))
+            out.append(EventBatch(shard_id, epoch, first_seq, events))
+    except struct.error:
+        raise WireFormatError("EVENT_RUNS body ends inside a head") from None
+    if at != end:
+        raise WireFormatError(f"EVENT_RUNS body has {end - at} bytes after its {runs} runs")
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class EventBatch:
     shard_id: int
@@ -146,6 +220,13 @@ class EventBatch:
     first_seq: int
     #: ``count`` tuples of (topic, header, payload), forwarded untouched.
     events: list[tuple[bytes, bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class EventRuns:
+    """An EVENT_RUNS message: runs of several shards, each as an :class:`EventBatch`."""
+
+    batches: list[EventBatch]
 
 
 # -- reports -------------------------------------------------------------------
@@ -215,7 +296,7 @@ class Stop:
     pass
 
 
-Message = EventBatch | ShardReport | WorkerStatus | Hello | Command | Stop
+Message = EventBatch | EventRuns | ShardReport | WorkerStatus | Hello | Command | Stop
 
 
 def _json(obj: Any) -> bytes:
@@ -286,6 +367,13 @@ def decode(frames: Sequence[bytes]) -> Message:
             for i in range(0, len(rest), PUB_FRAMES_PER_EVENT)
         ]
         return EventBatch(head.shard_id, head.epoch, head.seq, events)
+    if kind is MessageKind.EVENT_RUNS:
+        if head.count < 1 or len(rest) != 1:
+            raise WireFormatError("EVENT_RUNS carries at least one run in exactly one frame")
+        batches = decode_event_runs(head.count, rest[0])
+        if sum(len(b.events) for b in batches) != head.seq:
+            raise WireFormatError("EVENT_RUNS header and body disagree on the number of events")
+        return EventRuns(batches)
     if kind is MessageKind.STOP:
         if rest:
             raise WireFormatError("STOP carries no frames")

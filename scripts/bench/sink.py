@@ -3,7 +3,7 @@
 ``python -m scripts.bench.sink MODE ENDPOINT EXPECT [--latency]``
 
 - ``ipc``: bind a PULL at ENDPOINT and read the worker's ipc messages
-  (protocol/ipc.py): EVENTS of any count; other kinds are ignored.
+  (protocol/ipc.py): EVENT_RUNS and EVENTS; other kinds are ignored.
 - ``floor``: bind a PULL; every message is one event.
 - ``sub``: connect a SUB (subscribed to everything) to a PUB at ENDPOINT;
   every message of three frames is one event.
@@ -32,10 +32,11 @@ from array import array
 import orjson
 import zmq
 
-from protocol.ipc import HEADER, HEADER_SIZE, MessageKind
+from protocol.ipc import HEADER, HEADER_SIZE, MessageKind, decode_event_runs
 from simulator.firehose import read_key
 
 _EVENTS = int(MessageKind.EVENTS)
+_RUNS = int(MessageKind.EVENT_RUNS)
 #: Not part of a stream: without --topic these are not counted.
 _SESSION_TOPICS = frozenset((b"READY", b"RESUMED", b"GUILD_CREATE"))
 #: How the firehose's READY starts (the floor sends payloads only).
@@ -104,9 +105,16 @@ def main() -> None:
             if len(head) != HEADER_SIZE:
                 continue
             _v, kind, count, _shard, _epoch, _seq = HEADER.unpack(head)
-            if kind != _EVENTS:
+            if kind == _RUNS:
+                events = [
+                    [topic, b"", payload]
+                    for batch in decode_event_runs(count, frames[1])
+                    for topic, _header, payload in batch.events
+                ]
+            elif kind == _EVENTS:
+                events = [frames[1 + 3 * i : 4 + 3 * i] for i in range(count)]
+            else:
                 continue
-            events = [frames[1 + 3 * i : 4 + 3 * i] for i in range(count)]
         elif mode == "floor":
             payload = frames[-1]
             events = [[b"READY" if payload.startswith(_READY) else b"", b"", payload]]

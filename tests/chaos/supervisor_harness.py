@@ -85,26 +85,28 @@ class SupervisorHarness:
         self.router.close(0)
         self.context.term()
 
+    def _events(self, batch: ipc.EventBatch) -> None:
+        got = self.got
+        for i, pub in enumerate(batch.events):
+            key = (batch.shard_id, batch.epoch, batch.first_seq + i)
+            event = decode_event(list(pub))
+            if (event.shard_id, event.seq) != (key[0], key[2]):
+                got.problems.append(f"PUB header {event.shard_id}/{event.seq} != ipc {key}")
+            if event.topic == "READY" and batch.epoch not in got.started_epochs.get(key[0], set()):
+                got.problems.append(f"READY of shard {key[0]} before its session-started report")
+            if key in got.events:
+                got.duplicates.append(key)
+            else:
+                got.events[key] = pub
+                got.order.append(key)
+
     def _handle(self, frames: list[bytes]) -> None:
         got = self.got
         message = ipc.decode(frames)
-        if isinstance(message, ipc.EventBatch):
-            for i, pub in enumerate(message.events):
-                key = (message.shard_id, message.epoch, message.first_seq + i)
-                event = decode_event(list(pub))
-                if (event.shard_id, event.seq) != (key[0], key[2]):
-                    got.problems.append(f"PUB header {event.shard_id}/{event.seq} != ipc {key}")
-                if event.topic == "READY" and message.epoch not in got.started_epochs.get(
-                    key[0], set()
-                ):
-                    got.problems.append(
-                        f"READY of shard {key[0]} before its session-started report"
-                    )
-                if key in got.events:
-                    got.duplicates.append(key)
-                else:
-                    got.events[key] = pub
-                    got.order.append(key)
+        if isinstance(message, ipc.EventBatch | ipc.EventRuns):
+            batches = message.batches if isinstance(message, ipc.EventRuns) else [message]
+            for batch in batches:
+                self._events(batch)
         elif isinstance(message, ipc.ShardReport):
             got.reports.append(message)
             got.latest[message.shard_id] = message

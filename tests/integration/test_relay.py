@@ -116,6 +116,56 @@ async def test_a_batched_events_message_is_relayed_skipping_what_was_published(r
     assert rig.counters.duplicates_dropped == 2
 
 
+def run_payload(seq: int) -> bytes:
+    return b'{"op":0,"s":%d,"t":"T","d":{}}' % seq
+
+
+def runs(*spans: tuple[int, int, int, int]) -> list[bytes]:
+    """An EVENT_RUNS message of (shard, epoch, first seq, count) runs."""
+    return ipc.encode_event_runs(
+        [
+            (shard, epoch, first, [(b"T", run_payload(first + i)) for i in range(n)])
+            for shard, epoch, first, n in spans
+        ]
+    )
+
+
+async def test_event_runs_of_several_shards_are_published_with_their_headers_and_deduped(
+    rig: Rig,
+) -> None:
+    rig.push.send_multipart(runs((0, 3, 1, 3), (1, 8, 1, 2), (0, 3, 4, 1)))
+    rig.push.send_multipart(runs((1, 8, 2, 3), (0, 3, 1, 2)))  # a replay: 1/2 and 0/1-2 seen
+    got: list[tuple[str, int, int]] = []
+    async with asyncio.timeout(5):
+        while len(got) < 8:
+            frames = await rig.sub.recv_multipart()
+            event = decode_event(frames)
+            assert event.payload == run_payload(event.seq)
+            assert frames[1] == encode_header(event.shard_id, event.seq)
+            got.append((event.topic, event.shard_id, event.seq))
+    assert [(s, q) for _, s, q in got] == [
+        (0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (0, 4), (1, 3), (1, 4)
+    ]  # fmt: skip
+    assert rig.counters.published == 8
+    assert rig.counters.duplicates_dropped == 3
+
+
+async def test_a_damaged_event_runs_body_is_counted_and_what_came_before_the_fault_is_published(
+    rig: Rig,
+) -> None:
+    head, body = runs((0, 1, 1, 2), (1, 1, 1, 2))
+    rig.push.send_multipart([head, body[:-5]])  # the last event runs past the body
+    rig.push.send_multipart([head, body + b"extra"])  # bytes after the runs (all published)
+    rig.push.send_multipart([head])  # no body
+    rig.push.send_multipart(runs((0, 1, 3, 1)))
+    got: list[tuple[int, int]] = []
+    async with asyncio.timeout(5):
+        while (0, 3) not in got:
+            got += [(shard, seq) for _, shard, seq in await rig.received(1)]
+    assert got == [(0, 1), (0, 2), (1, 1), (0, 3)]
+    assert rig.counters.malformed_dropped == 3
+
+
 async def test_reports_go_to_the_supervisor_and_malformed_messages_are_counted(rig: Rig) -> None:
     report = ipc.ShardReport(2, "ready", 9, "sess", "wss://resume")
     rig.push.send_multipart(ipc.encode_shard_report(report))

@@ -1,9 +1,10 @@
 """The worker's batched event output (worker.group.ZmqOutput) on real ZeroMQ sockets.
 
-Batching is the hot-path change the benchmarks drove: events of one shard
-queued in one loop iteration leave as one EVENTS message of ``count`` events,
-flushed when the iteration ends; a report goes out after the events queued
-before it; a gap in the sequence or a new session cuts the batch.
+Batching is the hot-path change the benchmarks drove: every event queued in
+one loop iteration, of every shard, leaves as one EVENT_RUNS message (two
+ZeroMQ frames) when the iteration ends; within it a shard's consecutive events
+are a run, cut by a gap in the sequence, a new session or the cap; a report
+goes out after the events queued before it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def payload(seq: int) -> bytes:
     return b'{"t":"MESSAGE_CREATE","s":%d,"op":0,"d":{}}' % seq
 
 
+def runs(message: ipc.Message) -> list[ipc.EventBatch]:
+    assert isinstance(message, ipc.EventRuns), message
+    return message.batches
+
+
 async def test_one_iteration_of_one_shard_is_one_message(
     pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
 ) -> None:
@@ -55,8 +61,8 @@ async def test_one_iteration_of_one_shard_is_one_message(
         assert out.event(3, 77, seq, b"MESSAGE_CREATE", payload(seq))
     assert not pull.poll(50), "nothing leaves before the iteration ends"
     await asyncio.sleep(0)
-    [batch] = receive_all(pull, 1)
-    assert isinstance(batch, ipc.EventBatch)
+    [message] = receive_all(pull, 1)
+    [batch] = runs(message)
     assert (batch.shard_id, batch.epoch, batch.first_seq, len(batch.events)) == (3, 77, 5, 10)
     for i, frames in enumerate(batch.events):
         event = decode_event(list(frames))
@@ -74,12 +80,10 @@ async def test_cuts_at_gaps_new_sessions_shards_and_the_cap(
     for shard, epoch, seq in events:
         assert out.event(shard, epoch, seq, b"T", payload(seq))
     await asyncio.sleep(0)
-    got = receive_all(pull, 6)
-    spans = [
-        (m.shard_id, m.epoch, m.first_seq, len(m.events))
-        for m in got
-        if isinstance(m, ipc.EventBatch)
-    ]
+    [message] = receive_all(pull, 1)
+    assert not pull.poll(50), "one iteration is one message"
+    got = runs(message)
+    spans = [(m.shard_id, m.epoch, m.first_seq, len(m.events)) for m in got]
     assert sorted(spans) == sorted(
         [
             (0, 1, 1, 3),
@@ -91,8 +95,27 @@ async def test_cuts_at_gaps_new_sessions_shards_and_the_cap(
         ]
     )
     # per shard, the order is the order of production
-    shard0 = [m.first_seq for m in got if isinstance(m, ipc.EventBatch) and m.shard_id == 0]
+    shard0 = [m.first_seq for m in got if m.shard_id == 0]
     assert shard0 == [1, 5, 1]
+
+
+async def test_every_shard_of_one_iteration_shares_one_message_of_two_frames(
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
+) -> None:
+    push, pull = pair
+    out = ZmqOutput(push, asyncio.get_running_loop())
+    for shard in range(16):
+        for seq in (1, 2):
+            assert out.event(shard, 100 + shard, seq, b"MESSAGE_CREATE", payload(seq))
+    await asyncio.sleep(0)
+    assert pull.poll(5000)
+    frames = pull.recv_multipart()
+    assert len(frames) == 2
+    got = runs(ipc.decode(frames))
+    assert [(m.shard_id, m.epoch, m.first_seq, len(m.events)) for m in got] == [
+        (shard, 100 + shard, 1, 2) for shard in range(16)
+    ]
+    assert out.messages == 1
 
 
 async def test_a_report_follows_the_events_queued_before_it(
@@ -107,9 +130,9 @@ async def test_a_report_follows_the_events_queued_before_it(
     out.event(0, 1, 2, b"T", payload(2))
     await asyncio.sleep(0)
     first, second, third = receive_all(pull, 3)
-    assert isinstance(first, ipc.EventBatch) and first.first_seq == 1
+    assert [m.first_seq for m in runs(first)] == [1]
     assert isinstance(second, ipc.ShardReport)
-    assert isinstance(third, ipc.EventBatch) and third.first_seq == 2
+    assert [m.first_seq for m in runs(third)] == [2]
 
 
 async def test_the_high_water_mark_refuses_until_drained() -> None:
@@ -141,7 +164,7 @@ async def test_the_high_water_mark_refuses_until_drained() -> None:
                 got.append(ipc.decode(pull.recv_multipart()))
         sent = len(got)
         # every event accepted before the refusal arrives, none twice, none lost
-        assert sorted(m.epoch for m in got if isinstance(m, ipc.EventBatch)) == list(range(1, seq))
+        assert sorted(b.epoch for m in got for b in runs(m)) == list(range(1, seq))
         assert sent == seq - 1
         assert out.event(0, seq, 1, b"T", payload(seq)), "accepts again after the drain"
     finally:

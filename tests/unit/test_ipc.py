@@ -15,6 +15,7 @@ from protocol.ipc import (
     IPC_VERSION,
     Command,
     EventBatch,
+    EventRuns,
     Hello,
     MessageKind,
     ShardReport,
@@ -22,6 +23,7 @@ from protocol.ipc import (
     WorkerStatus,
     decode,
     encode_command,
+    encode_event_runs,
     encode_hello,
     encode_shard_report,
     encode_stop,
@@ -30,6 +32,7 @@ from protocol.ipc import (
     read_header,
     session_epoch,
 )
+from protocol.pubframe import encode_header as encode_pub_header
 
 u32 = st.integers(0, 2**32 - 1)
 opt_text = st.none() | st.text(max_size=30)
@@ -150,3 +153,64 @@ def test_a_batch_of_consecutive_events_decodes_with_consecutive_seqs() -> None:
         frames.extend(e)
     batch = decode(frames)
     assert batch == EventBatch(3, 77, 10, events)
+
+
+run_events = st.lists(
+    st.tuples(st.binary(min_size=1, max_size=30), st.binary(max_size=300)), min_size=1, max_size=5
+)
+event_runs = st.lists(
+    st.tuples(u32, u32, st.integers(0, 2**63), run_events), min_size=1, max_size=6
+)
+
+
+@given(event_runs)
+def test_event_runs_round_trip(runs: list[tuple[int, int, int, list[tuple[bytes, bytes]]]]) -> None:
+    frames = encode_event_runs(runs)
+    assert len(frames) == 2
+    h = read_header(frames[0])
+    assert (h.kind, h.count, h.seq) == (
+        MessageKind.EVENT_RUNS,
+        len(runs),
+        sum(len(events) for *_, events in runs),
+    )
+    message = decode(frames)
+    assert message == EventRuns(
+        [
+            EventBatch(
+                shard,
+                epoch,
+                first,
+                [(t, encode_pub_header(shard, first + i), p) for i, (t, p) in enumerate(events)],
+            )
+            for shard, epoch, first, events in runs
+        ]
+    )
+
+
+@given(event_runs, st.data())
+def test_a_cut_or_padded_event_runs_body_is_refused_and_a_garbled_one_never_crashes(
+    runs: list[tuple[int, int, int, list[tuple[bytes, bytes]]]], data: st.DataObject
+) -> None:
+    head, body = encode_event_runs(runs)
+    cut = data.draw(st.integers(0, len(body) - 1))
+    for damaged in (body[:cut], body + data.draw(st.binary(min_size=1, max_size=8))):
+        with pytest.raises(WireFormatError):
+            decode([head, damaged])
+    garbled = body[:cut] + data.draw(st.binary(max_size=12))
+    with contextlib.suppress(WireFormatError):
+        decode([head, garbled])
+
+
+def test_event_runs_specific_malformations() -> None:
+    head, body = encode_event_runs([(1, 2, 3, [(b"T", b"{}")])])
+    with pytest.raises(WireFormatError, match="at least one run"):
+        decode([head])
+    with pytest.raises(WireFormatError, match="disagree"):
+        decode([struct.pack("<BBHIIQ", IPC_VERSION, MessageKind.EVENT_RUNS, 1, 0, 0, 2), body])
+    no_events = struct.pack("<IIQI", 1, 2, 3, 0)
+    with pytest.raises(WireFormatError, match="no events"):
+        decode([struct.pack("<BBHIIQ", IPC_VERSION, MessageKind.EVENT_RUNS, 1, 0, 0, 0), no_events])
+    with pytest.raises(WireFormatError):
+        encode_event_runs([(1, 2, 3, [(b"", b"{}")])])  # a topic is never empty
+    with pytest.raises(WireFormatError):
+        encode_event_runs([])
