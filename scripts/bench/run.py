@@ -41,6 +41,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psutil
 
 from protocol.intents import PRIVILEGED_INTENTS
 from scripts.bench import report
@@ -261,37 +262,47 @@ def free_port() -> int:
 
 
 async def start_cluster(
-    rest_url: str, pub: str, workers: int = 1, health: str | None = None, interval: float = 0.01
+    rest_url: str,
+    pub: str,
+    workers: int | None = 1,
+    health: str | None = None,
+    interval: float = 0.01,
+    shards: int | None = None,
+    state_dir: str | None = None,
 ) -> Child:
-    """``cluster up`` (supervisor + ``workers`` worker processes) against ``rest_url``, publishing on ``pub``."""
-    state = tempfile.mkdtemp(prefix="bench-cluster-")
-    return await Child.start(
-        "cluster",
-        [
-            sys.executable,
-            "-c",
-            "from cluster.cli import main; main()",
-            "up",
-            "--token",
-            TOKEN,
-            "--api-url",
-            rest_url,
-            "--workers",
-            str(workers),
-            "--intents",
-            str(INTENTS),
-            "--pub",
-            pub,
-            "--control",
-            f"tcp://127.0.0.1:{free_port()}",
-            "--health",
-            health or f"127.0.0.1:{free_port()}",
-            "--state-dir",
-            state,
-            "--identify-interval",
-            str(interval),
-        ],
-    )
+    """``cluster up`` (supervisor + worker processes) against ``rest_url``, publishing on ``pub``.
+
+    ``workers=None`` leaves the count to ``cluster up`` (its default: what users run);
+    ``shards=None`` takes Discord's (the simulator's) recommendation.
+    """
+    state = state_dir or tempfile.mkdtemp(prefix="bench-cluster-")
+    argv = [
+        sys.executable,
+        "-c",
+        "from cluster.cli import main; main()",
+        "up",
+        "--token",
+        TOKEN,
+        "--api-url",
+        rest_url,
+        "--intents",
+        str(INTENTS),
+        "--pub",
+        pub,
+        "--control",
+        f"tcp://127.0.0.1:{free_port()}",
+        "--health",
+        health or f"127.0.0.1:{free_port()}",
+        "--state-dir",
+        state,
+        "--identify-interval",
+        str(interval),
+    ]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    if shards is not None:
+        argv += ["--shards", str(shards)]
+    return await Child.start("cluster", argv)
 
 
 SINK_MODE = {"floor": "floor", "worker": "ipc", "cluster": "sub"}
@@ -468,13 +479,85 @@ async def start_simulator(**config: Any) -> tuple[Child, str, str]:
     return child, rest, gateway
 
 
+@dataclass
+class Connected:
+    """A simulator and a receiver with every shard READY (see :func:`connect_all`)."""
+
+    sim: Child
+    receiver: Child
+    sink: Child | None
+    #: seconds from the receiver's process start to the last READY
+    total_s: float
+    #: seconds from the first READY to the last
+    span_s: float
+    #: the cluster's worker processes (from its /status), else None
+    workers: int | None = None
+    state_dir: str | None = None
+    #: the simulator's IDENTIFY outcomes (accepted, rate_limited, ...), when it told them
+    identifies: dict[str, int] = field(default_factory=dict)
+
+    async def stop(self) -> None:
+        for child in (self.receiver, self.sink, self.sim):
+            if child is not None:
+                await child.stop(timeout=1.0)
+        if self.state_dir is not None:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+async def expect_alive(sink: Child, prefix: str, timeout: float, receiver: Child) -> str:  # noqa: ASYNC109
+    """``sink.expect(prefix, timeout)``, failing at once should ``receiver`` exit first."""
+    got = asyncio.ensure_future(sink.expect(prefix, timeout))
+    died = asyncio.ensure_future(receiver.proc.wait())
+    try:
+        await asyncio.wait((got, died), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        died.cancel()
+        if not got.done():
+            got.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ChildError):
+                await got
+    if got.done() and not got.cancelled():
+        return got.result()
+    raise ChildError(
+        f"{receiver.name} exited ({receiver.proc.returncode}) before the sink said {prefix!r}:"
+        f" {await receiver.stderr_tail()}"
+    )
+
+
+async def cluster_workers(health: str) -> int | None:
+    """How many worker processes the cluster behind ``health`` runs (its /status), or None."""
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError, KeyError, ValueError):
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+            http.get(f"http://{health}/status") as r,
+        ):
+            return len((await r.json())["workers"])
+    return None
+
+
+async def identify_outcomes(rest_url: str) -> dict[str, int]:
+    """How many IDENTIFYs the simulator accepted, refused as rate-limited (op 9), ... (its record)."""
+    base = rest_url.split("/api/", 1)[0]
+    out: dict[str, int] = {}
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError, KeyError, ValueError, TypeError):
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.get(f"{base}/_sim/record") as r,
+        ):
+            for ident in (await r.json())["identifies"]:
+                out[str(ident["outcome"])] = out.get(str(ident["outcome"]), 0) + 1
+    return out
+
+
 async def connect_all(
-    name: str, shards: int, mc: int, interval: float
-) -> tuple[Child, Child, Child | None, float, float, float]:
+    name: str, shards: int, mc: int, interval: float, cluster_workers_n: int | None = None
+) -> Connected:
     """Start a simulator and ``name`` with ``shards`` shards; return when all are READY.
 
-    Returns (simulator, receiver, sink, seconds from start to all READY,
-    seconds from the first READY to the last, the receiver's start time).
+    worker and cluster: READY counted by a sink (the worker's PUSH; the cluster's
+    PUB, as a SUB client); discord.py: by its own READY line. The cluster runs
+    ``cluster_workers_n`` workers, by default as many as ``cluster up`` picks.
+    Every child is stopped if anything fails.
     """
     sim, rest, gateway = await start_simulator(
         token=TOKEN,
@@ -489,13 +572,15 @@ async def connect_all(
     )
     sink: Child | None = None
     receiver: Child | None = None
+    state_dir: str | None = None
+    workers: int | None = None
     try:
-        if name == "worker":
+        if name in ("worker", "cluster"):
             sink = await Child.python(
                 "sink",
                 "scripts.bench.sink",
-                "ipc",
-                "tcp://127.0.0.1:*",
+                SINK_MODE[name],
+                sink_endpoint(name),
                 str(shards),
                 "--topic",
                 "READY",
@@ -503,23 +588,39 @@ async def connect_all(
                 "60",
             )
             endpoint = await sink.expect("BOUND ", 30)
+            health = f"127.0.0.1:{free_port()}"
+            if name == "cluster":
+                state_dir = tempfile.mkdtemp(prefix="bench-cluster-")
             t0 = time.monotonic_ns()
-            receiver = await Child.python(
-                "worker",
-                "scripts.bench.worker_proc",
-                gateway,
-                str(shards),
-                TOKEN,
-                endpoint,
-                str(mc),
-                str(interval + WORKER_PERMIT_MARGIN_S),
-            )
-            first = int(await sink.expect("FIRST ", 120))
-            count, done = (
-                int(x) for x in (await sink.expect("DONE ", 120 + shards * interval)).split()[:2]
-            )
+            if name == "worker":
+                receiver = await Child.python(
+                    "worker",
+                    "scripts.bench.worker_proc",
+                    gateway,
+                    str(shards),
+                    TOKEN,
+                    endpoint,
+                    str(mc),
+                    str(interval + WORKER_PERMIT_MARGIN_S),
+                )
+            else:
+                # `cluster up` as users run it: its own worker count, its identify coordinator
+                receiver = await start_cluster(
+                    rest,
+                    endpoint,
+                    workers=cluster_workers_n,
+                    health=health,
+                    interval=interval,
+                    shards=shards,
+                    state_dir=state_dir,
+                )
+            first = int(await expect_alive(sink, "FIRST ", 120, receiver))
+            done_line = await expect_alive(sink, "DONE ", 120 + shards * interval, receiver)
+            count, done = (int(x) for x in done_line.split()[:2])
             if count < shards:
-                raise ChildError(f"worker: {count} of {shards} shards READY")
+                raise ChildError(f"{name}: {count} of {shards} shards READY")
+            if name == "cluster":
+                workers = await cluster_workers(health)
         else:
             t0 = time.monotonic_ns()
             receiver = await Child.python(
@@ -534,12 +635,30 @@ async def connect_all(
             )
             done = int(await receiver.expect("READY ", 120 + shards * interval * 3))
             first = t0
-        return sim, receiver, sink, (done - t0) / 1e9, (done - first) / 1e9, t0 / 1e9
+        return Connected(
+            sim,
+            receiver,
+            sink,
+            (done - t0) / 1e9,
+            (done - first) / 1e9,
+            workers,
+            state_dir,
+            await identify_outcomes(rest),
+        )
     except BaseException:
         for child in (receiver, sink, sim):
             if child is not None:
                 await child.stop(timeout=1.0)
+        if state_dir is not None:
+            shutil.rmtree(state_dir, ignore_errors=True)
         raise
+
+
+def identify_margin(interval: float) -> float:
+    """The safety margin ``cluster up``'s identify scheduler adds to every bucket's interval."""
+    from cluster.identify_scheduler import default_safety_margin
+
+    return default_safety_margin(interval)
 
 
 async def bench_startup(res: Results, receivers: list[str]) -> None:
@@ -548,20 +667,37 @@ async def bench_startup(res: Results, receivers: list[str]) -> None:
     for rep in range(res.repeat):
         for name in receivers:
             try:
-                sim, receiver, sink, total_s, ready_span_s, _ = await connect_all(
-                    name, n, mc, interval
-                )
+                conn = await connect_all(name, n, mc, interval)
             except ChildError as exc:
                 res.errors.append(f"startup/{name}: {exc}")
                 log(f"startup {name}: FAILED {exc}")
                 continue
-            for child in (receiver, sink, sim):
-                if child is not None:
-                    await child.stop(timeout=1.0)
-            res.startup.setdefault(name, []).append({"total_s": total_s, "span_s": ready_span_s})
+            await conn.stop()
+            row = {"total_s": conn.total_s, "span_s": conn.span_s}
+            if conn.identifies:
+                row["identifies"] = float(sum(conn.identifies.values()))
+                row["rate_limited"] = float(conn.identifies.get("rate_limited", 0))
+            if name == "worker":
+                row["margin_s"] = WORKER_PERMIT_MARGIN_S
+            if name == "cluster":
+                row["margin_s"] = identify_margin(interval)
+                if conn.workers is not None:
+                    row["workers"] = float(conn.workers)
+            res.startup.setdefault(name, []).append(row)
             log(
-                f"startup {name} #{rep + 1}: all READY after {total_s:.2f} s (first..last READY {ready_span_s:.2f} s)"
+                f"startup {name} #{rep + 1}: all READY after {conn.total_s:.2f} s"
+                f" (first..last READY {conn.span_s:.2f} s"
+                + (f", {conn.workers} workers" if conn.workers is not None else "")
+                + (f", IDENTIFYs {conn.identifies}" if conn.identifies else "")
+                + ")"
             )
+
+
+def tree_size(pid: int) -> int:
+    """Processes in the tree of ``pid`` (itself included)."""
+    with contextlib.suppress(psutil.Error):
+        return 1 + len(psutil.Process(pid).children(recursive=True))
+    return 0
 
 
 async def bench_memory(res: Results, receivers: list[str]) -> None:
@@ -569,22 +705,42 @@ async def bench_memory(res: Results, receivers: list[str]) -> None:
     for rep in range(res.repeat):
         for name in receivers:
             rss: dict[int, float] = {}
+            extra: dict[str, float] = {}
             try:
                 for shards in (sizes.memory_baseline_shards, sizes.memory_shards)[res.quick :]:
-                    sim, receiver, sink, _, _, _ = await connect_all(name, shards, MEMORY_MC, 0.005)
+                    conn = await connect_all(name, shards, MEMORY_MC, 0.005)
                     try:
                         # idle: handshakes done, buffers settled
                         await asyncio.sleep(0.3 if res.quick else 2.0)
-                        rss[shards] = float(tree_rss(receiver.pid))
+                        rss[shards] = float(tree_rss(conn.receiver.pid))
+                        extra[f"processes_{shards}"] = float(tree_size(conn.receiver.pid))
+                        if conn.workers is not None:
+                            extra[f"workers_{shards}"] = float(conn.workers)
                     finally:
-                        for child in (receiver, sink, sim):
-                            if child is not None:
-                                await child.stop(timeout=1.0)
+                        await conn.stop()
             except ChildError as exc:
                 res.errors.append(f"memory/{name}: {exc}")
                 log(f"memory {name}: FAILED {exc}")
                 continue
             big, small = sizes.memory_shards, sizes.memory_baseline_shards
+            n_big, n_small = extra.get(f"workers_{big}"), extra.get(f"workers_{small}")
+            if name == "cluster" and n_big is not None and n_small not in (None, n_big):
+                # cluster up runs fewer workers for fewer shards: measure the small size once
+                # more with the big size's worker count, for a marginal figure without the
+                # extra processes' baseline
+                try:
+                    conn = await connect_all(name, small, MEMORY_MC, 0.005, int(n_big))
+                    try:
+                        await asyncio.sleep(2.0)
+                        same = float(tree_rss(conn.receiver.pid))
+                    finally:
+                        await conn.stop()
+                    extra["kb_per_shard_marginal_same_workers"] = (
+                        (rss[big] - same) / (big - small) / 1024
+                    )
+                except ChildError as exc:
+                    res.errors.append(f"memory/{name} ({n_big:.0f} workers at {small}): {exc}")
+                    log(f"memory {name} at {small} with {n_big:.0f} workers: FAILED {exc}")
             per_total = rss[big] / big / 1024
             # quick mode measures one size only: no marginal figure
             marginal = (rss[big] - rss[small]) / (big - small) / 1024 if small in rss else math.nan
@@ -593,10 +749,13 @@ async def bench_memory(res: Results, receivers: list[str]) -> None:
                     "kb_per_shard_marginal": marginal,
                     "kb_per_shard_total": per_total,
                     "rss_mb": rss[big] / 2**20,
+                    "rss_small_mb": rss[small] / 2**20 if small in rss else math.nan,
+                    **extra,
                 }
             )
             log(
                 f"memory {name} #{rep + 1}: {marginal:.1f} KB per extra shard, RSS {rss[big] / 2**20:.0f} MB at {big}"
+                + "".join(f", {k} {v:.0f}" for k, v in extra.items())
             )
 
 
@@ -718,7 +877,7 @@ async def run(args: argparse.Namespace) -> Results:
                 (
                     "startup",
                     lambda: bench_startup(
-                        res, [r for r in receivers if r in ("worker", "discord.py")]
+                        res, [r for r in receivers if r in ("worker", "cluster", "discord.py")]
                     ),
                 )
             )
@@ -729,7 +888,7 @@ async def run(args: argparse.Namespace) -> Results:
                 (
                     "memory",
                     lambda: bench_memory(
-                        res, [r for r in receivers if r in ("worker", "discord.py")]
+                        res, [r for r in receivers if r in ("worker", "cluster", "discord.py")]
                     ),
                 )
             )

@@ -46,6 +46,9 @@ def test_quick_bench_runs_every_benchmark(tmp_path: Path) -> None:
     assert lat["n"] > 0 and 0 < lat["p50"] <= lat["p99"] <= lat["p999"]
     assert data["startup"]["worker"][0]["total_s"] > 0
     assert data["memory"]["worker"][0]["rss_mb"] > 0
+    if "cluster" not in skipped:  # `cluster up` itself: supervisor + workers
+        assert data["startup"]["cluster"][0]["total_s"] > 0
+        assert data["memory"]["cluster"][0]["rss_mb"] > data["memory"]["worker"][0]["rss_mb"]
     text = out.read_text()
     for heading in ("## Machine", "## CPU per event", "## Latency", "## Startup", "## Memory"):
         assert heading in text
