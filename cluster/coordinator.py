@@ -33,7 +33,12 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from cluster.identify_scheduler import Grant, IdentifyScheduler, SchedulerSnapshot
+from cluster.identify_scheduler import (
+    Grant,
+    IdentifyScheduler,
+    SchedulerSnapshot,
+    default_sent_hold,
+)
 from cluster.router_service import RouterService
 from protocol.coordination import (
     Acquire,
@@ -41,6 +46,7 @@ from protocol.coordination import (
     CoordinationMessage,
     ErrorReply,
     Release,
+    Sent,
     StatusReply,
     StatusRequest,
     decode_message,
@@ -70,6 +76,8 @@ class CoordinatorStats:
     grants_released: int = 0
     duplicate_acquires: int = 0
     bad_messages: int = 0
+    #: IDENTIFYs reported sent: their bucket's spacing counts from the report.
+    sent_reports: int = 0
 
 
 class Coordinator(RouterService):
@@ -87,6 +95,7 @@ class Coordinator(RouterService):
         session_remaining: int,
         reset_after_s: float,
         safety_margin_s: float | None = None,
+        sent_hold_s: float | None = None,
         context: zmq.asyncio.Context | None = None,
         clock: Clock = time.monotonic,
         on_grant: Callable[[Grant[Requester]], None] | None = None,
@@ -100,6 +109,7 @@ class Coordinator(RouterService):
             session_total=session_total,
             session_remaining=session_remaining,
             reset_at=clock() + reset_after_s,
+            sent_hold_s=sent_hold_s,
         )
         self._wake: asyncio.Future[None] | None = None
         self._on_grant = on_grant
@@ -216,6 +226,14 @@ class Coordinator(RouterService):
                 del self._granted[message.shard_id]
                 if self.scheduler.undelivered(grant, now):
                     self.stats.grants_released += 1
+        elif isinstance(message, Sent):
+            grant = self._granted.get(message.shard_id)
+            if (
+                grant is not None
+                and grant.requester == Requester(identity, message.nonce)
+                and self.scheduler.sent(grant, now)
+            ):
+                self.stats.sent_reports += 1
         elif isinstance(message, StatusRequest):
             await self._send(sock, identity, self._status_reply(now))
         else:
@@ -318,6 +336,7 @@ async def run_coordinator(
         session_total=total,
         session_remaining=remaining,
         reset_after_s=reset_after,
+        sent_hold_s=default_sent_hold(interval),
     )
     await coordinator.start()
     try:

@@ -53,6 +53,7 @@ from cluster.config import SupervisorConfig
 from cluster.coordinator import Coordinator
 from cluster.discord_api import DiscordApiError, GatewayBot, fetch_gateway_bot
 from cluster.http import HealthServer
+from cluster.identify_scheduler import default_sent_hold
 from cluster.planner import ClusterPlan, PlanError, identify_duration, plan_cluster
 from cluster.progress import Progress
 from cluster.publisher import Publisher
@@ -319,6 +320,7 @@ class Supervisor:
             max_concurrency=plan.max_concurrency,
             interval_s=self.config.identify_interval_s,
             safety_margin_s=self.config.identify_margin_s,
+            sent_hold_s=default_sent_hold(self.config.identify_interval_s),
             session_total=limit.total,
             session_remaining=limit.remaining,
             reset_after_s=limit.reset_after_s,

@@ -18,6 +18,7 @@ bare frame (no empty delimiter frame).
 | ``acquire`` | client -> coordinator | ``shard_id``, ``nonce`` |
 | ``cancel`` | client -> coordinator | ``shard_id``, ``nonce`` |
 | ``release`` | client -> coordinator | ``shard_id``, ``nonce`` |
+| ``sent`` | client -> coordinator | ``shard_id``, ``nonce`` |
 | ``grant`` | coordinator -> client | ``shard_id``, ``nonce`` |
 | ``status`` | client -> coordinator | (none) |
 | ``status_reply`` | coordinator -> client | ``remaining``, ``total``, ``exhausted``, ``reset_after_s``, ``max_concurrency``, ``interval_s``, ``queued`` |
@@ -29,7 +30,10 @@ place, after the grant it is answered with the same grant again, so a client
 may re-send freely when it hears nothing (a lost message, a coordinator
 restart). ``cancel`` withdraws a queued acquire. ``release`` gives back a
 grant the client will not use (its shard stopped before it could IDENTIFY):
-the session start is refunded. ``grant`` echoes the acquire's nonce so a
+the session start is refunded. ``sent`` says the IDENTIFY under the grant
+with that nonce was written just now; a coordinator that counts the bucket's
+spacing from it (``cluster/identify_scheduler.py``, ``sent_hold_s``) waits for
+it, for a while, before the bucket's next grant. ``grant`` echoes the acquire's nonce so a
 client can tell a current grant from a stale one.
 """
 
@@ -148,6 +152,13 @@ class Release(_ShardMessage):
 
 
 @dataclass(frozen=True, slots=True)
+class Sent(_ShardMessage):
+    """The IDENTIFY under the grant with this nonce was just written to the gateway."""
+
+    TYPE: ClassVar[str] = "sent"
+
+
+@dataclass(frozen=True, slots=True)
 class Grant(_ShardMessage):
     """Permission to send one IDENTIFY for ``shard_id`` now."""
 
@@ -227,11 +238,13 @@ class ErrorReply(_Message):
         return cls(reason[:MAX_REASON_CHARS], shard_id)
 
 
-CoordinationMessage = Acquire | Cancel | Release | Grant | StatusRequest | StatusReply | ErrorReply
+CoordinationMessage = (
+    Acquire | Cancel | Release | Sent | Grant | StatusRequest | StatusReply | ErrorReply
+)
 
 _TYPES: Final[dict[str, type[_Message]]] = {
     cls.TYPE: cls
-    for cls in (Acquire, Cancel, Release, Grant, StatusRequest, StatusReply, ErrorReply)
+    for cls in (Acquire, Cancel, Release, Sent, Grant, StatusRequest, StatusReply, ErrorReply)
 }
 
 

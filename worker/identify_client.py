@@ -40,6 +40,7 @@ from protocol.coordination import (
     ErrorReply,
     Grant,
     Release,
+    Sent,
     StatusReply,
     StatusRequest,
     decode_message,
@@ -92,6 +93,8 @@ class IdentifyClient:
         self._socket.connect(endpoint)
         self._nonces = itertools.count(1)
         self._waiters: dict[int, _Waiter] = {}
+        #: shard -> nonce of its latest grant, until the IDENTIFY under it is reported sent
+        self._granted: dict[int, int] = {}
         #: shard -> nonce of an acquire given up before its grant came: release that grant.
         self._abandoned: dict[int, int] = {}
         self._status_waiters: list[asyncio.Future[StatusReply]] = []
@@ -124,10 +127,21 @@ class IdentifyClient:
             future = waiter.future
             if future.done() and not future.cancelled() and future.exception() is None:
                 # Granted, but our caller is gone: the permit goes back unused.
+                self._granted.pop(shard_id, None)
                 self._send(Release(shard_id, nonce))
             else:
                 self._withdraw(shard_id, waiter)
             raise
+
+    def sent(self, shard_id: int) -> None:
+        """Report that the IDENTIFY under ``shard_id``'s grant was just written.
+
+        The coordinator counts the bucket's spacing from this report, so call
+        it right after the write.
+        """
+        nonce = self._granted.pop(shard_id, None)
+        if nonce is not None and not self._closed:
+            self._send(Sent(shard_id, nonce))
 
     async def cancel(self, shard_id: int) -> bool:
         """Withdraw a waiting acquire for ``shard_id``; it raises :class:`IdentifyRequestCancelledError`."""
@@ -248,6 +262,7 @@ class IdentifyClient:
         if waiter is not None and waiter.nonce == grant.nonce:
             del self._waiters[grant.shard_id]
             if not waiter.future.done():
+                self._granted[grant.shard_id] = grant.nonce
                 waiter.future.set_result(None)
         elif self._abandoned.get(grant.shard_id) == grant.nonce:
             del self._abandoned[grant.shard_id]

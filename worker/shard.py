@@ -640,9 +640,11 @@ class Shard:
             )
             await self._permits.acquire(cfg.shard_id)
             # The server measures identify spacing when the IDENTIFY arrives, so it
-            # goes out right after the grant; the phase report can wait.
+            # goes out right after the grant, and the bucket's spacing counts from
+            # the write (``sent``); the phase report can wait.
             await limiter.acquire_priority()
             await self._send(ws, data)
+            self._permits.sent(cfg.shard_id)
             self.counters.identifies += 1
             await self._set_phase(sm.on_permit(self._state))
         # Nothing else to do; wait until the connection ends (the reader settles it).

@@ -304,6 +304,22 @@ async def test_a_grant_for_a_killed_worker_is_refunded() -> None:
         assert coord.snapshot().remaining == 1000 - 2
 
 
+async def test_with_a_sent_hold_the_next_grant_of_a_bucket_waits_for_the_sent_report() -> None:
+    interval = 0.1
+    async with running("tcp://127.0.0.1:0", interval_s=interval, sent_hold_s=5.0) as (coord, log):
+        async with IdentifyClient(coord.endpoint) as client, asyncio.timeout(TIMEOUT):
+            await client.acquire(0)
+            second = asyncio.create_task(client.acquire(1))
+            await asyncio.sleep(3 * interval)
+            assert not second.done(), "the bucket waits for shard 0's report, not the clock"
+            client.sent(0)
+            await second
+            client.sent(1)
+            await wait_until(lambda: coord.stats.sent_reports == 2)
+        earlier, later = log.grants[0].granted_at, log.grants[1].granted_at
+        assert later - earlier >= 3 * interval + interval
+
+
 # -- one client, many shards; the wire rules -----------------------------------------------------
 
 

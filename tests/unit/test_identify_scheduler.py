@@ -337,3 +337,76 @@ def test_buckets_are_independent_and_a_full_queue_takes_exactly_its_windows(
     assert len(windows) == per_bucket
     assert all(len(w) == mc and {x % mc for x in w} == set(range(mc)) for w in windows)
     assert now - start == pytest.approx((per_bucket - 1) * INTERVAL)
+
+
+def held(mc: int = 1, hold: float = 2.0) -> IdentifyScheduler[str]:
+    return IdentifyScheduler(
+        mc,
+        INTERVAL,
+        0.0,
+        session_total=1000,
+        session_remaining=1000,
+        reset_at=1e9,
+        sent_hold_s=hold,
+    )
+
+
+def test_with_a_sent_hold_the_spacing_counts_from_the_sent_report() -> None:
+    s = held(mc=2)
+    for shard in range(6):
+        s.request(shard, "w", 0.0)
+    first = s.poll(0.0)
+    assert sorted(shards(first)) == [0, 1]
+    # bucket 0's IDENTIFY went out late; bucket 1 never reports
+    grant0 = next(g for g in first if g.bucket == 0)
+    assert s.poll(INTERVAL) == [], "no bucket opens before its report (or the hold) comes"
+    assert s.next_deadline(INTERVAL) == INTERVAL + 2.0
+    assert s.sent(grant0, 0.8)
+    assert not s.sent(grant0, 3.0), "a repeated report changes nothing"
+    assert s.next_deadline(INTERVAL) == INTERVAL + 0.8
+    assert s.poll(INTERVAL + 0.8 - 1e-6) == []
+    assert shards(s.poll(INTERVAL + 0.8)) == [2]
+    # bucket 1: no report, so it opens when the hold ends
+    assert shards(s.poll(INTERVAL + 2.0)) == [3]
+
+
+def test_a_report_never_opens_a_bucket_earlier_and_a_given_back_grant_releases_the_hold() -> None:
+    s = held()
+    for shard in range(3):
+        s.request(shard, "w", 0.0)
+    [grant] = s.poll(0.0)
+    assert s.sent(grant, 0.0)
+    assert s.poll(INTERVAL - 1e-6) == []
+    [second] = s.poll(INTERVAL)
+    assert not s.sent(grant, INTERVAL), "only the bucket's latest grant counts"
+    assert s.undelivered(second, INTERVAL + 0.1)
+    # given back: the bucket is as free as before the grant, no hold
+    assert shards(s.poll(INTERVAL + 0.1)) == [2]
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(st.floats(0.0, 3.0), st.floats(0.0, 1.5), st.booleans()), min_size=1, max_size=30
+    )
+)
+def test_reported_sends_of_a_bucket_are_always_an_interval_apart(
+    steps: list[tuple[float, float, bool]],
+) -> None:
+    """Whenever the reports come (or do not), two reported sends are never closer than the spacing."""
+    s = held(hold=1.0)
+    for shard in range(len(steps)):
+        s.request(shard, "w", 0.0)
+    now = 0.0
+    sends: list[float] = []
+    for advance, delay, reports in steps:
+        now += advance
+        for grant in s.poll(now):
+            if reports:
+                # the IDENTIFY goes out ``delay`` after its grant; the report comes right after
+                sends.append(now + delay)
+                s.sent(grant, now + delay)
+        deadline = s.next_deadline(now)
+        if deadline is not None:
+            now = max(now, deadline)
+    assert all(b - a >= INTERVAL - 1e-9 for a, b in itertools.pairwise(sorted(sends)))

@@ -48,3 +48,19 @@ async def test_local_permits_space_each_bucket() -> None:
     now[0] = 0.3
     await asyncio.wait_for(waiter, 1.0)
     assert permits.granted == [0, 1, 2]
+
+
+async def test_local_permits_space_a_bucket_from_the_reported_send() -> None:
+    now = [0.0]
+    permits = LocalPermits(max_concurrency=1, interval_s=0.3, clock=lambda: now[0])
+    await permits.acquire(0)
+    now[0] = 0.2  # the IDENTIFY went out late
+    permits.sent(0)
+    now[0] = 0.3  # an interval after the grant, but not after the send
+    waiter = asyncio.create_task(permits.acquire(1))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not waiter.done()
+    now[0] = 0.5
+    await asyncio.wait_for(waiter, 1.0)
+    assert permits.granted == [0, 1]
