@@ -86,7 +86,7 @@ def _ratio(a: float, b: float) -> str:
 
 #: What each hot-path change of the worker bought, measured with this command
 #: (``--only throughput --receivers floor worker --repeat 3``) when it was made.
-HISTORY = """## Worker hot path: what each change bought
+HISTORY = """## Hot path: what each change bought
 
 Measured with `python -m scripts.bench --only throughput --receivers floor worker --repeat 3`
 on 2026-11-26 (2 cores shared with other jobs, load average 1-4: provisional), µs of CPU
@@ -106,6 +106,36 @@ inflate. zlib-ng inflates this stream in 3.0 µs per event against zlib's 4.7
 and isal's 4.6 (same process, `time.process_time`); isal was not adopted.
 `copy=False` frames were not adopted: pyzmq's own threshold (64 KB) is far
 above these 0.5-1.3 KB payloads, where a zero-copy frame costs more than the copy.
+
+**EVENT_RUNS** (protocol/ipc.py): a worker sends every event of one loop
+iteration, of all its shards, as one message of two frames (runs of
+consecutive events per shard, a 6-byte head per event); the relay publishes
+memoryview slices of it and builds the PUB header from `(shard_id, seq)`.
+Before, an EVENTS message per shard carried three frames per event, each
+read by the relay. Same machine, alternating runs of the two commits
+(`--only throughput --receivers floor worker cluster --repeat 1`, twice each,
+quiet machine): cluster 23.5 and 26.7 µs per event before (1.28x and 1.35x the
+floor of the same run), 22.2 and 22.2 after (1.19x and 1.11x). At a paced
+10,000 events/s (16 shards, 10 s; `cpu_times` of each process) the
+supervisor went from 34.4 to 24.8 µs per event and the worker from 52.5 to
+39.8: at moderate rates most events travel alone, and the cost per message
+(ZeroMQ's signalling between threads, a read per frame) is what is left.
+py-spy on the worker at full speed after it: inflate 37 % of samples,
+aiohttp's reader and `receive` ~15 %, `peek` ~14 %, joining a message's body
+~6 %, the two ZeroMQ sends ~4 %.
+
+**Identify spacing from the send** (cluster/identify_scheduler.py,
+`sent`): with 1,024 shards at a 0.05 s interval on 2 cores, the simulator
+refused 93 IDENTIFYs with op 9 as too early for their bucket (each refused
+shard reconnects and waits for a later slot): the grant was spaced, but a
+busy worker wrote some IDENTIFYs tens of ms after their grant. The worker
+now reports `sent` right after the write and the coordinator opens the
+bucket `interval + margin` after that report: 1 refusal in the same run,
+`cluster up` all READY in 6.9 s instead of 10.4 s. The lone worker's
+in-process permits had the same fault plus uvloop's cached loop time (it
+lagged tens of ms after 1,000 connections opened in one loop iteration, so
+timers fired early): they now read `time.monotonic()` and look again after
+each sleep.
 """
 
 
@@ -181,6 +211,18 @@ def markdown(res: Results, elapsed_s: float) -> str:
                 lines.append(
                     f"| {name} | {rate:,} | {f['p50'].fmt(0)} | {f['p99'].fmt(0)} | {f['p999'].fmt(0)}"
                     f" | {f['max'].fmt(0)} | {f['cpu_us'].fmt(1)} |"
+                )
+        lines.append("")
+        floor = res.latency.get("floor", {})
+        for name in ("worker", "cluster"):
+            for rate, runs in res.latency.get(name, {}).items():
+                if rate not in floor:
+                    continue
+                ours = Figure(tuple(r["p99"] for r in runs if r.get("p99") is not None)).median
+                base = Figure(tuple(r["p99"] for r in floor[rate] if r.get("p99") is not None))
+                lines.append(
+                    f"- {name} at {rate:,}/s: p99 {_ratio(ours, base.median)} the floor's"
+                    " (same source, same consumer, same machine)."
                 )
         lines.append("")
     if res.startup:
