@@ -45,6 +45,8 @@ from worker.state import ShardSession
 
 log = logging.getLogger("worker.group")
 
+#: Shards of a group connected ahead of their IDENTIFY, in rounds of max_concurrency.
+IDENTIFY_ROUNDS_AHEAD: Final = 2
 #: Messages queued towards the supervisor before shards wait.
 EVENT_HWM: Final = 200_000
 #: Most events in one run (one shard's consecutive events) of an EVENT_RUNS message.
@@ -287,6 +289,7 @@ class ShardGroup:
             # No connection limit: aiohttp's default of 100 would hold every
             # shard past the 100th in the connector's queue, never connecting.
             connector = aiohttp.TCPConnector(limit=0)
+            identify_slots = asyncio.Semaphore(IDENTIFY_ROUNDS_AHEAD * spec.max_concurrency)
             async with aiohttp.ClientSession(connector=connector) as http:
                 for shard_id in spec.shard_ids:
                     self.shards[shard_id] = Shard(
@@ -295,6 +298,7 @@ class ShardGroup:
                         permits,
                         output,
                         spec.saved_session(shard_id),
+                        identify_slots=identify_slots,
                     )
                 if self._stop.is_set():
                     self.stop()

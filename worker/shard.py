@@ -141,8 +141,14 @@ class Shard:
         output: ShardOutput,
         saved: ShardSession | None = None,
         rng: Callable[[], float] = random.random,
+        identify_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.config = config
+        #: Shared by a group's shards: a connection that will IDENTIFY takes one
+        #: before connecting and gives it back at READY (or when it ends).
+        self._identify_slots = identify_slots
+        self._holding_slot = False
+        self._stopped = asyncio.Event()
         self._http = http
         self._permits = permits
         self._output = output
@@ -210,6 +216,7 @@ class Shard:
         """Close with 4000 (the session stays resumable) and make ``run()`` return."""
         self._stopping = True
         self._wakeup.set()
+        self._stopped.set()
         verdict = self._verdict
         if verdict is not None and not verdict.done():
             verdict.set_result(sm.on_stop(self._current()))
@@ -266,6 +273,8 @@ class Shard:
                 await self._wait(plan.wait)
                 if self._stopping:
                     break
+                if plan.mode is ConnectMode.IDENTIFY and not await self._take_identify_slot():
+                    break  # stopped while waiting for a slot
                 url = self._choose_url(plan)
                 await self._set_phase(
                     sm.ShardState(
@@ -298,6 +307,7 @@ class Shard:
                         decision = await self._connection(ws, plan.mode)
                     finally:
                         self._backoff.disconnected(loop.time())
+                self._give_back_identify_slot()
                 if decision.session is None:
                     self._seq = 0  # heartbeats of the next connection carry null until READY
                     self._epoch = 0
@@ -311,7 +321,47 @@ class Shard:
                 self.counters.reconnects += 1
                 plan = decision.reconnect
         finally:
+            self._give_back_identify_slot()
             await self._finish_stop()
+
+    async def _take_identify_slot(self) -> bool:
+        """Wait for one of the group's identify slots; False if the shard was stopped meanwhile.
+
+        A group connects only as many shards ahead of their IDENTIFY as it has
+        slots (two rounds of buckets): the first IDENTIFYs go out as soon as
+        those few connections are up instead of after every handshake of the
+        group, and the server is not flooded with connections that would sit
+        waiting for their turn.
+        """
+        slots = self._identify_slots
+        if slots is None or self._holding_slot:
+            return True
+        if not slots.locked():
+            await slots.acquire()
+            self._holding_slot = True
+            return True
+        taking = asyncio.ensure_future(slots.acquire())
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait((taking, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not taking.done():
+                taking.cancel()
+            # a slot granted while we were being stopped (or cancelled) still counts
+            results = await asyncio.gather(taking, return_exceptions=True)
+            if results[0] is True:
+                self._holding_slot = True
+        if self._stopping:
+            self._give_back_identify_slot()
+            return False
+        return self._holding_slot
+
+    def _give_back_identify_slot(self) -> None:
+        if self._holding_slot:
+            self._holding_slot = False
+            assert self._identify_slots is not None
+            self._identify_slots.release()
 
     async def _finish_stop(self) -> None:
         if self._state.phase is not ShardPhase.FATAL:
@@ -592,6 +642,7 @@ class Shard:
                 ) from None
             self._seq = 0  # a new session numbers from 1 again
             self._epoch = session_epoch(session.session_id)
+            self._give_back_identify_slot()
             # The session-started report goes out before the READY event itself.
             await self._set_phase(sm.on_ready(self._state, session), session_started=True)
         else:

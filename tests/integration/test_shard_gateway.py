@@ -243,3 +243,21 @@ async def test_a_dead_resume_url_falls_back_to_the_main_url(
     assert resume.url_kind is UrlKind.MAIN
     assert len(sim.record.identifies) == 1  # a RESUME, not a new session
     await wait_delivered(sim, harness)
+
+
+async def test_a_group_connects_only_two_rounds_of_shards_ahead_of_their_identify(
+    sim_factory: SimFactory, harness: SupervisorHarness, start_group: StartGroup
+) -> None:
+    """max_concurrency 1: at most 2 connections are open and not yet identified, at any time."""
+    shards = 8
+    sim, _ = await ready_sim(sim_factory, harness, start_group, shards=shards, max_concurrency=1)
+    identified = {r.conn_id: r.at for r in sim.record.identifies if r.outcome.value == "accepted"}
+    assert len(identified) == shards
+    spans = [(c.opened_at, identified[c.conn_id]) for c in sim.record.connections.values()]
+    assert len(spans) == shards, "one connection per shard: nobody was refused"
+    for opened, _ in spans:
+        waiting = sum(1 for o, i in spans if o <= opened < i)
+        assert waiting <= 2, f"{waiting} connections open and waiting to identify"
+    # and they still identify in shard order, one window apart
+    order = [r.shard_id for r in sorted(sim.record.identifies, key=lambda r: r.at)]
+    assert order == list(range(shards))
