@@ -85,6 +85,8 @@ MEMORY_MC = 8
 #: Added to the identify interval of the lone worker's in-process permits: the
 #: simulator measures spacing on arrival, so exact spacing gets op 9 on a loaded machine.
 WORKER_PERMIT_MARGIN_S = 0.01
+#: The cluster's PUB high-water mark in the benchmarks (messages).
+PUB_HWM = 400_000
 
 
 @dataclass
@@ -297,6 +299,10 @@ async def start_cluster(
         state,
         "--identify-interval",
         str(interval),
+        # the sink (Python) reads slower than the relay publishes: let the PUB queue
+        # hold a whole burst instead of dropping (10,000 messages by default)
+        "--pub-hwm",
+        str(PUB_HWM),
     ]
     if workers is not None:
         argv += ["--workers", str(workers)]
@@ -342,7 +348,7 @@ async def throughput_once(name: str, fh: Firehose, sizes: Sizes) -> tuple[float,
         if n < total:
             if name != "cluster":
                 raise ChildError(f"{name}: {n} of {total} events")
-            DROPPED.setdefault(name, []).append(total - n)
+            DROPPED.setdefault(f"throughput, {name}", []).append(total - n)
         # CPU per event relayed (all of them); events/s as received
         return (cpu1 - cpu0) / total * 1e6, n / ((t1 - t0) / 1e9)
     finally:
@@ -414,7 +420,7 @@ async def latency_once(name: str, fh: Firehose, sizes: Sizes, rate: int) -> dict
             elapsed = time.monotonic() - t0
             got = int(done.split()[0])
             if got < total:
-                DROPPED.setdefault(f"{name} at {rate}/s", []).append(total - got)
+                DROPPED.setdefault(f"latency, {name} at {rate}/s", []).append(total - got)
             await asyncio.wait_for(sink.proc.wait(), 30)  # the arrivals file is written
             lat = latency_summary(await fh.sent_ns(), arrivals.read_bytes())
         finally:
@@ -909,16 +915,59 @@ async def run(args: argparse.Namespace) -> Results:
 
 
 def merge(res: Results, old: dict[str, Any]) -> None:
-    """Fill the benchmarks this run did not measure from an earlier run's JSON."""
+    """Fill the benchmarks this run did not measure from an earlier run's JSON.
+
+    The earlier run's notes come along unless they belong to a benchmark measured
+    again now (a note names its benchmark first: ``"latency, cluster at ...: ..."``).
+    """
+    measured = {key for key in BENCHMARKS if getattr(res, key)}
+    taken = []
     for key in ("throughput", "startup", "memory", "recovery"):
         if not getattr(res, key) and old.get(key):
             setattr(res, key, old[key])
+            taken.append(key)
     if not res.latency and old.get("latency"):
         res.latency = {k: {int(r): v for r, v in d.items()} for k, d in old["latency"].items()}
+        taken.append("latency")
     for k, v in old.get("skipped", {}).items():
         res.skipped.setdefault(k, v)
     res.load = [(str(w), (a, b, c)) for w, (a, b, c) in old.get("load", [])] + res.load
-    res.notes = list(old.get("notes", [])) + res.notes
+
+    def current(note: str) -> bool:
+        bench = note.split(",", 1)[0]
+        if bench in BENCHMARKS:
+            return bench not in measured
+        # notes of runs before notes named their benchmark: drops at the PUB
+        return "the SUB client missed" not in note or not {"throughput", "latency"} & measured
+
+    res.notes = [n for n in old.get("notes", []) if current(n)] + res.notes
+    if taken and measured:
+        res.notes.append(
+            f"{', '.join(taken)}: figures of an earlier run (`--merge`); this run measured"
+            f" {', '.join(sorted(measured))}."
+        )
+
+
+def _nan_for_null(value: Any) -> Any:
+    """JSON writes NaN (a figure not measured) as null: read it back as NaN."""
+    if value is None:
+        return math.nan
+    if isinstance(value, dict):
+        return {k: _nan_for_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_for_null(v) for v in value]
+    return value
+
+
+def render(path: Path, out: Path) -> None:
+    """Write the markdown of an earlier run's ``--json`` output again (report changes)."""
+    old = _nan_for_null(orjson.loads(path.read_bytes()))
+    sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in old["sizes"].items()})
+    res = Results(sizes, quick=sizes == QUICK, repeat=int(old.get("repeat", 3)))
+    merge(res, old)
+    res.errors = list(old.get("errors", []))
+    out.write_text(report.markdown(res, float(old.get("elapsed_s", 0.0)), old.get("generated_at")))
+    log(f"wrote {out}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -949,12 +998,21 @@ def main(argv: list[str] | None = None) -> None:
         help="take the figures of benchmarks not run now from this earlier --json output",
     )
     parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="run nothing: write the markdown of this earlier --json output to --out",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
         help="run floor/worker under py-spy, raw stacks in DIR",
     )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        render(args.render, args.out or REPO / "docs" / "BENCHMARKS.md")
+        return
     if args.profile is not None:
         for r in ("floor", "worker"):
             PROFILE[r] = args.profile / f"{r}.txt"
@@ -975,13 +1033,14 @@ def main(argv: list[str] | None = None) -> None:
     out: Path | None = args.out
     if out is None and not args.quick:
         out = REPO / "docs" / "BENCHMARKS.md"
-    text = report.markdown(res, time.time() - started)
+    elapsed = time.time() - started
+    text = report.markdown(res, elapsed)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         log(f"wrote {out}")
     if args.json is not None:
-        args.json.write_text(report.to_json(res))
+        args.json.write_text(report.to_json(res, elapsed))
     if args.quick:
         print(text)
     if res.errors:

@@ -55,3 +55,14 @@ def test_quick_bench_runs_every_benchmark(tmp_path: Path) -> None:
     assert "Smoke mode" in text
     for name, why in skipped.items():
         assert f"skipping {name}: {why}" in proc.stderr
+    # --render writes the same report again from the raw figures, running nothing
+    again = tmp_path / "again.md"
+    rendered = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--render", str(raw), "--out", str(again)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert again.read_text().split("\n", 3)[3] == text.split("\n", 3)[3]  # all but the header line
