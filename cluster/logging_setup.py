@@ -1,58 +1,21 @@
 """Logging for ``cluster up``: text or JSON lines on stderr, and the token kept out of both.
 
-``--log-format json`` writes one JSON object per line (``ts``, ``level``,
-``logger``, ``msg``, plus any ``extra`` fields a call passes under
-``fields``). Every record passes a redaction filter that replaces the token,
-should any code path ever format it into a message (DESIGN.md rule 6).
+``--log-format json`` writes one JSON object per line (protocol/logformat.py,
+the format the worker processes write too). Every record passes a redaction
+filter that replaces the token, should any code path ever format it into a
+message (DESIGN.md rule 6).
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
 import sys
-from typing import Any, Final, TextIO
-
-import orjson
+from typing import TextIO
 
 from cluster.config import LogFormat
+from protocol.logformat import TEXT_FORMAT, JsonFormatter, TokenRedactor
 
-_REDACTED: Final = "<token>"
-
-
-class TokenRedactor(logging.Filter):
-    """Replaces the secret in every formatted message (defence in depth: nothing should log it)."""
-
-    def __init__(self, secret: str) -> None:
-        super().__init__()
-        self._secret = secret
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self._secret:
-            message = record.getMessage()
-            if self._secret in message:
-                record.msg = message.replace(self._secret, _REDACTED)
-                record.args = None
-        return True
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        body: dict[str, Any] = {
-            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
-                timespec="milliseconds"
-            ),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            for key, value in fields.items():
-                body.setdefault(key, value)
-        if record.exc_info:
-            body["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(body, default=str).decode()
+__all__ = ["JsonFormatter", "TokenRedactor", "configure"]
 
 
 def configure(
@@ -63,7 +26,7 @@ def configure(
     if log_format is LogFormat.JSON:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(TokenRedactor(secret))
     root = logging.getLogger()
     for old in list(root.handlers):

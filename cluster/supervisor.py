@@ -49,7 +49,7 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
-from cluster.config import SupervisorConfig
+from cluster.config import LogFormat, SupervisorConfig
 from cluster.coordinator import Coordinator
 from cluster.discord_api import DiscordApiError, GatewayBot, fetch_gateway_bot
 from cluster.http import HealthServer
@@ -242,6 +242,7 @@ class Supervisor:
                 "max_concurrency": plan.max_concurrency,
                 "identify_interval_s": self.config.identify_interval_s,
                 "log_level": self.config.log_level,
+                "log_json": self.config.log_format is LogFormat.JSON,
             }
             resuming = len(self.book.resume_points(list(plan.shard_ids)))
             self._progress = Progress(

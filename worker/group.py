@@ -90,6 +90,8 @@ class WorkerSpec:
     max_concurrency: int = 1
     identify_interval_s: float = IDENTIFY_INTERVAL_S
     log_level: str = "INFO"
+    #: One JSON object per log line (protocol/logformat.py) instead of text.
+    log_json: bool = False
     #: The send limiter's window (tests shorten it together with the simulator's).
     send_window_s: float = SEND_WINDOW_S + DEFAULT_SLACK_S
 

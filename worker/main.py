@@ -31,6 +31,7 @@ from typing import Final
 import zmq.asyncio
 
 from protocol.ipc import WorkerStatusKind
+from protocol.logformat import JsonFormatter, TokenRedactor
 from worker.group import ShardGroup, WorkerSpec
 
 EXIT_OK: Final = 0
@@ -64,14 +65,29 @@ def _install_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def configure_logging(spec: WorkerSpec) -> None:
+    """stderr, in the supervisor's format (text or JSON lines), the token redacted."""
+    handler = logging.StreamHandler(sys.stderr)
+    if spec.log_json:
+        handler.setFormatter(JsonFormatter({"worker_id": spec.worker_id}))
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                f"%(asctime)s worker-{spec.worker_id} %(levelname)s %(name)s: %(message)s"
+            )
+        )
+    handler.addFilter(TokenRedactor(spec.token))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(spec.log_level)
+
+
 def run_worker(spec: WorkerSpec) -> None:
     """Spawn target: run ``spec`` in this (fresh) process and exit with a documented code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(
-        level=spec.log_level,
-        format=f"%(asctime)s worker-{spec.worker_id} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(spec)
     _install_loop()
     try:
         code = asyncio.run(serve(spec))

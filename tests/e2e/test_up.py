@@ -290,6 +290,9 @@ async def test_gateway_4004_stops_the_cluster_with_one_line(
         assert len(sim.record.identifies_for(shard_id)) <= 1
     assert all(r.code == 4004 for r in sim.record.identifies)
     assert "not-the-bot-token" not in run.text()
+    # --log-format json holds for the worker processes too: no text line, and theirs name them
+    assert not [line for line in run.raw if line[:1].isdigit()], run.raw
+    assert any(line.get("worker_id") == 0 for line in run.lines), run.raw
 
 
 def published_at_least(n: int) -> Callable[[int, Any], bool]:
