@@ -30,8 +30,9 @@ Kinds and the frames after the binary one:
 EVENTS            1  ``count`` x 3 frames: the PUB v1 frames (topic, header,
                      payload) exactly as they go out on the PUB socket. The
                      events of one message are consecutive dispatches of one
-                     session: seqs ``seq .. seq + count - 1``. Version 1
-                     workers send count = 1; a reader must accept any count >= 1.
+                     session: seqs ``seq .. seq + count - 1``. Workers now
+                     send EVENT_RUNS; a reader still accepts EVENTS of any
+                     count >= 1.
 EVENT_RUNS        5  1 frame, the body: ``count`` runs back to back. A run is
                      consecutive dispatches of one shard's session: a
                      ``<IIQI`` head (shard_id, epoch, seq of the first event,
