@@ -78,6 +78,34 @@ def args_for(sim: Simulator, where: Path, *extra: str, interval: float = 0.1) ->
     ]
 
 
+async def start_coordinator(
+    clusters: StartCluster,
+    endpoint: str,
+    *,
+    max_concurrency: int,
+    interval: float,
+    sessions: int = 1000,
+) -> ClusterProcess:
+    """``cluster coordinator`` bound to ``endpoint``, returned once it serves."""
+    coordinator: ClusterProcess = await clusters(
+        "--bind",
+        endpoint,
+        "--max-concurrency",
+        str(max_concurrency),
+        "--identify-interval",
+        str(interval),
+        "--session-total",
+        str(sessions),
+        "--session-remaining",
+        str(sessions),
+        "--reset-after",
+        "3600",
+        command="coordinator",
+    )
+    await coordinator.wait_text("identify coordinator on", 20)
+    return coordinator
+
+
 async def all_ready(run: ClusterProcess, within_s: float = 20.0) -> str:
     listening = await run.listening()
     url: str = listening["http"]
@@ -358,22 +386,7 @@ async def test_two_hosts_share_one_coordinator_and_never_break_a_bucket(
     interval = 0.1
     sim = await sim_factory(shards=16, max_concurrency=2, identify_window_s=interval)
     endpoint = f"ipc://{short_dir}/coordinator"
-    coordinator = await clusters(
-        "--bind",
-        endpoint,
-        "--max-concurrency",
-        "2",
-        "--identify-interval",
-        str(interval),
-        "--session-total",
-        "1000",
-        "--session-remaining",
-        "1000",
-        "--reset-after",
-        "3600",
-        command="coordinator",
-    )
-    await coordinator.wait_text("identify coordinator on", 20)
+    await start_coordinator(clusters, endpoint, max_concurrency=2, interval=interval)
     hosts = []
     for name, shard_ids in (("a", "0-7"), ("b", "8-15")):
         where = short_dir / name

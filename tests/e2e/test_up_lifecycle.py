@@ -15,7 +15,7 @@ import pytest
 from simulator import ViolationKind
 from tests.conftest import SimFactory
 from tests.e2e.cluster_process import clusters, http_get, wait_http
-from tests.e2e.test_up import all_ready, args_for, short_dir
+from tests.e2e.test_up import all_ready, args_for, short_dir, start_coordinator
 
 __all__ = ["clusters", "short_dir"]
 
@@ -103,22 +103,9 @@ async def test_an_external_coordinator_grants_the_identifies(
 ) -> None:
     sim = await sim_factory(shards=4, max_concurrency=2, identify_window_s=0.1)
     endpoint = f"ipc://{short_dir}/coordinator"
-    coordinator = await clusters(
-        "--bind",
-        endpoint,
-        "--max-concurrency",
-        "2",
-        "--identify-interval",
-        "0.15",
-        "--session-total",
-        "100",
-        "--session-remaining",
-        "100",
-        "--reset-after",
-        "3600",
-        command="coordinator",
+    coordinator = await start_coordinator(
+        clusters, endpoint, max_concurrency=2, interval=0.15, sessions=100
     )
-    await coordinator.wait_text("identify coordinator on", 15)
     run = await clusters(*args_for(sim, short_dir, "--coordinator", endpoint))
     url = await all_ready(run)
     _, body = await http_get(f"{url}/status")
