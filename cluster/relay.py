@@ -41,6 +41,7 @@ from cluster.publisher import Publisher
 from cluster.status import RelayCounters
 from protocol import ipc
 from protocol.errors import WireFormatError
+from protocol.pubframe import HEADER_TEMPLATE
 
 #: Messages handled per wake-up before yielding to the event loop.
 DEFAULT_BATCH: Final = 2000
@@ -58,8 +59,6 @@ _EVENT_SIZE: Final = ipc.EVENT_HEAD.size
 _VERSION: Final = ipc.IPC_VERSION
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _RCVMORE: Final = int(zmq.RCVMORE)
-#: The PUB header frame an event of (shard_id, seq) carries (protocol/pubframe.py).
-_PUB_HEADER: Final = b'{"shard_id":%d,"seq":%d}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,18 +238,12 @@ class Relay:
     def process(self, limit: int) -> int:
         """Handle up to ``limit`` messages; fewer means the channel is empty now."""
         # Frames are read one by one through the backend: pyzmq's recv_multipart
-        # asks RCVMORE after every frame, and that getsockopt costs more than the
-        # whole EVENTS message otherwise (measured: 9.6 us vs 1.6 us for 4 frames).
-        # An EVENTS header says how many frames follow; ZeroMQ delivers a multipart
-        # message whole, so they are all there. Each event's PUB header frame must be
-        # exactly the one its ipc header implies (cheap, and it is the contract): a
-        # message that lies about its size (never sent by our workers) fails that
-        # check, is counted, and the channel realigns at the end of the message it
-        # ran into (which is lost with it).
+        # asks RCVMORE after every frame, and that getsockopt costs about as much as
+        # the rest of a small message. An EVENT_RUNS message is a header and one body
+        # (RCVMORE is asked once, so the body is surely this message's); an EVENTS
+        # header says how many frames follow (see :meth:`_events`).
         recv = self._recv
         more = self._more
-        admit = self._book.admit
-        publish = self._publisher.publish
         counters = self._counters
         published = 0
         duplicates = 0
@@ -265,46 +258,20 @@ class Relay:
                 handled += 1
                 if len(head) == _HEADER_SIZE:
                     version, kind, count, shard_id, epoch, seq = _HEADER_UNPACK(head)
-                    if kind == _RUNS and version == _VERSION and count >= 1:
-                        if not more(_RCVMORE):  # once per message: the body is this one's
-                            counters.malformed_dropped += 1
-                            continue
-                        body = recv(_NOBLOCK)
-                        done, skipped = self._runs(count, body)
-                        published += done
-                        duplicates += skipped
-                        continue
-                    if kind == _EVENTS and version == _VERSION and count >= 1:
-                        try:
-                            if count == 1:
-                                topic = recv(_NOBLOCK)
-                                header = recv(_NOBLOCK)
-                                payload = recv(_NOBLOCK)
-                                if header != _PUB_HEADER % (shard_id, seq):
-                                    self._realign()
-                                    continue
-                                if admit(shard_id, epoch, seq, 1):
-                                    duplicates += 1
-                                else:
-                                    publish(topic, header, payload)
-                                    published += 1
+                    if version == _VERSION and count >= 1:
+                        if kind == _RUNS:
+                            if not more(_RCVMORE):
+                                counters.malformed_dropped += 1
                                 continue
-                            frames = [recv(_NOBLOCK) for _ in range(3 * count)]
-                        except zmq.Again:
-                            counters.malformed_dropped += 1  # shorter than its header says
+                            done, skipped = self._runs(count, recv(_NOBLOCK))
+                            published += done
+                            duplicates += skipped
                             continue
-                        if any(
-                            frames[3 * i + 1] != _PUB_HEADER % (shard_id, seq + i)
-                            for i in range(count)
-                        ):
-                            self._realign()
+                        if kind == _EVENTS:
+                            done, skipped = self._events(shard_id, epoch, seq, count)
+                            published += done
+                            duplicates += skipped
                             continue
-                        skip = admit(shard_id, epoch, seq, count)
-                        for i in range(3 * skip, len(frames), 3):
-                            publish(frames[i], frames[i + 1], frames[i + 2])
-                        published += count - skip
-                        duplicates += skip
-                        continue
                 self._other(self._rest_of(head))
         finally:
             counters.published += published
@@ -313,6 +280,29 @@ class Relay:
         self._publisher.drain_subscriptions()
         counters.subscriptions = self._publisher.subscriptions
         return handled
+
+    def _events(self, shard_id: int, epoch: int, seq: int, count: int) -> tuple[int, int]:
+        """Publish an EVENTS message (three PUB frames per event); (published, duplicates).
+
+        Each event's PUB header frame must be exactly the one its ipc header
+        implies (cheap, and it is the contract): a message that lies about its
+        size fails that check, is counted, and the channel realigns at the end
+        of the message it ran into (which is lost with it).
+        """
+        recv = self._recv
+        try:
+            frames = [recv(_NOBLOCK) for _ in range(3 * count)]
+        except zmq.Again:
+            self._counters.malformed_dropped += 1  # shorter than its header says
+            return 0, 0
+        if any(frames[3 * i + 1] != HEADER_TEMPLATE % (shard_id, seq + i) for i in range(count)):
+            self._realign()
+            return 0, 0
+        skip = self._book.admit(shard_id, epoch, seq, count)
+        publish = self._publisher.publish
+        for i in range(3 * skip, len(frames), 3):
+            publish(frames[i], frames[i + 1], frames[i + 2])
+        return count - skip, skip
 
     def _runs(self, runs: int, body: bytes) -> tuple[int, int]:
         """Publish the runs of an EVENT_RUNS body; (published, duplicates).
@@ -336,7 +326,7 @@ class Relay:
                 if count < 1:
                     raise ValueError("a run without events")
                 skip = admit(shard_id, epoch, seq, count)
-                duplicates += min(skip, count)
+                duplicates += skip
                 for i in range(count):
                     topic_len, payload_len = _EVENT_UNPACK(view, at)
                     at += _EVENT_SIZE
@@ -347,7 +337,7 @@ class Relay:
                     if i >= skip:
                         publish(
                             view[at:topic_end],
-                            _PUB_HEADER % (shard_id, seq + i),
+                            HEADER_TEMPLATE % (shard_id, seq + i),
                             view[topic_end:payload_end],
                         )
                         published += 1

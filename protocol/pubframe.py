@@ -28,7 +28,8 @@ from protocol.errors import WireFormatError
 
 PUB_FORMAT_VERSION: Final = 1
 FRAME_COUNT: Final = 3
-_HEADER_TEMPLATE: Final = b'{"shard_id":%d,"seq":%d}'
+#: The header frame, ``HEADER_TEMPLATE % (shard_id, seq)`` (the relay formats it inline).
+HEADER_TEMPLATE: Final = b'{"shard_id":%d,"seq":%d}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +45,12 @@ class PubEvent:
 
 def encode_header(shard_id: int, seq: int) -> bytes:
     """The header frame for an event of ``shard_id`` with gateway sequence ``seq``."""
-    return _HEADER_TEMPLATE % (shard_id, seq)
+    return HEADER_TEMPLATE % (shard_id, seq)
 
 
 def event_frames(topic: bytes, shard_id: int, seq: int, payload: bytes) -> list[bytes]:
     """The three frames of one event, ready for ``send_multipart``."""
-    return [topic, _HEADER_TEMPLATE % (shard_id, seq), payload]
+    return [topic, HEADER_TEMPLATE % (shard_id, seq), payload]
 
 
 def _header_int(header: dict[str, Any], key: str) -> int:

@@ -119,13 +119,12 @@ class WorkerSpec:
 class _Batch:
     """Consecutive events of one shard's session waiting for the end of the loop iteration."""
 
-    __slots__ = ("count", "epoch", "first_seq", "next_seq", "parts", "shard_id")
+    __slots__ = ("count", "epoch", "first_seq", "parts", "shard_id")
 
     def __init__(self, shard_id: int, epoch: int, seq: int) -> None:
         self.shard_id = shard_id
         self.epoch = epoch
         self.first_seq = seq
-        self.next_seq = seq
         self.count = 0
         #: the run head (filled in at flush), then event head, topic, payload per event
         self.parts: list[bytes] = [b""]
@@ -169,7 +168,7 @@ class ZmqOutput:
         batch = self._batches.get(shard_id)
         if (
             batch is None
-            or batch.next_seq != seq
+            or batch.first_seq + batch.count != seq
             or batch.epoch != epoch
             or batch.count >= MAX_BATCH
         ):
@@ -184,7 +183,6 @@ class ZmqOutput:
         parts.append(topic)
         parts.append(payload)
         batch.count += 1
-        batch.next_seq = seq + 1
         return True
 
     def _flush_soon(self) -> None:
@@ -200,16 +198,7 @@ class ZmqOutput:
         send = self._send
         while ready:
             runs = ready[:MAX_RUNS]
-            events = 0
-            for batch in runs:
-                batch.parts[0] = _RUN_PACK(
-                    batch.shard_id, batch.epoch, batch.first_seq, batch.count
-                )
-                events += batch.count
-            if len(runs) == 1:
-                body = b"".join(runs[0].parts)
-            else:
-                body = b"".join([part for batch in runs for part in batch.parts])
+            events = sum(batch.count for batch in runs)
             # A multipart message is atomic: only its first frame can meet the
             # high-water mark, so a refused first frame means nothing was sent.
             try:
@@ -218,7 +207,14 @@ class ZmqOutput:
                 self.send_blocked += 1
                 self._blocked = True
                 return False
-            send(body, _LAST)
+            for batch in runs:
+                batch.parts[0] = _RUN_PACK(
+                    batch.shard_id, batch.epoch, batch.first_seq, batch.count
+                )
+            if len(runs) == 1:
+                send(b"".join(runs[0].parts), _LAST)
+            else:
+                send(b"".join([part for batch in runs for part in batch.parts]), _LAST)
             del ready[: len(runs)]
             self.messages += 1
         self._blocked = False

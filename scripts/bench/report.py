@@ -148,7 +148,7 @@ at READY (a shard that RESUMEs needs none). `cluster up`, 1,024 shards at
 """
 
 
-def self_rest(name: str, rest_s: float, rounds: int, refused: list[float]) -> str:
+def _rest_of_overshoot(name: str, rest_s: float, rounds: int, refused: list[float]) -> str:
     """What the schedule's overshoot beyond the margin is made of (startup notes)."""
     out = f" The rest of the schedule's overshoot is {rest_s:.2f} s"
     if rounds > 0:
@@ -318,7 +318,7 @@ def markdown(res: Results, elapsed_s: float, generated_at: str | None = None) ->
                     f" the interval: {rounds} rounds x {margin * 1000:.0f} ms = {added:.2f} s, i.e."
                     f" {_pct(added, over)} of the overshoot"
                     f" ({_pct(added, span.median - bound)} of the schedule's)."
-                    + self_rest(name, span.median - bound - added, rounds, refused)
+                    + _rest_of_overshoot(name, span.median - bound - added, rounds, refused)
                 )
         lines.append("")
         if notes:

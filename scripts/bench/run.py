@@ -1050,4 +1050,3 @@ def main(argv: list[str] | None = None) -> None:
 
 
 __all__ = ["main", "run"]
-_ = (contextlib, math)
