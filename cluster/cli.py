@@ -16,12 +16,11 @@ Adding a command::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
 
 import typer
 from typer._click import exceptions as click_exceptions
@@ -184,7 +183,9 @@ def up(
     shard_ids: Annotated[
         str | None,
         typer.Option(
-            "--shard-ids", help="Inclusive range A-B this supervisor runs.", show_default="all"
+            "--shard-ids",
+            help="Inclusive range A-B this supervisor runs, or 'auto' (with --hosts and --redis).",
+            show_default="all",
         ),
     ] = None,
     workers: Annotated[
@@ -210,12 +211,34 @@ def up(
     control: Annotated[
         str, typer.Option(envvar="CLUSTER_CONTROL", help="Where commands are accepted.")
     ] = DEFAULT_CONTROL,
-    coordinator: Annotated[
+    redis: Annotated[
         str | None,
         typer.Option(
-            help="Endpoint of an external `cluster coordinator`.", show_default="embedded"
+            envvar="CLUSTER_REDIS",
+            help="Shared state for several hosts: redis://HOST:PORT/DB or unix:///PATH.",
+            show_default="one host, no Redis",
         ),
     ] = None,
+    hosts: Annotated[
+        int | None,
+        typer.Option(
+            envvar="CLUSTER_HOSTS",
+            help="With --shard-ids auto: the shards are cut into this many equal ranges.",
+            show_default=False,
+        ),
+    ] = None,
+    host_index: Annotated[
+        int | None,
+        typer.Option(
+            envvar="CLUSTER_HOST_INDEX",
+            help="With --hosts: which range is ours.",
+            show_default="the number ending the host name, else any free range",
+        ),
+    ] = None,
+    identify_reserve: Annotated[
+        int, typer.Option(help="With --redis: session starts no grant may spend.")
+    ] = 0,
+    coordinator: Annotated[str | None, typer.Option(hidden=True)] = None,
     health: Annotated[
         str, typer.Option(envvar="CLUSTER_HEALTH", help="host:port of the HTTP endpoint.")
     ] = DEFAULT_HEALTH,
@@ -245,6 +268,11 @@ def up(
     stop_timeout: Annotated[float, typer.Option(hidden=True)] = 7.0,
     limit_refresh: Annotated[float, typer.Option(hidden=True)] = 600.0,
     max_quick_deaths: Annotated[int, typer.Option(hidden=True)] = 5,
+    lease_ttl: Annotated[float, typer.Option(hidden=True)] = 10.0,
+    lease_renew: Annotated[float, typer.Option(hidden=True)] = 2.0,
+    fence_after: Annotated[float, typer.Option(hidden=True)] = 6.0,
+    takeover_wait: Annotated[float, typer.Option(hidden=True)] = 1.0,
+    checkpoint_interval: Annotated[float, typer.Option(hidden=True)] = 0.5,
     simulate_shards: Annotated[int, typer.Option(hidden=True)] = 4,
     simulate_max_concurrency: Annotated[int, typer.Option(hidden=True)] = 4,
     simulate_event_rate: Annotated[float, typer.Option(hidden=True)] = 5.0,
@@ -252,6 +280,7 @@ def up(
     """Run a cluster (supervisor + workers) in the foreground until SIGINT or SIGTERM."""
     from cluster.config import (
         ConfigError,
+        RedisSettings,
         SimulateSettings,
         SupervisorConfig,
         parse_compression,
@@ -269,20 +298,46 @@ def up(
             token = token or SIMULATED_TOKEN
         elif not token:
             raise ConfigError("--token (or DISCORD_TOKEN) is required unless --simulate")
+        if coordinator is not None:
+            raise ConfigError(
+                "--coordinator is retired: hosts sharing a bot share Redis instead "
+                "(--redis redis://HOST:6379/0, see the README)"
+            )
+        auto_range = shard_ids is not None and shard_ids.strip().lower() == "auto"
+        if auto_range and (redis is None or hosts is None):
+            raise ConfigError("--shard-ids auto needs --hosts H and --redis URL")
+        if hosts is not None and not auto_range:
+            raise ConfigError("--hosts goes with --shard-ids auto")
+        if redis is None and host_index is not None:
+            raise ConfigError("--host-index needs --shard-ids auto --hosts H and --redis URL")
+        redis_settings = (
+            None
+            if redis is None
+            else RedisSettings(
+                url=redis,
+                hosts=hosts,
+                host_index=host_index,
+                ttl_s=lease_ttl,
+                renew_s=lease_renew,
+                fence_after_s=fence_after,
+                takeover_wait_s=takeover_wait,
+                identify_reserve=identify_reserve,
+            )
+        )
         health_host, health_port = parse_health(health)
         if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("--log-level must be DEBUG, INFO, WARNING or ERROR")
         config = SupervisorConfig(
             token=token,
             shards=parse_shards(shards),
-            shard_range=parse_range(shard_ids),
+            shard_range=None if auto_range else parse_range(shard_ids),
+            redis=redis_settings,
             workers=parse_workers(workers),
             intents=parse_intent_option(intents),
             api_url=api_url,
             compression=parse_compression(compress),
             pub=pub,
             control=control,
-            coordinator=coordinator,
             health_host=health_host,
             health_port=health_port,
             state_dir=Path(state_dir),
@@ -301,6 +356,7 @@ def up(
             stop_timeout_s=stop_timeout,
             limit_refresh_s=limit_refresh,
             restart_policy=RestartPolicy(max_quick_deaths=max_quick_deaths),
+            checkpoint_interval_s=checkpoint_interval,
         )
     except ConfigError as exc:
         usage_error(str(exc))
@@ -318,123 +374,23 @@ async def _up(config: SupervisorConfig) -> None:
         raise CommandFailed(str(exc)) from None
 
 
-# -- cluster coordinator ------------------------------------------------------------------------
+# -- cluster coordinator (retired) ---------------------------------------------------------------
+
+#: What ``cluster coordinator`` and ``cluster up --coordinator`` say now.
+COORDINATOR_RETIRED: Final = (
+    "`cluster coordinator` is retired: hosts sharing a bot share Redis instead; run each host as "
+    "`cluster up --redis redis://HOST:6379/0 --shard-ids auto --hosts H` (see the README)"
+)
 
 
-@app.command(name="coordinator")
-def coordinator_command(
-    bind: Annotated[
-        str, typer.Option(help="Endpoint to bind (tcp://HOST:PORT or ipc://PATH).")
-    ] = "tcp://127.0.0.1:5557",
-    max_concurrency: Annotated[
-        int | None,
-        typer.Option(help="Identify buckets.", show_default="from /gateway/bot with --token"),
-    ] = None,
-    identify_interval: Annotated[
-        float, typer.Option(help="Seconds between identifies in one bucket.")
-    ] = 5.0,
-    session_total: Annotated[int | None, typer.Option(help="Session starts per window.")] = None,
-    session_remaining: Annotated[int | None, typer.Option(help="Session starts left now.")] = None,
-    reset_after: Annotated[
-        float | None, typer.Option(help="Seconds until the budget resets.")
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            envvar="DISCORD_TOKEN",
-            help="Fetch the numbers from /gateway/bot with this token.",
-            show_default=False,
-        ),
-    ] = None,
-    api_url: Annotated[
-        str, typer.Option(envvar="CLUSTER_API_URL", help="REST base.")
-    ] = DEFAULT_API_URL,
-) -> None:
-    """Run an identify coordinator alone, shared by several `cluster up --coordinator` hosts."""
-    from cluster.config import ConfigError, check_endpoint
-
-    try:
-        check_endpoint("--bind", bind)
-        if not identify_interval > 0:
-            raise ConfigError("--identify-interval must be > 0")
-        given = (max_concurrency, session_total, session_remaining, reset_after)
-        if token is None and None in given:
-            raise ConfigError(
-                "give --max-concurrency, --session-total, --session-remaining and --reset-after, "
-                "or --token to fetch them from /gateway/bot"
-            )
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ConfigError("--max-concurrency must be at least 1")
-        for name, value in (
-            ("--session-total", session_total),
-            ("--session-remaining", session_remaining),
-            ("--reset-after", reset_after),
-        ):
-            if value is not None and value < 0:
-                raise ConfigError(f"{name} must not be negative")
-    except ConfigError as exc:
-        usage_error(str(exc))
-    run_async(
-        _coordinator(
-            bind,
-            max_concurrency,
-            identify_interval,
-            session_total,
-            session_remaining,
-            reset_after,
-            token,
-            api_url,
-        )
-    )
-
-
-async def _coordinator(
-    bind: str,
-    max_concurrency: int | None,
-    interval: float,
-    total: int | None,
-    remaining: int | None,
-    reset_after: float | None,
-    token: str | None,
-    api_url: str,
-) -> None:
-    import logging
-
-    import zmq
-
-    from cluster.coordinator import run_coordinator
-    from cluster.discord_api import DiscordApiError, fetch_gateway_bot
-
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if token is not None:
-        try:
-            limit = (await fetch_gateway_bot(api_url, token)).session_start_limit
-        except DiscordApiError as exc:
-            raise CommandFailed(str(exc)) from None
-        max_concurrency = limit.max_concurrency if max_concurrency is None else max_concurrency
-        total = limit.total if total is None else total
-        remaining = limit.remaining if remaining is None else remaining
-        reset_after = limit.reset_after_s if reset_after is None else reset_after
-    assert max_concurrency is not None and total is not None
-    assert remaining is not None and reset_after is not None
-    serving = asyncio.create_task(
-        run_coordinator(bind, max_concurrency, interval, total, remaining, reset_after)
-    )
-    stopping = asyncio.create_task(wait_for_signal(signal.SIGINT, signal.SIGTERM))
-    try:
-        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if serving.done() and not serving.cancelled():
-            error = serving.exception()
-            if isinstance(error, zmq.ZMQError):
-                raise CommandFailed(f"cannot bind {bind}: {error.strerror}")
-            if error is not None:
-                raise CommandFailed(f"the coordinator stopped: {error}")
-    finally:
-        for task in (serving, stopping):
-            task.cancel()
-        for task in (serving, stopping):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+@app.command(
+    name="coordinator",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    hidden=True,
+)
+def coordinator_command() -> None:
+    """Retired: several hosts share Redis (`cluster up --redis`)."""
+    usage_error(COORDINATOR_RETIRED)
 
 
 # -- entry point ---------------------------------------------------------------------------------

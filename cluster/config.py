@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -33,6 +34,71 @@ class ConfigError(ValueError):
     """A bad option value; the message is one line naming the option and the fix."""
 
 
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """``--redis``: shared state for several hosts (DESIGN.md section 6).
+
+    Lease timing: a holder renews every ``renew_s`` and fences itself (its
+    shards' TCP connections aborted, never a 1000/1001 close) once
+    ``fence_after_s`` pass without a successful renew, counted from when the
+    last good renew was *sent*; Redis expires the lease ``ttl_s`` after that
+    renew arrived, so a taker connects at least ``ttl_s - fence_after_s`` after
+    the old holder fenced, and waits ``takeover_wait_s`` more on top.
+    """
+
+    url: str = field(repr=False)
+    #: H of ``--shard-ids auto --hosts H`` (None: a static range or all shards).
+    hosts: int | None = None
+    #: I of ``--host-index I`` (None: from the host name's trailing number, else any free range).
+    host_index: int | None = None
+    ttl_s: float = 10.0
+    renew_s: float = 2.0
+    fence_after_s: float = 6.0
+    takeover_wait_s: float = 1.0
+    #: Session starts kept back: no grant takes the budget below this.
+    identify_reserve: int = 0
+    #: How long a checkpoint in Redis stays resumable (Discord keeps a session a few minutes).
+    checkpoint_ttl_s: float = 600.0
+    #: How often a spare looks for a range whose lease expired.
+    spare_poll_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"--redis must be a redis://HOST:PORT/DB, rediss:// or unix:///PATH URL, "
+                f"got {redact_url(self.url)[:60]!r}"
+            )
+        if self.hosts is not None and self.hosts < 1:
+            raise ConfigError("--hosts must be at least 1")
+        if self.host_index is not None:
+            if self.hosts is None:
+                raise ConfigError("--host-index needs --shard-ids auto --hosts H")
+            if not 0 <= self.host_index < self.hosts:
+                raise ConfigError(
+                    f"--host-index must be 0-{self.hosts - 1} for --hosts {self.hosts}, "
+                    f"got {self.host_index}"
+                )
+        if not 0 < self.renew_s < self.fence_after_s < self.ttl_s:
+            raise ConfigError("lease timing must satisfy 0 < renew < fence-after < ttl")
+        if self.takeover_wait_s < 0 or self.identify_reserve < 0:
+            raise ConfigError("--identify-reserve and the takeover wait must not be negative")
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.url)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs, /status and errors)."""
+    return re.sub(r"^([a-z]+://)([^@/]*:)?[^@/]*@", lambda m: f"{m[1]}{m[2] or ''}***@", url)
+
+
+def host_ordinal(hostname: str) -> int | None:
+    """The number ending a host name (``bot-3`` -> 3), as a StatefulSet names its pods."""
+    match = re.search(r"-(\d+)$", hostname)
+    return int(match[1]) if match else None
+
+
 class LogFormat(enum.Enum):
     TEXT = "text"
     JSON = "json"
@@ -55,14 +121,15 @@ class SupervisorConfig:
     #: None: Discord's recommendation (``--shards auto``).
     shards: int | None = None
     shard_range: tuple[int, int] | None = None
+    #: Shared state across hosts (``--redis``); None: one host, the state dir, the embedded scheduler.
+    redis: RedisSettings | None = None
     workers: int | None = None
     intents: int = NON_PRIVILEGED_INTENTS
     api_url: str = DEFAULT_API_URL
     compression: Compression = Compression.ZLIB_STREAM
     pub: str = DEFAULT_PUB
     control: str = DEFAULT_CONTROL
-    #: None: the embedded coordinator.
-    coordinator: str | None = None
+    coordinator: str | None = None  # TRANSITIONAL: retired, removed with the supervisor change
     health_host: str = "127.0.0.1"
     health_port: int = 8080
     state_dir: Path = Path(DEFAULT_STATE_DIR)
@@ -80,6 +147,8 @@ class SupervisorConfig:
     pub_hwm: int = 10_000
     #: Graceful stop: how long workers get to drain before SIGKILL.
     stop_timeout_s: float = 7.0
+    #: Sessions (last published seq) are checkpointed at most this long after they change.
+    checkpoint_interval_s: float = 0.5
     #: How often ``GET /gateway/bot`` is fetched again for fresh session-start numbers.
     limit_refresh_s: float = 600.0
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
@@ -92,8 +161,13 @@ class SupervisorConfig:
             raise ConfigError("--token is required (or DISCORD_TOKEN): a bot token without spaces")
         for name, endpoint in (("--pub", self.pub), ("--control", self.control)):
             check_endpoint(name, endpoint)
-        if self.coordinator is not None:
-            check_endpoint("--coordinator", self.coordinator)
+        if self.redis is not None and self.redis.hosts is not None:
+            if self.shard_range is not None:
+                raise ConfigError("--hosts goes with --shard-ids auto, not with a fixed range")
+            if self.shards is None:
+                pass  # the count comes from /gateway/bot; ranges are cut after the fetch
+            elif self.redis.hosts > self.shards:
+                raise ConfigError(f"--hosts {self.redis.hosts} is more than --shards {self.shards}")
         if not (math.isfinite(self.identify_interval_s) and self.identify_interval_s > 0):
             raise ConfigError(
                 f"--identify-interval must be a number of seconds > 0, got {self.identify_interval_s!r}"
@@ -104,6 +178,8 @@ class SupervisorConfig:
             raise ConfigError("--identify-margin must be a number of seconds >= 0")
         if not (math.isfinite(self.report_interval_s) and 0 < self.report_interval_s <= 60):
             raise ConfigError("--report-interval must be between 0 and 60 s")
+        if not (math.isfinite(self.checkpoint_interval_s) and 0 < self.checkpoint_interval_s <= 1):
+            raise ConfigError("the checkpoint interval must be > 0 and at most 1 s")
         if not (math.isfinite(self.limit_refresh_s) and self.limit_refresh_s > 0):
             raise ConfigError("the session-limit refresh interval must be > 0 s")
         if self.restart_policy.max_quick_deaths < 0:

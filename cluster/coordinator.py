@@ -16,6 +16,12 @@ time: every decision is :class:`cluster.identify_scheduler.IdentifyScheduler`'s.
   grant again, not a second one; ``release`` gives back an unused grant.
 - When the session-start budget runs out, one loud warning line names the
   reset time; ``status_json()`` says so for /health and /status.
+- With an :class:`IdentifyArbiter` (``--redis``: the buckets are shared by
+  several hosts), each grant the local scheduler is about to hand out is
+  first asked of the arbiter; a refusal puts the request back at the head of
+  its bucket until the arbiter says to ask again. So only the head of each
+  local bucket asks, once per identify; ``sent`` and unused grants are
+  reported to the arbiter too.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 import zmq.asyncio
@@ -37,7 +43,6 @@ from cluster.identify_scheduler import (
     Grant,
     IdentifyScheduler,
     SchedulerSnapshot,
-    default_sent_hold,
 )
 from cluster.router_service import RouterService
 from protocol.coordination import (
@@ -59,6 +64,22 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
+class IdentifyArbiter(Protocol):
+    """Whoever shares the identify buckets with other hosts (the Redis arbiter)."""
+
+    async def grant(self, shard_id: int) -> float | None:
+        """None: ``shard_id`` may IDENTIFY now; else the seconds to wait before asking again."""
+        ...
+
+    async def sent(self, shard_id: int) -> None:
+        """The IDENTIFY under the shard's grant was written."""
+        ...
+
+    async def release(self, shard_id: int) -> None:
+        """The shard's grant will not be used."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Requester:
     """Who asked: the peer's ZeroMQ routing id and the nonce of its acquire."""
@@ -78,6 +99,8 @@ class CoordinatorStats:
     bad_messages: int = 0
     #: IDENTIFYs reported sent: their bucket's spacing counts from the report.
     sent_reports: int = 0
+    #: Grants the arbiter (Redis) refused for now (the bucket busy on another host, ...).
+    arbiter_deferred: int = 0
 
 
 class Coordinator(RouterService):
@@ -99,8 +122,12 @@ class Coordinator(RouterService):
         context: zmq.asyncio.Context | None = None,
         clock: Clock = time.monotonic,
         on_grant: Callable[[Grant[Requester]], None] | None = None,
+        arbiter: IdentifyArbiter | None = None,
     ) -> None:
         super().__init__(endpoint, context)
+        self._arbiter = arbiter
+        #: Reports to the arbiter in flight (sent, release): never awaited by the serving loop.
+        self._reports: set[asyncio.Task[None]] = set()
         self._clock = clock
         self.scheduler: IdentifyScheduler[Requester] = IdentifyScheduler(
             max_concurrency,
@@ -226,6 +253,7 @@ class Coordinator(RouterService):
                 del self._granted[message.shard_id]
                 if self.scheduler.undelivered(grant, now):
                     self.stats.grants_released += 1
+                    self._report(message.shard_id, sent=False)
         elif isinstance(message, Sent):
             grant = self._granted.get(message.shard_id)
             if (
@@ -234,6 +262,7 @@ class Coordinator(RouterService):
                 and self.scheduler.sent(grant, now)
             ):
                 self.stats.sent_reports += 1
+                self._report(message.shard_id, sent=True)
         elif isinstance(message, StatusRequest):
             await self._send(sock, identity, self._status_reply(now))
         else:
@@ -260,6 +289,8 @@ class Coordinator(RouterService):
             if not grants:
                 break
             undelivered = False
+            if self._arbiter is not None:
+                grants = await self._arbitrate(grants)
             for grant in grants:
                 frame = GrantMessage(grant.shard_id, grant.requester.nonce).encode()
                 try:
@@ -268,6 +299,7 @@ class Coordinator(RouterService):
                     # EHOSTUNREACH (ROUTER_MANDATORY: the peer is gone) or EAGAIN (its queue is full).
                     self.scheduler.undelivered(grant, self._clock())
                     self.stats.grants_undelivered += 1
+                    self._report(grant.shard_id, sent=False)
                     undelivered = True
                     log.info(
                         "identify grant for shard %d not delivered (%s): refunded",
@@ -289,6 +321,36 @@ class Coordinator(RouterService):
             if not undelivered:
                 break
         self._warn_if_exhausted()
+
+    async def stop(self) -> None:
+        reports = list(self._reports)
+        if reports:
+            # A ``sent`` still on its way opens the shared bucket at the right time; bounded.
+            await asyncio.wait(reports, timeout=1.0)
+            for task in reports:
+                task.cancel()
+        await super().stop()
+
+    async def _arbitrate(self, grants: list[Grant[Requester]]) -> list[Grant[Requester]]:
+        """The grants the arbiter allows; the others wait at the head of their buckets."""
+        assert self._arbiter is not None
+        allowed: list[Grant[Requester]] = []
+        for grant in grants:
+            retry_after = await self._arbiter.grant(grant.shard_id)
+            if retry_after is None:
+                allowed.append(grant)
+            else:
+                self.stats.arbiter_deferred += 1
+                self.scheduler.deferred(grant, self._clock() + max(retry_after, 0.001))
+        return allowed
+
+    def _report(self, shard_id: int, *, sent: bool) -> None:
+        if self._arbiter is None:
+            return
+        call = self._arbiter.sent(shard_id) if sent else self._arbiter.release(shard_id)
+        task = asyncio.create_task(call, name=f"arbiter-report-{shard_id}")
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     def _warn_if_exhausted(self) -> None:
         snap = self.scheduler.snapshot()
@@ -315,31 +377,3 @@ class Coordinator(RouterService):
         # Replies other than grants are best effort: a gone peer needs no answer.
         with contextlib.suppress(zmq.ZMQError):
             await sock.send_multipart([identity, message.encode()], flags=zmq.DONTWAIT)
-
-
-async def run_coordinator(
-    endpoint: str,
-    max_concurrency: int,
-    interval: float,
-    total: int,
-    remaining: int,
-    reset_after: float,
-) -> None:
-    """Run a standalone coordinator on ``endpoint`` until cancelled (``cluster coordinator``).
-
-    ``reset_after`` is in seconds (``session_start_limit.reset_after`` / 1000).
-    """
-    coordinator = Coordinator(
-        endpoint,
-        max_concurrency=max_concurrency,
-        interval_s=interval,
-        session_total=total,
-        session_remaining=remaining,
-        reset_after_s=reset_after,
-        sent_hold_s=default_sent_hold(interval),
-    )
-    await coordinator.start()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await coordinator.stop()

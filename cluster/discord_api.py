@@ -84,6 +84,40 @@ async def fetch_gateway_bot(
     :class:`ApiResponseError`. ``session`` is used as is and left open.
     """
     url = gateway_bot_url(api_url)
+    body = await _get(url, token, session, timeout)
+    return parse_gateway_bot(body, url, token)
+
+
+async def fetch_bot_user_id(
+    api_url: str,
+    token: str,
+    session: aiohttp.ClientSession | None = None,
+    timeout: float = 10.0,  # noqa: ASYNC109 - as in fetch_gateway_bot
+) -> str:
+    """``GET {api_url}/users/@me``: the bot's user id (a snowflake, as a string).
+
+    Redis keys are namespaced by it (DESIGN.md section 6), so one Redis serves several bots.
+    """
+    url = api_url.rstrip("/") + "/users/@me"
+    body = await _get(url, token, session, timeout)
+    try:
+        user = orjson.loads(body)
+        user_id = str(user["id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise ApiResponseError(
+            f"GET {url} answered without a user id: {_quote(body, token)}"
+        ) from None
+    if not user_id.isdigit():
+        raise ApiResponseError(f"GET {url} answered a user id that is not a snowflake")
+    return user_id
+
+
+async def _get(
+    url: str,
+    token: str,
+    session: aiohttp.ClientSession | None,
+    timeout: float,  # noqa: ASYNC109
+) -> bytes:
     headers = {"Authorization": f"Bot {token}", "User-Agent": USER_AGENT}
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     own_session = session is None
@@ -117,7 +151,7 @@ async def fetch_gateway_bot(
             f"GET {url} answered HTTP {status}: {_quote(body, token)}",
             status,
         )
-    return parse_gateway_bot(body, url, token)
+    return body
 
 
 def parse_gateway_bot(body: bytes, url: str = "/gateway/bot", token: str = "") -> GatewayBot:

@@ -340,6 +340,29 @@ class IdentifyScheduler(Generic[R]):
             bucket.free_at = opens
         return True
 
+    def deferred(self, grant: Grant[R], until: float) -> bool:
+        """An arbiter above this scheduler (Redis, shared by several hosts) refused ``grant``.
+
+        The request goes back to the head of its bucket's queue with its
+        place in line, the session start is refunded and the bucket stays
+        closed until ``until`` (when the arbiter said to ask again). False
+        when the grant was already given back (nothing changes then).
+        """
+        issued = self._issued.pop(grant.serial, None)
+        if issued is None:
+            return False
+        if issued.epoch == self._epoch:
+            self._remaining = min(self._total, self._remaining + 1)
+        self._granted -= 1
+        bucket = self._buckets[issued.bucket]
+        if grant.shard_id not in bucket.queue:
+            bucket.queue[grant.shard_id] = _Pending(grant.requester, -1)
+            bucket.queue.move_to_end(grant.shard_id, last=False)
+        if bucket.last_serial == grant.serial:
+            bucket.awaiting = 0
+            bucket.free_at = max(issued.previous_free_at, until)
+        return True
+
     def confirm(self, grant: Grant[R]) -> None:
         """Forget what is needed to give ``grant`` back: it was used (or can no longer be refunded)."""
         self._issued.pop(grant.serial, None)

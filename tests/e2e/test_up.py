@@ -9,7 +9,6 @@ line. Every process group is killed at teardown, even on failure.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import os
 import shutil
@@ -76,34 +75,6 @@ def args_for(sim: Simulator, where: Path, *extra: str, interval: float = 0.1) ->
         "0.2",
         *extra,
     ]
-
-
-async def start_coordinator(
-    clusters: StartCluster,
-    endpoint: str,
-    *,
-    max_concurrency: int,
-    interval: float,
-    sessions: int = 1000,
-) -> ClusterProcess:
-    """``cluster coordinator`` bound to ``endpoint``, returned once it serves."""
-    coordinator: ClusterProcess = await clusters(
-        "--bind",
-        endpoint,
-        "--max-concurrency",
-        str(max_concurrency),
-        "--identify-interval",
-        str(interval),
-        "--session-total",
-        str(sessions),
-        "--session-remaining",
-        str(sessions),
-        "--reset-after",
-        "3600",
-        command="coordinator",
-    )
-    await coordinator.wait_text("identify coordinator on", 20)
-    return coordinator
 
 
 async def all_ready(run: ClusterProcess, within_s: float = 20.0) -> str:
@@ -377,29 +348,3 @@ async def test_a_sub_that_never_reads_costs_bounded_memory(
     run.signal(signal.SIGTERM)
     assert await run.wait(10) == 0
     await asyncio.sleep(0)
-
-
-async def test_two_hosts_share_one_coordinator_and_never_break_a_bucket(
-    sim_factory: SimFactory, clusters: StartCluster, short_dir: Path
-) -> None:
-    """Two `cluster up --shard-ids` (two hosts of one bot) and one `cluster coordinator`."""
-    interval = 0.1
-    sim = await sim_factory(shards=16, max_concurrency=2, identify_window_s=interval)
-    endpoint = f"ipc://{short_dir}/coordinator"
-    await start_coordinator(clusters, endpoint, max_concurrency=2, interval=interval)
-    hosts = []
-    for name, shard_ids in (("a", "0-7"), ("b", "8-15")):
-        where = short_dir / name
-        where.mkdir()
-        args = args_for(sim, where, "--shard-ids", shard_ids, "--coordinator", endpoint)
-        hosts.append(await clusters(*args))
-    for run in hosts:
-        await all_ready(run, within_s=30)
-    record = sim.record
-    assert not record.violations_of(ViolationKind.IDENTIFY_RATE_LIMIT)
-    assert sorted(r.shard_id or 0 for r in record.identifies) == list(range(16))
-    assert all(r.outcome is IdentifyOutcome.ACCEPTED for r in record.identifies)
-    for bucket in (0, 1):
-        times = sorted(r.at for r in record.identifies if (r.shard_id or 0) % 2 == bucket)
-        gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert min(gaps) >= interval, f"bucket {bucket}: IDENTIFYs {min(gaps):.3f} s apart"

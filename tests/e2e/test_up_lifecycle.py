@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from simulator import ViolationKind
 from tests.conftest import SimFactory
 from tests.e2e.cluster_process import clusters, http_get, wait_http
-from tests.e2e.test_up import all_ready, args_for, short_dir, start_coordinator
+from tests.e2e.test_up import all_ready, args_for, short_dir
 
 __all__ = ["clusters", "short_dir"]
 
@@ -98,24 +97,18 @@ async def test_a_stuck_worker_is_killed_and_its_shards_resume(
     assert len(sim.record.identifies) == 2
 
 
-async def test_an_external_coordinator_grants_the_identifies(
+async def test_the_retired_coordinator_points_to_redis(
     sim_factory: SimFactory, clusters: StartCluster, short_dir: Path
 ) -> None:
-    sim = await sim_factory(shards=4, max_concurrency=2, identify_window_s=0.1)
-    endpoint = f"ipc://{short_dir}/coordinator"
-    coordinator = await start_coordinator(
-        clusters, endpoint, max_concurrency=2, interval=0.15, sessions=100
-    )
-    run = await clusters(*args_for(sim, short_dir, "--coordinator", endpoint))
-    url = await all_ready(run)
-    _, body = await http_get(f"{url}/status")
-    assert body["identify"] is None  # the budget lives in the external coordinator
-    assert len(sim.record.accepted_identifies()) == 4
-    assert not sim.record.violations_of(ViolationKind.IDENTIFY_RATE_LIMIT)
-    run.signal(signal.SIGTERM)
-    assert await run.wait(10) == 0
-    coordinator.signal(signal.SIGINT)
-    assert await coordinator.wait(10) == 0
+    sim = await sim_factory(shards=1)
+    coordinator = await clusters("--bind", "tcp://127.0.0.1:5557", command="coordinator")
+    assert await coordinator.wait(10) == 2
+    run = await clusters(*args_for(sim, short_dir, "--coordinator", "tcp://127.0.0.1:5557"))
+    assert await run.wait(10) == 2
+    for process in (coordinator, run):
+        lines = [line for line in process.raw if line.strip()]
+        assert len(lines) == 1 and "--redis" in lines[0], lines
+    assert not sim.record.identifies
 
 
 async def test_a_second_signal_exits_at_once(

@@ -25,7 +25,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from cluster.coordinator import Coordinator, Requester, run_coordinator
+from cluster.coordinator import Coordinator, Requester
 from cluster.identify_scheduler import Grant
 from protocol.coordination import (
     Acquire,
@@ -438,23 +438,6 @@ async def test_malformed_frames_get_an_error_and_cost_nothing() -> None:
         assert coord.snapshot().remaining == 999
 
 
-async def test_run_coordinator_serves_until_cancelled(tmp_path: Path) -> None:
-    endpoint = f"ipc://{tmp_path}/standalone.sock"
-    task = asyncio.create_task(run_coordinator(endpoint, 1, 0.05, 1000, 10, 100.0))
-    try:
-        async with (
-            IdentifyClient(endpoint, resend_interval_s=0.1) as client,
-            asyncio.timeout(TIMEOUT),
-        ):
-            await client.acquire(0)
-            reply = await client.status()
-        assert reply.remaining == 9 and reply.total == 1000
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-
 async def test_closing_the_client_fails_its_waiting_acquires() -> None:
     async with running("tcp://127.0.0.1:0", interval_s=30.0) as (coord, _):
         assert coord.running
@@ -471,3 +454,40 @@ async def test_closing_the_client_fails_its_waiting_acquires() -> None:
         with pytest.raises(IdentifyClientClosedError):
             await client.acquire(2)
     assert not coord.running
+
+
+class RefusingOnce:
+    """An arbiter (the shape of the Redis one) that makes each shard's first ask wait."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self.asked: list[int] = []
+        self.sent_ids: list[int] = []
+        self.released: list[int] = []
+
+    async def grant(self, shard_id: int) -> float | None:
+        self.asked.append(shard_id)
+        return self.wait_s if self.asked.count(shard_id) == 1 else None
+
+    async def sent(self, shard_id: int) -> None:
+        self.sent_ids.append(shard_id)
+
+    async def release(self, shard_id: int) -> None:
+        self.released.append(shard_id)
+
+
+async def test_an_arbiter_is_asked_once_per_grant_and_told_of_sent_and_released() -> None:
+    arbiter = RefusingOnce(0.2)
+    async with running("tcp://127.0.0.1:0", max_concurrency=2, arbiter=arbiter) as (coord, log):
+        client = IdentifyClient(coord.endpoint, resend_interval_s=0.1)
+        async with client:
+            started = time.monotonic()
+            async with asyncio.timeout(TIMEOUT):
+                await asyncio.gather(client.acquire(0), client.acquire(1))
+            assert time.monotonic() - started >= 0.2
+            assert sorted(arbiter.asked) == [0, 0, 1, 1]  # only heads ask, once per try
+            assert coord.stats.arbiter_deferred == 2
+            assert coord.snapshot().remaining == 998  # a refusal refunds the local start
+            client.sent(0)
+            await wait_until(lambda: arbiter.sent_ids == [0])
+            assert sorted(log.shard_ids()) == [0, 1]

@@ -6,6 +6,7 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import pytest
@@ -42,6 +43,7 @@ async def serve(handler: Handler) -> AsyncIterator[tuple[str, list[web.Request]]
 
     app = web.Application()
     app.router.add_get("/api/v10/gateway/bot", recording)
+    app.router.add_get("/api/v10/users/@me", recording)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     sock = socket.socket()
@@ -205,3 +207,24 @@ async def test_against_the_simulator() -> None:
         assert bot.url.startswith("ws://127.0.0.1:")
         with pytest.raises(AuthenticationError):
             await fetch_gateway_bot(sim.rest_url, "wrong-token")
+
+
+async def test_the_bot_user_id_comes_from_users_me(sim_factory: Any) -> None:
+    from cluster.discord_api import fetch_bot_user_id
+
+    sim = await sim_factory(shards=1)
+    user_id = await fetch_bot_user_id(sim.rest_url, sim.config.token)
+    assert user_id.isdigit()
+    with pytest.raises(AuthenticationError):
+        await fetch_bot_user_id(sim.rest_url, "wrong-token")
+
+
+async def test_a_users_me_without_an_id_is_one_clear_error() -> None:
+    from cluster.discord_api import fetch_bot_user_id
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"username": "x"})
+
+    async with serve(handler) as (url, _):
+        with pytest.raises(ApiResponseError, match="without a user id"):
+            await fetch_bot_user_id(url, "secret-token")

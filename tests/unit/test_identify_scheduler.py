@@ -410,3 +410,33 @@ def test_reported_sends_of_a_bucket_are_always_an_interval_apart(
         if deadline is not None:
             now = max(now, deadline)
     assert all(b - a >= INTERVAL - 1e-9 for a, b in itertools.pairwise(sorted(sends)))
+
+
+def test_a_deferred_grant_goes_back_to_the_head_and_its_bucket_waits() -> None:
+    """An arbiter above (Redis) refused: the shard keeps its place, the start is refunded."""
+    s = make(mc=2, remaining=10)
+    for shard in (0, 2, 4, 1):
+        s.request(shard, "w", 0.0)
+    first = s.poll(0.0)
+    assert sorted(shards(first)) == [0, 1]
+    refused = next(g for g in first if g.shard_id == 0)
+    assert s.deferred(refused, until=3.0)
+    assert not s.deferred(refused, until=3.0)  # once only
+    assert s.remaining == 9 and s.snapshot().granted == 1
+    assert s.poll(2.999) == []
+    assert s.next_deadline(1.0) == 3.0
+    assert shards(s.poll(3.0)) == [0]  # the head again, before 2 and 4
+    assert shards(s.poll(3.0 + INTERVAL)) == [2]
+
+
+def test_deferring_a_grant_never_opens_its_bucket_before_its_previous_slot() -> None:
+    s = make(mc=1, remaining=10)
+    s.request(0, "w", 0.0)
+    s.request(1, "w", 0.0)
+    (g0,) = s.poll(0.0)
+    (g1,) = s.poll(INTERVAL)
+    assert s.deferred(g1, until=INTERVAL + 0.5)
+    # g0's slot still spaces the bucket; the deferral only adds to it
+    assert s.next_deadline(INTERVAL) == INTERVAL + 0.5
+    assert shards(s.poll(INTERVAL + 0.5)) == [1]
+    assert g0.shard_id == 0
