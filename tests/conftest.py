@@ -221,3 +221,38 @@ async def raw_clients() -> AsyncIterator[Callable[..., Awaitable[RawClient]]]:
     finally:
         for client in clients:
             await client.close()
+
+
+# -- Redis (tests/redis_server.py) ----------------------------------------------------
+# Appended after the fixtures above, hence the late imports.
+import shutil  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+from tests.redis_server import RedisServer  # noqa: E402
+
+RedisFactory = Callable[..., RedisServer]
+
+
+@pytest.fixture
+def redis_factory() -> Iterator[RedisFactory]:
+    """``make(appendonly=False, bind="127.0.0.1")`` -> a started RedisServer; all stopped at teardown."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    started: list[RedisServer] = []
+
+    def make(appendonly: bool = False, bind: str = "127.0.0.1") -> RedisServer:
+        server = RedisServer(appendonly=appendonly, bind=bind)
+        started.append(server)
+        return server.start()
+
+    try:
+        yield make
+    finally:
+        for server in reversed(started):
+            server.close()
+
+
+@pytest.fixture
+def redis_server(redis_factory: RedisFactory) -> RedisServer:
+    """A started redis-server (AOF off) on 127.0.0.1, stopped at teardown."""
+    return redis_factory()

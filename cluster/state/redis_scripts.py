@@ -1,0 +1,316 @@
+"""Every Lua script the Redis arbiter runs, as constants (DESIGN.md section 6).
+
+Each script is registered once per client by :class:`cluster.state.redis_state.RedisState`
+(``register_script``) and called by SHA; redis-py's ``AsyncScript`` loads it again on
+NOSCRIPT, since the script cache "is always volatile" (a restart or a failover flushes it).
+
+Rules every script keeps (STYLE.md, wave 2 anchors 1-3):
+
+- every key it touches arrives in ``KEYS``, all under one bot's ``tc:{<bot_id>}:`` prefix;
+- "now" is Redis's own clock (``TIME``), never the caller's, so hosts with skewed clocks
+  agree; Redis 7 replicates a script's effects, so reading ``TIME`` before a write is safe;
+- a script that writes on behalf of a lease holder compares the whole lease value
+  ``"<holder>|<token>"`` inside the script and returns a code; Python maps a mismatch to
+  ``LeaseLostError`` / ``GrantOutcome.LEASE_LOST``, never a silent write;
+- the text is fixed at import time (two shared snippets are joined into the constants
+  once), never generated per call: every distinct text is a new entry in the script cache.
+
+Numbers cross the boundary as integers: Lua numbers are doubles, exact for millisecond
+timestamps (13 digits), and Redis truncates them to integer replies.
+"""
+
+from __future__ import annotations
+
+# Redis's clock in milliseconds, as a local `now`.
+_NOW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
+# The budget hash as (remaining, total, reset_at_ms, rolled), or nil when absent or
+# incomplete. A window whose reset time has passed rolls over: remaining = total and
+# reset_at moves on by whole days until it is in the future (Discord's daily
+# session_start_limit, Get Gateway Bot).
+_READ_BUDGET_FN = """
+local function read_budget(key, now)
+  local v = redis.call('HMGET', key, 'remaining', 'total', 'reset_at_ms')
+  local remaining, total, reset_at = tonumber(v[1]), tonumber(v[2]), tonumber(v[3])
+  if not (remaining and total and reset_at) then
+    return nil
+  end
+  local rolled = false
+  if now >= reset_at then
+    reset_at = reset_at + (math.floor((now - reset_at) / 86400000) + 1) * 86400000
+    remaining = total
+    rolled = true
+  end
+  return remaining, total, reset_at, rolled
+end
+"""
+
+# KEYS[1] - layout hash (fields shards, max_concurrency)
+# ARGV[1] - shards this host computed
+# ARGV[2] - max_concurrency this host computed
+# return {shards, max_concurrency} as stored after the call: ours when the hash was
+#        absent (or incomplete) and has just been written, otherwise the one another host
+#        wrote first (the caller compares and refuses to run on a mismatch)
+CLAIM_LAYOUT = """
+local v = redis.call('HMGET', KEYS[1], 'shards', 'max_concurrency')
+local shards, max_concurrency = tonumber(v[1]), tonumber(v[2])
+if shards and max_concurrency then
+  return {shards, max_concurrency}
+end
+redis.call('HSET', KEYS[1], 'shards', ARGV[1], 'max_concurrency', ARGV[2])
+return {tonumber(ARGV[1]), tonumber(ARGV[2])}
+"""
+
+# KEYS[1] - lease key, value "<holder>|<token>"
+# KEYS[2] - the range's fencing counter
+# ARGV[1] - holder (the caller)
+# ARGV[2] - ttl in milliseconds
+# return the fencing token when the lease is the caller's after the call: a new token
+#        from INCR on the counter when the lease was free, the lease's own token (TTL
+#        refreshed) when the caller already held it; nil when another holder has it
+ACQUIRE_LEASE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local holder, token = string.match(current, '^(.*)|(%d+)$')
+  if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(token)
+  end
+  return false
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return token
+"""
+
+# KEYS[1] - lease key
+# KEYS[2] - the range's fencing counter
+# ARGV[1] - the caller's lease value "<holder>|<token>"
+# ARGV[2] - ttl in milliseconds
+# ARGV[3] - the caller's token
+# return {1} when the lease was the caller's and its TTL is renewed;
+#        {2} when the key was gone (Redis restarted empty, or it expired and nobody took
+#        it): the lease is written again with the same value and the counter is raised to
+#        at least the token, so the next acquisition still gets a higher one;
+#        {0, value} when another holder has it
+RENEW_LEASE = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1}
+end
+if current then
+  return {0, current}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local fence = tonumber(redis.call('GET', KEYS[2]))
+if not fence or fence < tonumber(ARGV[3]) then
+  redis.call('SET', KEYS[2], ARGV[3])
+end
+return {2}
+"""
+
+# KEYS[1] - lease key
+# ARGV[1] - the caller's lease value "<holder>|<token>"
+# return 1 if the lease was the caller's and is deleted, otherwise 0
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# KEYS[1..n] - lease keys
+# return {value_1, pttl_1, ..., value_n, pttl_n}: each lease's "<holder>|<token>" (nil
+#        when absent) and its remaining TTL in milliseconds (PTTL: -2 absent, -1 none),
+#        read at one instant
+READ_LEASES = """
+local out = {}
+for i = 1, #KEYS do
+  out[2 * i - 1] = redis.call('GET', KEYS[i])
+  out[2 * i] = redis.call('PTTL', KEYS[i])
+end
+return out
+"""
+
+# KEYS[1] - lease key
+# KEYS[2] - cold-start guard (boot), Redis time in ms of the first grant request
+# KEYS[3] - identify bucket idb:<shard_id % max_concurrency>
+# KEYS[4] - budget hash (remaining, total, reset_at_ms)
+# ARGV[1] - the caller's lease value "<holder>|<token>"
+# ARGV[2] - the grant value "<shard_id>|<holder>|<token>"
+# ARGV[3] - hold_ms: how long the bucket stays taken until the IDENTIFY is written
+# ARGV[4] - reserve: sessions of the budget never granted
+# ARGV[5] - cold_start_ms: no grant until this long after the guard was (re)written
+# return {outcome, retry_after_ms, remaining}, checked in this order:
+#        "lease_lost"  the lease is not the caller's (retry 0, remaining -1);
+#        "cold_start"  the guard is absent (just written now) or younger than
+#                      cold_start_ms: Redis lost what the buckets held, so wait out one
+#                      identify interval (retry = the rest, remaining -1);
+#        "bucket_busy" the bucket is held (retry = its PTTL, remaining -1);
+#        "budget_low"  remaining <= reserve (retry = until the reset, remaining);
+#        "granted"     the bucket is taken for hold_ms and one session spent
+#                      (remaining after it, -1 when no budget is known)
+TRY_IDENTIFY = (
+    _NOW
+    + _READ_BUDGET_FN
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {'lease_lost', 0, -1}
+end
+local cold_start = tonumber(ARGV[5])
+local boot = tonumber(redis.call('GET', KEYS[2]))
+if not boot then
+  redis.call('SET', KEYS[2], now)
+  if cold_start > 0 then
+    return {'cold_start', cold_start, -1}
+  end
+elseif now - boot < cold_start then
+  return {'cold_start', cold_start - (now - boot), -1}
+end
+local held = redis.call('PTTL', KEYS[3])
+if held ~= -2 then
+  if held < 0 then
+    held = tonumber(ARGV[3])
+  end
+  return {'bucket_busy', held, -1}
+end
+local remaining, total, reset_at, rolled = read_budget(KEYS[4], now)
+if remaining then
+  if rolled then
+    redis.call('HSET', KEYS[4], 'remaining', remaining, 'reset_at_ms', reset_at)
+  end
+  if remaining <= tonumber(ARGV[4]) then
+    return {'budget_low', reset_at - now, remaining}
+  end
+end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+if remaining then
+  remaining = redis.call('HINCRBY', KEYS[4], 'remaining', -1)
+else
+  remaining = -1
+end
+return {'granted', 0, remaining}
+"""
+)
+
+# KEYS[1] - identify bucket idb:<bucket>
+# ARGV[1] - the caller's grant value "<shard_id>|<holder>|<token>"
+# ARGV[2] - spacing_ms: how long the bucket stays taken from now (the IDENTIFY was just
+#           written, so the identify interval counts from here)
+# return 1 if the bucket held the caller's grant and is now held for spacing_ms, else 0
+IDENTIFY_SENT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+
+# KEYS[1] - identify bucket idb:<bucket>
+# KEYS[2] - budget hash
+# ARGV[1] - the caller's grant value "<shard_id>|<holder>|<token>"
+# return 1 if the bucket held the caller's (unused) grant: it is freed and the session
+#        refunded to the budget (never above total); otherwise 0
+IDENTIFY_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+local v = redis.call('HMGET', KEYS[2], 'remaining', 'total')
+local remaining, total = tonumber(v[1]), tonumber(v[2])
+if remaining and total and remaining < total then
+  redis.call('HSET', KEYS[2], 'remaining', remaining + 1)
+end
+return 1
+"""
+
+# KEYS[1] - budget hash (remaining, total, reset_at_ms)
+# ARGV[1] - remaining, as Discord reports it (GET /gateway/bot session_start_limit)
+# ARGV[2] - total
+# ARGV[3] - reset_after in milliseconds
+# return {remaining, total, reset_after_ms} as stored after the call. Discord's numbers
+#        are taken when no budget is stored, when the stored window has ended, or when
+#        Discord's reset is more than 60 s after the stored one (a new window); within
+#        the same window remaining only goes down (the lower of the two), because grants
+#        already spent here may not show in Discord's answer yet. total and the reset
+#        time are always Discord's.
+SYNC_BUDGET = (
+    _NOW
+    + """
+local given, total, reset_after = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local reset_at = now + reset_after
+local v = redis.call('HMGET', KEYS[1], 'remaining', 'reset_at_ms')
+local stored, stored_reset = tonumber(v[1]), tonumber(v[2])
+local remaining = given
+if stored and stored_reset and now < stored_reset and reset_at <= stored_reset + 60000 then
+  remaining = math.min(stored, given)
+end
+redis.call('HSET', KEYS[1], 'remaining', remaining, 'total', total, 'reset_at_ms', reset_at)
+return {remaining, total, reset_after}
+"""
+)
+
+# KEYS[1] - budget hash
+# return {remaining, total, reset_after_ms} (rolled over if the window has ended; read
+#        only, the next grant writes the roll-over), or nil when no budget is stored
+READ_BUDGET = (
+    _NOW
+    + _READ_BUDGET_FN
+    + """
+local remaining, total, reset_at = read_budget(KEYS[1], now)
+if not remaining then
+  return false
+end
+return {remaining, total, reset_at - now}
+"""
+)
+
+# KEYS[1] - lease key
+# KEYS[2..n+1] - session keys sess:<shard>
+# ARGV[1] - the caller's lease value "<holder>|<token>"
+# ARGV[2] - the caller's fencing token
+# ARGV[3] - ttl of each written session in milliseconds
+# ARGV[4..n+3] - for KEYS[i + 1]: the session JSON (carrying "fence": token) to write,
+#                or "" to delete it
+# return {1, skipped} when the batch is applied; skipped counts sessions left alone
+#        because a holder with a higher fencing token wrote them (never overwritten,
+#        never deleted by a lower one);
+#        {0, value} when the lease is not the caller's (value: the current holder's
+#        lease value, nil when nobody holds it); nothing is written then
+CHECKPOINT = """
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[1] then
+  return {0, current}
+end
+local token = tonumber(ARGV[2])
+local skipped = 0
+for i = 2, #KEYS do
+  local newer = false
+  local stored = redis.call('GET', KEYS[i])
+  if stored then
+    local ok, doc = pcall(cjson.decode, stored)
+    if ok and type(doc) == 'table' then
+      local fence = tonumber(doc['fence'])
+      newer = fence ~= nil and fence > token
+    end
+  end
+  local value = ARGV[i + 2]
+  if newer then
+    skipped = skipped + 1
+  elseif value == '' then
+    redis.call('DEL', KEYS[i])
+  else
+    redis.call('SET', KEYS[i], value, 'PX', ARGV[3])
+  end
+end
+return {1, skipped}
+"""
