@@ -225,6 +225,7 @@ async def raw_clients() -> AsyncIterator[Callable[..., Awaitable[RawClient]]]:
 
 # -- Redis (tests/redis_server.py) ----------------------------------------------------
 # Appended after the fixtures above, hence the late imports.
+import os  # noqa: E402
 import shutil  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 
@@ -237,6 +238,8 @@ RedisFactory = Callable[..., RedisServer]
 def redis_factory() -> Iterator[RedisFactory]:
     """``make(appendonly=False, bind="127.0.0.1")`` -> a started RedisServer; all stopped at teardown."""
     if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is not installed: .ci/run must install it in CI")
         pytest.skip("redis-server is not installed (.ci/run installs it)")
     started: list[RedisServer] = []
 
