@@ -14,8 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from cluster.status import READY_STATE, ClusterStatus
+from cluster.status import ClusterStatus
 from cluster.status_page import STATUS_PAGE_HTML
+from protocol.session import ShardPhase
 
 
 class ClusterCollector(Collector):
@@ -54,7 +55,7 @@ class ClusterCollector(Collector):
                 events.add_metric([label, event_type], count)
             if shard.latency_ms is not None:
                 latency.add_metric([label], shard.latency_ms / 1000.0)
-            ready.add_metric([label], 1.0 if shard.state == READY_STATE else 0.0)
+            ready.add_metric([label], 1.0 if shard.state is ShardPhase.READY else 0.0)
             reconnects.add_metric([label], shard.reconnects)
             resumes.add_metric([label], shard.resumes)
             identifies.add_metric([label], shard.identifies)

@@ -20,8 +20,9 @@ second) are decoded and handed to the supervisor's callback.
 :class:`SessionBook` is the pure bookkeeping: the last published
 ``(epoch, seq)`` per shard, which is what dedupes a RESUME's replay, and each
 shard's current session from its reports. A replacement worker RESUMEs from
-``resume_point(shard)``: the last seq the supervisor *published*, so every
-``(shard_id, seq)`` reaches the PUB socket exactly once, across a SIGKILL.
+``resume_point(shard)`` (a :class:`protocol.session.Session`): the last seq
+the supervisor *published*, so every ``(shard_id, seq)`` reaches the PUB
+socket exactly once, across a SIGKILL.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ import asyncio
 import functools
 import struct
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import zmq
@@ -42,6 +42,7 @@ from cluster.status import RelayCounters
 from protocol import ipc
 from protocol.errors import WireFormatError
 from protocol.pubframe import HEADER_TEMPLATE
+from protocol.session import Session
 
 #: Messages handled per wake-up before yielding to the event loop.
 DEFAULT_BATCH: Final = 2000
@@ -61,27 +62,26 @@ _NOBLOCK: Final = int(zmq.NOBLOCK)
 _RCVMORE: Final = int(zmq.RCVMORE)
 
 
-@dataclass(frozen=True, slots=True)
-class ResumePoint:
-    """What a replacement worker (or the next ``cluster up``) RESUMEs a shard with."""
-
-    session_id: str
-    seq: int
-    resume_url: str
-
-
 class SessionBook:
-    """Per shard: the last published seq per session epoch, and the current session."""
+    """Per shard: the last published seq per session epoch, and the current session.
 
-    __slots__ = ("_current", "_older", "_sessions")
+    ``version`` goes up whenever what :meth:`resume_points` would return may
+    have changed (a published seq, a session): a checkpointer compares it with
+    the version it last wrote instead of rebuilding the sessions to find out.
+    """
+
+    __slots__ = ("_current", "_older", "_sessions", "version")
 
     def __init__(self) -> None:
         #: shard -> [epoch, last published seq] of the newest epoch seen on the PUB socket
         self._current: dict[int, list[int]] = {}
         #: shard -> {epoch: last published seq} of earlier epochs (a few per shard)
         self._older: dict[int, dict[int, int]] = {}
-        #: shard -> (session_id, resume_url) from the worker's latest report
-        self._sessions: dict[int, tuple[str, str]] = {}
+        #: shard -> its current session, from the worker's latest report (or the saved
+        #: file). Its seq is not read: the published seq above is the one that counts.
+        self._sessions: dict[int, Session] = {}
+        #: Bumped on every change of a published seq or of a session.
+        self.version = 0
 
     def admit(self, shard_id: int, epoch: int, seq: int, count: int) -> int:
         """How many of the ``count`` events ``seq .. seq+count-1`` are already published.
@@ -95,12 +95,14 @@ class SessionBook:
             if last <= done:
                 return count
             current[1] = last
+            self.version += 1
             return max(0, done - seq + 1)
         return self._admit_other_epoch(shard_id, epoch, seq, last, count, current)
 
     def _admit_other_epoch(
         self, shard_id: int, epoch: int, seq: int, last: int, count: int, current: list[int] | None
     ) -> int:
+        self.version += 1
         older = self._older.setdefault(shard_id, {})
         done = older.pop(epoch, None)
         if current is not None:
@@ -124,27 +126,33 @@ class SessionBook:
 
     def on_session(self, shard_id: int, session_id: str | None, resume_url: str | None) -> None:
         """A worker reported the shard's session (None: it has none to resume)."""
+        known = self._sessions.get(shard_id)
         if session_id and resume_url:
-            self._sessions[shard_id] = (session_id, resume_url)
-        else:
-            self._sessions.pop(shard_id, None)
+            if known is None or known.session_id != session_id or known.resume_url != resume_url:
+                self._sessions[shard_id] = Session(session_id, 0, resume_url)
+                self.version += 1
+        elif known is not None:
+            del self._sessions[shard_id]
+            self.version += 1
 
-    def seed(self, shard_id: int, session_id: str, seq: int, resume_url: str) -> None:
-        """A saved session from the previous run: its events up to ``seq`` were published."""
-        self._sessions[shard_id] = (session_id, resume_url)
-        epoch = ipc.session_epoch(session_id)
-        if self.published(shard_id, epoch) < seq:
-            self.admit(shard_id, epoch, 1, seq)
+    def seed(self, shard_id: int, session: Session) -> None:
+        """A saved session from the previous run: its events up to ``session.seq`` were published."""
+        self._sessions[shard_id] = session
+        self.version += 1
+        epoch = ipc.session_epoch(session.session_id)
+        if self.published(shard_id, epoch) < session.seq:
+            self.admit(shard_id, epoch, 1, session.seq)
 
-    def resume_point(self, shard_id: int) -> ResumePoint | None:
+    def resume_point(self, shard_id: int) -> Session | None:
+        """The shard's session at the last seq published: where a RESUME starts."""
         session = self._sessions.get(shard_id)
         if session is None:
             return None
-        session_id, resume_url = session
-        seq = self.published(shard_id, ipc.session_epoch(session_id))
-        return ResumePoint(session_id, seq, resume_url)
+        seq = self.published(shard_id, ipc.session_epoch(session.session_id))
+        return session if session.seq == seq else session.with_seq(seq)
 
-    def resume_points(self, shard_ids: tuple[int, ...] | list[int]) -> dict[int, ResumePoint]:
+    def resume_points(self, shard_ids: Iterable[int]) -> dict[int, Session]:
+        """:meth:`resume_point` of each of ``shard_ids`` that has a session."""
         points = {s: self.resume_point(s) for s in shard_ids}
         return {s: p for s, p in points.items() if p is not None}
 

@@ -1,11 +1,17 @@
 """The session store: shard sessions saved to ``--state-dir`` so a restart RESUMEs.
 
-One JSON file, written atomically (temp file, fsync, rename) with mode 0600.
-It is keyed by a fingerprint of the token (a truncated SHA-256, never the
-token) and by the total shard count: sessions of another bot or of another
-shard layout are never offered for resume. Sessions older than ``max_age_s``
-are skipped: Discord keeps a dropped session resumable for "a few minutes",
-and a resume that fails anyway only costs a round trip before the IDENTIFY.
+One JSON file, written atomically (temp file, fsync, rename, fsync of the
+directory) with mode 0600. It is keyed by a fingerprint of the token (a
+truncated SHA-256, never the token) and by the total shard count: sessions of
+another bot or of another shard layout are never offered for resume. A file
+older than ``max_age_s`` (one ``saved_at`` for the whole file) offers nothing:
+Discord keeps a dropped session resumable for "a few minutes", and a resume
+that fails anyway only costs a round trip before the IDENTIFY.
+
+Format 2 (format 1 had a ``saved_at`` per session, and is still read)::
+
+    {"format": 2, "token_fingerprint": "...", "total_shards": 16, "saved_at": 1700000000.0,
+     "sessions": {"0": {"session_id": "...", "seq": 41, "resume_url": "wss://..."}}}
 """
 
 from __future__ import annotations
@@ -15,23 +21,19 @@ import hashlib
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
-STATE_FORMAT_VERSION: Final = 1
+from protocol.session import Session
+
+STATE_FORMAT_VERSION: Final = 2
+#: The format before ``saved_at`` moved from each session to the file; still read.
+_FORMAT_V1: Final = 1
 SESSIONS_FILE: Final = "sessions.json"
 DEFAULT_MAX_AGE_S: Final = 600.0
-
-
-@dataclass(frozen=True, slots=True)
-class SavedSession:
-    session_id: str
-    seq: int
-    resume_url: str
-    saved_at: float
 
 
 def token_fingerprint(token: str) -> str:
@@ -60,21 +62,16 @@ class SessionStore:
         self._fingerprint = token_fingerprint(token)
         self._total_shards = total_shards
 
-    def save(self, sessions: dict[int, SavedSession]) -> None:
-        """Replace the saved sessions atomically."""
+    def save(self, sessions: Mapping[int, Session], saved_at: float | None = None) -> None:
+        """Replace the saved sessions atomically; ``saved_at`` (wall clock) defaults to now."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         document: dict[str, Any] = {
             "format": STATE_FORMAT_VERSION,
             "token_fingerprint": self._fingerprint,
             "total_shards": self._total_shards,
+            "saved_at": time.time() if saved_at is None else saved_at,
             "sessions": {
-                str(shard_id): {
-                    "session_id": s.session_id,
-                    "seq": s.seq,
-                    "resume_url": s.resume_url,
-                    "saved_at": s.saved_at,
-                }
-                for shard_id, s in sorted(sessions.items())
+                str(shard_id): session.to_json() for shard_id, session in sorted(sessions.items())
             },
         }
         fd, tmp = tempfile.mkstemp(prefix=".sessions-", dir=self.path.parent)
@@ -89,10 +86,16 @@ class SessionStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        # The rename is durable once the directory entry is on disk too.
+        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def load(
         self, max_age_s: float = DEFAULT_MAX_AGE_S, now: float | None = None
-    ) -> dict[int, SavedSession]:
+    ) -> dict[int, Session]:
         """Sessions that may still be resumed; anything unreadable or foreign is ignored."""
         now = time.time() if now is None else now
         try:
@@ -101,28 +104,35 @@ class SessionStore:
             return {}
         if (
             not isinstance(document, dict)
-            or document.get("format") != STATE_FORMAT_VERSION
+            or document.get("format") not in (STATE_FORMAT_VERSION, _FORMAT_V1)
             or document.get("token_fingerprint") != self._fingerprint
             or document.get("total_shards") != self._total_shards
             or not isinstance(document.get("sessions"), dict)
         ):
             return {}
-        sessions: dict[int, SavedSession] = {}
+        v1 = document["format"] == _FORMAT_V1
+        if not v1 and not _fresh(document.get("saved_at"), now, max_age_s):
+            return {}
+        sessions: dict[int, Session] = {}
         for key, raw in document["sessions"].items():
             try:
                 shard_id = int(key)
-                session = SavedSession(
-                    session_id=str(raw["session_id"]),
-                    seq=int(raw["seq"]),
-                    resume_url=str(raw["resume_url"]),
-                    saved_at=float(raw["saved_at"]),
-                )
-            except (KeyError, TypeError, ValueError):
+                session = Session.from_json(raw)
+            except ValueError:
                 continue
-            if 0 <= shard_id < self._total_shards and 0 <= now - session.saved_at <= max_age_s:
+            if v1 and not _fresh(raw.get("saved_at"), now, max_age_s):
+                continue
+            if 0 <= shard_id < self._total_shards:
                 sessions[shard_id] = session
         return sessions
 
     def clear(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _fresh(saved_at: object, now: float, max_age_s: float) -> bool:
+    """True when ``saved_at`` is a time at most ``max_age_s`` before ``now``."""
+    if isinstance(saved_at, bool) or not isinstance(saved_at, int | float):
+        return False
+    return 0 <= now - saved_at <= max_age_s

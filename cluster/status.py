@@ -1,36 +1,28 @@
 """The supervisor's live picture of the cluster: every shard and every worker.
 
-The supervisor writes into it from worker reports; the HTTP endpoint reads it
-for /health, /status, /metrics and the status page. Nothing here does I/O,
-and nothing here may ever hold the token.
+The supervisor writes into it: worker reports through :meth:`ClusterStatus.apply_report`,
+worker slot changes through :meth:`ClusterStatus.apply_worker` (the worker pool's
+``on_change`` hook). The HTTP endpoint reads it for /health, /status, /metrics
+and the status page. Nothing here does I/O, and nothing here may ever hold the token.
 """
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-#: The shard state names shown in /status (the worker's phases, by value).
-READY_STATE = "ready"
-
-
-class WorkerState(enum.Enum):
-    SPAWNING = "spawning"
-    RUNNING = "running"
-    BACKOFF = "backoff"
-    STOPPING = "stopping"
-    EXITED = "exited"
-    GIVEN_UP = "given_up"
+from cluster.workers import WorkerSlot, WorkerState
+from protocol import ipc
+from protocol.session import ShardPhase
 
 
 @dataclass(slots=True)
 class ShardStatus:
     shard_id: int
     worker_id: int
-    state: str = "disconnected"
+    state: ShardPhase = ShardPhase.DISCONNECTED
     latency_ms: float | None = None
     seq: int = 0
     identifies: int = 0
@@ -43,7 +35,7 @@ class ShardStatus:
     def to_json(self) -> dict[str, Any]:
         return {
             "shard_id": self.shard_id,
-            "state": self.state,
+            "state": self.state.value,
             "worker_id": self.worker_id,
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 2),
             "seq": self.seq,
@@ -59,6 +51,7 @@ class WorkerStatus:
     worker_id: int
     shard_ids: tuple[int, ...]
     pid: int | None = None
+    #: A slot not spawned yet (PLANNED) is shown as spawning: it is about to be.
     state: WorkerState = WorkerState.SPAWNING
     restarts: int = 0
 
@@ -119,7 +112,37 @@ class ClusterStatus:
 
     @property
     def shards_ready(self) -> int:
-        return sum(1 for s in self.shards.values() if s.state == READY_STATE)
+        return sum(1 for s in self.shards.values() if s.state is ShardPhase.READY)
+
+    def apply_report(self, report: ipc.ShardReport) -> None:
+        """A shard's report from its worker (a report for a shard not ours is ignored)."""
+        shard = self.shards.get(report.shard_id)
+        if shard is None:
+            return
+        shard.state = ShardPhase.parse(report.phase)
+        shard.latency_ms = report.latency_ms
+        shard.seq = report.seq
+        shard.identifies = report.identifies
+        shard.resumes = report.resumes
+        shard.reconnects = report.reconnects
+        shard.events = report.events
+        shard.events_by_type = report.events_by_type
+        shard.fatal_code = report.fatal_code
+
+    def shards_lost(self, shard_ids: Iterable[int]) -> None:
+        """Their worker is gone: the shards are disconnected until a new one reports."""
+        for shard_id in shard_ids:
+            shard = self.shards[shard_id]
+            shard.state = ShardPhase.DISCONNECTED
+            shard.latency_ms = None
+
+    def apply_worker(self, slot: WorkerSlot) -> None:
+        """A worker slot changed (its state, process or restarts); the last pid stays shown."""
+        view = self.workers[slot.worker_id]
+        if slot.sentinel is not None:
+            view.pid = slot.pid
+        view.state = slot.state
+        view.restarts = slot.tracker.restarts
 
     def identify_budget(self) -> dict[str, Any] | None:
         return self.identify_snapshot() if self.identify_snapshot is not None else None

@@ -59,19 +59,20 @@ from cluster.progress import Progress
 from cluster.publisher import Publisher
 from cluster.relay import Relay, SessionBook
 from cluster.restart_policy import WORKER_EXIT_FATAL, RestartAction
-from cluster.sessions import SavedSession, SessionStore
-from cluster.status import ClusterStatus, WorkerState
+from cluster.sessions import SessionStore
+from cluster.status import ClusterStatus
 from cluster.workers import (
     CommandRoutingError,
     ShardNotRunningError,
     UnknownShardError,
     WorkerPool,
     WorkerSlot,
+    WorkerState,
 )
 from protocol import ipc
 from protocol.errors import WireFormatError
 from protocol.gateway import explain_fatal
-from worker.group import WorkerSpec
+from worker.spec import WorkerSpec
 
 __all__ = [
     "CommandRoutingError",
@@ -220,6 +221,7 @@ class Supervisor:
                 self.config.restart_policy,
                 self._on_exit,
                 router,
+                on_change=status.apply_worker,
             )
             self._tasks.append(asyncio.create_task(self._router_loop(router), name="router"))
             if self.coordinator is not None and not use_ipc:
@@ -244,7 +246,7 @@ class Supervisor:
                 "log_level": self.config.log_level,
                 "log_json": self.config.log_format is LogFormat.JSON,
             }
-            resuming = len(self.book.resume_points(list(plan.shard_ids)))
+            resuming = len(self.book.resume_points(plan.shard_ids))
             self._progress = Progress(
                 len(plan.shard_ids), identify_duration(plan, self.config.identify_interval_s)
             )
@@ -294,7 +296,7 @@ class Supervisor:
     def _load_sessions(self, store: SessionStore, plan: ClusterPlan) -> None:
         for shard_id, session in store.load().items():
             if shard_id in plan.shard_ids:
-                self.book.seed(shard_id, session.session_id, session.seq, session.resume_url)
+                self.book.seed(shard_id, session)
 
     def _make_coordinator(
         self,
@@ -439,11 +441,10 @@ class Supervisor:
     # -- workers ----------------------------------------------------------------------------
 
     def _spec(self, slot: WorkerSlot) -> WorkerSpec:
-        points = self.book.resume_points(list(slot.shard_ids))
         return WorkerSpec(
             worker_id=slot.worker_id,
             shard_ids=slot.shard_ids,
-            sessions={s: (p.session_id, p.seq, p.resume_url) for s, p in points.items()},
+            sessions=self.book.resume_points(slot.shard_ids),
             **self._spec_base,
         )
 
@@ -453,24 +454,12 @@ class Supervisor:
         slot.fatal_detail = None
         self._pool.spawn(slot, self._spec(slot))
         self._spawned = True
-        self._sync_worker(slot)
-
-    def _sync_worker(self, slot: WorkerSlot) -> None:
-        if self.status is None:
-            return
-        view = self.status.workers[slot.worker_id]
-        view.pid = slot.pid if slot.sentinel is not None else view.pid
-        view.state = slot.state
-        view.restarts = slot.tracker.restarts
 
     def _on_exit(self, slot: WorkerSlot, code: int | None) -> None:
         # Called from the sentinel's reader callback: only record and enqueue.
-        slot.state = WorkerState.EXITED
-        self._sync_worker(slot)
+        slot.transition(WorkerState.EXITED)
         if self.status is not None:
-            for shard_id in slot.shard_ids:
-                self.status.shards[shard_id].state = "disconnected"
-                self.status.shards[shard_id].latency_ms = None
+            self.status.shards_lost(slot.shard_ids)
         self._exits.set()
         if not self._stopping:
             self._queue.put_nowait(_WorkerExited(slot, code))
@@ -484,21 +473,11 @@ class Supervisor:
                 return
             slot.last_seen = time.monotonic()
             if slot.state is WorkerState.SPAWNING:
-                slot.state = WorkerState.RUNNING
-                self._sync_worker(slot)
+                slot.transition(WorkerState.RUNNING)
             self.book.on_session(message.shard_id, message.session_id, message.resume_url)
             if message.fatal_code is not None and slot.fatal_code is None:
                 slot.fatal_code = message.fatal_code
-            shard = status.shards[message.shard_id]
-            shard.state = message.phase
-            shard.latency_ms = message.latency_ms
-            shard.seq = message.seq
-            shard.identifies = message.identifies
-            shard.resumes = message.resumes
-            shard.reconnects = message.reconnects
-            shard.events = message.events
-            shard.events_by_type = message.events_by_type
-            shard.fatal_code = message.fatal_code
+            status.apply_report(message)
             if self._progress is not None:
                 self._progress.update(status.shards_ready)
             return
@@ -508,8 +487,7 @@ class Supervisor:
         slot.last_seen = time.monotonic()
         if message.status == ipc.WorkerStatusKind.STARTED.value:
             if slot.state is WorkerState.SPAWNING:
-                slot.state = WorkerState.RUNNING
-                self._sync_worker(slot)
+                slot.transition(WorkerState.RUNNING)
             self._started_workers.add(slot.worker_id)
             if len(self._started_workers) == len(pool.slots):
                 self._all_started.set()
@@ -628,8 +606,7 @@ class Supervisor:
             log.error("worker %d: %s; stopping the cluster", slot.worker_id, line)
             return FatalCloseError(line, slot.fatal_code)
         if decision.action is RestartAction.GIVE_UP:
-            slot.state = WorkerState.GIVEN_UP
-            self._sync_worker(slot)
+            slot.transition(WorkerState.GIVEN_UP)
             log.error(
                 "worker %d (shards %d-%d) died %d times in a row quickly (last exit %s): given up",
                 slot.worker_id,
@@ -639,8 +616,7 @@ class Supervisor:
                 code,
             )
             return None
-        slot.state = WorkerState.BACKOFF
-        self._sync_worker(slot)
+        slot.transition(WorkerState.BACKOFF)
         log.warning(
             "worker %d exited (%s): restarting in %.2f s; its shards resume",
             slot.worker_id,
@@ -671,11 +647,11 @@ class Supervisor:
         if pool is not None:
             deadline = time.monotonic() + self.config.stop_timeout_s
             for slot in pool.alive():
-                slot.state = WorkerState.STOPPING
-                self._sync_worker(slot)
-                if not await pool.stop_worker(slot) and slot.pid is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(slot.pid, signal.SIGTERM)
+                if slot.sentinel is None:
+                    continue  # it exited while an earlier one was being stopped
+                slot.transition(WorkerState.STOPPING)
+                if not await pool.stop_worker(slot):
+                    pool.terminate(slot)
             await self._wait_exits(pool, deadline)
             if pool.alive():
                 log.warning(
@@ -707,16 +683,13 @@ class Supervisor:
                 await asyncio.wait_for(self._exits.wait(), left)
 
     def _save(self, store: SessionStore, plan: ClusterPlan) -> None:
-        now = time.time()
-        points = self.book.resume_points(list(plan.shard_ids))
+        sessions = self.book.resume_points(plan.shard_ids)
         try:
-            store.save(
-                {s: SavedSession(p.session_id, p.seq, p.resume_url, now) for s, p in points.items()}
-            )
+            store.save(sessions)
         except OSError as exc:
             log.error("cannot save sessions to %s: %s", store.path, exc.strerror or exc)
             return
-        log.info("saved %d sessions to %s for resume", len(points), store.path)
+        log.info("saved %d sessions to %s for resume", len(sessions), store.path)
 
 
 def _bind_private(sock: zmq.Socket[Any], runtime_dir: str, name: str, ipc: bool) -> str:

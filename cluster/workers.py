@@ -1,10 +1,17 @@
 """Worker processes: spawn, watch, kill, and the command channel to them.
 
-One :class:`WorkerSlot` per planned worker. Its state is
-:class:`cluster.status.WorkerState` (spawning -> running -> stopping ->
-exited, or backoff / given_up), shown as is in /status. Workers start with
-multiprocessing's *spawn* method from the top-level entry point
-:func:`worker.main.run_worker` with a frozen :class:`WorkerSpec` (STYLE.md 9).
+One :class:`WorkerSlot` per planned worker. Its :class:`WorkerState` changes
+only through :meth:`WorkerSlot.transition`, which checks the move against
+:data:`TRANSITIONS` and tells the pool's ``on_change`` hook (the supervisor
+points it at the /status view)::
+
+    planned -> spawning -> running -> stopping -> exited -> backoff -> spawning ...
+
+A worker may exit from spawning or running too (a crash, a kill), and an
+exited one may be given up instead of backing off.
+
+Workers start with multiprocessing's *spawn* method from the top-level entry
+point :func:`worker.main.run_worker` with a frozen :class:`WorkerSpec` (STYLE.md 9).
 
 - **Exit** is seen at once: the process sentinel is registered with
   ``loop.add_reader``; the callback reaps the process and hands
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import multiprocessing
 import multiprocessing.process
@@ -28,15 +36,15 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 import zmq
 import zmq.asyncio
 
 from cluster.restart_policy import RestartPolicy, RestartTracker
-from cluster.status import WorkerState
 from protocol import ipc
-from worker.group import WorkerSpec
 from worker.main import run_worker
+from worker.spec import WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +67,52 @@ class ShardNotRunningError(CommandRoutingError):
         self.shard_id = shard_id
 
 
+class WorkerState(enum.Enum):
+    """Where a worker slot stands; the values are what /status shows."""
+
+    #: Not spawned yet (only before the first spawn; /status shows it as spawning).
+    PLANNED = "planned"
+    SPAWNING = "spawning"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    EXITED = "exited"
+    GIVEN_UP = "given_up"
+
+
+#: Every move a slot may make, by the state it leaves.
+TRANSITIONS: Final[dict[WorkerState, frozenset[WorkerState]]] = {
+    WorkerState.PLANNED: frozenset({WorkerState.SPAWNING}),
+    WorkerState.SPAWNING: frozenset(
+        {WorkerState.RUNNING, WorkerState.STOPPING, WorkerState.EXITED}
+    ),
+    WorkerState.RUNNING: frozenset({WorkerState.STOPPING, WorkerState.EXITED}),
+    WorkerState.STOPPING: frozenset({WorkerState.EXITED}),
+    WorkerState.EXITED: frozenset({WorkerState.BACKOFF, WorkerState.GIVEN_UP}),
+    WorkerState.BACKOFF: frozenset({WorkerState.SPAWNING}),
+    WorkerState.GIVEN_UP: frozenset(),
+}
+
+
+class WorkerTransitionError(AssertionError):
+    """A slot was asked to make a move :data:`TRANSITIONS` does not allow: a bug."""
+
+
+#: Told after every transition of a slot: the supervisor hands in the /status view's.
+SlotHook = Callable[["WorkerSlot"], None]
+
+
+def _unwatched(slot: WorkerSlot) -> None:
+    pass
+
+
 @dataclass(slots=True)
 class WorkerSlot:
     worker_id: int
     shard_ids: tuple[int, ...]
     tracker: RestartTracker
-    state: WorkerState = WorkerState.SPAWNING
+    #: Change it with :meth:`transition` only.
+    state: WorkerState = WorkerState.PLANNED
     process: multiprocessing.process.BaseProcess | None = None
     started_at: float = 0.0
     #: monotonic time of the latest report from this worker (or of its spawn)
@@ -75,10 +123,21 @@ class WorkerSlot:
     #: the spawn generation; an exit of an older process is ignored
     generation: int = 0
     sentinel: int | None = field(default=None, repr=False)
+    #: Told after every transition (the pool's ``on_change``).
+    on_change: SlotHook = field(default=_unwatched, repr=False)
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
+
+    def transition(self, to: WorkerState) -> None:
+        """Move to ``to``; raises :class:`WorkerTransitionError` if that move is not allowed."""
+        if to not in TRANSITIONS[self.state]:
+            raise WorkerTransitionError(
+                f"worker {self.worker_id}: {self.state.value} -> {to.value} is not a transition"
+            )
+        self.state = to
+        self.on_change(self)
 
 
 ExitHandler = Callable[[WorkerSlot, int | None], None]
@@ -93,9 +152,10 @@ class WorkerPool:
         policy: RestartPolicy,
         on_exit: ExitHandler,
         router: zmq.asyncio.Socket,
+        on_change: SlotHook = _unwatched,
     ) -> None:
         self.slots: dict[int, WorkerSlot] = {
-            worker_id: WorkerSlot(worker_id, shard_ids, RestartTracker(policy))
+            worker_id: WorkerSlot(worker_id, shard_ids, RestartTracker(policy), on_change=on_change)
             for worker_id, shard_ids in plans
         }
         self._shard_to_worker = {s: w for w, shard_ids in plans for s in shard_ids}
@@ -106,6 +166,11 @@ class WorkerPool:
     # -- processes ------------------------------------------------------------------------
 
     def spawn(self, slot: WorkerSlot, spec: WorkerSpec) -> None:
+        """Start ``slot``'s process (the slot is PLANNED or in BACKOFF)."""
+        if WorkerState.SPAWNING not in TRANSITIONS[slot.state]:
+            raise WorkerTransitionError(
+                f"worker {slot.worker_id}: spawned while {slot.state.value}"
+            )
         loop = asyncio.get_running_loop()
         self._loop = loop
         process = _spawn.Process(
@@ -114,13 +179,13 @@ class WorkerPool:
         process.start()
         slot.generation += 1
         slot.process = process
-        slot.state = WorkerState.SPAWNING
         slot.hello = False
         slot.started_at = slot.last_seen = time.monotonic()
         sentinel = process.sentinel
         slot.sentinel = sentinel
         generation = slot.generation
         loop.add_reader(sentinel, self._exited, slot, generation)
+        slot.transition(WorkerState.SPAWNING)
         log.info(
             "worker %d started (pid %s): shards %d-%d",
             slot.worker_id,
@@ -142,25 +207,29 @@ class WorkerPool:
         slot.hello = False
         self._on_exit(slot, code)
 
+    def terminate(self, slot: WorkerSlot) -> None:
+        """SIGTERM: the worker drains as on a STOP command (for one we cannot reach)."""
+        self._signal(slot, signal.SIGTERM)
+
     def kill(self, slot: WorkerSlot) -> None:
-        if slot.process is not None and slot.sentinel is not None:
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                pid = slot.process.pid
-                if pid is not None:
-                    os.kill(pid, signal.SIGKILL)
+        """SIGKILL."""
+        self._signal(slot, signal.SIGKILL)
 
     def kill_all(self) -> None:
         for slot in self.slots.values():
             self.kill(slot)
 
+    @staticmethod
+    def _signal(slot: WorkerSlot, signum: signal.Signals) -> None:
+        # Only a process not reaped yet: its pid cannot have been reused.
+        if slot.process is not None and slot.sentinel is not None:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                pid = slot.process.pid
+                if pid is not None:
+                    os.kill(pid, signum)
+
     def alive(self) -> list[WorkerSlot]:
         return [s for s in self.slots.values() if s.sentinel is not None]
-
-    def seen(self, worker_id: int) -> WorkerSlot | None:
-        slot = self.slots.get(worker_id)
-        if slot is not None:
-            slot.last_seen = time.monotonic()
-        return slot
 
     def slot_of(self, shard_id: int) -> WorkerSlot | None:
         worker_id = self._shard_to_worker.get(shard_id)

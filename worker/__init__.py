@@ -2,8 +2,8 @@
 
 - :mod:`worker.main`: ``run_worker(spec)``, the multiprocessing *spawn* target, and
   the exit codes the supervisor reads (``EXIT_FATAL`` = 78: do not respawn).
-- :mod:`worker.group`: the frozen ``WorkerSpec`` and ``ShardGroup`` (shards + the
-  ZeroMQ channels of ``protocol.ipc``).
+- :mod:`worker.spec`: the frozen ``WorkerSpec``, all a worker process is given.
+- :mod:`worker.group`: ``ShardGroup`` (shards + the ZeroMQ channels of ``protocol.ipc``).
 - :mod:`worker.shard`: the async runner of one shard (aiohttp websocket client).
 - :mod:`worker.state`: the pure shard state machine; :mod:`worker.backoff`,
   :mod:`worker.ratelimit`: pure policies with an injected clock.

@@ -1,8 +1,8 @@
 """A group of shards on one event loop, wired to the supervisor over ZeroMQ.
 
-:class:`WorkerSpec` is everything a worker process needs (frozen, picklable,
-the token hidden from repr). :class:`ShardGroup` runs one :class:`Shard` per
-shard id on the current loop and owns the worker's sockets:
+:class:`ShardGroup` runs one :class:`Shard` per shard id of a
+:class:`worker.spec.WorkerSpec` on the current loop and owns the worker's
+sockets:
 
 - a PUSH to ``event_endpoint``: events, shard reports and worker status, in
   order (protocol/ipc.py); events are sent without blocking, and when the
@@ -23,8 +23,6 @@ import functools
 import logging
 import multiprocessing
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Final
 
 import aiohttp
@@ -33,15 +31,12 @@ import zmq.asyncio
 import zmq.backend
 
 from protocol import ipc
-from protocol.compression import DEFAULT_MAX_MESSAGE_SIZE, Compression
 from protocol.errors import WireFormatError
-from protocol.gateway import API_VERSION, IDENTIFY_INTERVAL_S, SEND_WINDOW_S, explain_fatal
+from protocol.gateway import explain_fatal
 from protocol.ipc import ShardReport, WorkerStatus, WorkerStatusKind
-from worker.backoff import BackoffPolicy
 from worker.permits import LocalPermits, PermitSource
-from worker.ratelimit import DEFAULT_SLACK_S
 from worker.shard import FatalCloseError, Shard, ShardConfig
-from worker.state import ShardSession
+from worker.spec import WorkerSpec
 
 log = logging.getLogger("worker.group")
 
@@ -61,59 +56,22 @@ _MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
 _LAST: Final = int(zmq.NOBLOCK)
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerSpec:
-    """What one worker process runs. Picklable: it is the spawn target's argument."""
-
-    worker_id: int
-    shard_ids: tuple[int, ...]
-    total_shards: int
-    token: str = field(repr=False)
-    intents: int
-    gateway_url: str
-    event_endpoint: str
-    command_endpoint: str | None = None
-    #: None: identify permits come from an in-process scheduler (a lone worker).
-    coordinator_endpoint: str | None = None
-    compression: Compression = Compression.ZLIB_STREAM
-    api_version: int = API_VERSION
-    #: Saved sessions to RESUME: {shard_id: (session_id, seq, resume_url)}.
-    sessions: Mapping[int, tuple[str, int, str]] = field(default_factory=dict)
-    large_threshold: int | None = None
-    report_interval_s: float = 1.0
-    parent_check_interval_s: float = 1.0
-    #: Random wait before a new session (op 9 false, 4003/4007/4009); Discord's old docs: 1-5 s.
-    new_session_delay_s: tuple[float, float] = (1.0, 5.0)
-    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    #: Used only without a coordinator.
-    max_concurrency: int = 1
-    identify_interval_s: float = IDENTIFY_INTERVAL_S
-    log_level: str = "INFO"
-    #: One JSON object per log line (protocol/logformat.py) instead of text.
-    log_json: bool = False
-    #: The send limiter's window (tests shorten it together with the simulator's).
-    send_window_s: float = SEND_WINDOW_S + DEFAULT_SLACK_S
-
-    def shard_config(self, shard_id: int) -> ShardConfig:
-        return ShardConfig(
-            shard_id=shard_id,
-            total_shards=self.total_shards,
-            token=self.token,
-            intents=self.intents,
-            gateway_url=self.gateway_url,
-            compression=self.compression,
-            api_version=self.api_version,
-            large_threshold=self.large_threshold,
-            max_message_size=self.max_message_size,
-            backoff=self.backoff,
-            new_session_delay_s=self.new_session_delay_s,
-            send_window_s=self.send_window_s,
-        )
-
-    def saved_session(self, shard_id: int) -> ShardSession | None:
-        saved = self.sessions.get(shard_id)
-        return ShardSession(*saved) if saved is not None else None
+def shard_config(spec: WorkerSpec, shard_id: int) -> ShardConfig:
+    """The runner configuration of one of ``spec``'s shards."""
+    return ShardConfig(
+        shard_id=shard_id,
+        total_shards=spec.total_shards,
+        token=spec.token,
+        intents=spec.intents,
+        gateway_url=spec.gateway_url,
+        compression=spec.compression,
+        api_version=spec.api_version,
+        large_threshold=spec.large_threshold,
+        max_message_size=spec.max_message_size,
+        backoff=spec.backoff,
+        new_session_delay_s=spec.new_session_delay_s,
+        send_window_s=spec.send_window_s,
+    )
 
 
 class _Batch:
@@ -291,7 +249,7 @@ class ShardGroup:
             async with aiohttp.ClientSession(connector=connector) as http:
                 for shard_id in spec.shard_ids:
                     self.shards[shard_id] = Shard(
-                        spec.shard_config(shard_id),
+                        shard_config(spec, shard_id),
                         http,
                         permits,
                         output,

@@ -32,7 +32,8 @@ import zmq.asyncio
 
 from protocol.ipc import WorkerStatusKind
 from protocol.logformat import JsonFormatter, TokenRedactor
-from worker.group import ShardGroup, WorkerSpec
+from worker.group import ShardGroup
+from worker.spec import WorkerSpec
 
 EXIT_OK: Final = 0
 EXIT_CRASH: Final = 1

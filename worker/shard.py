@@ -43,12 +43,13 @@ from protocol.errors import (
 )
 from protocol.gateway import API_VERSION, CLIENT_PAYLOAD_LIMIT, RESUMABLE_CLOSE_CODE, SEND_WINDOW_S
 from protocol.ipc import ShardReport, session_epoch
+from protocol.session import Session, ShardPhase
 from worker import state as sm
 from worker.backoff import Backoff, BackoffPolicy
 from worker.inflate import make_worker_decompressor
 from worker.permits import PermitSource
 from worker.ratelimit import DEFAULT_SLACK_S, SendLimiter, SendWindow
-from worker.state import ConnectMode, Decision, GatewayUrl, ShardPhase, ShardSession, Wait
+from worker.state import ConnectMode, Decision, GatewayUrl, Wait
 
 log = logging.getLogger("worker.shard")
 
@@ -139,7 +140,7 @@ class Shard:
         http: aiohttp.ClientSession,
         permits: PermitSource,
         output: ShardOutput,
-        saved: ShardSession | None = None,
+        saved: Session | None = None,
         rng: Callable[[], float] = random.random,
         identify_slots: asyncio.Semaphore | None = None,
     ) -> None:
@@ -185,7 +186,7 @@ class Shard:
     def seq(self) -> int:
         return self._seq
 
-    def session(self) -> ShardSession | None:
+    def session(self) -> Session | None:
         """The current session with the last sequence number seen (what a RESUME needs)."""
         s = self._state.session
         return s.with_seq(self._seq) if s is not None else None
@@ -635,7 +636,7 @@ class Shard:
         if t == _READY:
             try:
                 d = orjson.loads(data)["d"]
-                session = ShardSession(str(d["session_id"]), s, str(d["resume_gateway_url"]))
+                session = Session(str(d["session_id"]), s, str(d["resume_gateway_url"]))
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 raise MalformedPayloadError(
                     f"READY without session_id/resume_gateway_url: {exc}"

@@ -1,6 +1,8 @@
-"""The shard state machine: phases, the session record, and every decision, pure.
+"""The shard state machine: every decision, pure.
 
-A shard is in one :class:`ShardPhase`. What survives a disconnect (the
+A shard is in one :class:`protocol.session.ShardPhase` and may hold a
+:class:`protocol.session.Session` (both records are shared with the
+supervisor, so they live in ``protocol``). What survives a disconnect (the
 session, the resume URL), whether the next connection RESUMEs or IDENTIFYs,
 how long it waits, which close code the shard sends, and when it stops for
 good are decided here and only here, by one pure function per kind of event
@@ -31,33 +33,10 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from protocol.gateway import RESUMABLE_CLOSE_CODE, CloseAction, close_action
+from protocol.session import Session, ShardPhase
 
 #: Consecutive failed connects to the resume URL before trying the main URL.
 RESUME_URL_ATTEMPTS: Final = 3
-
-
-class ShardPhase(enum.Enum):
-    DISCONNECTED = "disconnected"
-    CONNECTING = "connecting"
-    AWAITING_HELLO = "awaiting_hello"
-    AWAITING_PERMIT = "awaiting_permit"
-    IDENTIFYING = "identifying"
-    RESUMING = "resuming"
-    READY = "ready"
-    FATAL = "fatal"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class ShardSession:
-    """What a RESUME needs: the session, the last sequence number seen, where to go."""
-
-    session_id: str
-    seq: int
-    resume_url: str
-
-    def with_seq(self, seq: int) -> ShardSession:
-        return replace(self, seq=seq)
 
 
 class ConnectMode(enum.Enum):
@@ -88,7 +67,7 @@ class ShardState:
     """The part of a shard the decisions read: its phase, session and failed connects."""
 
     phase: ShardPhase
-    session: ShardSession | None = None
+    session: Session | None = None
     connect_failures: int = 0
 
 
@@ -109,11 +88,11 @@ class Decision:
         return self.state.phase
 
     @property
-    def session(self) -> ShardSession | None:
+    def session(self) -> Session | None:
         return self.state.session
 
 
-def initial_state(saved: ShardSession | None) -> ShardState:
+def initial_state(saved: Session | None) -> ShardState:
     return ShardState(ShardPhase.DISCONNECTED, saved, 0)
 
 
@@ -188,17 +167,6 @@ def on_connect_failed(state: ShardState, url: GatewayUrl) -> Decision:
     return Decision(ShardState(ShardPhase.DISCONNECTED, session, failures), None, plan)
 
 
-@dataclass(frozen=True, slots=True)
-class HeartbeatNow:
-    """The answer to a server op 1: send a heartbeat at once, change nothing else."""
-
-    state: ShardState
-
-
-def on_heartbeat_request(state: ShardState) -> HeartbeatNow:
-    return HeartbeatNow(state)
-
-
 def on_connected(state: ShardState, mode: ConnectMode) -> ShardState:
     """The websocket handshake succeeded; failed connects are forgotten."""
     return ShardState(ShardPhase.AWAITING_HELLO, state.session, 0)
@@ -215,7 +183,7 @@ def on_permit(state: ShardState) -> ShardState:
     return replace(state, phase=ShardPhase.IDENTIFYING)
 
 
-def on_ready(state: ShardState, session: ShardSession) -> ShardState:
+def on_ready(state: ShardState, session: Session) -> ShardState:
     """READY: a new session."""
     return ShardState(ShardPhase.READY, session, 0)
 

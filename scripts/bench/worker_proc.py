@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 
 from protocol.compression import Compression
-from worker.group import WorkerSpec
 from worker.main import run_worker
+from worker.spec import WorkerSpec
 
 #: GUILDS | GUILD_MESSAGES | GUILD_PRESENCES | MESSAGE_CONTENT
 INTENTS = 1 | 512 | 256 | 32768

@@ -28,7 +28,8 @@ from protocol.ipc import WorkerStatusKind, session_epoch
 from protocol.pubframe import decode_event
 from simulator import Simulator
 from worker.backoff import BackoffPolicy
-from worker.group import ShardGroup, WorkerSpec
+from worker.group import ShardGroup
+from worker.spec import WorkerSpec
 
 
 @dataclass(slots=True)

@@ -25,7 +25,9 @@ from pathlib import Path
 import pytest
 
 from cluster.http import HealthServer
-from cluster.status import ClusterStatus, WorkerState
+from cluster.status import ClusterStatus
+from cluster.workers import WorkerState
+from protocol.session import ShardPhase
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -72,7 +74,7 @@ async def page_url() -> AsyncIterator[str]:
     )
     for shard_id, state in enumerate(STATES):
         shard = status.shards[shard_id]
-        shard.state = state
+        shard.state = ShardPhase(state)
         shard.latency_ms = 30.0 + shard_id if state == "ready" else None
         shard.seq = shard.events = 1000 * shard_id
         shard.identifies = 1

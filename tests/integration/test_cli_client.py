@@ -22,8 +22,10 @@ from hypothesis import strategies as st
 from cluster.cli import main
 from cluster.cli_client import format_event, health_base_url, render_status
 from cluster.http import HealthServer
-from cluster.status import ClusterStatus, WorkerState
+from cluster.status import ClusterStatus
+from cluster.workers import WorkerState
 from protocol.pubframe import PubEvent, decode_event, event_frames
+from protocol.session import ShardPhase
 from tests.conftest import SimFactory
 
 pytestmark = pytest.mark.timeout(60)
@@ -70,7 +72,7 @@ def populated_status() -> ClusterStatus:
     states = ["ready", "ready", "resuming", "ready", "fatal", "awaiting_permit"]
     for shard_id, state in enumerate(states):
         shard = status.shards[shard_id]
-        shard.state = state
+        shard.state = ShardPhase(state)
         shard.latency_ms = 40.0 + shard_id if state == "ready" else None
         shard.seq = 1000 + shard_id
         shard.identifies = 1

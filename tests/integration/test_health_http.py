@@ -9,7 +9,9 @@ import aiohttp
 import pytest
 
 from cluster.http import HealthServer
-from cluster.status import ClusterStatus, WorkerState
+from cluster.status import ClusterStatus
+from cluster.workers import WorkerState
+from protocol.session import ShardPhase
 
 
 @pytest.fixture
@@ -40,12 +42,12 @@ async def test_health_is_503_until_every_shard_is_ready(served: tuple[ClusterSta
     assert body == {"status": "degraded", "shards_ready": 0, "shards_total": 4}
 
     for shard in status.shards.values():
-        shard.state = "ready"
+        shard.state = ShardPhase.READY
     code, _, body = await get(url + "/health")
     assert code == 200
     assert body == {"status": "ok", "shards_ready": 4, "shards_total": 4}
 
-    status.shards[2].state = "resuming"
+    status.shards[2].state = ShardPhase.RESUMING
     code, _, body = await get(url + "/health")
     assert code == 503 and body["shards_ready"] == 3
 
@@ -73,7 +75,7 @@ async def test_status_has_the_contract_fields(served: tuple[ClusterStatus, str])
     status.workers[0].pid = 1234
     status.workers[0].state = WorkerState.RUNNING
     shard = status.shards[1]
-    shard.state, shard.latency_ms, shard.seq, shard.events = "ready", 41.234, 99, 98
+    shard.state, shard.latency_ms, shard.seq, shard.events = ShardPhase.READY, 41.234, 99, 98
     code, _, body = await get(url + "/status")
     assert code == 200
     assert [s["shard_id"] for s in body["shards"]] == [0, 1, 2, 3]
@@ -106,7 +108,7 @@ async def test_status_has_the_contract_fields(served: tuple[ClusterStatus, str])
 async def test_metrics_are_prometheus_text(served: tuple[ClusterStatus, str]) -> None:
     status, url = served
     shard = status.shards[0]
-    shard.state, shard.latency_ms = "ready", 20.0
+    shard.state, shard.latency_ms = ShardPhase.READY, 20.0
     shard.events_by_type = {"MESSAGE_CREATE": 7, "READY": 1}
     status.relay.pub_dropped = 5
     code, text, _ = await get(url + "/metrics")

@@ -15,6 +15,7 @@ import pytest
 
 from protocol.compression import Compression
 from protocol.ipc import WorkerStatusKind
+from protocol.session import Session
 from simulator import Simulator
 from simulator.record import UrlKind
 from tests.chaos.supervisor_harness import (
@@ -237,7 +238,7 @@ async def test_a_dead_resume_url_falls_back_to_the_main_url(
         dead.bind(("127.0.0.1", 0))
         dead_url = f"ws://127.0.0.1:{dead.getsockname()[1]}/"
         sim.emit(0, 2)
-        await start_group(sim, (0,), sessions={0: (report.session_id, report.seq, dead_url)})
+        await start_group(sim, (0,), sessions={0: Session(report.session_id, report.seq, dead_url)})
         await sim.record.wait_for(lambda r: len(r.accepted_resumes(0)) == 1, 10)
     (resume,) = sim.record.resumes_for(0)
     assert resume.url_kind is UrlKind.MAIN

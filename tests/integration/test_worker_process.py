@@ -16,6 +16,7 @@ import pytest
 
 from cluster.coordinator import Coordinator
 from protocol.ipc import WorkerStatusKind
+from protocol.session import Session
 from simulator.record import IdentifyOutcome, UrlKind
 from tests.chaos.supervisor_harness import (
     StartGroup,
@@ -27,8 +28,8 @@ from tests.chaos.supervisor_harness import (
     start_group,
     wait_delivered,
 )
-from worker.group import WorkerSpec
 from worker.main import EXIT_FATAL, EXIT_OK, run_worker
+from worker.spec import WorkerSpec
 
 __all__ = ["harness", "start_group"]
 
@@ -102,7 +103,7 @@ async def test_drain_then_a_new_worker_resumes_every_saved_session(
         (conn,) = sim.record.connections_for(shard)
         assert conn.closed_by == "client" and conn.close_code == 4000  # resumable, not 1000
     sessions = {
-        sid: (r.session_id, r.seq, r.resume_url)
+        sid: Session(r.session_id, r.seq, r.resume_url)
         for sid, r in harness.got.latest.items()
         if r.session_id is not None and r.resume_url is not None
     }

@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from protocol.logformat import JsonFormatter, TokenRedactor
-from worker.group import WorkerSpec
 from worker.main import configure_logging
+from worker.spec import WorkerSpec
 
 SECRET = "Nzk1.secret-token-value"
 

@@ -26,10 +26,11 @@ from cluster.config import (
 )
 from cluster.logging_setup import JsonFormatter, TokenRedactor
 from cluster.progress import Progress, progress_line
-from cluster.relay import ResumePoint, SessionBook
+from cluster.relay import SessionBook
 from protocol.compression import Compression
 from protocol.intents import NON_PRIVILEGED_INTENTS
 from protocol.ipc import session_epoch
+from protocol.session import Session
 
 # -- SessionBook: dedupe by (shard, epoch, seq) ---------------------------------------------
 
@@ -95,10 +96,10 @@ def test_resume_point_is_the_reported_session_at_the_last_published_seq() -> Non
     book.on_session(3, "abc", "wss://resume")
     epoch = session_epoch("abc")
     book.admit(3, epoch, 1, 41)
-    assert book.resume_point(3) == ResumePoint("abc", 41, "wss://resume")
+    assert book.resume_point(3) == Session("abc", 41, "wss://resume")
     # a new session is reported before its READY: resume it from 0, not from the old seq
     book.on_session(3, "def", "wss://resume2")
-    assert book.resume_point(3) == ResumePoint("def", 0, "wss://resume2")
+    assert book.resume_point(3) == Session("def", 0, "wss://resume2")
     book.on_session(3, None, None)  # the session ended
     assert book.resume_point(3) is None
     assert book.resume_points([3]) == {}
@@ -106,10 +107,43 @@ def test_resume_point_is_the_reported_session_at_the_last_published_seq() -> Non
 
 def test_a_seeded_session_dedupes_what_the_previous_run_published() -> None:
     book = SessionBook()
-    book.seed(2, "sess", 100, "wss://r")
-    assert book.resume_point(2) == ResumePoint("sess", 100, "wss://r")
+    book.seed(2, Session("sess", 100, "wss://r"))
+    assert book.resume_point(2) == Session("sess", 100, "wss://r")
     assert book.admit(2, session_epoch("sess"), 100, 1) == 1
     assert book.admit(2, session_epoch("sess"), 101, 1) == 0
+    assert book.resume_points([2, 3]) == {2: Session("sess", 101, "wss://r")}
+
+
+def test_the_version_moves_exactly_when_a_resume_point_may_have_changed() -> None:
+    book = SessionBook()
+    epoch = session_epoch("abc")
+    seen = book.version
+
+    def changed() -> bool:
+        nonlocal seen
+        moved, seen = book.version != seen, book.version
+        return moved
+
+    book.on_session(0, "abc", "wss://r")
+    assert changed()
+    book.on_session(0, "abc", "wss://r")  # every periodic report says the same
+    assert not changed()
+    book.admit(0, epoch, 1, 5)
+    assert changed()
+    book.admit(0, epoch, 4, 4)  # 6 and 7 are new
+    assert changed()
+    book.admit(0, epoch, 2, 6)  # a replay: nothing new published
+    assert not changed()
+    book.admit(0, session_epoch("def"), 1, 1)  # another epoch
+    assert changed()
+    book.on_session(0, "abc", "wss://other")  # a new resume URL
+    assert changed()
+    book.on_session(0, None, None)
+    assert changed()
+    book.on_session(0, None, None)
+    assert not changed()
+    book.seed(1, Session("xyz", 9, "wss://r"))
+    assert changed()
 
 
 # -- config -----------------------------------------------------------------------------------
@@ -135,7 +169,6 @@ def test_config_defaults_follow_the_contract_and_hide_the_token() -> None:
         ({"token": "a b"}, "--token"),
         ({"pub": "127.0.0.1:5555"}, "--pub"),
         ({"control": "http://x"}, "--control"),
-        ({"coordinator": "nope"}, "--coordinator"),
         ({"identify_interval_s": 0.0}, "--identify-interval"),
         ({"identify_interval_s": float("nan")}, "--identify-interval"),
         ({"identify_margin_s": -1.0}, "--identify-margin"),

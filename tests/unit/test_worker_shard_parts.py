@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from protocol.compression import Compression
-from worker.group import WorkerSpec
+from worker.group import shard_config
 from worker.permits import LocalPermits
 from worker.shard import ShardConfig, gateway_url
+from worker.spec import WorkerSpec
 
 
 def test_every_url_gets_the_same_version_encoding_and_compression() -> None:
@@ -33,7 +34,7 @@ def test_the_token_never_appears_in_a_repr() -> None:
         event_endpoint="tcp://127.0.0.1:1",
     )
     assert token not in repr(config) and token not in repr(spec)
-    assert token not in repr(spec.shard_config(0))
+    assert token not in repr(shard_config(spec, 0))
 
 
 async def test_local_permits_space_each_bucket() -> None:

@@ -7,14 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol.gateway import CloseCode
+from protocol.session import Session, ShardPhase
 from worker.state import (
     RESUME_URL_ATTEMPTS,
     ConnectMode,
     Decision,
     GatewayUrl,
     Reconnect,
-    ShardPhase,
-    ShardSession,
     ShardState,
     Wait,
     first_connect,
@@ -22,7 +21,6 @@ from worker.state import (
     on_bad_input,
     on_connect_failed,
     on_connected,
-    on_heartbeat_request,
     on_hello,
     on_invalid_session,
     on_missed_ack,
@@ -35,7 +33,7 @@ from worker.state import (
     on_transport_error,
 )
 
-SESSION = ShardSession("abc", 42, "ws://resume.example/")
+SESSION = Session("abc", 42, "ws://resume.example/")
 READY = ShardState(ShardPhase.READY, SESSION)
 IDENTIFYING = ShardState(ShardPhase.IDENTIFYING, None)
 
@@ -150,10 +148,6 @@ def test_transport_error_resumes_like_a_dropped_connection() -> None:
     assert d.reconnect == RESUME_LATER and d.session == SESSION and d.close_code is None
 
 
-def test_server_heartbeat_request_changes_nothing() -> None:
-    assert on_heartbeat_request(READY).state == READY
-
-
 def test_failed_connects_to_the_resume_url_fall_back_to_the_main_url() -> None:
     state = ShardState(ShardPhase.CONNECTING, SESSION)
     url = GatewayUrl.RESUME
@@ -208,7 +202,7 @@ def test_stop_keeps_the_session_and_closes_resumably() -> None:
 
 
 def test_session_seq_update_is_a_new_record() -> None:
-    assert SESSION.with_seq(50) == ShardSession("abc", 50, "ws://resume.example/")
+    assert SESSION.with_seq(50) == Session("abc", 50, "ws://resume.example/")
     assert SESSION.seq == 42
 
 
