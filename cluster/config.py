@@ -129,7 +129,6 @@ class SupervisorConfig:
     compression: Compression = Compression.ZLIB_STREAM
     pub: str = DEFAULT_PUB
     control: str = DEFAULT_CONTROL
-    coordinator: str | None = None  # TRANSITIONAL: retired, removed with the supervisor change
     health_host: str = "127.0.0.1"
     health_port: int = 8080
     state_dir: Path = Path(DEFAULT_STATE_DIR)

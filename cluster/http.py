@@ -7,7 +7,9 @@ path pays nothing for them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -104,6 +106,99 @@ class ClusterCollector(Collector):
             restarts.add_metric([str(worker.worker_id)], worker.restarts)
         yield alive
         yield restarts
+        yield from _shared_state_metrics(status)
+
+
+def _shared_state_metrics(status: ClusterStatus) -> Iterator[Metric]:
+    """Role, lease, Redis and checkpoint figures (the sections the supervisor registers)."""
+    role = GaugeMetricFamily(
+        "titanium_role", "1 for this supervisor's role (owner or spare)", labels=["role"]
+    )
+    for name in ("owner", "spare"):
+        role.add_metric([name], 1.0 if status.role.value == name else 0.0)
+    yield role
+    checkpoint = _section(status, "checkpoint")
+    if checkpoint is not None:
+        if checkpoint.get("age_s") is not None:
+            yield GaugeMetricFamily(
+                "titanium_checkpoint_age_seconds",
+                "Seconds since the sessions were last checkpointed",
+                value=float(checkpoint["age_s"]),
+            )
+        yield CounterMetricFamily(
+            "titanium_checkpoint_errors",
+            "Checkpoint writes that failed (state dir or Redis)",
+            value=float(checkpoint.get("errors", 0)),
+        )
+    lease = _section(status, "lease")
+    if lease is not None:
+        yield GaugeMetricFamily(
+            "titanium_lease_held",
+            "1 while this supervisor holds its range's lease",
+            value=1.0 if lease.get("held") else 0.0,
+        )
+        if lease.get("token") is not None:
+            yield GaugeMetricFamily(
+                "titanium_lease_token",
+                "Fencing token of the held lease",
+                value=float(lease["token"]),
+            )
+        if lease.get("fence_in_s") is not None:
+            yield GaugeMetricFamily(
+                "titanium_lease_fence_seconds",
+                "Seconds left before this host fences itself without a renewal",
+                value=float(lease["fence_in_s"]),
+            )
+        yield CounterMetricFamily(
+            "titanium_lease_fenced",
+            "Times this supervisor fenced itself",
+            value=float(lease.get("fenced", 0)),
+        )
+    redis = _section(status, "redis")
+    if redis is not None:
+        yield GaugeMetricFamily(
+            "titanium_redis_up",
+            "1 when Redis answered the last request",
+            value=1.0 if redis.get("up") else 0.0,
+        )
+        if redis.get("rtt_ms") is not None:
+            yield GaugeMetricFamily(
+                "titanium_redis_rtt_seconds",
+                "Round trip of the last Redis request",
+                value=float(redis["rtt_ms"]) / 1000.0,
+            )
+        yield CounterMetricFamily(
+            "titanium_redis_errors",
+            "Redis requests that failed",
+            value=float(redis.get("errors", 0)),
+        )
+        budget = redis.get("budget")
+        if isinstance(budget, dict) and budget.get("remaining") is not None:
+            yield GaugeMetricFamily(
+                "titanium_identify_budget_remaining_redis",
+                "Session starts left as Redis counts them (shared by every host)",
+                value=float(budget["remaining"]),
+            )
+    grants = _section(status, "identify_redis")
+    if grants is not None:
+        latency = grants.get("latency_ms") or {}
+        if latency.get("mean") is not None:
+            yield GaugeMetricFamily(
+                "titanium_identify_grant_latency_seconds",
+                "Mean round trip of an identify grant through Redis",
+                value=float(latency["mean"]) / 1000.0,
+            )
+        yield CounterMetricFamily(
+            "titanium_identify_redis_granted",
+            "Identify grants Redis gave this host",
+            value=float(grants.get("granted", 0)),
+        )
+
+
+def _section(status: ClusterStatus, name: str) -> dict[str, Any] | None:
+    section = status.sections.get(name)
+    value = section() if section is not None else None
+    return value if isinstance(value, dict) else None
 
 
 def build_app(status: ClusterStatus) -> web.Application:
@@ -113,6 +208,13 @@ def build_app(status: ClusterStatus) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         healthy, body = status.health()
         return web.json_response(body, status=200 if healthy else 503)
+
+    async def livez(_: web.Request) -> web.Response:
+        # Answered by the supervisor's own loop: a stuck loop never answers. Never
+        # Redis or Discord (a Discord outage must not restart the pod).
+        return web.json_response(
+            {"status": "alive", "uptime_s": round(time.time() - status.started_at, 3)}
+        )
 
     async def status_json(_: web.Request) -> web.Response:
         return web.json_response(status.to_status_json())
@@ -127,6 +229,7 @@ def build_app(status: ClusterStatus) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/health", health)
+    app.router.add_get("/livez", livez)
     app.router.add_get("/status", status_json)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", page)

@@ -122,6 +122,27 @@ def plan_cluster(
     return ClusterPlan(total, mc, tuple(plans))
 
 
+def host_ranges(total_shards: int, hosts: int) -> tuple[tuple[int, int], ...]:
+    """``--shard-ids auto --hosts H``: H contiguous ranges covering every shard once.
+
+    Sizes differ by at most one, larger ranges first; host ``i`` runs range ``i``.
+    """
+    total = _require_int(total_shards, "the shard count")
+    count = _require_int(hosts, "the host count")
+    if count < 1:
+        raise PlanError(f"--hosts must be at least 1, got {count}")
+    if count > total:
+        raise PlanError(f"--hosts {count} is more than the {total} shards: use at most {total}")
+    base, extra = divmod(total, count)
+    ranges: list[tuple[int, int]] = []
+    start = 0
+    for index in range(count):
+        size = base + (1 if index < extra else 0)
+        ranges.append((start, start + size - 1))
+        start += size
+    return tuple(ranges)
+
+
 def startup_order(plan: ClusterPlan) -> tuple[int, ...]:
     """The order shards ask for identify permits: by identify window, then bucket.
 

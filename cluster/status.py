@@ -8,6 +8,7 @@ and the status page. Nothing here does I/O, and nothing here may ever hold the t
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -85,6 +86,17 @@ class RelayCounters:
 
 
 IdentifySnapshot = Callable[[], dict[str, Any]]
+#: A section of /status from another part of the supervisor (lease, Redis, checkpoints).
+Section = Callable[[], dict[str, Any] | list[Any] | None]
+
+
+class Role(enum.Enum):
+    """What this supervisor is to the bot (DESIGN.md section 6)."""
+
+    #: It runs a range of shards (with ``--redis``: while it holds that range's lease).
+    OWNER = "owner"
+    #: It holds no range and waits to take over one whose lease expires.
+    SPARE = "spare"
 
 
 class ClusterStatus:
@@ -109,6 +121,30 @@ class ClusterStatus:
         self.fatal_reason: str | None = None
         self.started_at = clock()
         self._clock = clock
+        self.role = Role.OWNER
+        #: Extra /status sections by name, read at request time.
+        self.sections: dict[str, Section] = {}
+        #: With --redis: is Redis answering (None: no Redis)? Spares are ready only then.
+        self.redis_ok: Callable[[], bool] | None = None
+        #: With --redis: does this owner hold its lease?
+        self.lease_held: Callable[[], bool] | None = None
+
+    def assign(
+        self,
+        total_shards: int,
+        workers: Iterable[tuple[int, tuple[int, ...]]],
+        identify_snapshot: IdentifySnapshot | None = None,
+    ) -> None:
+        """This supervisor now owns these shards (a range taken), or none (a spare)."""
+        self.total_shards = total_shards
+        self.workers = {}
+        self.shards = {}
+        for worker_id, shard_ids in workers:
+            self.workers[worker_id] = WorkerStatus(worker_id, tuple(shard_ids))
+            for shard_id in shard_ids:
+                self.shards[shard_id] = ShardStatus(shard_id, worker_id)
+        self.identify_snapshot = identify_snapshot
+        self.role = Role.OWNER if self.shards else Role.SPARE
 
     @property
     def shards_ready(self) -> int:
@@ -148,16 +184,30 @@ class ClusterStatus:
         return self.identify_snapshot() if self.identify_snapshot is not None else None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """(healthy, body): healthy only when every shard this supervisor runs is connected."""
+        """(ready, body): readiness for the supervisor's role.
+
+        An owner is ready when every shard it runs is connected (and, with Redis,
+        it holds its lease); a spare when Redis answers, so it can take over.
+        """
         ready = self.shards_ready
         total = len(self.shards)
-        healthy = total > 0 and ready == total and self.fatal_reason is None
+        redis_ok = None if self.redis_ok is None else self.redis_ok()
+        problems: list[str] = []
+        if redis_ok is False:
+            problems.append("Redis is unreachable: running shards go on, nothing new identifies")
+        if self.role is Role.SPARE:
+            healthy = redis_ok is not False and self.fatal_reason is None
+        else:
+            healthy = total > 0 and ready == total and self.fatal_reason is None
+            if self.lease_held is not None and not self.lease_held():
+                healthy = False
+                problems.append("this supervisor does not hold its range's lease")
         body: dict[str, Any] = {
             "status": "ok" if healthy else "degraded",
+            "role": self.role.value,
             "shards_ready": ready,
             "shards_total": total,
         }
-        problems: list[str] = []
         if self.fatal_reason is not None:
             problems.append(self.fatal_reason)
         given_up = sorted(
@@ -191,4 +241,6 @@ class ClusterStatus:
                 "subscriptions": self.relay.subscriptions,
             },
             "fatal": self.fatal_reason,
+            "role": self.role.value,
+            **{name: section() for name, section in self.sections.items()},
         }

@@ -39,13 +39,13 @@ async def test_health_is_503_until_every_shard_is_ready(served: tuple[ClusterSta
     status, url = served
     code, _, body = await get(url + "/health")
     assert code == 503
-    assert body == {"status": "degraded", "shards_ready": 0, "shards_total": 4}
+    assert body == {"status": "degraded", "role": "owner", "shards_ready": 0, "shards_total": 4}
 
     for shard in status.shards.values():
         shard.state = ShardPhase.READY
     code, _, body = await get(url + "/health")
     assert code == 200
-    assert body == {"status": "ok", "shards_ready": 4, "shards_total": 4}
+    assert body == {"status": "ok", "role": "owner", "shards_ready": 4, "shards_total": 4}
 
     status.shards[2].state = ShardPhase.RESUMING
     code, _, body = await get(url + "/health")
@@ -125,3 +125,37 @@ async def test_status_page_is_html_that_polls_status(served: tuple[ClusterStatus
     code, text, _ = await get(url + "/")
     assert code == 200
     assert '<div id="grid"' in text and 'fetch("status")' in text
+
+
+async def test_a_spare_is_ready_while_redis_answers_and_livez_only_needs_the_loop() -> None:
+    status = ClusterStatus(0, [])
+    status.assign(8, [])
+    redis_up = True
+    status.redis_ok = lambda: redis_up
+    status.sections["lease"] = lambda: {"held": False, "spare": True}
+    server = HealthServer(status, "127.0.0.1", 0)
+    await server.start()
+    try:
+        code, _, body = await get(server.url + "/health")
+        assert code == 200 and body["role"] == "spare"
+        redis_up = False
+        code, _, body = await get(server.url + "/health")
+        assert code == 503 and "Redis is unreachable" in body["problems"][0]
+        code, _, body = await get(server.url + "/livez")
+        assert code == 200 and body["status"] == "alive"  # Redis or Discord never matter here
+        code, _, body = await get(server.url + "/status")
+        assert body["role"] == "spare" and body["lease"] == {"held": False, "spare": True}
+    finally:
+        await server.stop()
+
+
+async def test_an_owner_without_its_lease_is_not_ready() -> None:
+    status = ClusterStatus(1, [(0, (0,))])
+    status.shards[0].state = ShardPhase.READY
+    held = True
+    status.lease_held = lambda: held
+    status.redis_ok = lambda: True
+    assert status.health()[0]
+    held = False
+    ready, body = status.health()
+    assert not ready and "lease" in body["problems"][0]

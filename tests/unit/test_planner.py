@@ -223,3 +223,21 @@ def test_parse_shard_count(value: str | int, expected: int | None) -> None:
 def test_parse_shard_count_refuses(value: str | int) -> None:
     with pytest.raises(PlanError):
         parse_shard_count(value)
+
+
+@given(st.integers(1, 4096), st.integers(1, 64))
+def test_host_ranges_cover_every_shard_once_in_near_equal_contiguous_ranges(
+    total: int, hosts: int
+) -> None:
+    from cluster.planner import host_ranges
+
+    if hosts > total:
+        with pytest.raises(PlanError):
+            host_ranges(total, hosts)
+        return
+    ranges = host_ranges(total, hosts)
+    assert len(ranges) == hosts
+    covered = [s for first, last in ranges for s in range(first, last + 1)]
+    assert covered == list(range(total))
+    sizes = [last - first + 1 for first, last in ranges]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)

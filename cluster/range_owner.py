@@ -1,0 +1,712 @@
+"""One owned shard range: its workers, relay, identify coordinator, control socket, checkpoints.
+
+The supervisor (:mod:`cluster.supervisor`) lives as long as the process; a
+:class:`RangeOwner` lives as long as this supervisor runs one range of shards
+(all of them on a single host; with ``--redis``, while it holds that range's
+lease). :meth:`RangeOwner.run` builds everything the range needs into one
+record (:class:`_Running`: nothing optional, nothing asserted later), spawns
+the workers, drains one queue until a stop, a fatal close code or a fence,
+and tears everything down in reverse.
+
+Startup: the saved sessions (state dir, and Redis with ``--redis``) seed the
+relay's book -> sockets in the private runtime directory (ipc://): the
+workers' PULL (:mod:`cluster.relay`), the command ROUTER, the embedded
+identify coordinator (asking the Redis arbiter per grant with ``--redis``) ->
+the control socket -> the worker processes (:mod:`cluster.workers`), each
+given its shards' sessions. The coordinator binds once every worker has said
+it started (or after a short grace), so every bucket has its whole queue from
+the first window on.
+
+The loop (STYLE.md 5): signal handlers, worker exits, restart timers and the
+lease keeper only enqueue. A worker that exits unasked is replaced
+(:class:`cluster.restart_policy.RestartTracker`); its replacement RESUMEs
+each shard from the last seq the relay *published*, so every
+``(shard_id, seq)`` reaches the PUB socket once. Exit code 78 from a worker is
+a fatal close code: the cluster stops with :class:`FatalCloseError`.
+
+The :class:`cluster.state.checkpoint.Checkpointer` writes the book at most
+``--checkpoint-interval`` after it changes, so a SIGKILL of the supervisor
+costs no identify.
+
+Endings: a graceful stop drains (STOP every worker, wait, SIGKILL what remains,
+a last checkpoint, the lease released); a **fence** (the lease lost or not
+renewed in time) SIGKILLs every worker at once, from the lease keeper's
+callback, so their TCP connections are aborted without a close frame (the
+sessions stay resumable for whoever takes over), writes nothing to Redis and
+returns :attr:`Outcome.FENCED`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final
+
+import zmq
+import zmq.asyncio
+
+from cluster.config import LogFormat, SupervisorConfig
+from cluster.control import ControlServer
+from cluster.coordinator import Coordinator
+from cluster.discord_api import DiscordApiError, GatewayBot, fetch_gateway_bot
+from cluster.identify_scheduler import default_safety_margin, default_sent_hold
+from cluster.planner import ClusterPlan, identify_duration
+from cluster.progress import Progress
+from cluster.publisher import Publisher
+from cluster.relay import Relay, SessionBook
+from cluster.restart_policy import WORKER_EXIT_FATAL, RestartAction
+from cluster.sessions import SessionStore
+from cluster.state.arbiter import RedisArbiter
+from cluster.state.checkpoint import Checkpointer, RemoteWriter
+from cluster.state.lease import LeaseKeeper
+from cluster.state.redis_state import Lease, RedisState, RedisStateError
+from cluster.status import ClusterStatus
+from cluster.workers import ShardNotRunningError, WorkerPool, WorkerSlot, WorkerState
+from protocol import ipc
+from protocol.errors import WireFormatError
+from protocol.gateway import explain_fatal
+from protocol.session import Session
+from worker.spec import WorkerSpec
+
+log = logging.getLogger("cluster.supervisor")
+
+#: How long the embedded coordinator waits for every worker to start before it binds anyway.
+STARTUP_GATE_S: Final = 10.0
+#: A worker that has not reported at all yet gets this long (spawn + imports) before it is "silent".
+SPAWN_GRACE_S: Final = 30.0
+#: Waiting for a fatal worker's last word (the WORKER_STATUS naming the close code).
+_FATAL_DETAIL_WAIT_S: Final = 1.0
+#: How often a worker checks that the supervisor still lives (it lets go within about this).
+PARENT_CHECK_S: Final = 0.25
+
+
+class SupervisorError(Exception):
+    """The cluster cannot run or had to stop; the message is the one line for the operator."""
+
+
+class FatalCloseError(SupervisorError):
+    """A shard hit a fatal close code (4004, 4010-4014); the message names cause and fix."""
+
+    def __init__(self, message: str, code: int | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Outcome(enum.Enum):
+    #: A graceful stop (a signal, ``request_stop``): the process ends.
+    STOPPED = "stopped"
+    #: The lease was lost: the shards were cut off; the supervisor becomes a spare.
+    FENCED = "fenced"
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What lives as long as the supervisor process, handed to each range it owns."""
+
+    config: SupervisorConfig
+    api_url: str
+    gateway: GatewayBot
+    publisher: Publisher
+    status: ClusterStatus
+    sync_context: zmq.Context[zmq.Socket[bytes]]
+    async_context: zmq.asyncio.Context
+    runtime_dir: str
+    redis: RedisState | None
+    leases: LeaseKeeper | None
+
+
+class _Shutdown(enum.Enum):
+    SIGNAL = "signal"
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerExited:
+    slot: WorkerSlot
+    code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Respawn:
+    slot: WorkerSlot
+
+
+@dataclass(frozen=True, slots=True)
+class _Fenced:
+    why: str
+
+
+_Item = _Shutdown | _WorkerExited | _Respawn | _Fenced
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    """Everything one owned range runs with; built once by :meth:`RangeOwner._start`."""
+
+    plan: ClusterPlan
+    lease: Lease | None
+    book: SessionBook
+    store: SessionStore
+    pull: zmq.Socket[bytes]
+    router: zmq.asyncio.Socket
+    relay: Relay
+    pool: WorkerPool
+    coordinator: Coordinator
+    arbiter: RedisArbiter | None
+    control: ControlServer
+    checkpointer: Checkpointer
+    progress: Progress
+    spec: WorkerSpec
+
+
+class RangeOwner:
+    """Runs one range of shards until a stop, a fatal close code or a fence."""
+
+    def __init__(self, shared: Shared, plan: ClusterPlan, lease: Lease | None) -> None:
+        self._shared = shared
+        self._config = shared.config
+        self._plan = plan
+        self._lease = lease
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._stopping = False
+        self._fenced = False
+        self._exits = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timers: list[asyncio.TimerHandle] = []
+        self._started_workers: set[int] = set()
+        self._all_started = asyncio.Event()
+        self._run: _Running | None = None
+        #: True once a worker ran: only then is the book's view worth saving.
+        self._spawned = False
+
+    # -- what the supervisor calls ------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._queue.put_nowait(_Shutdown.SIGNAL)
+
+    async def send_command(self, shard_id: int, payload: bytes) -> None:
+        run = self._run
+        if run is None or self._stopping:
+            raise ShardNotRunningError(shard_id, "the cluster is not running")
+        await run.pool.send(shard_id, payload)
+
+    def kill_all(self) -> None:
+        """The second signal's escape hatch: every worker SIGKILLed now."""
+        if self._run is not None:
+            self._run.pool.kill_all()
+
+    def fence(self, why: str) -> None:
+        """The lease is lost: abort every shard's connection at once, then leave the loop.
+
+        Called from the lease keeper. SIGKILL, not STOP: a worker draining would
+        close its sockets with 4000 frames while someone else may already RESUME,
+        and a stuck worker would not drain at all. The kernel closes the TCP
+        connections without a websocket close frame; the sessions stay resumable.
+        """
+        self._fenced = True
+        self._stopping = True
+        if self._run is not None:
+            self._run.pool.kill_all()
+        self._queue.put_nowait(_Fenced(why))
+
+    async def run(self) -> Outcome:
+        """Own the range; returns how it ended or raises :class:`FatalCloseError`."""
+        sockets: list[zmq.Socket[Any]] = []
+        outcome: Outcome | FatalCloseError = Outcome.STOPPED
+        try:
+            run = await self._start(sockets)
+            self._run = run
+            for slot in run.pool.slots.values():
+                self._spawn(slot)
+            self._tasks.append(asyncio.create_task(self._gate_coordinator(), name="gate"))
+            self._tasks.append(asyncio.create_task(self._refresh_limit(), name="limit"))
+            self._tasks.append(asyncio.create_task(self._liveness_loop(), name="liveness"))
+            self._tasks.append(asyncio.create_task(run.checkpointer.run(), name="checkpoint"))
+            outcome = await self._main_loop()
+        finally:
+            try:
+                await self._shutdown(graceful=not isinstance(outcome, FatalCloseError))
+            finally:
+                for sock in sockets:
+                    sock.close(linger=0)
+        if isinstance(outcome, FatalCloseError):
+            raise outcome
+        return outcome
+
+    # -- startup ------------------------------------------------------------------------------
+
+    async def _start(self, sockets: list[zmq.Socket[Any]]) -> _Running:
+        shared, config, plan = self._shared, self._config, self._plan
+        store = SessionStore(
+            config.state_dir, config.token, plan.total_shards, _range_of(plan, config)
+        )
+        book = SessionBook()
+        for shard_id, session in (await self._saved_sessions(store)).items():
+            book.seed(shard_id, session)
+        use_ipc = config.private_transport == "ipc" and zmq.has("ipc")
+        pull: zmq.Socket[bytes] = shared.sync_context.socket(zmq.PULL)
+        sockets.append(pull)
+        pull.setsockopt(zmq.LINGER, 0)
+        pull.setsockopt(zmq.RCVHWM, 10_000)
+        event_endpoint = _bind_private(pull, shared.runtime_dir, "events", use_ipc)
+        router = shared.async_context.socket(zmq.ROUTER)
+        sockets.append(router)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        command_endpoint = _bind_private(router, shared.runtime_dir, "commands", use_ipc)
+        arbiter = self._make_arbiter()
+        # ipc: the path is known before the bind, so the bind can wait for the workers
+        # (see the module docstring); tcp binds at once on port 0.
+        coordinator_endpoint = (
+            f"ipc://{shared.runtime_dir}/identify" if use_ipc else "tcp://127.0.0.1:0"
+        )
+        limit = shared.gateway.session_start_limit
+        coordinator = Coordinator(
+            coordinator_endpoint,
+            max_concurrency=plan.max_concurrency,
+            interval_s=config.identify_interval_s,
+            safety_margin_s=config.identify_margin_s,
+            sent_hold_s=default_sent_hold(config.identify_interval_s),
+            session_total=limit.total,
+            session_remaining=limit.remaining,
+            reset_after_s=limit.reset_after_s,
+            context=shared.async_context,
+            arbiter=arbiter,
+        )
+        if not use_ipc:
+            await coordinator.start()
+            coordinator_endpoint = coordinator.endpoint
+        status = shared.status
+        status.assign(
+            plan.total_shards,
+            [(w.worker_id, w.shard_ids) for w in plan.workers],
+            identify_snapshot=coordinator.status_json,
+        )
+        relay = Relay(pull, shared.publisher, book, status.relay, self._on_report)
+        relay.start()
+        pool = WorkerPool(
+            [(w.worker_id, w.shard_ids) for w in plan.workers],
+            config.restart_policy,
+            self._on_exit,
+            router,
+            on_change=status.apply_worker,
+        )
+        self._tasks.append(asyncio.create_task(self._router_loop(router, pool), name="router"))
+        control = ControlServer(
+            config.control,
+            plan.total_shards,
+            plan.shard_ids,
+            send=self.send_command,
+            context=shared.async_context,
+        )
+        try:
+            await control.start()
+        except zmq.ZMQError as exc:
+            relay.stop()
+            await coordinator.stop()
+            raise SupervisorError(
+                f"cannot bind --control {config.control}: {exc.strerror}"
+            ) from None
+        checkpointer = Checkpointer(
+            book,
+            plan.shard_ids,
+            store,
+            self._remote_checkpoints(),
+            interval_s=config.checkpoint_interval_s,
+        )
+        status.sections["checkpoint"] = checkpointer.status_json
+        if arbiter is not None:
+            status.sections["identify_redis"] = arbiter.status_json
+        spec = WorkerSpec(
+            worker_id=-1,
+            shard_ids=(),
+            total_shards=plan.total_shards,
+            token=config.token,
+            intents=config.intents,
+            gateway_url=shared.gateway.url,
+            event_endpoint=event_endpoint,
+            command_endpoint=command_endpoint,
+            coordinator_endpoint=coordinator_endpoint,
+            compression=config.compression,
+            report_interval_s=config.report_interval_s,
+            parent_check_interval_s=PARENT_CHECK_S,
+            max_concurrency=plan.max_concurrency,
+            identify_interval_s=config.identify_interval_s,
+            log_level=config.log_level,
+            log_json=config.log_format is LogFormat.JSON,
+        )
+        resuming = len(book.resume_points(plan.shard_ids))
+        log.info(
+            "starting %d shards of %d in %d workers (max_concurrency %d, %d to resume)",
+            len(plan.shard_ids),
+            plan.total_shards,
+            len(plan.workers),
+            plan.max_concurrency,
+            resuming,
+            extra={
+                "fields": {
+                    "event": "owner",
+                    "shards": [plan.shard_ids[0], plan.shard_ids[-1]],
+                    "total_shards": plan.total_shards,
+                    "resuming": resuming,
+                    "lease_token": None if self._lease is None else self._lease.token,
+                    "control": control.endpoint,
+                }
+            },
+        )
+        progress = Progress(
+            len(plan.shard_ids), identify_duration(plan, config.identify_interval_s)
+        )
+        return _Running(
+            plan=plan,
+            lease=self._lease,
+            book=book,
+            store=store,
+            pull=pull,
+            router=router,
+            relay=relay,
+            pool=pool,
+            coordinator=coordinator,
+            arbiter=arbiter,
+            control=control,
+            checkpointer=checkpointer,
+            progress=progress,
+            spec=spec,
+        )
+
+    async def _saved_sessions(self, store: SessionStore) -> dict[int, Session]:
+        """The state dir's sessions, and Redis's where it knows more (a higher seq, or only it)."""
+        plan = self._plan
+        saved = {s: p for s, p in store.load().items() if s in plan.shard_ids}
+        redis = self._shared.redis
+        if redis is None:
+            return saved
+        try:
+            remote = await redis.load_sessions(plan.shard_ids)
+        except RedisStateError as exc:
+            log.warning("cannot read checkpoints from Redis (using the state dir's): %s", exc)
+            return saved
+        for shard_id, session in remote.items():
+            mine = saved.get(shard_id)
+            if mine is None or mine.session_id != session.session_id or mine.seq < session.seq:
+                saved[shard_id] = session
+        return saved
+
+    def _make_arbiter(self) -> RedisArbiter | None:
+        shared, config = self._shared, self._config
+        if shared.redis is None or shared.leases is None:
+            return None
+        leases = shared.leases
+        margin = (
+            default_safety_margin(config.identify_interval_s)
+            if config.identify_margin_s is None
+            else config.identify_margin_s
+        )
+        assert config.redis is not None
+        return RedisArbiter(
+            shared.redis,
+            lambda: leases.lease,
+            max_concurrency=self._plan.max_concurrency,
+            spacing_s=config.identify_interval_s + margin,
+            sent_hold_s=default_sent_hold(config.identify_interval_s),
+            reserve=config.redis.identify_reserve,
+        )
+
+    def _remote_checkpoints(self) -> RemoteWriter | None:
+        redis, lease, settings = self._shared.redis, self._lease, self._config.redis
+        if redis is None or lease is None or settings is None:
+            return None
+        ttl_ms = round(settings.checkpoint_ttl_s * 1000)
+
+        async def write(sessions: Mapping[int, Session]) -> None:
+            if self._fenced:
+                return  # the range is someone else's now: never write under a lost lease
+            await redis.checkpoint(lease, sessions, ttl_ms)
+
+        return write
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def _spawn(self, slot: WorkerSlot) -> None:
+        run = self._run
+        assert run is not None
+        slot.fatal_code = None
+        slot.fatal_detail = None
+        spec = replace(
+            run.spec,
+            worker_id=slot.worker_id,
+            shard_ids=slot.shard_ids,
+            sessions=run.book.resume_points(slot.shard_ids),
+        )
+        run.pool.spawn(slot, spec)
+        self._spawned = True
+
+    def _on_exit(self, slot: WorkerSlot, code: int | None) -> None:
+        # Called from the sentinel's reader callback: only record and enqueue.
+        slot.transition(WorkerState.EXITED)
+        self._shared.status.shards_lost(slot.shard_ids)
+        self._exits.set()
+        if not self._stopping:
+            self._queue.put_nowait(_WorkerExited(slot, code))
+
+    def _on_report(self, message: ipc.ShardReport | ipc.WorkerStatus) -> None:
+        run = self._run
+        if run is None:
+            return
+        pool, status = run.pool, self._shared.status
+        if isinstance(message, ipc.ShardReport):
+            slot = pool.slot_of(message.shard_id)
+            if slot is None:
+                return
+            slot.last_seen = time.monotonic()
+            if slot.state is WorkerState.SPAWNING:
+                slot.transition(WorkerState.RUNNING)
+            run.book.on_session(message.shard_id, message.session_id, message.resume_url)
+            if message.fatal_code is not None and slot.fatal_code is None:
+                slot.fatal_code = message.fatal_code
+            status.apply_report(message)
+            run.progress.update(status.shards_ready)
+            return
+        slot = pool.slots.get(message.worker_id)
+        if slot is None or slot.pid != message.pid:
+            return
+        slot.last_seen = time.monotonic()
+        if message.status == ipc.WorkerStatusKind.STARTED.value:
+            if slot.state is WorkerState.SPAWNING:
+                slot.transition(WorkerState.RUNNING)
+            self._started_workers.add(slot.worker_id)
+            if len(self._started_workers) == len(pool.slots):
+                self._all_started.set()
+        elif message.status == ipc.WorkerStatusKind.FATAL.value:
+            if message.fatal_code is not None:
+                slot.fatal_code = message.fatal_code
+            slot.fatal_detail = message.detail
+
+    async def _router_loop(self, router: zmq.asyncio.Socket, pool: WorkerPool) -> None:
+        while True:
+            frames = await router.recv_multipart()
+            try:
+                message = ipc.decode(frames[1:])
+            except WireFormatError:
+                continue
+            if isinstance(message, ipc.Hello):
+                pool.on_hello(message)
+
+    async def _gate_coordinator(self) -> None:
+        run = self._run
+        assert run is not None
+        if not run.coordinator.running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_started.wait(), STARTUP_GATE_S)
+            try:
+                await run.coordinator.start()
+            except zmq.ZMQError as exc:
+                log.critical("the identify coordinator cannot bind: %s", exc.strerror)
+                return
+        run.progress.schedule_started()
+
+    async def _refresh_limit(self) -> None:
+        """Fetch ``GET /gateway/bot`` now and then; the coordinator (and Redis) take the fresh budget."""
+        run = self._run
+        assert run is not None
+        shared = self._shared
+        await self._sync_budget(shared.gateway)
+        while True:
+            await asyncio.sleep(self._config.limit_refresh_s)
+            try:
+                gateway = await fetch_gateway_bot(shared.api_url, self._config.token)
+            except DiscordApiError as exc:
+                log.warning("refreshing the session start limit failed: %s", exc)
+                continue
+            limit = gateway.session_start_limit
+            run.coordinator.update_limit(limit.remaining, limit.reset_after_s, limit.total)
+            await self._sync_budget(gateway)
+
+    async def _sync_budget(self, gateway: GatewayBot) -> None:
+        redis = self._shared.redis
+        if redis is None:
+            return
+        limit = gateway.session_start_limit
+        try:
+            await redis.sync_budget(limit.remaining, limit.total, round(limit.reset_after_s * 1000))
+        except RedisStateError as exc:
+            log.warning("cannot sync the identify budget to Redis: %s", exc)
+
+    async def _liveness_loop(self) -> None:
+        run = self._run
+        assert run is not None
+        interval = self._config.report_interval_s
+        timeout = self._config.liveness_timeout_s
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if run.relay.lagging(now, 2 * interval):
+                continue
+            for slot in run.pool.silent(now, timeout):
+                limit = SPAWN_GRACE_S if slot.state is WorkerState.SPAWNING else timeout
+                if now - slot.last_seen <= limit:
+                    continue
+                log.warning(
+                    "worker %d (pid %s) sent nothing for %.1f s: killing it",
+                    slot.worker_id,
+                    slot.pid,
+                    now - slot.last_seen,
+                )
+                run.pool.kill(slot)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    async def _main_loop(self) -> Outcome | FatalCloseError:
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, _Shutdown):
+                return Outcome.STOPPED
+            if isinstance(item, _Fenced):
+                return Outcome.FENCED
+            if isinstance(item, _Respawn):
+                if item.slot.state is WorkerState.BACKOFF and not self._stopping:
+                    self._spawn(item.slot)
+                continue
+            fatal = await self._handle_exit(item.slot, item.code)
+            if fatal is not None:
+                return fatal
+
+    async def _handle_exit(self, slot: WorkerSlot, code: int | None) -> FatalCloseError | None:
+        run = self._run
+        assert run is not None
+        run.relay.drain()  # the dead worker's last messages, before deciding anything
+        if code == WORKER_EXIT_FATAL:
+            deadline = time.monotonic() + _FATAL_DETAIL_WAIT_S
+            while slot.fatal_code is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                run.relay.drain()
+        decision = slot.tracker.on_exit(code, slot.started_at, time.monotonic())
+        if decision.action is RestartAction.FATAL:
+            line = (
+                explain_fatal(slot.fatal_code)
+                if slot.fatal_code is not None
+                else "a worker stopped on a fatal gateway close code"
+            )
+            self._shared.status.fatal_reason = line
+            log.error("worker %d: %s; stopping the cluster", slot.worker_id, line)
+            return FatalCloseError(line, slot.fatal_code)
+        if decision.action is RestartAction.GIVE_UP:
+            slot.transition(WorkerState.GIVEN_UP)
+            log.error(
+                "worker %d (shards %d-%d) died %d times in a row quickly (last exit %s): given up",
+                slot.worker_id,
+                slot.shard_ids[0],
+                slot.shard_ids[-1],
+                slot.tracker.quick_deaths,
+                code,
+            )
+            return None
+        slot.transition(WorkerState.BACKOFF)
+        log.warning(
+            "worker %d exited (%s): restarting in %.2f s; its shards resume",
+            slot.worker_id,
+            describe_exit(code),
+            decision.delay_s,
+        )
+        if decision.delay_s <= 0:
+            self._spawn(slot)
+        else:
+            loop = asyncio.get_running_loop()
+            self._timers.append(
+                loop.call_later(decision.delay_s, self._queue.put_nowait, _Respawn(slot))
+            )
+        return None
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def _shutdown(self, graceful: bool) -> None:
+        self._stopping = True
+        for timer in self._timers:
+            timer.cancel()
+        run = self._run
+        if run is not None:
+            run.progress.finish()
+            with contextlib.suppress(Exception):
+                await run.control.stop()
+            if self._fenced:
+                run.pool.kill_all()
+                await self._wait_exits(run.pool, time.monotonic() + 2.0)
+            else:
+                await self._stop_workers(run.pool)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if run is None:
+            return
+        run.relay.drain()
+        run.relay.stop()
+        await run.coordinator.stop()
+        status = self._shared.status
+        for name in ("checkpoint", "identify_redis"):
+            status.sections.pop(name, None)
+        # Without a worker having run, the book holds only what was loaded: re-saving
+        # it would make old sessions look fresh. A fenced owner writes nothing more.
+        if graceful and self._spawned and not self._fenced and await run.checkpointer.write():
+            log.info(
+                "saved %d sessions to %s for resume",
+                len(run.checkpointer.checkpointed),
+                run.store.path,
+            )
+
+    async def _stop_workers(self, pool: WorkerPool) -> None:
+        deadline = time.monotonic() + self._config.stop_timeout_s
+        for slot in pool.alive():
+            if slot.state not in (WorkerState.SPAWNING, WorkerState.RUNNING):
+                continue  # it exited while an earlier one was being stopped
+            slot.transition(WorkerState.STOPPING)
+            if not await pool.stop_worker(slot):
+                pool.terminate(slot)
+        await self._wait_exits(pool, deadline)
+        if pool.alive():
+            log.warning(
+                "workers %s did not stop in time: killing them",
+                [s.worker_id for s in pool.alive()],
+            )
+            pool.kill_all()
+            await self._wait_exits(pool, time.monotonic() + 2.0)
+
+    async def _wait_exits(self, pool: WorkerPool, deadline: float) -> None:
+        while pool.alive():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._exits.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exits.wait(), left)
+
+
+def _range_of(plan: ClusterPlan, config: SupervisorConfig) -> tuple[int, int] | None:
+    """The range for the state dir's file name (None: all shards, one file)."""
+    first, last = plan.shard_ids[0], plan.shard_ids[-1]
+    if (first, last) == (0, plan.total_shards - 1):
+        return None
+    return (first, last)
+
+
+def _bind_private(sock: zmq.Socket[Any], runtime_dir: str, name: str, ipc: bool) -> str:
+    """Bind in the private runtime directory (ipc://), else on loopback port 0."""
+    sock.bind(f"ipc://{runtime_dir}/{name}" if ipc else "tcp://127.0.0.1:0")
+    endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    return endpoint
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "unknown status"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
