@@ -468,6 +468,8 @@ class RangeOwner:
             if slot.state is WorkerState.SPAWNING:
                 slot.transition(WorkerState.RUNNING)
             run.book.on_session(message.shard_id, message.session_id, message.resume_url)
+            if message.session_started:
+                run.checkpointer.soon()
             if message.fatal_code is not None and slot.fatal_code is None:
                 slot.fatal_code = message.fatal_code
             status.apply_report(message)

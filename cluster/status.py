@@ -134,8 +134,12 @@ class ClusterStatus:
         total_shards: int,
         workers: Iterable[tuple[int, tuple[int, ...]]],
         identify_snapshot: IdentifySnapshot | None = None,
+        role: Role = Role.OWNER,
     ) -> None:
-        """This supervisor now owns these shards (a range taken), or none (a spare)."""
+        """This supervisor now owns these shards (a range taken), or waits for a range (a spare).
+
+        An owner with no shards yet (starting) is not ready; a spare is ready when Redis answers.
+        """
         self.total_shards = total_shards
         self.workers = {}
         self.shards = {}
@@ -144,7 +148,7 @@ class ClusterStatus:
             for shard_id in shard_ids:
                 self.shards[shard_id] = ShardStatus(shard_id, worker_id)
         self.identify_snapshot = identify_snapshot
-        self.role = Role.OWNER if self.shards else Role.SPARE
+        self.role = role
 
     @property
     def shards_ready(self) -> int:

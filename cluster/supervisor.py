@@ -45,13 +45,14 @@ from cluster.publisher import Publisher
 from cluster.range_owner import FatalCloseError, Outcome, RangeOwner, Shared, SupervisorError
 from cluster.state.lease import LeaseKeeper
 from cluster.state.redis_state import (
+    BudgetView,
     Layout,
     LayoutMismatchError,
     Lease,
     RedisState,
     RedisStateError,
 )
-from cluster.status import ClusterStatus
+from cluster.status import ClusterStatus, Role
 from cluster.workers import CommandRoutingError, ShardNotRunningError, UnknownShardError
 
 __all__ = [
@@ -133,7 +134,6 @@ class Supervisor:
                 redis = await self._connect_redis(api_url, Layout(total, max_concurrency))
                 leases = LeaseKeeper(redis, self.config.redis)
             status = ClusterStatus(total, [])
-            status.assign(total, [])
             self.status = status
             self.publisher = self._bind_publisher(sync_context)
             http = await self._start_http(status)
@@ -142,7 +142,10 @@ class Supervisor:
                 status.lease_held = lambda: leases.lease is not None
                 status.sections["lease"] = leases.status_json
                 status.sections["redis"] = lambda: self._redis_view
-                monitor = asyncio.create_task(self._monitor_redis(redis), name="redis-monitor")
+                monitor = asyncio.create_task(
+                    self._monitor_redis(redis, api_url, Layout(total, max_concurrency)),
+                    name="redis-monitor",
+                )
             self._log_listening(http, total, gateway)
             shared = Shared(
                 config=self.config,
@@ -162,7 +165,7 @@ class Supervisor:
                     is not Outcome.FENCED
                 ):
                     break
-                status.assign(total, [])  # a spare again
+                status.assign(total, [], role=Role.SPARE)  # fenced: a spare again
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
@@ -197,7 +200,9 @@ class Supervisor:
         lease: Lease | None = None
         leases = shared.leases
         if leases is not None:
+            shared.status.assign(total, [], role=Role.SPARE)
             lease = await leases.claim(candidates, self._stop)
+            shared.status.assign(total, [])  # an owner, starting
             if lease is None:
                 return None
             shard_range: ShardRange | None = lease.shard_range
@@ -312,16 +317,26 @@ class Supervisor:
         )
         return redis
 
-    async def _monitor_redis(self, redis: RedisState) -> None:
-        """Ping Redis and read every host's lease and the shared budget, for /status."""
+    async def _monitor_redis(self, redis: RedisState, api_url: str, layout: Layout) -> None:
+        """Ping Redis and read every host's lease and the shared budget, for /status.
+
+        After Redis lost its data (restarted empty) it also puts back what every
+        host relies on: the layout, and the budget from a fresh ``GET /gateway/bot``.
+        """
         while True:
             view: dict[str, Any] = {
-                "url": self.config.redis.display_url if self.config.redis else None
+                "url": None if self.config.redis is None else self.config.redis.display_url
             }
             try:
                 rtt = await redis.ping()
                 ranges = await redis.leases()
                 budget = await redis.budget()
+                await redis.claim_layout(layout)
+                if budget is None:
+                    budget = await self._resync_budget(redis, api_url)
+            except LayoutMismatchError as exc:
+                log.error("Redis now holds another layout: %s", exc)
+                view.update(up=True, last_error=str(exc))
             except RedisStateError as exc:
                 if self._redis_up:
                     log.warning(
@@ -357,6 +372,24 @@ class Supervisor:
             )
             self._redis_view = view
             await asyncio.sleep(REDIS_MONITOR_S)
+
+    async def _resync_budget(self, redis: RedisState, api_url: str) -> BudgetView | None:
+        """Redis has no budget (it restarted empty): take Discord's numbers again."""
+        try:
+            limit = (await fetch_gateway_bot(api_url, self.config.token)).session_start_limit
+        except DiscordApiError as exc:
+            log.warning("Redis lost the identify budget and /gateway/bot failed: %s", exc)
+            return None
+        view = await redis.sync_budget(
+            limit.remaining, limit.total, round(limit.reset_after_s * 1000)
+        )
+        log.warning(
+            "Redis had no identify budget (restarted empty?): re-synced from /gateway/bot, "
+            "%d of %d session starts left",
+            view.remaining,
+            view.total,
+        )
+        return view
 
     def _bind_publisher(self, context: zmq.Context[zmq.Socket[bytes]]) -> Publisher:
         try:

@@ -10,7 +10,9 @@ book's ``version``), writes it:
 - with ``--redis``, to ``sess:<shard>`` in one script call for the whole
   batch, which first checks this supervisor still holds its lease.
 
-A write is also made every ``refresh_s`` without a change, so an idle
+A new session (a READY) is written at once (:meth:`Checkpointer.soon`): it is
+rare (one per IDENTIFY), and a session nobody checkpointed is an IDENTIFY
+after a crash. A write is also made every ``refresh_s`` without a change, so an idle
 shard's checkpoint never looks stale to the next start. Never per event:
 the relay's hot path only bumps a counter. After a SIGKILL the next start
 RESUMEs from the checkpoint; events published after it are sent again
@@ -83,11 +85,18 @@ class Checkpointer:
         self.checkpointed: dict[int, int] = {}
         self.stats = CheckpointStats()
         self._lock = asyncio.Lock()
+        self._soon = asyncio.Event()
+
+    def soon(self) -> None:
+        """Write now rather than at the next tick (a new session appeared)."""
+        self._soon.set()
 
     async def run(self) -> None:
         """Checkpoint until cancelled."""
         while True:
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._soon.wait(), self.interval_s)
+            self._soon.clear()
             last = self.stats.last_write_at
             stale = last is None or time.monotonic() - last >= self.refresh_s
             if self._book.version != self._written_version or stale:

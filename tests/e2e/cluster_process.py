@@ -41,14 +41,22 @@ class ClusterProcess:
 
     @classmethod
     async def start(
-        cls, *args: str, env: dict[str, str] | None = None, command: str = "up"
+        cls,
+        *args: str,
+        env: dict[str, str] | None = None,
+        command: str = "up",
+        wrap: Callable[[list[str]], list[str]] | None = None,
     ) -> ClusterProcess:
-        """``cluster up --log-format json ARGS`` (or ``cluster COMMAND ARGS``)."""
+        """``cluster up --log-format json ARGS`` (or ``cluster COMMAND ARGS``).
+
+        ``wrap`` turns the argv into another (e.g. run it in a host's network namespace).
+        """
         prefix = ["up", "--log-format", "json"] if command == "up" else [command]
+        argv = [*CLUSTER, *prefix, *args]
+        if wrap is not None:
+            argv = wrap(argv)
         process = await asyncio.create_subprocess_exec(
-            *CLUSTER,
-            *prefix,
-            *args,
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -144,9 +152,12 @@ async def clusters() -> AsyncIterator[Callable[..., Any]]:
     started: list[ClusterProcess] = []
 
     async def start(
-        *args: str, env: dict[str, str] | None = None, command: str = "up"
+        *args: str,
+        env: dict[str, str] | None = None,
+        command: str = "up",
+        wrap: Callable[[list[str]], list[str]] | None = None,
     ) -> ClusterProcess:
-        run = await ClusterProcess.start(*args, env=env, command=command)
+        run = await ClusterProcess.start(*args, env=env, command=command, wrap=wrap)
         started.append(run)
         return run
 

@@ -80,7 +80,11 @@ def args_for(sim: Simulator, where: Path, *extra: str, interval: float = 0.1) ->
 async def all_ready(run: ClusterProcess, within_s: float = 20.0) -> str:
     listening = await run.listening()
     url: str = listening["http"]
-    await wait_http(f"{url}/health", lambda status, _: status == 200, within_s)
+    await wait_http(
+        f"{url}/health",
+        lambda status, body: status == 200 and body.get("role") == "owner",
+        within_s,
+    )
     return url
 
 

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from cluster.http import HealthServer
-from cluster.status import ClusterStatus
+from cluster.status import ClusterStatus, Role
 from cluster.workers import WorkerState
 from protocol.session import ShardPhase
 
@@ -129,7 +129,7 @@ async def test_status_page_is_html_that_polls_status(served: tuple[ClusterStatus
 
 async def test_a_spare_is_ready_while_redis_answers_and_livez_only_needs_the_loop() -> None:
     status = ClusterStatus(0, [])
-    status.assign(8, [])
+    status.assign(8, [], role=Role.SPARE)
     redis_up = True
     status.redis_ok = lambda: redis_up
     status.sections["lease"] = lambda: {"held": False, "spare": True}
