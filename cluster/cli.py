@@ -5,12 +5,9 @@ ends with one line on stderr (``cluster: error: ...``) and exit status 2;
 a runtime failure (e.g. the port is taken) with one line and status 1.
 ``main`` is the console-script entry point.
 
-Adding a command::
-
-    @app.command()
-    def up(...) -> None:
-        config = build_config(...)          # ValueError -> usage_error(str(exc))
-        run_async(supervisor.run(config))   # uvloop when available
+Adding a command: parse the options into a frozen config (``cluster.config``;
+a :class:`cluster.config.ConfigError` becomes ``usage_error(str(exc))``), then
+``run_async(component(config))``, which runs the coroutine on uvloop when available.
 """
 
 from __future__ import annotations

@@ -117,82 +117,72 @@ def _shared_state_metrics(status: ClusterStatus) -> Iterator[Metric]:
     for name in ("owner", "spare"):
         role.add_metric([name], 1.0 if status.role.value == name else 0.0)
     yield role
-    checkpoint = _section(status, "checkpoint")
-    if checkpoint is not None:
-        if checkpoint.get("age_s") is not None:
-            yield GaugeMetricFamily(
-                "titanium_checkpoint_age_seconds",
-                "Seconds since the sessions were last checkpointed",
-                value=float(checkpoint["age_s"]),
-            )
-        yield CounterMetricFamily(
-            "titanium_checkpoint_errors",
-            "Checkpoint writes that failed (state dir or Redis)",
-            value=float(checkpoint.get("errors", 0)),
-        )
-    lease = _section(status, "lease")
-    if lease is not None:
-        yield GaugeMetricFamily(
+    checkpoint = _section(status, "checkpoint") or {}
+    lease = _section(status, "lease") or {}
+    redis = _section(status, "redis") or {}
+    budget = redis.get("budget") if isinstance(redis.get("budget"), dict) else {}
+    grants = _section(status, "identify_redis") or {}
+    latency = grants.get("latency_ms") or {}
+    rtt = redis.get("rtt_ms")
+    mean = latency.get("mean")
+    gauges: list[tuple[str, str, object]] = [
+        (
+            "titanium_checkpoint_age_seconds",
+            "Seconds since the sessions were last checkpointed",
+            checkpoint.get("age_s"),
+        ),
+        (
             "titanium_lease_held",
             "1 while this supervisor holds its range's lease",
-            value=1.0 if lease.get("held") else 0.0,
-        )
-        if lease.get("token") is not None:
-            yield GaugeMetricFamily(
-                "titanium_lease_token",
-                "Fencing token of the held lease",
-                value=float(lease["token"]),
-            )
-        if lease.get("fence_in_s") is not None:
-            yield GaugeMetricFamily(
-                "titanium_lease_fence_seconds",
-                "Seconds left before this host fences itself without a renewal",
-                value=float(lease["fence_in_s"]),
-            )
-        yield CounterMetricFamily(
-            "titanium_lease_fenced",
-            "Times this supervisor fenced itself",
-            value=float(lease.get("fenced", 0)),
-        )
-    redis = _section(status, "redis")
-    if redis is not None:
-        yield GaugeMetricFamily(
+            None if not lease else float(bool(lease.get("held"))),
+        ),
+        ("titanium_lease_token", "Fencing token of the held lease", lease.get("token")),
+        (
+            "titanium_lease_fence_seconds",
+            "Seconds left before this host fences itself without a renewal",
+            lease.get("fence_in_s"),
+        ),
+        (
             "titanium_redis_up",
             "1 when Redis answered the last request",
-            value=1.0 if redis.get("up") else 0.0,
-        )
-        if redis.get("rtt_ms") is not None:
-            yield GaugeMetricFamily(
-                "titanium_redis_rtt_seconds",
-                "Round trip of the last Redis request",
-                value=float(redis["rtt_ms"]) / 1000.0,
-            )
-        yield CounterMetricFamily(
-            "titanium_redis_errors",
-            "Redis requests that failed",
-            value=float(redis.get("errors", 0)),
-        )
-        budget = redis.get("budget")
-        if isinstance(budget, dict) and budget.get("remaining") is not None:
-            yield GaugeMetricFamily(
-                "titanium_identify_budget_remaining_redis",
-                "Session starts left as Redis counts them (shared by every host)",
-                value=float(budget["remaining"]),
-            )
-    grants = _section(status, "identify_redis")
-    if grants is not None:
-        latency = grants.get("latency_ms") or {}
-        if latency.get("mean") is not None:
-            yield GaugeMetricFamily(
-                "titanium_identify_grant_latency_seconds",
-                "Mean round trip of an identify grant through Redis",
-                value=float(latency["mean"]) / 1000.0,
-            )
-        yield CounterMetricFamily(
+            None if not redis else float(bool(redis.get("up"))),
+        ),
+        (
+            "titanium_redis_rtt_seconds",
+            "Round trip of the last Redis request",
+            None if rtt is None else float(rtt) / 1000.0,
+        ),
+        (
+            "titanium_identify_budget_remaining_redis",
+            "Session starts left as Redis counts them (shared by every host)",
+            (budget or {}).get("remaining"),
+        ),
+        (
+            "titanium_identify_grant_latency_seconds",
+            "Mean round trip of an identify grant through Redis",
+            None if mean is None else float(mean) / 1000.0,
+        ),
+    ]
+    counters: list[tuple[str, str, object]] = [
+        (
+            "titanium_checkpoint_errors",
+            "Checkpoint writes that failed (state dir or Redis)",
+            checkpoint.get("errors"),
+        ),
+        ("titanium_lease_fenced", "Times this supervisor fenced itself", lease.get("fenced")),
+        ("titanium_redis_errors", "Redis requests that failed", redis.get("errors")),
+        (
             "titanium_identify_redis_granted",
             "Identify grants Redis gave this host",
-            value=float(grants.get("granted", 0)),
-        )
+            grants.get("granted"),
+        ),
+    ]
+    for name, doc, value in gauges:
+        if isinstance(value, int | float):
+            yield GaugeMetricFamily(name, doc, value=float(value))
+    for name, doc, value in counters:
+        if isinstance(value, int | float):
+            yield CounterMetricFamily(name, doc, value=float(value))
 
 
 def _section(status: ClusterStatus, name: str) -> dict[str, Any] | None:

@@ -10,7 +10,10 @@ so the page also works behind a path prefix) every second and redraws:
 - ``#grid``: one ``.cell`` per shard whose second class is its state
   (``ready``, ``resuming``, ``fatal``, ...), with latency and event rate; past
   256 shards the cells shrink to the shard number (details in the tooltip);
-- the worker table.
+- the worker table;
+- with ``--redis``, ``#hosts``: this supervisor's role and lease, and every
+  shard range of the bot with the supervisor holding its lease (the cluster as
+  Redis sees it, so any host's page shows all of them).
 """
 
 from __future__ import annotations
@@ -67,11 +70,17 @@ STATUS_PAGE_HTML: Final = """<!doctype html>
  <div class="stat">events/s <b id="rate">-</b></div>
  <div class="stat">session starts left <b id="budget">-</b></div>
  <div class="stat">uptime <b id="uptime">-</b></div>
+ <div class="stat">role <b id="role">-</b></div>
 </header>
 <main>
  <div id="problems"></div>
  <div id="legend"></div>
  <div id="grid" aria-label="shards"></div>
+ <div id="hosts-panel" hidden>
+ <h2>Hosts (shard ranges and their lease holders, from Redis)</h2>
+ <table><thead><tr><th>range</th><th>holder</th><th>fencing token</th><th>lease expires in</th></tr></thead>
+ <tbody id="hosts"></tbody></table>
+ </div>
  <h2>Workers</h2>
  <table><thead><tr><th>worker</th><th>pid</th><th>shards</th><th>state</th><th>restarts</th></tr></thead>
  <tbody id="workers"></tbody></table>
@@ -125,6 +134,15 @@ async function refresh(){
   $("workers").innerHTML=st.workers.map(w=>
    `<tr><td>${w.worker_id}</td><td>${w.pid??"-"}</td><td>${fmtRanges(w.shard_ids)}</td>`+
    `<td>${esc(w.state??(w.alive?"alive":"dead"))}</td><td>${w.restarts}</td></tr>`).join("");
+  $("role").textContent=st.role??"-";
+  const ranges=st.redis&&st.redis.ranges;
+  $("hosts-panel").hidden=!ranges;
+  if(ranges){
+   const mine=st.lease&&st.lease.holder;
+   $("hosts").innerHTML=Object.entries(ranges).map(([r,l])=>
+    `<tr${l.holder===mine?' style="font-weight:700"':""}><td>${esc(r)}</td><td>${esc(l.holder)}</td>`+
+    `<td>${l.token}</td><td>${(l.ttl_ms/1000).toFixed(1)} s</td></tr>`).join("");
+  }
   const problems=(hl.problems||[]).concat(st.fatal&&!(hl.problems||[]).includes(st.fatal)?[st.fatal]:[]);
   $("problems").textContent=problems.join(" · ");
   $("updated").textContent=`updated ${new Date().toLocaleTimeString()} · refreshes every second`;

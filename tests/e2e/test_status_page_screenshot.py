@@ -81,6 +81,15 @@ async def page_url() -> AsyncIterator[str]:
     for worker in status.workers.values():
         worker.pid = 40000 + worker.worker_id
         worker.state = WorkerState.RUNNING
+    # with --redis: this host and its peer, as Redis sees them
+    status.sections["lease"] = lambda: {"held": True, "holder": "host-a:41:aa", "token": 3}
+    status.sections["redis"] = lambda: {
+        "up": True,
+        "ranges": {
+            "0-63": {"holder": "host-a:41:aa", "token": 3, "ttl_ms": 9500},
+            "64-127": {"holder": "host-b:77:bb", "token": 1, "ttl_ms": 8100},
+        },
+    }
     server = HealthServer(status, "127.0.0.1", 0)
     await server.start()
     try:
@@ -209,6 +218,10 @@ async def test_the_status_page_renders_the_shard_grid_in_chromium(
     assert '<div id="problems"></div>' in dom  # every fetch worked
     assert '<span id="health" class="degraded">' in dom
     assert "16-31" in dom  # the worker table
+    assert '<b id="role">owner</b>' in dom
+    panel = dom[dom.find('id="hosts-panel"') : dom.find("<h2>Workers")]
+    hosts = re.findall(r"<td>(\d+-\d+)</td><td>([^<]+)</td><td>(\d+)</td>", panel)
+    assert hosts == [("0-63", "host-a:41:aa", "3"), ("64-127", "host-b:77:bb", "1")], panel
 
     shot = tmp_path / "page.png"
     await chromium(binary, tmp_path / "profile-shot", f"--screenshot={shot}", page_url)

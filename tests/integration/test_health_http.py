@@ -159,3 +159,38 @@ async def test_an_owner_without_its_lease_is_not_ready() -> None:
     held = False
     ready, body = status.health()
     assert not ready and "lease" in body["problems"][0]
+
+
+async def test_metrics_show_the_lease_redis_checkpoint_and_grant_figures() -> None:
+    status = ClusterStatus(1, [(0, (0,))])
+    status.sections["lease"] = lambda: {"held": True, "token": 7, "fence_in_s": 5.5, "fenced": 1}
+    status.sections["redis"] = lambda: {
+        "up": True,
+        "rtt_ms": 0.4,
+        "errors": 2,
+        "budget": {"remaining": 990, "total": 1000},
+    }
+    status.sections["checkpoint"] = lambda: {"age_s": 0.25, "errors": 0}
+    status.sections["identify_redis"] = lambda: {"granted": 16, "latency_ms": {"mean": 0.5}}
+    server = HealthServer(status, "127.0.0.1", 0)
+    await server.start()
+    try:
+        code, text, _ = await get(server.url + "/metrics")
+    finally:
+        await server.stop()
+    assert code == 200
+    for line in (
+        'titanium_role{role="owner"} 1.0',
+        "titanium_lease_held 1.0",
+        "titanium_lease_token 7.0",
+        "titanium_lease_fence_seconds 5.5",
+        "titanium_lease_fenced_total 1.0",
+        "titanium_redis_up 1.0",
+        "titanium_redis_rtt_seconds 0.0004",
+        "titanium_redis_errors_total 2.0",
+        "titanium_identify_budget_remaining_redis 990.0",
+        "titanium_checkpoint_age_seconds 0.25",
+        "titanium_identify_grant_latency_seconds 0.0005",
+        "titanium_identify_redis_granted_total 16.0",
+    ):
+        assert line in text, line
