@@ -36,6 +36,7 @@ from cluster.state.redis_state import (
     Lease,
     LeaseLostError,
     RedisState,
+    RedisStateError,
     RedisUnavailableError,
 )
 
@@ -173,6 +174,12 @@ class LeaseKeeper:
             except LeaseLostError as exc:
                 holder = exc.holder or "another supervisor"
                 self._fence(on_fence, f"the lease was taken by {holder}")
+                return
+            except RedisStateError:
+                renewed = False  # an answer we cannot use: like no answer, the deadline decides
+            except Exception as exc:
+                # Fail safe: a keeper that cannot go on must not leave the shards connected.
+                self._fence(on_fence, f"the lease keeper failed: {exc!r}")
                 return
             if renewed:
                 if warned:

@@ -413,3 +413,24 @@ async def test_stop_closes_every_connection(sim_factory: SimFactory, raw_clients
     await asyncio.wait_for(sim.stop(), 5)
     await client.expect_close()
     assert not sim.gateway.connections
+
+
+async def test_a_resume_of_a_session_still_open_elsewhere_closes_the_old_connection(
+    sim_factory: SimFactory, raw_clients: Connect
+) -> None:
+    """Discord's behaviour the fencing tests must not lean on: the newer connection wins."""
+    sim = await sim_factory(guilds=1)
+    old = await raw_clients(sim.gateway_url)
+    ready = await old.ready()
+    await old.recv_event("GUILD_CREATE")
+    seen = old.seq
+    assert seen is not None
+    new = await raw_clients(sim.resume_url)
+    await new.hello()
+    await new.resume(ready["session_id"], seen)
+    await new.recv_event("RESUMED")
+    closed = await old.expect_close()
+    assert closed.code == 4000 and "elsewhere" in closed.reason
+    [fresh] = sim.emit(0, 1)
+    assert (await new.recv_event("MESSAGE_CREATE"))["d"]["_sim_event_id"] == fresh
+    assert len(sim.record.accepted_resumes(0)) == 1 and len(sim.record.identifies) == 1
