@@ -86,6 +86,9 @@ class Checkpointer:
         self.stats = CheckpointStats()
         self._lock = asyncio.Lock()
         self._soon = asyncio.Event()
+        #: What Redis holds (as far as this checkpointer wrote it), and when all was last written.
+        self._remote_written: dict[int, Session] = {}
+        self._remote_at: float | None = None
 
     def soon(self) -> None:
         """Write now rather than at the next tick (a new session appeared)."""
@@ -116,8 +119,22 @@ class Checkpointer:
                     self.stats.file_errors += 1
                     self._failed(f"state dir: {exc.strerror or exc}")
             if self._remote is not None:
+                # Only what changed goes to Redis (one key per shard); everything on a
+                # refresh, which also renews the keys' TTL.
+                stale = (
+                    self._remote_at is None or time.monotonic() - self._remote_at >= self.refresh_s
+                )
+                batch = (
+                    sessions
+                    if stale
+                    else {s: p for s, p in sessions.items() if self._remote_written.get(s) != p}
+                )
                 try:
-                    await self._remote(sessions)
+                    if batch:
+                        await self._remote(batch)
+                    self._remote_written.update(batch)
+                    if stale:
+                        self._remote_at = time.monotonic()
                     self.stats.remote_writes += 1
                 except Exception as exc:
                     ok = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -113,3 +113,26 @@ async def test_checkpoints_go_to_redis_under_the_lease(
             await other.close()
     finally:
         await state.close()
+
+
+async def test_only_changed_sessions_go_to_redis_between_full_refreshes(tmp_path: Path) -> None:
+    book = SessionBook()
+    batches: list[dict[int, Session]] = []
+
+    async def remote(sessions: Mapping[int, Session]) -> None:
+        batches.append(dict(sessions))
+
+    checkpointer = Checkpointer(book, (0, 1, 2), None, remote, interval_s=0.05, refresh_s=60)
+    for shard in (0, 1, 2):
+        published(book, shard, f"s{shard}", 5)
+    assert await checkpointer.write()
+    assert set(batches[-1]) == {0, 1, 2}  # the first write is a full one
+    published(book, 1, "s1", 9)
+    assert await checkpointer.write()
+    assert batches[-1] == {1: Session("s1", 9, URL)}
+    count = len(batches)
+    assert await checkpointer.write()  # nothing changed: no round trip
+    assert len(batches) == count
+    checkpointer.refresh_s = 0.0
+    assert await checkpointer.write()
+    assert set(batches[-1]) == {0, 1, 2}  # a refresh renews every key's TTL
