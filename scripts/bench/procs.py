@@ -20,6 +20,9 @@ from pathlib import Path
 import psutil
 
 REPO: Path = Path(__file__).resolve().parents[2]
+#: Where children import the packages from (``--head``: a snapshot of the committed
+#: tree), ahead of REPO (which still provides ``scripts.bench``); None: the working tree.
+CODE_DIR: Path | None = None
 
 
 class ChildError(Exception):
@@ -82,10 +85,11 @@ class Child:
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
     ) -> Child:
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        path = str(REPO) if CODE_DIR is None else f"{CODE_DIR}{os.pathsep}{REPO}"
+        full_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         proc = await asyncio.create_subprocess_exec(
             *argv,
-            cwd=str(cwd or REPO),
+            cwd=str(cwd or CODE_DIR or REPO),
             env=full_env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,

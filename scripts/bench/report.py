@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -170,6 +171,268 @@ def _rest_of_overshoot(name: str, rest_s: float, rounds: int, refused: list[floa
             " slot of its bucket."
         )
     return out
+
+
+def _fig(rows: list[dict[str, Any]], key: str) -> Figure:
+    """The samples of ``key`` over ``rows`` (a missing or NaN sample is left out)."""
+    values = (r.get(key) for r in rows)
+    return Figure(tuple(float(v) for v in values if v is not None and not math.isnan(float(v))))
+
+
+#: Two-sided 95 % quantiles of Student's t by degrees of freedom (few benchmark pairs).
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
+def _load(rows: list[dict[str, Any]]) -> str:
+    """' (1-minute load average a-b at the ends of the runs)', or '' when not recorded."""
+    loads = [float(r["load1"]) for r in rows if r.get("load1") is not None]
+    if not loads:
+        return ""
+    return f" (1-minute load average {min(loads):.2f}-{max(loads):.2f} at the ends of the runs)"
+
+
+def redis_section(data: dict[str, Any]) -> list[str]:
+    """``## Redis``: the figures of scripts/bench/redis_bench.py, with the command that made them."""
+    sz = data.get("sizes", {})
+    lease = data.get("lease", {})
+    lines = [
+        "## Redis (`cluster up --redis`)",
+        "",
+        f"Measured by `{data.get('command', 'python -m scripts.bench --only redis')}`"
+        f" at {data.get('measured_at', '?')} on {data.get('machine', '?')}"
+        + (
+            f", code at commit {data['commit']}"
+            + (" (`--head`: a snapshot of the commit)" if data.get("snapshot") else "")
+            + (
+                f" with uncommitted changes to {', '.join(data['uncommitted'])}"
+                if data.get("uncommitted")
+                else ""
+            )
+            if data.get("commit")
+            else ""
+        )
+        + ", against a"
+        f" redis-server {data.get('redis_version', '')} of its own on TCP loopback (no"
+        " persistence; one database per part), emptied before every `cluster up`"
+        " (scripts/bench/redis_bench.py).",
+        "",
+    ]
+    cpu = data.get("cpu", [])
+    if cpu:
+        shards, rate = int(sz.get("shards", 0)), int(sz.get("rate_per_shard", 0))
+        ratio = _fig(cpu, "ratio")
+        sup = _fig(cpu, "supervisor_ratio")
+        lines += [
+            "### CPU per event with and without `--redis`",
+            "",
+            f"The same `cluster up` command (1 worker, {shards} shards) with and without"
+            f" `--redis`, the firehose paced at {shards * rate:,} events/s ({shards} x"
+            f" {rate:,}/s) for {sz.get('seconds', 0):g} s per run; runs interleaved in pairs"
+            " so a change of machine load hits both alike, each pair's ratio taken within the"
+            " pair"
+            + (
+                ", the side that runs first alternating from pair to pair (off-on, on-off,"
+                " ...) so a difference between a pair's first and second run cancels out"
+                if any(r.get("first") == "on" for r in cpu)
+                else ""
+            )
+            + ". CPU of the cluster's process tree (supervisor + worker,"
+            " psutil) and of the supervisor process alone (relay, checkpointer, Redis client)"
+            " from the stream's start to its last event at a SUB sink; the worker alone (tree"
+            " minus supervisor) never talks to Redis: its on/off ratio is the control, what"
+            " the machine did to the pair; redis-server's own"
+            " CPU (not in the tree) beside it, at psutil's resolution of 10 ms per run. With"
+            " `--redis` the supervisor also renews its"
+            f" lease every {lease.get('renew', 2):g} s and its Redis monitor pings every 2 s;"
+            " checkpoints are written at most every 0.5 s (one script call per batch) in both"
+            " cases to the state dir and, with `--redis`, to Redis.",
+            "",
+            "| pair | first | off µs/event | on µs/event | on/off | supervisor off"
+            " | supervisor on | supervisor on/off | worker on/off (control)"
+            " | redis-server µs/event | checkpoint writes (on) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for i, r in enumerate(cpu, 1):
+            worker = r.get("worker_ratio")
+            lines.append(
+                f"| {i} | {r.get('first', 'off')} | {r['off_us']:.1f} | {r['on_us']:.1f}"
+                f" | {r['ratio']:.3f} | {r['off_supervisor_us']:.1f}"
+                f" | {r['on_supervisor_us']:.1f} | {r['supervisor_ratio']:.3f}"
+                f" | {'n/a' if worker is None else f'{worker:.3f}'}"
+                f" | {r['on_redis_server_us']:.2f}"
+                f" | {r['on_checkpoints']:.0f} in {r['on_seconds']:.1f} s |"
+            )
+        lines += [
+            f"| median | | {_fig(cpu, 'off_us').fmt(1)} | {_fig(cpu, 'on_us').fmt(1)}"
+            f" | {ratio.fmt(3)} | {_fig(cpu, 'off_supervisor_us').fmt(1)}"
+            f" | {_fig(cpu, 'on_supervisor_us').fmt(1)} | {sup.fmt(3)}"
+            f" | {_fig(cpu, 'worker_ratio').fmt(3)}"
+            f" | {_fig(cpu, 'on_redis_server_us').fmt(2)} | |",
+            "",
+        ]
+        if not math.isnan(ratio.median):
+            cost = (ratio.median - 1) * 100
+            ratios = ratio.samples
+            mean = statistics.fmean(ratios)
+            # 95 % interval of the mean ratio (normal approximation; t for few pairs)
+            half = (
+                T95.get(len(ratios) - 1, 1.96) * statistics.stdev(ratios) / math.sqrt(len(ratios))
+                if len(ratios) > 1
+                else math.nan
+            )
+            if ratio.high < 1.05:
+                verdict = "every pair within the target of < 5 %"
+            elif mean + half < 1.05:
+                verdict = "within the target of < 5 % (the mean's 95 % interval is below 1.05)"
+            elif mean - half > 1.05:
+                verdict = "NOT within the target of < 5 % (the mean's 95 % interval is above 1.05)"
+            else:
+                verdict = (
+                    "not resolved by the timing: the mean's 95 % interval contains 1.05"
+                    " (see the count below)"
+                )
+            lines += [
+                f"- At {shards * rate:,} events/s with `--redis` the whole tree's CPU per event"
+                f" changes by {cost:+.1f} % (median of {len(ratios)} pairs' ratios; pairs"
+                f" {ratio.low:.3f} to {ratio.high:.3f}; mean {mean:.3f}"
+                + (f" ± {half:.3f}, 95 %" if not math.isnan(half) else "")
+                + f"), the supervisor's by {(sup.median - 1) * 100:+.1f} %: {verdict}.",
+            ]
+            control = _fig(cpu, "worker_ratio")
+            if not math.isnan(control.median):
+                lines.append(
+                    f"- Control: the worker alone, which never talks to Redis, changed by"
+                    f" {(control.median - 1) * 100:+.1f} % (median; pairs {control.low:.3f} to"
+                    f" {control.high:.3f}) in the same pairs: a change of this size is the"
+                    " machine's, not Redis's. The supervisor's ratio against the worker's,"
+                    f" pair by pair: median {_fig([{'x': r['supervisor_ratio'] / r['worker_ratio']} for r in cpu if r.get('worker_ratio')], 'x').median:.3f}."
+                )
+            calls = _fig(cpu, "on_redis_calls")
+            per_call = _fig(data.get("micro", []), "client_cpu_us").median
+            events = _fig(cpu, "on_events").median
+            if not math.isnan(calls.median) and not math.isnan(per_call) and events > 0:
+                est = calls.median * per_call / events
+                off = _fig(cpu, "off_us").median
+                lines.append(
+                    "- What `--redis` adds, counted rather than timed: the cluster sent"
+                    f" {calls.fmt(0)} requests to Redis during each {sz.get('seconds', 0):g} s"
+                    f" stream of {events:,.0f} events (checkpoint scripts, lease renewals, the"
+                    " Redis monitor's reads; redis-server ran"
+                    f" {_fig(cpu, 'on_redis_commands').fmt(0)} commands for them, those inside"
+                    f" the scripts included), none per event. At the {per_call:.0f} µs of"
+                    " client CPU a grant script call costs (micro-benchmark below) that is"
+                    f" ~{est:.3f} µs per event on the supervisor, {est / off:.2%} of the tree's"
+                    " CPU per event without Redis: far below what the interleaved runs can"
+                    " resolve on this machine. redis-server's own CPU:"
+                    f" {_fig(cpu, 'on_redis_server_us').median:.2f} µs per event."
+                )
+            lines.append("")
+    ident = data.get("identify", [])
+    micro = data.get("micro", [])
+    if ident or micro:
+        lines += ["### Identify grants through Redis", ""]
+    if ident:
+        lines += [
+            f"`cluster up --redis` starting {int(sz.get('identify_shards', 0))} shards at"
+            f" max_concurrency {int(sz.get('identify_mc', 0))}, identify interval"
+            f" {sz.get('identify_interval', 0):g} s, against the full simulator (its identify"
+            " rules enforced). `identify_redis` of `GET /status` once every shard is READY:"
+            " the arbiter's own timing of each grant request (one Lua script call per"
+            " IDENTIFY, never per event), awaited on the supervisor's busy event loop."
+            " Asked counts every call, refused the ones that found the bucket still"
+            " held (ask again later) or the cold-start guard; op 9 = IDENTIFYs the simulator"
+            " refused as too early for their bucket." + _load(ident),
+            "",
+            "| asked | granted | refused | mean ms | max ms | all READY s | op 9 |",
+            "|---|---|---|---|---|---|---|",
+            f"| {_fig(ident, 'asked').fmt(0)} | {_fig(ident, 'granted').fmt(0)}"
+            f" | {_fig(ident, 'refused').fmt(0)} | {_fig(ident, 'mean_ms').fmt(2)}"
+            f" | {_fig(ident, 'max_ms').fmt(2)} | {_fig(ident, 'total_s').fmt(2)}"
+            f" | {_fig(ident, 'rate_limited').fmt(0)} |",
+            "",
+        ]
+    if micro:
+        n = int(_fig(micro, "n").median)
+        lines += [
+            f"Micro-benchmark: {n:,} `RedisState.try_identify` calls per run from one"
+            " asyncio client (uvloop, redis-py with hiredis) over TCP loopback, each granted"
+            " (the whole script: lease, cold-start guard, bucket, budget), its bucket freed by"
+            " `identify_sent` before the next; a PING of the same client as the floor."
+            " Client CPU = this process's CPU time (`time.process_time`) per `try_identify`."
+            " Microseconds, median of the runs." + _load(micro),
+            "",
+            "| try_identify p50 | p99 | max | mean | client CPU per call | identify_sent p50"
+            " | PING p50 | PING p99 |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {_fig(micro, 'p50_us').fmt(0)} | {_fig(micro, 'p99_us').fmt(0)}"
+            f" | {_fig(micro, 'max_us').fmt(0)} | {_fig(micro, 'mean_us').fmt(0)}"
+            f" | {_fig(micro, 'client_cpu_us').fmt(0)}"
+            f" | {_fig(micro, 'sent_p50_us').fmt(0)} | {_fig(micro, 'ping_p50_us').fmt(0)}"
+            f" | {_fig(micro, 'ping_p99_us').fmt(0)} |",
+            "",
+        ]
+    take = data.get("takeover", [])
+    if take:
+        ttl, wait = lease.get("ttl", 10.0), lease.get("wait", 1.0)
+        target = ttl + wait + 2.0
+        secs = _fig(take, "seconds")
+        timing = (
+            "`cluster up`'s default lease timing"
+            if not sz.get("lease_args")
+            else "scaled-down lease timing (" + " ".join(sz["lease_args"]) + ")"
+        )
+        lines += [
+            "### Host death: every shard RESUMED on a spare",
+            "",
+            f"Two owners (`--shard-ids auto --hosts 2 --host-index 0` and `1`) and a spare (no"
+            f" index) on loopback, {int(sz.get('takeover_shards', 0))} shards, max_concurrency"
+            f" {int(sz.get('takeover_mc', 0))}, {sz.get('takeover_rate', 0):g} dispatches/s per"
+            f" shard, full simulator; {timing}: lease TTL {ttl:g} s, renewal every"
+            f" {lease.get('renew', 2):g} s, fence after {lease.get('fence', 6):g} s, takeover"
+            f" wait {wait:g} s, a spare looks for an expired lease every"
+            f" {lease.get('spare_poll', 1):g} s. Owner 1's whole process group is SIGKILLed"
+            " right after it renewed its lease (the lease's PTTL read from Redis until it"
+            " jumps back up), i.e. the worst case of the wait for the lease to expire;"
+            " seconds from the kill to the last shard of its range with an accepted RESUME"
+            " in the simulator's record (CLOCK_MONOTONIC on both sides). Between them, seconds"
+            " after the kill: the lease's TTL left at the kill, the spare holding the lease"
+            " (Redis, polled), the spare reporting itself an owner (`/health`, after the"
+            " takeover wait), the first accepted RESUME. IDENTIFY = every IDENTIFY the"
+            " simulator saw after the kill." + _load(take),
+            "",
+            "| seconds to all RESUMED | lease left at the kill | lease taken | spare owner"
+            " | first RESUME | RESUMED | IDENTIFY | target s |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {secs.fmt(2)} | {_fig(take, 'lease_left_s').fmt(2)}"
+            f" | {_fig(take, 'lease_taken_s').fmt(2)}"
+            f" | {_fig(take, 'spare_owner_s').fmt(2)} | {_fig(take, 'first_resume_s').fmt(2)}"
+            f" | {_fig(take, 'resumed').fmt(0)} of {_fig(take, 'shards').fmt(0)}"
+            f" | {_fig(take, 'identifies').fmt(0)} | {target:g} |",
+            "",
+        ]
+        if not math.isnan(secs.median):
+            verdict = "within" if secs.high <= target else "NOT within"
+            left = _fig(take, "lease_left_s").median
+            taken = _fig(take, "lease_taken_s").median
+            owner = _fig(take, "spare_owner_s").median
+            poll = lease.get("spare_poll", 1.0)
+            tail = _fig(
+                [{"s": r["seconds"] - r["spare_owner_s"]} for r in take if r.get("spare_owner_s")],
+                "s",
+            )
+            lines += [
+                f"- Slowest run {secs.high:.2f} s: {verdict} the target of lease TTL + takeover"
+                f" wait + 2 s = {target:g} s. After the lease expired (median): the spare's next"
+                f" look for a free range {taken - left:.2f} s (it looks every"
+                f" {poll / 2:g}-{poll:g} s), the takeover wait and a renewal"
+                f" {owner - taken:.2f} s, spawning its worker, connecting and every RESUME"
+                f" accepted {tail.median:.2f} s (at most {tail.high:.2f} s). Worst case with"
+                f" these figures: TTL + {poll:g} s + takeover wait + {tail.high:.2f} s ="
+                f" {ttl + poll + wait + tail.high:.2f} s. IDENTIFYs during the takeover:"
+                f" {_counts([r['identifies'] for r in take])}.",
+                "",
+            ]
+    return lines
 
 
 def markdown(res: Results, elapsed_s: float, generated_at: str | None = None) -> str:
@@ -395,6 +658,8 @@ def markdown(res: Results, elapsed_s: float, generated_at: str | None = None) ->
             f"| {f['seconds'].fmt(2)} | {f['resumed'].fmt(0)} | {f['lost'].fmt(0)} | {f['duplicates'].fmt(0)} |"
         )
         lines.append("")
+    if res.redis:
+        lines += redis_section(res.redis)
     if not res.quick:
         lines += [HISTORY]
     if res.skipped or res.errors or res.notes:
@@ -414,6 +679,7 @@ def to_json(res: Results, elapsed_s: float = 0.0) -> str:
         "startup": res.startup,
         "memory": res.memory,
         "recovery": res.recovery,
+        "redis": res.redis,
         "skipped": res.skipped,
         "errors": res.errors,
         "load": res.load,

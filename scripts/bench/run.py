@@ -11,6 +11,12 @@ Benchmarks (``--only`` takes these names):
 - ``startup``: 1,024 shards, max_concurrency 16, identify interval 0.05 s,
   against the full simulator: time to all READY vs ``(ceil(N/mc) - 1) * interval``.
 - ``memory``: RSS per idle connected shard at 1,000 shards (zlib-stream).
+- ``recovery``: a worker SIGKILLed, time until every shard RESUMED.
+- ``redis``: ``cluster up --redis`` (scripts/bench/redis_bench.py): CPU per
+  event with and without ``--redis`` at a paced 16,000 events/s (runs
+  interleaved), identify grant latency through Redis (``/status`` and a
+  micro-benchmark of the grant script), and a host SIGKILLed until a spare
+  has RESUMED every shard of its range.
 
 Each figure is measured ``--repeat`` times, the receivers interleaved so a
 change of machine load hits all of them alike; the report gives the median,
@@ -27,6 +33,7 @@ import contextlib
 import importlib.util
 import math
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -34,7 +41,7 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +62,7 @@ TOKEN = discord_shaped_token(1_234_567_890_123_456_789)
 INTENTS = 1 | 512 | 256 | 32768
 NODE_DIR = REPO / "scripts" / "bench" / "node"
 RECEIVERS = ("floor", "worker", "cluster", "discord.py", "hikari", "discordjs-ws")
-BENCHMARKS = ("throughput", "latency", "startup", "memory", "recovery")
+BENCHMARKS = ("throughput", "latency", "startup", "memory", "recovery", "redis")
 #: receiver -> py-spy output file (``--profile DIR``); the CPU figures include py-spy then.
 PROFILE: dict[str, Path] = {}
 
@@ -100,6 +107,8 @@ class Results:
     startup: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     memory: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     recovery: list[dict[str, float]] = field(default_factory=list)
+    #: the ``redis`` benchmark (scripts/bench/redis_bench.py): sizes, command, samples by part
+    redis: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     load: list[tuple[str, tuple[float, float, float]]] = field(default_factory=list)
@@ -271,13 +280,18 @@ async def start_cluster(
     interval: float = 0.01,
     shards: int | None = None,
     state_dir: str | None = None,
+    extra: Sequence[str] = (),
 ) -> Child:
     """``cluster up`` (supervisor + worker processes) against ``rest_url``, publishing on ``pub``.
 
     ``workers=None`` leaves the count to ``cluster up`` (its default: what users run);
-    ``shards=None`` takes Discord's (the simulator's) recommendation.
+    ``shards=None`` takes Discord's (the simulator's) recommendation; ``extra`` is
+    appended to the command line (e.g. ``--redis URL``).
     """
-    state = state_dir or tempfile.mkdtemp(prefix="bench-cluster-")
+    state = state_dir
+    if state is None:
+        state = tempfile.mkdtemp(prefix="bench-cluster-")
+        STATE_DIRS.append(state)  # removed when the command ends
     argv = [
         sys.executable,
         "-c",
@@ -308,10 +322,13 @@ async def start_cluster(
         argv += ["--workers", str(workers)]
     if shards is not None:
         argv += ["--shards", str(shards)]
+    argv += extra
     return await Child.start("cluster", argv)
 
 
 SINK_MODE = {"floor": "floor", "worker": "ipc", "cluster": "sub"}
+#: State dirs start_cluster made itself: removed at the end of the command.
+STATE_DIRS: list[str] = []
 
 
 async def throughput_once(name: str, fh: Firehose, sizes: Sizes) -> tuple[float, float]:
@@ -863,12 +880,14 @@ async def run(args: argparse.Namespace) -> Results:
     res = Results(sizes=sizes, quick=args.quick, repeat=args.repeat)
     only = set(args.only or BENCHMARKS)
     wanted = [r for r in RECEIVERS if not args.receivers or r in args.receivers]
+    # receivers matter to these only (a run of recovery or redis alone skips no receiver)
+    with_receivers = only & {"throughput", "latency", "startup", "memory"}
     receivers: list[str] = []
     for r in wanted:
         why = unavailable(r)
         if why is None:
             receivers.append(r)
-        else:
+        elif with_receivers:
             res.skipped[r] = why
             log(f"skipping {r}: {why}")
     steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
@@ -898,6 +917,13 @@ async def run(args: argparse.Namespace) -> Results:
                     ),
                 )
             )
+        if "redis" in only:
+            from scripts.bench import redis_bench
+
+            command = "python -m scripts.bench " + " ".join(
+                map(shlex.quote, getattr(args, "argv", []))
+            )
+            steps.append(("redis", lambda: redis_bench.bench_redis(res, http, command)))
         try:
             for name, step in steps:
                 res.load.append((f"before {name}", os.getloadavg()))
@@ -905,6 +931,8 @@ async def run(args: argparse.Namespace) -> Results:
                 await step()
         finally:
             await stop_all()
+            while STATE_DIRS:
+                shutil.rmtree(STATE_DIRS.pop(), ignore_errors=True)
         res.load.append(("end", os.getloadavg()))
     for where, drops in DROPPED.items():
         res.notes.append(
@@ -922,7 +950,7 @@ def merge(res: Results, old: dict[str, Any]) -> None:
     """
     measured = {key for key in BENCHMARKS if getattr(res, key)}
     taken = []
-    for key in ("throughput", "startup", "memory", "recovery"):
+    for key in ("throughput", "startup", "memory", "recovery", "redis"):
         if not getattr(res, key) and old.get(key):
             setattr(res, key, old[key])
             taken.append(key)
@@ -944,7 +972,9 @@ def merge(res: Results, old: dict[str, Any]) -> None:
     if taken and measured:
         res.notes.append(
             f"{', '.join(taken)}: figures of an earlier run (`--merge`); this run measured"
-            f" {', '.join(sorted(measured))}."
+            f" {', '.join(sorted(measured))}. The Machine section describes the machine of"
+            " this run: the earlier run's JSON does not record its own (the redis section"
+            " names the machine it was measured on)."
         )
 
 
@@ -968,6 +998,29 @@ def render(path: Path, out: Path) -> None:
     res.errors = list(old.get("errors", []))
     out.write_text(report.markdown(res, float(old.get("elapsed_s", 0.0)), old.get("generated_at")))
     log(f"wrote {out}")
+
+
+#: The packages children import; ``--head`` takes them from the committed tree.
+RUNTIME_PACKAGES = ("cluster", "worker", "protocol", "simulator")
+
+
+def head_snapshot() -> Path:
+    """``git archive HEAD`` of the runtime packages into a temporary directory (read-only git)."""
+    import subprocess
+
+    from scripts.bench import procs
+
+    out = Path(tempfile.mkdtemp(prefix="bench-head-"))
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", "HEAD", *RUNTIME_PACKAGES],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
+    procs.CODE_DIR = out
+    log(f"children run the committed HEAD's {', '.join(RUNTIME_PACKAGES)} from {out}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1004,12 +1057,20 @@ def main(argv: list[str] | None = None) -> None:
         help="run nothing: write the markdown of this earlier --json output to --out",
     )
     parser.add_argument(
+        "--head",
+        action="store_true",
+        help="run every child (cluster up, simulators, load sources, sinks) on the committed"
+        " HEAD of cluster/ worker/ protocol/ simulator/ (a git archive snapshot), not on the"
+        " working tree that others may be editing",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         default=None,
         help="run floor/worker under py-spy, raw stacks in DIR",
     )
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.render is not None:
         render(args.render, args.out or REPO / "docs" / "BENCHMARKS.md")
         return
@@ -1027,7 +1088,12 @@ def main(argv: list[str] | None = None) -> None:
     started = time.time()
     # SIGTERM ends the run like Ctrl-C: the children are stopped on the way out
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    res = asyncio.run(run(args))
+    snapshot = head_snapshot() if args.head else None
+    try:
+        res = asyncio.run(run(args))
+    finally:
+        if snapshot is not None:
+            shutil.rmtree(snapshot, ignore_errors=True)
     if args.merge is not None:
         merge(res, orjson.loads(args.merge.read_bytes()))
     out: Path | None = args.out

@@ -4,7 +4,9 @@
 starts its own load sources, receivers and sinks as processes). Nothing is
 asserted on timings: only that every benchmark produced figures, that the
 markdown report names the machine and each section, and that receivers which
-are not installed are skipped with a reason rather than failing the run.
+are not installed are skipped with a reason rather than failing the run. The
+``redis`` benchmark (``cluster up --redis`` against a local redis-server) runs
+its parts at once in this mode; where redis-server is missing it is skipped.
 """
 
 from __future__ import annotations
@@ -49,9 +51,25 @@ def test_quick_bench_runs_every_benchmark(tmp_path: Path) -> None:
     if "cluster" not in skipped:  # `cluster up` itself: supervisor + workers
         assert data["startup"]["cluster"][0]["total_s"] > 0
         assert data["memory"]["cluster"][0]["rss_mb"] > data["memory"]["worker"][0]["rss_mb"]
+    if "redis" not in skipped:  # cluster up --redis: every part ran, tiny
+        redis = data["redis"]
+        [cpu] = redis["cpu"]
+        assert cpu["off_us"] > 0 and cpu["on_us"] > 0 and cpu["ratio"] > 0
+        [ident] = redis["identify"]
+        assert ident["granted"] >= redis["sizes"]["identify_shards"]
+        [micro] = redis["micro"]
+        assert (
+            micro["n"] == redis["sizes"]["micro_calls"] and 0 < micro["p50_us"] <= micro["max_us"]
+        )
+        if "redis takeover" not in skipped:
+            [take] = redis["takeover"]
+            assert take["resumed"] == take["shards"] > 0
+            assert take["identifies"] == 0, "the spare identified instead of resuming"
     text = out.read_text()
     for heading in ("## Machine", "## CPU per event", "## Latency", "## Startup", "## Memory"):
         assert heading in text
+    if "redis" not in skipped:
+        assert "## Redis" in text
     assert "Smoke mode" in text
     for name, why in skipped.items():
         assert f"skipping {name}: {why}" in proc.stderr
