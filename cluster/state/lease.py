@@ -127,11 +127,27 @@ class LeaseKeeper:
                         ", ".join(range_key(r) for r in candidates),
                     )
                     announced = True
-                poll = self.settings.spare_poll_s
-                await _sleep_or_stop(stopping, poll * random.uniform(0.5, 1.0))
+                await _sleep_or_stop(stopping, await self._until_a_lease_may_expire(candidates))
             return None
         finally:
             self.waiting = False
+
+    async def _until_a_lease_may_expire(self, candidates: Sequence[ShardRange]) -> float:
+        """How long a spare sleeps: until the first candidate's lease runs out, at most a poll.
+
+        A little jitter, so spares waiting for the same range do not ask in lockstep.
+        """
+        poll = self.settings.spare_poll_s
+        try:
+            ttls = [
+                info.ttl_ms / 1000
+                for info in [await self._redis.lease_info(r) for r in candidates]
+                if info is not None and info.ttl_ms >= 0
+            ]
+        except RedisStateError:
+            ttls = []
+        soonest = min(ttls, default=poll)
+        return min(poll, max(0.005, soonest)) + random.uniform(0.0, 0.02)
 
     async def _renew_once(self) -> bool:
         lease = self.lease
