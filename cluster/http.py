@@ -51,6 +51,12 @@ class ClusterCollector(Collector):
         identifies = CounterMetricFamily(
             "titanium_shard_identifies", "Identifies sent per shard", labels=["shard"]
         )
+        shard_dropped = CounterMetricFamily(
+            "titanium_shard_dropped",
+            "Dispatches a worker dropped instead of relaying, per shard and reason "
+            "(seq_not_increasing, seq_invalid, seq_missing, t_missing); only reasons seen",
+            labels=["shard", "reason"],
+        )
         for shard in shards:
             label = str(shard.shard_id)
             for event_type, count in shard.events_by_type.items():
@@ -61,7 +67,9 @@ class ClusterCollector(Collector):
             reconnects.add_metric([label], shard.reconnects)
             resumes.add_metric([label], shard.resumes)
             identifies.add_metric([label], shard.identifies)
-        yield from (events, latency, ready, reconnects, resumes, identifies)
+            for reason, count in shard.dropped.items():
+                shard_dropped.add_metric([label, reason], count)
+        yield from (events, latency, ready, reconnects, resumes, identifies, shard_dropped)
 
         yield GaugeMetricFamily(
             "titanium_shards_total", "Shards this supervisor runs", value=len(shards)
@@ -82,17 +90,30 @@ class ClusterCollector(Collector):
         )
         dropped = CounterMetricFamily(
             "titanium_relay_dropped",
-            "Events dropped by the relay, by reason (pub_hwm: overflow episodes of a slow subscriber)",
+            "Events dropped by the relay, by reason (pub_hwm: events a subscriber missed "
+            "because its queue was full, per event and subscriber; pub_disconnected: "
+            "queued for a subscriber when it left)",
             labels=["reason"],
         )
         dropped.add_metric(["duplicate"], relay.duplicates_dropped)
         dropped.add_metric(["pub_hwm"], relay.pub_dropped)
+        dropped.add_metric(["pub_disconnected"], relay.pub_disconnected_dropped)
         dropped.add_metric(["malformed"], relay.malformed_dropped)
         yield dropped
         yield GaugeMetricFamily(
             "titanium_relay_subscriptions",
-            "Subscriptions on the PUB socket",
+            "Subscriptions (topic prefixes) on the PUB socket",
             value=relay.subscriptions,
+        )
+        yield GaugeMetricFamily(
+            "titanium_relay_subscribers",
+            "Subscribers connected to the PUB socket",
+            value=relay.subscribers,
+        )
+        yield GaugeMetricFamily(
+            "titanium_relay_pub_queued",
+            "Events waiting in the supervisor for PUB subscribers that fall behind",
+            value=relay.pub_queued,
         )
 
         alive = GaugeMetricFamily(

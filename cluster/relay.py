@@ -10,25 +10,33 @@ manager are never starved.
 
 Workers send EVENT_RUNS messages (protocol/ipc.py): one binary frame and one
 body per event-loop iteration, holding runs of consecutive events per shard.
-Per run the relay reads its 20-byte head and dedupes it as a whole; per event
-it reads a 6-byte head and sends three frames: the topic and the payload as
-memoryview slices of the body (copied once, into ZeroMQ) and the PUB header
-built from ``(shard_id, seq)``. The older EVENTS kind (three PUB frames per
-event, forwarded untouched) is still read. Reports (SHARD_STATE, WORKER_STATUS: a few per shard per
-second) are decoded and handed to the supervisor's callback.
+Per run the relay reads its 20-byte head, dedupes it as a whole and looks up
+the PUB header template of the run's ``(shard_id, epoch)``: the session id is
+JSON-encoded into it once per shard and session (:meth:`Relay._head`), so per
+event only the seq is formatted (``template % seq``, as cheap as the header
+without the session id was). Per event it reads a 6-byte head and hands the
+publisher three frames: the topic and the payload as memoryview slices of the
+body and that header; the publisher queues them per subscriber and the relay
+flushes it after every batch (cluster/publisher.py). The older EVENTS kind
+(three PUB frames per event) is still read; its header frame is checked and
+replaced by the relay's own. Reports (SHARD_STATE, WORKER_STATUS: a few per
+shard per second) are decoded and handed to the supervisor's callback; a
+report that names a session also names it in the book first.
 
 :class:`SessionBook` is the pure bookkeeping: the last published
-``(epoch, seq)`` per shard, which is what dedupes a RESUME's replay, and each
-shard's current session from its reports. A replacement worker RESUMEs from
-``resume_point(shard)`` (a :class:`protocol.session.Session`): the last seq
-the supervisor *published*, so every ``(shard_id, seq)`` reaches the PUB
-socket exactly once, across a SIGKILL.
+``(epoch, seq)`` per shard, which is what dedupes a RESUME's replay, each
+shard's current session from its reports, and the session id behind each of
+a shard's recent epochs (what the PUB header says). A replacement worker
+RESUMEs from ``resume_point(shard)`` (a :class:`protocol.session.Session`):
+the last seq the supervisor *published*, so every ``(shard_id, seq)`` reaches
+the PUB socket exactly once, across a SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -41,8 +49,10 @@ from cluster.publisher import Publisher
 from cluster.status import RelayCounters
 from protocol import ipc
 from protocol.errors import WireFormatError
-from protocol.pubframe import HEADER_TEMPLATE
+from protocol.pubframe import HEADER_TEMPLATE, header_template
 from protocol.session import Session
+
+log = logging.getLogger(__name__)
 
 #: Messages handled per wake-up before yielding to the event loop.
 DEFAULT_BATCH: Final = 2000
@@ -70,7 +80,7 @@ class SessionBook:
     the version it last wrote instead of rebuilding the sessions to find out.
     """
 
-    __slots__ = ("_current", "_older", "_sessions", "version")
+    __slots__ = ("_current", "_names", "_older", "_sessions", "version")
 
     def __init__(self) -> None:
         #: shard -> [epoch, last published seq] of the newest epoch seen on the PUB socket
@@ -80,6 +90,9 @@ class SessionBook:
         #: shard -> its current session, from the worker's latest report (or the saved
         #: file). Its seq is not read: the published seq above is the one that counts.
         self._sessions: dict[int, Session] = {}
+        #: shard -> {epoch: session id} of the newest few sessions named by a report
+        #: (or the saved file): what the PUB header says for a run of that epoch.
+        self._names: dict[int, dict[int, str]] = {}
         #: Bumped on every change of a published seq or of a session.
         self.version = 0
 
@@ -124,8 +137,33 @@ class SessionBook:
             return current[1]
         return self._older.get(shard_id, {}).get(epoch, 0)
 
+    def name(self, shard_id: int, session_id: str) -> None:
+        """Remember which session id ``shard_id``'s epoch of ``session_id`` stands for.
+
+        Kept for the newest few sessions of each shard, also after the session
+        ended, so a replaced session's stragglers still get their own id.
+        """
+        epoch = ipc.session_epoch(session_id)
+        names = self._names.get(shard_id)
+        if names is None:
+            self._names[shard_id] = {epoch: session_id}
+            return
+        if names.get(epoch) == session_id:
+            return
+        names.pop(epoch, None)
+        names[epoch] = session_id
+        while len(names) > _OLD_EPOCHS_PER_SHARD + 1:
+            del names[next(iter(names))]
+
+    def session_id(self, shard_id: int, epoch: int) -> str | None:
+        """The session id of ``shard_id``'s session ``epoch`` (None: not named by any report)."""
+        names = self._names.get(shard_id)
+        return None if names is None else names.get(epoch)
+
     def on_session(self, shard_id: int, session_id: str | None, resume_url: str | None) -> None:
         """A worker reported the shard's session (None: it has none to resume)."""
+        if session_id:
+            self.name(shard_id, session_id)
         known = self._sessions.get(shard_id)
         if session_id and resume_url:
             if known is None or known.session_id != session_id or known.resume_url != resume_url:
@@ -138,6 +176,7 @@ class SessionBook:
     def seed(self, shard_id: int, session: Session) -> None:
         """A saved session from the previous run: its events up to ``session.seq`` were published."""
         self._sessions[shard_id] = session
+        self.name(shard_id, session.session_id)
         self.version += 1
         epoch = ipc.session_epoch(session.session_id)
         if self.published(shard_id, epoch) < session.seq:
@@ -183,6 +222,10 @@ class Relay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
         self._scheduled = False
+        #: shard -> (epoch, PUB header template of that session): built once per
+        #: session, found with one dict lookup per run (see :meth:`_head`)
+        self._heads: dict[int, tuple[int, bytes]] = {}
+        self._unnamed_logged = False
         #: monotonic time the channel was last seen empty (the relay is caught up)
         self.caught_up_at = time.monotonic()
 
@@ -190,21 +233,17 @@ class Relay:
         loop = asyncio.get_running_loop()
         self._loop = loop
         fd = self._pull.getsockopt(zmq.FD)
-        pub_fd = self._publisher.socket.getsockopt(zmq.FD)
-        assert isinstance(fd, int) and isinstance(pub_fd, int)
+        assert isinstance(fd, int)
         self._fd = fd
         loop.add_reader(fd, self._wake)
-        loop.add_reader(pub_fd, self._publisher.drain_subscriptions)
+        self._publisher.start(loop)  # a no-op when its owner started it already
         # Edge-triggered: whatever is queued already would never signal.
         self._wake()
-        self._publisher.drain_subscriptions()
 
     def stop(self) -> None:
+        # The publisher is not stopped: it outlives this relay (subscribers stay connected).
         if self._loop is not None and self._fd is not None:
             self._loop.remove_reader(self._fd)
-            pub_fd = self._publisher.socket.getsockopt(zmq.FD)
-            assert isinstance(pub_fd, int)
-            self._loop.remove_reader(pub_fd)
         self._fd = None
 
     def lagging(self, now: float, within_s: float) -> bool:
@@ -284,9 +323,14 @@ class Relay:
         finally:
             counters.published += published
             counters.duplicates_dropped += duplicates
-            counters.pub_dropped = self._publisher.dropped
-        self._publisher.drain_subscriptions()
-        counters.subscriptions = self._publisher.subscriptions
+        publisher = self._publisher
+        publisher.flush()
+        publisher.drain_subscriptions()
+        counters.pub_dropped = publisher.dropped
+        counters.pub_disconnected_dropped = publisher.lost_at_disconnect
+        counters.subscriptions = publisher.subscriptions
+        counters.subscribers = publisher.subscribers
+        counters.pub_queued = publisher.queued
         return handled
 
     def _events(self, shard_id: int, epoch: int, seq: int, count: int) -> tuple[int, int]:
@@ -303,14 +347,46 @@ class Relay:
         except zmq.Again:
             self._counters.malformed_dropped += 1  # shorter than its header says
             return 0, 0
-        if any(frames[3 * i + 1] != HEADER_TEMPLATE % (shard_id, seq + i) for i in range(count)):
+        head = self._heads.get(shard_id)
+        template = head[1] if head is not None and head[0] == epoch else self._head(shard_id, epoch)
+        # The producer's header is checked as it wrote it (with or without the
+        # session id) and the header published is the relay's own, like EVENT_RUNS'.
+        if any(
+            frames[3 * i + 1] not in (HEADER_TEMPLATE % (shard_id, seq + i), template % (seq + i))
+            for i in range(count)
+        ):
             self._realign()
             return 0, 0
         skip = self._book.admit(shard_id, epoch, seq, count)
         publish = self._publisher.publish
-        for i in range(3 * skip, len(frames), 3):
-            publish(frames[i], frames[i + 1], frames[i + 2])
+        for i in range(skip, count):
+            publish(frames[3 * i], template % (seq + i), frames[3 * i + 2])
         return count - skip, skip
+
+    def _head(self, shard_id: int, epoch: int) -> bytes:
+        """The PUB header template of ``shard_id``'s session ``epoch``, cached per shard.
+
+        The run head carries the epoch (a crc32), not the session id; the id comes
+        from the book, which the relay tells about every report it reads (see
+        :meth:`_other`). A session-started report is ahead of its READY on the
+        worker's ordered channel, so a session is named before its first event
+        is published, whatever the supervisor does with the report. A session
+        no report named (never sent by our workers) goes out without the key,
+        is not cached (a later report may name it), and is logged once.
+        """
+        session_id = self._book.session_id(shard_id, epoch) if epoch else None
+        template = header_template(shard_id, session_id)
+        if session_id is not None or not epoch:
+            self._heads[shard_id] = (epoch, template)
+        elif not self._unnamed_logged:
+            self._unnamed_logged = True
+            log.warning(
+                "shard %d: events of session epoch %d arrived before any report named "
+                "the session; their PUB headers carry no session_id",
+                shard_id,
+                epoch,
+            )
+        return template
 
     def _runs(self, runs: int, body: bytes) -> tuple[int, int]:
         """Publish the runs of an EVENT_RUNS body; (published, duplicates).
@@ -324,6 +400,7 @@ class Relay:
         end = len(view)
         admit = self._book.admit
         publish = self._publisher.publish
+        heads = self._heads
         at = 0
         published = 0
         duplicates = 0
@@ -335,6 +412,11 @@ class Relay:
                     raise ValueError("a run without events")
                 skip = admit(shard_id, epoch, seq, count)
                 duplicates += skip
+                head = heads.get(shard_id)
+                if head is not None and head[0] == epoch:
+                    template = head[1]
+                else:
+                    template = self._head(shard_id, epoch)
                 for i in range(count):
                     topic_len, payload_len = _EVENT_UNPACK(view, at)
                     at += _EVENT_SIZE
@@ -345,7 +427,7 @@ class Relay:
                     if i >= skip:
                         publish(
                             view[at:topic_end],
-                            HEADER_TEMPLATE % (shard_id, seq + i),
+                            template % (seq + i),
                             view[topic_end:payload_end],
                         )
                         published += 1
@@ -374,7 +456,13 @@ class Relay:
         except WireFormatError:
             self._counters.malformed_dropped += 1
             return
-        if isinstance(message, ipc.ShardReport | ipc.WorkerStatus):
+        if isinstance(message, ipc.ShardReport):
+            # Named here, not only by the supervisor's handler: the header of
+            # this session's events must not depend on what that handler does.
+            if message.session_id:
+                self._book.name(message.shard_id, message.session_id)
+            self._on_report(message)
+        elif isinstance(message, ipc.WorkerStatus):
             self._on_report(message)
         else:
             self._counters.malformed_dropped += 1

@@ -31,6 +31,9 @@ class ShardStatus:
     reconnects: int = 0
     events: int = 0
     events_by_type: dict[str, int] = field(default_factory=dict)
+    #: Dispatches the worker dropped instead of relaying, per reason
+    #: (:class:`protocol.ipc.DispatchDrop`), since its process started.
+    dropped: dict[str, int] = field(default_factory=dict)
     fatal_code: int | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -44,6 +47,7 @@ class ShardStatus:
             "resumes": self.resumes,
             "reconnects": self.reconnects,
             "events": self.events,
+            "dropped": dict(self.dropped),
         }
 
 
@@ -77,12 +81,31 @@ class RelayCounters:
 
     published: int = 0
     duplicates_dropped: int = 0
-    #: Overflow episodes: a publish that found a subscriber at its high-water
-    #: mark. libzmq then drops further events for that subscriber silently
-    #: until it catches up; subscribers see the exact gaps from per-shard seq.
+    #: Events a subscriber missed because its queue was full (``--pub-hwm``), one
+    #: per event and subscriber (cluster/publisher.py): with one slow subscriber,
+    #: exactly the seq gaps it sees.
     pub_dropped: int = 0
+    #: Events still queued for a subscriber when it disconnected.
+    pub_disconnected_dropped: int = 0
     malformed_dropped: int = 0
+    #: Subscriptions (topic prefixes) over all subscribers.
     subscriptions: int = 0
+    #: Connected subscribers with at least one subscription.
+    subscribers: int = 0
+    #: Events waiting in the supervisor for subscribers that fall behind (a gauge).
+    pub_queued: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "published": self.published,
+            "duplicates_dropped": self.duplicates_dropped,
+            "pub_dropped": self.pub_dropped,
+            "pub_disconnected_dropped": self.pub_disconnected_dropped,
+            "malformed_dropped": self.malformed_dropped,
+            "subscriptions": self.subscriptions,
+            "subscribers": self.subscribers,
+            "pub_queued": self.pub_queued,
+        }
 
 
 IdentifySnapshot = Callable[[], dict[str, Any]]
@@ -167,6 +190,7 @@ class ClusterStatus:
         shard.reconnects = report.reconnects
         shard.events = report.events
         shard.events_by_type = report.events_by_type
+        shard.dropped = report.dropped
         shard.fatal_code = report.fatal_code
 
     def shards_lost(self, shard_ids: Iterable[int]) -> None:
@@ -237,13 +261,7 @@ class ClusterStatus:
             "shards": [self.shards[i].to_json() for i in sorted(self.shards)],
             "workers": [self.workers[i].to_json() for i in sorted(self.workers)],
             "identify": self.identify_budget(),
-            "relay": {
-                "published": self.relay.published,
-                "duplicates_dropped": self.relay.duplicates_dropped,
-                "pub_dropped": self.relay.pub_dropped,
-                "malformed_dropped": self.relay.malformed_dropped,
-                "subscriptions": self.relay.subscriptions,
-            },
+            "relay": self.relay.to_json(),
             "fatal": self.fatal_reason,
             "role": self.role.value,
             **{name: section() for name, section in self.sections.items()},

@@ -3,7 +3,7 @@
 :meth:`Supervisor.run` starts what lives as long as the process: the embedded
 simulator (``--simulate``), ``GET /gateway/bot``, with ``--redis`` the Redis
 client (the layout claimed, the namespace from ``GET /users/@me``) and the
-lease keeper, the XPUB (:mod:`cluster.publisher`) and the HTTP endpoint
+lease keeper, the PUB socket (:mod:`cluster.publisher`) and the HTTP endpoint
 (:class:`cluster.http.HealthServer`). Then it **claims** a range and **owns** it
 (:class:`cluster.range_owner.RangeOwner`: workers, relay, coordinator,
 control socket, checkpoints) until a stop, a fatal close code or a fence:
@@ -136,6 +136,7 @@ class Supervisor:
             status = ClusterStatus(total, [])
             self.status = status
             self.publisher = self._bind_publisher(sync_context)
+            self.publisher.start(loop)  # subscribers are served also while a spare
             http = await self._start_http(status)
             if redis is not None and leases is not None:
                 status.redis_ok = lambda: self._redis_up

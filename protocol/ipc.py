@@ -39,8 +39,10 @@ EVENT_RUNS        5  1 frame, the body: ``count`` runs back to back. A run is
                      number of events n >= 1), then per event a ``<HI`` head
                      (topic length >= 1, payload length) followed by the topic
                      and the payload bytes. The PUB header frame is not carried:
-                     it is ``{"shard_id":S,"seq":N}`` (protocol/pubframe.py),
-                     built where the event is published. What a worker sends:
+                     it is ``{"shard_id":S,"seq":N,"session_id":"..."}``
+                     (protocol/pubframe.py), built where the event is published,
+                     the session id found from the epoch (the session-started
+                     report named it earlier on this channel). What a worker sends:
                      every event of one event-loop iteration, of all its shards,
                      in one message (two ZeroMQ frames).
 SHARD_STATE       2  1 frame: a JSON object (see :class:`ShardReport`)
@@ -53,9 +55,9 @@ STOP             17  no frames: drain (close every shard with 4000, report the
 =============  ====  ==========================================================
 
 The supervisor dedupes events by ``(shard_id, epoch, seq)`` from the binary
-frame alone and forwards the three PUB frames untouched. The epoch is a pure
-function of the session id, so a replacement worker that RESUMEs the session
-sends the same epoch and replayed events dedupe against the ones already seen.
+frame and the run heads alone. The epoch is a pure function of the session
+id, so a replacement worker that RESUMEs the session sends the same epoch and
+replayed events dedupe against the ones already seen.
 """
 
 from __future__ import annotations
@@ -233,6 +235,25 @@ class EventRuns:
 # -- reports -------------------------------------------------------------------
 
 
+class DispatchDrop(enum.StrEnum):
+    """Why a worker did not relay a dispatch (the keys of :attr:`ShardReport.dropped`).
+
+    Discord numbers a session's dispatches 1, 2, 3, ... (READY is 1) and never
+    sends one without ``s``; the supervisor dedupes, checkpoints and RESUMEs by
+    that number, so a dispatch that breaks the numbering is dropped and
+    counted, never relayed under a number it does not have (worker/shard.py).
+    """
+
+    #: ``s`` at or below the last seq relayed in this session: a replayed or repeated event
+    SEQ_NOT_INCREASING = "seq_not_increasing"
+    #: ``s`` below 1 (0 or negative): not a gateway sequence number at all
+    SEQ_INVALID = "seq_invalid"
+    #: ``s`` null or absent
+    SEQ_MISSING = "seq_missing"
+    #: ``t`` null or absent: no event name to publish it under
+    T_MISSING = "t_missing"
+
+
 @dataclass(frozen=True, slots=True)
 class ShardReport:
     """One shard's state, sent on every phase change and periodically (liveness).
@@ -258,6 +279,9 @@ class ShardReport:
     commands_refused: int = 0
     #: Dispatches relayed by this worker process, per event name (since it started).
     events_by_type: dict[str, int] = field(default_factory=dict)
+    #: Dispatches this worker process dropped, per :class:`DispatchDrop` reason (since
+    #: it started). Added in place of a version bump: a report without it reads as {}.
+    dropped: dict[str, int] = field(default_factory=dict)
 
     @property
     def epoch(self) -> int:
@@ -351,6 +375,12 @@ def _check_types(obj: dict[str, Any], ints: tuple[str, ...], what: str) -> None:
             raise WireFormatError(f"{what} field {key!r} must be a non-negative int")
 
 
+def _counts(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and type(v) is int and v >= 0 for k, v in value.items()
+    )
+
+
 def decode(frames: Sequence[bytes]) -> Message:
     """Decode one ipc message (without the ROUTER's routing-id frame)."""
     if not frames:
@@ -390,6 +420,8 @@ def decode(frames: Sequence[bytes]) -> Message:
         report: ShardReport = _build(ShardReport, obj, "SHARD_STATE")
         if not isinstance(report.phase, str):
             raise WireFormatError("SHARD_STATE field 'phase' must be a string")
+        if not _counts(report.dropped):
+            raise WireFormatError("SHARD_STATE field 'dropped' must map names to counts")
         if report.shard_id != head.shard_id:
             raise WireFormatError("SHARD_STATE body and header disagree on shard_id")
         return report

@@ -1,23 +1,34 @@
-"""The event stream on the PUB socket, format version 1 (DESIGN.md 4.2).
+"""The event stream on the PUB socket, format version 1 (DESIGN.md 4.2 and 6).
 
 Every dispatch event is one ZeroMQ multipart message of exactly three frames::
 
     frame 0  topic    the event name in ASCII, e.g. b"MESSAGE_CREATE"; subscribers
                       filter by prefix (b"MESSAGE_" takes all message events,
                       b"" takes everything)
-    frame 1  header   a compact JSON object with at least "shard_id" (int) and
-                      "seq" (int, the gateway sequence number in that shard's
-                      session): b'{"shard_id":3,"seq":42}'. Readers must ignore
-                      keys they do not know; later versions only add keys.
+    frame 1  header   a compact JSON object with "shard_id" (int), "seq" (int, the
+                      gateway sequence number in that shard's session) and
+                      "session_id" (string, the gateway session the seq belongs
+                      to): b'{"shard_id":3,"seq":42,"session_id":"9f0c..."}'.
+                      "session_id" is left out when the relay does not know the
+                      session (an event before any READY; producers older than
+                      the key). Readers must ignore keys they do not know; later
+                      versions only add keys.
     frame 2  payload  the gateway payload exactly as the gateway sent it (after
                       transport decompression): UTF-8 JSON with op, s, t, d
 
+``(shard_id, session_id, seq)`` names an event: a subscriber detects a gap (a
+seq skipped within a session) or a duplicate (a seq seen twice) across
+sessions and reconnects without parsing any payload.
+
 The header is written from a pre-formatted byte template (no dict, no JSON
-encoder) because it is built once per event on the hot path.
+encoder) because it is built once per event on the hot path: the relay builds
+one template per shard and session (:func:`header_template`, the session id
+JSON-encoded once) and formats only the seq per event.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -28,7 +39,7 @@ from protocol.errors import WireFormatError
 
 PUB_FORMAT_VERSION: Final = 1
 FRAME_COUNT: Final = 3
-#: The header frame, ``HEADER_TEMPLATE % (shard_id, seq)`` (the relay formats it inline).
+#: The header of an event whose session is not known, ``HEADER_TEMPLATE % (shard_id, seq)``.
 HEADER_TEMPLATE: Final = b'{"shard_id":%d,"seq":%d}'
 
 
@@ -41,16 +52,35 @@ class PubEvent:
     seq: int
     header: dict[str, Any]
     payload: bytes
+    #: The gateway session of ``seq``; None when the header has none (an older producer).
+    session_id: str | None = None
 
 
-def encode_header(shard_id: int, seq: int) -> bytes:
+def header_template(shard_id: int, session_id: str | None) -> bytes:
+    """The header of one shard's session with ``%d`` for the seq: ``template % seq``.
+
+    Built once per shard and session (the session id JSON-escaped, and any
+    ``%`` in it doubled so the one ``%d`` is the only conversion).
+    """
+    if session_id is None:
+        return b'{"shard_id":%d,"seq":%%d}' % shard_id
+    # json, not orjson: ASCII-only output, and a lone surrogate is escaped, not refused
+    quoted = json.dumps(session_id).encode("ascii").replace(b"%", b"%%")
+    return b'{"shard_id":%d,"seq":%%d,"session_id":%b}' % (shard_id, quoted)
+
+
+def encode_header(shard_id: int, seq: int, session_id: str | None = None) -> bytes:
     """The header frame for an event of ``shard_id`` with gateway sequence ``seq``."""
-    return HEADER_TEMPLATE % (shard_id, seq)
+    if session_id is None:
+        return HEADER_TEMPLATE % (shard_id, seq)
+    return header_template(shard_id, session_id) % seq
 
 
-def event_frames(topic: bytes, shard_id: int, seq: int, payload: bytes) -> list[bytes]:
+def event_frames(
+    topic: bytes, shard_id: int, seq: int, payload: bytes, session_id: str | None = None
+) -> list[bytes]:
     """The three frames of one event, ready for ``send_multipart``."""
-    return [topic, HEADER_TEMPLATE % (shard_id, seq), payload]
+    return [topic, encode_header(shard_id, seq, session_id), payload]
 
 
 def _header_int(header: dict[str, Any], key: str) -> int:
@@ -62,6 +92,13 @@ def _header_int(header: dict[str, Any], key: str) -> int:
     if value < 0:
         raise WireFormatError(f"PUB header {key!r} must not be negative, got {value}")
     return value
+
+
+def _header_session(header: dict[str, Any]) -> str | None:
+    value = header.get("session_id")
+    if value is None or isinstance(value, str):
+        return value
+    raise WireFormatError(f"PUB header 'session_id' must be a string, not {type(value).__name__}")
 
 
 def decode_event(frames: Sequence[bytes]) -> PubEvent:
@@ -85,4 +122,5 @@ def decode_event(frames: Sequence[bytes]) -> PubEvent:
         seq=_header_int(header, "seq"),
         header=header,
         payload=bytes(payload),
+        session_id=_header_session(header),
     )

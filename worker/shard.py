@@ -15,7 +15,11 @@ aiohttp never gets to send its default 1000, which would end the session.
 
 The hot path is the reader: frame -> decompress -> ``peek`` (op, t, s without a
 JSON parse) -> ``output.event``. Only READY, RESUMED, Hello and op 9 are
-parsed; nothing is logged per event.
+parsed; nothing is logged per event. A dispatch is relayed only when its ``s``
+is above the last one relayed in its session; any other (a replay, ``s`` 0 or
+null, no ``t``) is dropped and counted per reason (``ShardReport.dropped``,
+:class:`protocol.ipc.DispatchDrop`), the first of each reason logged once per
+connection: see :meth:`Shard._drop` for why such events are not relayed.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from protocol.errors import (
     MalformedPayloadError,
 )
 from protocol.gateway import API_VERSION, CLIENT_PAYLOAD_LIMIT, RESUMABLE_CLOSE_CODE, SEND_WINDOW_S
-from protocol.ipc import ShardReport, session_epoch
+from protocol.ipc import DispatchDrop, ShardReport, session_epoch
 from protocol.session import Session, ShardPhase
 from worker import state as sm
 from worker.backoff import Backoff, BackoffPolicy
@@ -129,6 +133,8 @@ class ShardCounters:
     commands_sent: int = 0
     commands_refused: int = 0
     events_by_type: dict[str, int] = field(default_factory=dict)
+    #: dispatches not relayed, per :class:`DispatchDrop` value
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 class Shard:
@@ -169,6 +175,8 @@ class Shard:
         self._ack_pending = False
         self._beat_sent_at = 0.0
         self._unknown_ops_logged = False
+        #: drop reasons already logged on the current connection (one line each)
+        self._drops_logged: set[DispatchDrop] = set()
         self._topics: dict[str, bytes] = {}
         self._url = gateway_url(config.gateway_url, config.api_version, config.compression)
 
@@ -211,6 +219,7 @@ class Shard:
             commands_sent=c.commands_sent,
             commands_refused=c.commands_refused,
             events_by_type=dict(c.events_by_type),
+            dropped=dict(c.dropped),
         )
 
     def stop(self) -> None:
@@ -401,6 +410,7 @@ class Shard:
         verdict: asyncio.Future[Decision] = loop.create_future()
         self._verdict = verdict
         self._ack_pending = False
+        self._drops_logged.clear()
         tasks: list[asyncio.Task[None]] = []
         try:
             await self._set_phase(sm.on_connected(self._state, mode))
@@ -524,15 +534,14 @@ class Shard:
             except MalformedPayloadError as exc:
                 return self._bad_input(f"malformed gateway payload ({exc})")
             if op == 0:
-                if s is None or t is None:
-                    return self._bad_input("a dispatch without t or s")
                 if t in (_READY, _RESUMED):
                     try:
                         await self._on_session_event(t, s, data, ws, tasks, verdict, limiter)
                     except MalformedPayloadError as exc:
                         return self._bad_input(str(exc))
-                elif s <= self._seq:
-                    continue  # already relayed (replay overlap)
+                if s is None or t is None or s <= self._seq:
+                    self._drop(t, s)
+                    continue
                 self._seq = s
                 counters.events += 1
                 by_type[t] = by_type.get(t, 0) + 1
@@ -575,6 +584,47 @@ class Shard:
                 if not self._unknown_ops_logged:
                     self._unknown_ops_logged = True
                     log.warning("shard %d: ignoring unknown opcode %r", shard_id, op)
+
+    def _drop(self, t: str | None, s: int | None) -> None:
+        """Count a dispatch that is not relayed; log the first of each reason per connection.
+
+        What is right for a dispatch Discord would never send (``s`` null, 0 or
+        not above the last one; ``t`` null): drop it and count it, never relay
+        it under a made-up seq. The seq is what the supervisor dedupes by, what
+        it checkpoints as published and what a RESUME asks the gateway to replay
+        after; a synthetic one would be resumed from as if the gateway had sent
+        it, and after a worker crash the replayed event would get a new one and
+        be published twice, a silent duplicate instead of a counted drop. An
+        event at or below the last seq of its session was relayed already, or
+        the server reuses numbers: either way the number cannot name it. So a
+        server that numbers dispatches 0 (READY, GUILD_CREATE, RESUMED all
+        ``s: 0``) gets its sessions started and resumed as usual, and every one
+        of those events shows up in ``dropped`` (reason ``seq_invalid``), in
+        the log once per connection, in ``/status`` and in ``/metrics``. A
+        dropped event leaves the shard's seq (heartbeats, RESUME) as it was.
+        """
+        if t is None:
+            reason = DispatchDrop.T_MISSING
+        elif s is None:
+            reason = DispatchDrop.SEQ_MISSING
+        elif s < 1:
+            reason = DispatchDrop.SEQ_INVALID
+        else:
+            reason = DispatchDrop.SEQ_NOT_INCREASING
+        dropped = self.counters.dropped
+        dropped[reason.value] = dropped.get(reason.value, 0) + 1  # plain str keys for orjson
+        if reason not in self._drops_logged:
+            self._drops_logged.add(reason)
+            log.warning(
+                "shard %d: dropped dispatch %s with s=%s (%s; last relayed seq %d); "
+                "further %s drops on this connection are only counted",
+                self.shard_id,
+                t,
+                "null" if s is None else s,
+                reason.value,
+                self._seq,
+                reason.value,
+            )
 
     def _topic(self, t: str) -> bytes:
         topic = t.encode("ascii", "replace")
@@ -626,7 +676,7 @@ class Shard:
     async def _on_session_event(
         self,
         t: str,
-        s: int,
+        s: int | None,
         data: bytes,
         ws: _WS,
         tasks: list[asyncio.Task[None]],
@@ -636,7 +686,8 @@ class Shard:
         if t == _READY:
             try:
                 d = orjson.loads(data)["d"]
-                session = Session(str(d["session_id"]), s, str(d["resume_gateway_url"]))
+                seq = s if s is not None and s > 0 else 0
+                session = Session(str(d["session_id"]), seq, str(d["resume_gateway_url"]))
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 raise MalformedPayloadError(
                     f"READY without session_id/resume_gateway_url: {exc}"

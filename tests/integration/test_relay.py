@@ -1,21 +1,27 @@
-"""The relay on real ZeroMQ sockets: PUSH -> PULL -> dedupe -> XPUB -> SUB."""
+"""The relay on real ZeroMQ sockets: PUSH -> PULL -> dedupe -> PUB (cluster/publisher.py) -> SUB."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 import zmq
 import zmq.asyncio
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
 
+from cluster.http import ClusterCollector
 from cluster.publisher import Publisher
 from cluster.relay import Relay, SessionBook
-from cluster.status import RelayCounters
+from cluster.status import ClusterStatus, RelayCounters
 from protocol import ipc
 from protocol.pubframe import decode_event, encode_header
+from protocol.session import Session
+from tests.integration.test_publisher import SlowReader, missed_by_gaps
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -45,13 +51,13 @@ def event(shard: int, epoch: int, seq: int, topic: bytes = b"MESSAGE_CREATE") ->
 
 
 @contextlib.asynccontextmanager
-async def relay_rig(batch: int) -> AsyncIterator[Rig]:
+async def relay_rig(batch: int, hwm: int = 100_000) -> AsyncIterator[Rig]:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     async_context = zmq.asyncio.Context()
     pull: zmq.Socket[bytes] = context.socket(zmq.PULL)
     pull.setsockopt(zmq.LINGER, 0)
     pull.bind("tcp://127.0.0.1:0")
-    publisher = Publisher(context, "tcp://127.0.0.1:0", hwm=100_000)
+    publisher = Publisher(context, "tcp://127.0.0.1:0", hwm=hwm)
     push: zmq.Socket[bytes] = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
     push.connect(pull.getsockopt_string(zmq.LAST_ENDPOINT))
@@ -66,7 +72,7 @@ async def relay_rig(batch: int) -> AsyncIterator[Rig]:
     relay.start()
     rig = Rig(push, sub, relay, book, counters, publisher, reports)
     try:
-        # the subscription must reach the XPUB before anything is published
+        # the subscription must reach the publisher before anything is published
         async with asyncio.timeout(5):
             while publisher.subscriptions < 1:  # noqa: ASYNC110 (counted by the relay's reader)
                 await asyncio.sleep(0.01)
@@ -227,3 +233,121 @@ async def test_a_busy_relay_yields_to_the_event_loop_between_batches() -> None:
         partial = {n for n in seen_by_ticker if 0 < n < 5000}
         assert len(partial) >= 10, sorted(partial)
         assert all(n % 100 == 0 for n in partial)
+
+
+def started(shard_id: int, session_id: str) -> list[bytes]:
+    """The session-started report a worker sends ahead of the session's READY."""
+    report = ipc.ShardReport(shard_id, "ready", 0, session_id, "wss://r", session_started=True)
+    return ipc.encode_shard_report(report)
+
+
+async def headers(rig: Rig, n: int) -> list[tuple[int, int, str | None]]:
+    out: list[tuple[int, int, str | None]] = []
+    async with asyncio.timeout(5):
+        while len(out) < n:
+            frames = await rig.sub.recv_multipart()
+            event = decode_event(frames)
+            assert frames[1] == encode_header(event.shard_id, event.seq, event.session_id)
+            out.append((event.shard_id, event.seq, event.session_id))
+    return out
+
+
+async def test_headers_carry_the_session_id_named_by_the_report_ahead_of_the_events(
+    rig: Rig,
+) -> None:
+    # The rig's report handler does not touch the book: the relay names sessions itself.
+    new, old = ipc.session_epoch("s-new"), ipc.session_epoch("s-old")
+    rig.push.send_multipart(started(0, "s-old"))
+    rig.push.send_multipart(runs((0, old, 1, 2)))
+    rig.push.send_multipart(started(0, "s-new"))
+    rig.push.send_multipart(runs((0, new, 1, 2)))
+    rig.push.send_multipart(runs((0, old, 3, 1)))  # a straggler of the replaced session
+    rig.push.send_multipart(runs((1, 77, 1, 1), (2, 0, 1, 1)))  # never named; no session
+    rig.push.send_multipart(event(0, new, 3))  # the older EVENTS kind gets the same header
+    assert await headers(rig, 8) == [
+        (0, 1, "s-old"),
+        (0, 2, "s-old"),
+        (0, 1, "s-new"),
+        (0, 2, "s-new"),
+        (0, 3, "s-old"),
+        (1, 1, None),
+        (2, 1, None),
+        (0, 3, "s-new"),
+    ]
+
+
+async def test_a_saved_session_names_the_events_of_its_resume(rig: Rig) -> None:
+    rig.book.seed(4, Session("saved-1", 10, "wss://r"))
+    epoch = ipc.session_epoch("saved-1")
+    rig.push.send_multipart(runs((4, epoch, 9, 3)))  # 9 and 10 were published before
+    assert await headers(rig, 1) == [(4, 11, "saved-1")]
+    assert rig.counters.duplicates_dropped == 2
+
+
+def test_the_book_remembers_a_few_session_names_per_shard() -> None:
+    book = SessionBook()
+    names = [f"s{i}" for i in range(10)]
+    for name in names:
+        book.on_session(0, name, "wss://r")
+    kept = [n for n in names if book.session_id(0, ipc.session_epoch(n)) == n]
+    assert kept == names[-5:]
+    book.on_session(0, None, None)  # the session ended: its events may still be in flight
+    assert book.session_id(0, ipc.session_epoch("s9")) == "s9"
+    assert book.session_id(1, ipc.session_epoch("s9")) is None
+
+
+def metric(status: ClusterStatus, name: str) -> float:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ClusterCollector(status))
+    for line in generate_latest(registry).decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {name} in the metrics")
+
+
+async def test_the_pub_hwm_metric_equals_the_events_a_slow_subscriber_missed() -> None:
+    # DESIGN.md rule 3: drops at a slow subscriber's high-water mark are counted
+    # per event. A real SUB that reads slowly, its misses counted from the seq
+    # gaps it sees, against /metrics; the rig's own SUB reads as fast as it can
+    # and misses nothing; the relay never waits for either.
+    total, per_message = 20_000, 100
+    payload = b'{"op":0,"t":"MESSAGE_CREATE","d":{"content":"' + b"x" * 1000 + b'"}}'
+    async with relay_rig(batch=2000, hwm=300) as rig:
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        slow_sock = context.socket(zmq.SUB)
+        slow_sock.setsockopt(zmq.LINGER, 0)
+        slow_sock.setsockopt(zmq.RCVHWM, 10)
+        slow_sock.setsockopt(zmq.RCVBUF, 4096)
+        slow_sock.setsockopt(zmq.SUBSCRIBE, b"MESSAGE_")
+        slow_sock.connect(rig.publisher.endpoint)
+        async with asyncio.timeout(5):
+            while rig.publisher.subscribers < 2:  # noqa: ASYNC110 (read by the relay's reader)
+                await asyncio.sleep(0.01)
+        epoch = ipc.session_epoch("sess")
+        rig.push.send_multipart(started(0, "sess"))
+        slow = SlowReader(slow_sock, pause_s=0.0005)
+        slow.start()
+        fast: list[int] = []
+        try:
+            for first in range(1, total + 1, per_message):
+                message = [(b"MESSAGE_CREATE", payload)] * per_message
+                rig.push.send_multipart(ipc.encode_event_runs([(0, epoch, first, message)]))
+                async with asyncio.timeout(5):
+                    while len(fast) < first + per_message - 1:
+                        fast.append(decode_event(await rig.sub.recv_multipart()).seq)
+            async with asyncio.timeout(30):
+                while rig.publisher.queued or time.monotonic() - slow.last_at < 0.5:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        finally:
+            slow.stopping.set()
+            slow.join(5)
+            slow_sock.close(0)
+            context.term()
+        status = ClusterStatus(1, [(0, (0,))])
+        status.relay = rig.counters
+        counted = metric(status, 'titanium_relay_dropped_total{reason="pub_hwm"}')
+        missed = missed_by_gaps(slow.seqs, 1, total)
+        assert fast == list(range(1, total + 1))
+        assert rig.counters.published == total
+        assert missed > 0
+        assert counted == missed

@@ -23,6 +23,7 @@ def report(shard_id: int, phase: str = "ready", **fields: Any) -> ipc.ShardRepor
         "events": 119,
         "fatal_code": None,
         "events_by_type": {"MESSAGE_CREATE": 100, "READY": 1},
+        "dropped": {"seq_invalid": 12},
     }
     values.update(fields)
     return ipc.ShardReport(**values)
@@ -36,6 +37,7 @@ def test_apply_report_copies_every_shown_field() -> None:
     assert (shard.latency_ms, shard.seq, shard.identifies, shard.resumes) == (41.234, 120, 1, 2)
     assert (shard.reconnects, shard.events, shard.fatal_code) == (3, 119, None)
     assert shard.events_by_type == {"MESSAGE_CREATE": 100, "READY": 1}
+    assert shard.dropped == {"seq_invalid": 12}
     assert status.shards_ready == 1
     assert status.shards[0].state is ShardPhase.DISCONNECTED  # untouched
 
@@ -79,6 +81,7 @@ def test_status_json_shows_phases_by_their_wire_value() -> None:
             "resumes": 0,
             "reconnects": 0,
             "events": 0,
+            "dropped": {},
         },
         {
             "shard_id": 1,
@@ -90,6 +93,7 @@ def test_status_json_shows_phases_by_their_wire_value() -> None:
             "resumes": 2,
             "reconnects": 3,
             "events": 119,
+            "dropped": {"seq_invalid": 12},
         },
     ]
     assert body["workers"] == [

@@ -14,6 +14,7 @@ from protocol.ipc import (
     HEADER_SIZE,
     IPC_VERSION,
     Command,
+    DispatchDrop,
     EventBatch,
     EventRuns,
     Hello,
@@ -71,6 +72,9 @@ reports = st.builds(
     session_started=st.booleans(),
     fatal_code=st.none() | st.integers(4000, 4999),
     reason=opt_text,
+    dropped=st.dictionaries(
+        st.sampled_from([r.value for r in DispatchDrop]), st.integers(0, 2**40)
+    ),
 )
 
 
@@ -102,6 +106,26 @@ def test_worker_messages_round_trip(
 def test_command_round_trip(shard: int, payload: bytes) -> None:
     assert decode(encode_command(shard, payload)) == Command(shard, payload)
     assert decode(encode_stop()) == Stop()
+
+
+def test_a_report_without_drop_counts_reads_as_none_dropped_and_bad_counts_are_refused() -> None:
+    # ``dropped`` was added with a default (no version bump): an older worker's report reads
+    report = encode_shard_report(ShardReport(1, "ready", 5, "s", "u", dropped={"seq_invalid": 2}))
+    decoded = decode(report)
+    assert isinstance(decoded, ShardReport) and decoded.dropped == {"seq_invalid": 2}
+    older = b'{"shard_id":1,"phase":"ready","seq":5,"session_id":"s","resume_url":"u"}'
+    decoded = decode([report[0], older])
+    assert isinstance(decoded, ShardReport) and decoded.dropped == {}
+    for bad in (b'"x"', b'{"a":-1}', b'{"a":1.5}', b'{"a":true}', b"[1]"):
+        body = older[:-1] + b',"dropped":' + bad + b"}"
+        with pytest.raises(WireFormatError, match="dropped"):
+            decode([report[0], body])
+    assert [r.value for r in DispatchDrop] == [
+        "seq_not_increasing",
+        "seq_invalid",
+        "seq_missing",
+        "t_missing",
+    ]
 
 
 def test_epoch_is_stable_per_session() -> None:
