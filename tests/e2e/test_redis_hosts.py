@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,6 +50,16 @@ StartCluster = Callable[..., Any]
 
 
 @pytest.fixture
+def state_root() -> Iterator[Path]:
+    """The hosts' --state-dir parent, removed after the test."""
+    path = Path(tempfile.mkdtemp(prefix="tc-e2e-state-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def net_of_5() -> Iterator[HostNet]:
     with HostNet(5) as net:
         print(f"hosts: {net}")
@@ -54,7 +67,13 @@ def net_of_5() -> Iterator[HostNet]:
 
 
 def host_args(
-    sim: Simulator, redis: RedisServer, host: Host, hosts: int, index: int | None, *extra: str
+    sim: Simulator,
+    redis: RedisServer,
+    host: Host,
+    hosts: int,
+    index: int | None,
+    state_root: Path,
+    *extra: str,
 ) -> list[str]:
     args = [
         "--api-url",
@@ -76,7 +95,7 @@ def host_args(
         "--control",
         "tcp://127.0.0.1:5556" if host.mode == "netns" else f"tcp://{host.ip}:5556",
         "--state-dir",
-        f"/tmp/tc-e2e-state-{os.getpid()}-{host.name}",
+        str(state_root / host.name),
         "--identify-interval",
         str(INTERVAL),
         "--report-interval",
@@ -96,9 +115,10 @@ async def start_host(
     host: Host,
     hosts: int,
     index: int | None,
+    state_root: Path,
 ) -> ClusterProcess:
     run: ClusterProcess = await clusters(
-        *host_args(sim, redis, host, hosts, index), wrap=host.command
+        *host_args(sim, redis, host, hosts, index, state_root), wrap=host.command
     )
     await run.listening(within_s=30)
     return run
@@ -166,6 +186,7 @@ async def test_four_hosts_and_a_spare_share_one_redis(
     redis_factory: RedisFactory,
     clusters: StartCluster,
     subscribers: Callable[..., Subscriber],
+    state_root: Path,
 ) -> None:
     net = net_of_5
     redis = redis_factory(bind=net.server_ip)
@@ -176,9 +197,9 @@ async def test_four_hosts_and_a_spare_share_one_redis(
     subs = [subscribers(f"tcp://{h.ip}:5555") for h in net.hosts]
     started = time.monotonic()
     runs = await asyncio.gather(
-        *(start_host(clusters, sim, redis, h, 4, i) for i, h in enumerate(owners))
+        *(start_host(clusters, sim, redis, h, 4, i, state_root) for i, h in enumerate(owners))
     )
-    spare = await start_host(clusters, sim, redis, spare_host, 4, None)
+    spare = await start_host(clusters, sim, redis, spare_host, 4, None, state_root)
     await wait_all_ready(owners, 16, within_s=60)
     code, body = await health(spare_host)
     assert code == 200 and body["role"] == "spare"
@@ -223,7 +244,7 @@ async def test_four_hosts_and_a_spare_share_one_redis(
     for index in (0, 1, 3):
         runs[index].signal(signal.SIGTERM)
         assert await runs[index].wait(20) == 0
-        runs[index] = await start_host(clusters, sim, redis, owners[index], 4, index)
+        runs[index] = await start_host(clusters, sim, redis, owners[index], 4, index, state_root)
         await wait_all_ready(hosts_up, 16, within_s=40)
     assert len(record.accepted_identifies()) == 16, "the rolling restart spent an identify"
     assert not record.violations_of(ViolationKind.IDENTIFY_RATE_LIMIT)
@@ -258,6 +279,7 @@ async def test_a_host_cut_off_from_redis_fences_itself_before_the_spare_takes_ov
     redis_factory: RedisFactory,
     clusters: StartCluster,
     subscribers: Callable[..., Subscriber],
+    state_root: Path,
 ) -> None:
     with HostNet(3) as net:
         if net.mode != "netns":
@@ -272,9 +294,9 @@ async def test_a_host_cut_off_from_redis_fences_itself_before_the_spare_takes_ov
         )
         a, b, spare_host = net.hosts
         subs = [subscribers(f"tcp://{h.ip}:5555") for h in net.hosts]
-        run_a = await start_host(clusters, sim, redis, a, 2, 0)
-        await start_host(clusters, sim, redis, b, 2, 1)
-        await start_host(clusters, sim, redis, spare_host, 2, None)
+        run_a = await start_host(clusters, sim, redis, a, 2, 0, state_root)
+        await start_host(clusters, sim, redis, b, 2, 1, state_root)
+        await start_host(clusters, sim, redis, spare_host, 2, None, state_root)
         await wait_all_ready([a, b], 8, within_s=60)
         identifies = len(sim.record.accepted_identifies())
 
