@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -150,6 +152,9 @@ class ClusterProcess:
 @pytest.fixture
 async def clusters() -> AsyncIterator[Callable[..., Any]]:
     started: list[ClusterProcess] = []
+    # The processes' TMPDIR: a supervisor killed by SIGKILL cannot remove its runtime
+    # directory (titanium-*), so the test removes them all at the end.
+    scratch = tempfile.mkdtemp(prefix="tc-run-")
 
     async def start(
         *args: str,
@@ -157,7 +162,9 @@ async def clusters() -> AsyncIterator[Callable[..., Any]]:
         command: str = "up",
         wrap: Callable[[list[str]], list[str]] | None = None,
     ) -> ClusterProcess:
-        run = await ClusterProcess.start(*args, env=env, command=command, wrap=wrap)
+        run = await ClusterProcess.start(
+            *args, env={"TMPDIR": scratch, **(env or {})}, command=command, wrap=wrap
+        )
         started.append(run)
         return run
 
@@ -166,6 +173,7 @@ async def clusters() -> AsyncIterator[Callable[..., Any]]:
     finally:
         for run in started:
             await run.kill()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 async def http_get(url: str) -> tuple[int, Any]:
