@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,9 +59,25 @@ def tree_rss(pid: int) -> int:
 LIVE: set[Child] = set()
 
 
+#: The children's TMPDIR, made on first use and removed by :func:`stop_all`: a cluster
+#: ended by SIGKILL (the recovery and takeover benchmarks) cannot remove its runtime dir.
+_scratch: str | None = None
+
+
+def _scratch_dir() -> str:
+    global _scratch
+    if _scratch is None:
+        _scratch = tempfile.mkdtemp(prefix="tc-bench-")
+    return _scratch
+
+
 async def stop_all() -> None:
+    global _scratch
     for child in list(LIVE):
         await child.stop()
+    if _scratch is not None:
+        shutil.rmtree(_scratch, ignore_errors=True)
+        _scratch = None
 
 
 class Child:
@@ -86,7 +103,7 @@ class Child:
         env: dict[str, str] | None = None,
     ) -> Child:
         path = str(REPO) if CODE_DIR is None else f"{CODE_DIR}{os.pathsep}{REPO}"
-        full_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
+        full_env = {**os.environ, "PYTHONPATH": path, "TMPDIR": _scratch_dir(), **(env or {})}
         proc = await asyncio.create_subprocess_exec(
             *argv,
             cwd=str(cwd or CODE_DIR or REPO),
