@@ -163,9 +163,8 @@ class SupervisorConfig:
         if self.redis is not None and self.redis.hosts is not None:
             if self.shard_range is not None:
                 raise ConfigError("--hosts goes with --shard-ids auto, not with a fixed range")
-            if self.shards is None:
-                pass  # the count comes from /gateway/bot; ranges are cut after the fetch
-            elif self.redis.hosts > self.shards:
+            # With --shards auto the count comes from /gateway/bot: the supervisor checks it then.
+            if self.shards is not None and self.redis.hosts > self.shards:
                 raise ConfigError(f"--hosts {self.redis.hosts} is more than --shards {self.shards}")
         if not (math.isfinite(self.identify_interval_s) and self.identify_interval_s > 0):
             raise ConfigError(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from cluster.state.redis_state import (
@@ -35,7 +35,8 @@ RETRY_UNAVAILABLE_S: Final = 1.0
 class ArbiterStats:
     asked: int = 0
     granted: int = 0
-    refused: dict[str, int] | None = None
+    #: refusals by outcome (bucket_busy, cold_start, budget_low)
+    refused: dict[str, int] = field(default_factory=dict)
     errors: int = 0
     last_latency_ms: float | None = None
     max_latency_ms: float = 0.0
@@ -61,7 +62,7 @@ class RedisArbiter:
         self._spacing_ms = max(1, round(spacing_s * 1000))
         self._hold_ms = max(1, round((spacing_s + sent_hold_s) * 1000))
         self._reserve = reserve
-        self.stats = ArbiterStats(refused={})
+        self.stats = ArbiterStats()
         self._warned = False
         self.budget_remaining: int | None = None
 
@@ -102,10 +103,8 @@ class RedisArbiter:
         if result.outcome is GrantOutcome.LEASE_LOST:
             # The lease keeper renews (or re-asserts after an empty restart) or fences.
             return RETRY_UNAVAILABLE_S
-        assert stats.refused is not None
-        stats.refused[result.outcome.name.lower()] = (
-            stats.refused.get(result.outcome.name.lower(), 0) + 1
-        )
+        reason = result.outcome.name.lower()
+        stats.refused[reason] = stats.refused.get(reason, 0) + 1
         if result.outcome is GrantOutcome.BUDGET_LOW:
             log.warning(
                 "identify budget at its reserve in Redis: shard %d waits %.0f s for the reset",
@@ -141,7 +140,7 @@ class RedisArbiter:
         return {
             "asked": stats.asked,
             "granted": stats.granted,
-            "refused": dict(stats.refused or {}),
+            "refused": dict(stats.refused),
             "errors": stats.errors,
             "latency_ms": {
                 "last": None if stats.last_latency_ms is None else round(stats.last_latency_ms, 3),

@@ -26,6 +26,7 @@ from tests.chaos.supervisor_harness import (
     start_group,
     wait_delivered,
 )
+from tests.scripted_gateway import ScriptedGateway
 
 __all__ = ["harness", "start_group"]
 
@@ -149,7 +150,7 @@ async def test_an_oversized_command_is_refused_before_sending(
 # -- big frames: a purpose-built gateway that sends one huge message after READY -------
 
 
-class OversizeGateway:
+class OversizeGateway(ScriptedGateway):
     """Hello; READY for an Identify, then one huge message; RESUMED for a Resume."""
 
     def __init__(self, oversize: int) -> None:
@@ -158,8 +159,6 @@ class OversizeGateway:
         self.received: list[dict[str, Any]] = []
         self.closes: list[int | None] = []
         self.changed = asyncio.Event()
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoclose=False, max_msg_size=0)
@@ -188,20 +187,6 @@ class OversizeGateway:
                 await send('{"t":"RESUMED","s":2,"op":0,"d":{}}')
         self.closes.append(ws.close_code)
         return ws
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/", self.handle)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"ws://127.0.0.1:{port}/"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 @pytest.fixture

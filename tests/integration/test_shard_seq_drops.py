@@ -27,6 +27,7 @@ from tests.chaos.supervisor_harness import (
     start_group,
 )
 from tests.conftest import SimFactory
+from tests.scripted_gateway import ScriptedGateway
 
 __all__ = ["harness", "start_group"]
 
@@ -39,18 +40,16 @@ def dispatch(t: str | None, s: int | None, d: Any = None) -> str:
     return orjson.dumps({"t": t, "s": s, "op": 0, "d": d or {}}).decode()
 
 
-class ZeroSeqGateway:
+class ZeroSeqGateway(ScriptedGateway):
     """IDENTIFY: READY and 12 GUILD_CREATE at ``s: 0``, then broken and good numbering, then op 7.
 
     RESUME: RESUMED at ``s: 0``, then one good event.
     """
 
     def __init__(self) -> None:
-        self.url = ""
         self.received: list[dict[str, Any]] = []
         self.connections = 0
         self.changed = asyncio.Event()
-        self._runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoclose=False)
@@ -82,20 +81,6 @@ class ZeroSeqGateway:
                 await ws.send_str(dispatch("RESUMED", 0))
                 await ws.send_str(dispatch("MESSAGE_CREATE", 4))
         return ws
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/", self.handle)
-        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"ws://127.0.0.1:{port}/"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 @pytest.fixture
