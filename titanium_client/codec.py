@@ -1,48 +1,34 @@
-"""The Redis Streams layout of ``@discordjs/brokers`` (DESIGN.md section 6): decode and encode.
+"""The Redis Streams layout of ``@discordjs/brokers`` (DESIGN.md section 6): the client's side.
 
-A dispatch is one entry on the stream named after the event (``MESSAGE_CREATE``)
-with one field ``data``: msgpack (the default of the brokers and of the sink)
-or JSON bytes of::
-
-    {"shardId": <int>, "payload": {"op": 0, "t": "<event>", "s": <seq>, "d": ...}}
-
-A ``"sessionId"`` string next to ``shardId`` is read when present (the layout
-itself has none). The encoding is detected from the first byte: a msgpack map
-starts with 0x80-0x8f (fixmap), 0xde (map 16) or 0xdf (map 32); JSON with ``{``
-(after optional whitespace). Commands go the other way on the stream
-``gateway_send``: ``{"shardId": <int>, "payload": {"op": <int>, "d": ...}}``.
+The layout itself (stream per event name, one field ``data``, msgpack or JSON,
+commands on ``gateway_send``) is :mod:`protocol.brokerformat`, shared with the
+cluster's sink. A ``"sessionId"`` string next to ``shardId`` is read when
+present (the layout itself has none).
 
 :func:`decode_data` never raises anything but :class:`DecodeError`, whatever the bytes.
 """
 
 from __future__ import annotations
 
-import enum
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
-import orjson
-
+from protocol import brokerformat
+from protocol.brokerformat import COMMAND_STREAM, DATA_FIELD, Encoding
+from protocol.errors import WireFormatError
 from titanium_client.errors import DecodeError
 
-# msgpack ships no type information; its two functions are wrapped once, here.
-_msgpack: Any = importlib.import_module("msgpack")
-
-#: The field that holds an entry's encoded object.
-DATA_FIELD: Final = b"data"
-#: The stream commands are written to (read by every host of the cluster).
-COMMAND_STREAM: Final = "gateway_send"
-
-_WHITESPACE: Final = b" \t\r\n"
-
-
-class Encoding(enum.StrEnum):
-    """How ``data`` is encoded."""
-
-    MSGPACK = "msgpack"
-    JSON = "json"
+__all__ = [
+    "COMMAND_STREAM",
+    "DATA_FIELD",
+    "Encoding",
+    "StreamRecord",
+    "decode_data",
+    "detect_encoding",
+    "encode",
+    "encode_command",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,14 +49,10 @@ class StreamRecord:
 
 def detect_encoding(data: bytes) -> Encoding:
     """msgpack or JSON, from the first byte; DecodeError for anything else."""
-    if not data:
-        raise DecodeError("the data field is empty")
-    first = data[0]
-    if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):
-        return Encoding.MSGPACK
-    if data.lstrip(_WHITESPACE)[:1] == b"{":
-        return Encoding.JSON
-    raise DecodeError(f"the data field is neither a msgpack map nor a JSON object (0x{first:02x})")
+    try:
+        return brokerformat.detect_encoding(data)
+    except WireFormatError as exc:
+        raise DecodeError(str(exc)) from None
 
 
 def _int(value: object, what: str) -> int:
@@ -83,21 +65,10 @@ def _int(value: object, what: str) -> int:
 
 def decode_data(data: bytes) -> StreamRecord:
     """Decode one ``data`` field of a sink entry; raise DecodeError if it is not one."""
-    encoding = detect_encoding(data)
-    if encoding is Encoding.MSGPACK:
-        try:
-            obj = _msgpack.unpackb(data, raw=False)
-        except Exception as exc:  # msgpack raises a dozen types for bad input
-            raise DecodeError(
-                f"the data field is not valid msgpack ({type(exc).__name__})"
-            ) from None
-    else:
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise DecodeError(f"the data field is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise DecodeError(f"the data field must hold a map, not {type(obj).__name__}")
+    try:
+        obj, encoding = brokerformat.decode_object(data)
+    except WireFormatError as exc:
+        raise DecodeError(str(exc)) from None
     shard_id = _int(obj.get("shardId"), "shardId")
     payload = obj.get("payload")
     if not isinstance(payload, dict):
@@ -114,10 +85,7 @@ def decode_data(data: bytes) -> StreamRecord:
 
 def encode(obj: Mapping[str, Any], encoding: Encoding = Encoding.MSGPACK) -> bytes:
     """``obj`` as a ``data`` field value in ``encoding``."""
-    if encoding is Encoding.JSON:
-        return orjson.dumps(dict(obj))
-    packed: bytes = _msgpack.packb(dict(obj), use_bin_type=True)
-    return packed
+    return brokerformat.encode_object(dict(obj), encoding)
 
 
 def encode_command(shard_id: int, op: int, d: Any, encoding: Encoding = Encoding.MSGPACK) -> bytes:

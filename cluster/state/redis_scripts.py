@@ -314,3 +314,140 @@ for i = 2, #KEYS do
 end
 return {1, skipped}
 """
+
+# The sink (DESIGN.md section 6, cluster/sink.py): one call appends a batch of runs, each
+# run a shard's consecutive events of one session, and moves that shard's checkpoint in
+# the same step. The streams are named by event only (the @discordjs/brokers layout), the
+# one exception to the key prefix; they still arrive in KEYS.
+#
+# KEYS[1] - lease key
+# KEYS[2..R+1] - for run r: the session key sess:<shard> of its shard
+# KEYS[R+2..] - the streams the batch appends to (each once)
+# ARGV[1] - the caller's lease value "<holder>|<token>"
+# ARGV[2] - the caller's fencing token
+# ARGV[3] - ttl of each written session in milliseconds
+# ARGV[4] - R, the number of runs
+# then per run: session id, resume url ("" when unknown), first seq, count n, and n pairs
+#   (j, data): the event goes to the j-th stream, KEYS[R + 1 + j]
+# The session key holds the JSON of protocol.session.Session plus "fence" and the
+# session before it ("prev_session_id", "prev_seq"), whose late events still dedupe.
+# An event is appended when its seq is above the one its session's key holds, and the
+# key then holds the last appended seq: the checkpoint *is* what the streams have, so a
+# RESUME from it loses nothing and a replay appends nothing twice.
+# return {1, appended, skipped} when applied; {0, value} when the lease is not the
+#        caller's (value: the current holder's lease value, nil when none); nothing is
+#        written then
+SINK_APPEND = """
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[1] then
+  return {0, current}
+end
+local token = tonumber(ARGV[2])
+local ttl = ARGV[3]
+local runs = tonumber(ARGV[4])
+local a = 5
+local appended, skipped = 0, 0
+for r = 1, runs do
+  local key = KEYS[1 + r]
+  local sid, url = ARGV[a], ARGV[a + 1]
+  local first, count = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  a = a + 4
+  local doc = nil
+  local stored = redis.call('GET', key)
+  if stored then
+    local ok, decoded = pcall(cjson.decode, stored)
+    if ok and type(decoded) == 'table' then
+      doc = decoded
+    end
+  end
+  if doc == nil then
+    doc = {}
+  end
+  local prev = false
+  local done = 0
+  local changed = false
+  if doc['session_id'] == sid then
+    done = tonumber(doc['seq']) or 0
+  elseif doc['prev_session_id'] == sid then
+    prev = true
+    done = tonumber(doc['prev_seq']) or 0
+  else
+    if doc['session_id'] then
+      doc['prev_session_id'] = doc['session_id']
+      doc['prev_seq'] = tonumber(doc['seq']) or 0
+    end
+    doc['session_id'] = sid
+    doc['seq'] = 0
+    doc['resume_url'] = nil
+    changed = true
+  end
+  local last = done
+  for i = 0, count - 1 do
+    local seq = first + i
+    if seq > done then
+      redis.call('XADD', KEYS[runs + 1 + tonumber(ARGV[a])], '*', 'data', ARGV[a + 1])
+      appended = appended + 1
+      last = seq
+    else
+      skipped = skipped + 1
+    end
+    a = a + 2
+  end
+  if last > done then
+    changed = true
+    if prev then
+      doc['prev_seq'] = last
+    else
+      doc['seq'] = last
+    end
+  end
+  if not prev and url ~= '' and doc['resume_url'] ~= url then
+    doc['resume_url'] = url
+    changed = true
+  end
+  if changed then
+    doc['fence'] = token
+    redis.call('SET', key, cjson.encode(doc), 'PX', ttl)
+  end
+end
+return {1, appended, skipped}
+"""
+
+# KEYS[1] - lease key
+# KEYS[2..n+1] - session keys sess:<shard> of the caller's range
+# ARGV[1] - the caller's lease value "<holder>|<token>"
+# ARGV[2] - ttl in milliseconds
+# return {1, touched} (keys that exist and got the ttl); {0, value} when the lease is not
+#        the caller's (as SINK_APPEND)
+SINK_TOUCH = """
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[1] then
+  return {0, current}
+end
+local touched = 0
+for i = 2, #KEYS do
+  touched = touched + redis.call('PEXPIRE', KEYS[i], ARGV[2])
+end
+return {1, touched}
+"""
+
+# KEYS - the streams to trim
+# ARGV[1] - retention in milliseconds: entries whose id (Redis time of the append) is
+#           older go, by MINID ~ (whole macro nodes: cheap, and a little is kept)
+# ARGV[2] - maxlen: beyond it the oldest go, by MAXLEN ~ (0: no length bound)
+# return the number of entries removed
+SINK_TRIM = (
+    _NOW
+    + """
+local minid = string.format('%d', now - tonumber(ARGV[1]))
+local maxlen = tonumber(ARGV[2])
+local removed = 0
+for i = 1, #KEYS do
+  removed = removed + redis.call('XTRIM', KEYS[i], 'MINID', '~', minid)
+  if maxlen > 0 then
+    removed = removed + redis.call('XTRIM', KEYS[i], 'MAXLEN', '~', maxlen)
+  end
+end
+return removed
+"""
+)

@@ -43,6 +43,7 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 
 from cluster.state import redis_scripts
 from protocol.session import Session
@@ -282,7 +283,9 @@ class RedisState:
             raise RedisStateError(
                 f"bad Redis URL {redact_url(url)!r}: {self._scrub(str(exc))}"
             ) from None
-        register = self._redis.register_script
+        #: Every script registered, loaded by :meth:`connect` (SCRIPT LOAD) once.
+        self._scripts: list[AsyncScript] = []
+        register = self.register
         self._claim_layout = register(redis_scripts.CLAIM_LAYOUT)
         self._acquire_lease = register(redis_scripts.ACQUIRE_LEASE)
         self._renew_lease = register(redis_scripts.RENEW_LEASE)
@@ -294,6 +297,21 @@ class RedisState:
         self._sync_budget = register(redis_scripts.SYNC_BUDGET)
         self._read_budget = register(redis_scripts.READ_BUDGET)
         self._checkpoint = register(redis_scripts.CHECKPOINT)
+
+    def register(self, text: str) -> AsyncScript:
+        """A script called by SHA, loaded at :meth:`connect` (and again by redis-py on NOSCRIPT).
+
+        For the stores built on this client (:mod:`cluster.state.redis_streams`);
+        call it before :meth:`connect`.
+        """
+        script = self._redis.register_script(text)
+        self._scripts.append(script)
+        return script
+
+    @property
+    def client(self) -> redis.asyncio.Redis:
+        """The redis-py client, for stores built on this one: wrap every request in :meth:`call`."""
+        return self._redis
 
     @property
     def holder(self) -> str:
@@ -316,7 +334,7 @@ class RedisState:
         self.stats.last_error = detail
         return detail
 
-    async def _call(self, request: Awaitable[T]) -> T:
+    async def call(self, request: Awaitable[T]) -> T:
         """Await one request to Redis, timing it and mapping its errors."""
         started = time.monotonic()
         try:
@@ -334,7 +352,7 @@ class RedisState:
         stats.last_ok_at = now
         return result
 
-    def _lease_lost(self, lease: Lease, current: Any) -> LeaseLostError:
+    def lease_lost(self, lease: Lease, current: Any) -> LeaseLostError:
         parsed = None if current is None else _parse_lease_value(current)
         return LeaseLostError(lease.shard_range, lease.token, parsed[0] if parsed else None)
 
@@ -350,7 +368,7 @@ class RedisState:
         start, rather than at the first identify.
         """
         await self.ping()
-        info = await self._call(self._redis.info("server"))
+        info = await self.call(self._redis.info("server"))
         version = str(info.get("redis_version", "unknown"))
         try:
             found = tuple(int(part) for part in version.split(".")[:2])
@@ -358,20 +376,8 @@ class RedisState:
             found = (0, 0)
         if found < MIN_REDIS_VERSION:
             raise RedisStateError(f"Redis >= 7.0 is required, found {version}")
-        for script in (
-            self._claim_layout,
-            self._acquire_lease,
-            self._renew_lease,
-            self._release_lease,
-            self._read_leases,
-            self._try_identify,
-            self._identify_sent,
-            self._identify_release,
-            self._sync_budget,
-            self._read_budget,
-            self._checkpoint,
-        ):
-            script.sha = await self._call(self._redis.script_load(script.script))
+        for script in self._scripts:
+            script.sha = await self.call(self._redis.script_load(script.script))
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -379,14 +385,14 @@ class RedisState:
     async def ping(self) -> float:
         """One PING; the round trip in seconds."""
         started = time.monotonic()
-        await self._call(self._redis.ping())
+        await self.call(self._redis.ping())
         return time.monotonic() - started
 
     # -- layout --------------------------------------------------------------------
 
     async def claim_layout(self, layout: Layout) -> Layout:
         """Write ``layout`` if no host has; return it, or raise if another one is stored."""
-        raw = await self._call(
+        raw = await self.call(
             self._claim_layout(
                 keys=[self.key("layout")], args=[layout.shards, layout.max_concurrency]
             )
@@ -401,7 +407,7 @@ class RedisState:
     async def acquire_lease(self, shard_range: tuple[int, int], ttl_ms: int) -> Lease | None:
         """Take the range's lease with a new fencing token (or keep ours); None if taken."""
         name = _range_key(shard_range)
-        token = await self._call(
+        token = await self.call(
             self._acquire_lease(
                 keys=[self.key(f"lease:{name}"), self.key(f"fence:{name}")],
                 args=[self._holder, _positive_ms("ttl_ms", ttl_ms)],
@@ -413,18 +419,18 @@ class RedisState:
 
     async def renew_lease(self, lease: Lease, ttl_ms: int) -> None:
         """Extend our lease; re-assert it if its key is gone; LeaseLostError if taken."""
-        raw = await self._call(
+        raw = await self.call(
             self._renew_lease(
                 keys=[self.key(f"lease:{lease.key}"), self.key(f"fence:{lease.key}")],
                 args=[lease.value, _positive_ms("ttl_ms", ttl_ms), lease.token],
             )
         )
         if int(raw[0]) == 0:
-            raise self._lease_lost(lease, raw[1])
+            raise self.lease_lost(lease, raw[1])
 
     async def release_lease(self, lease: Lease) -> bool:
         """Delete the lease if it is still ours (compare-and-delete); whether it was."""
-        released = await self._call(
+        released = await self.call(
             self._release_lease(keys=[self.key(f"lease:{lease.key}")], args=[lease.value])
         )
         return bool(released)
@@ -439,7 +445,7 @@ class RedisState:
         found: set[bytes] = set()
         cursor = 0
         while True:
-            cursor, page = await self._call(self._redis.scan(cursor, match=pattern, count=1000))
+            cursor, page = await self.call(self._redis.scan(cursor, match=pattern, count=1000))
             found.update(k if isinstance(k, bytes) else str(k).encode() for k in page)
             if cursor == 0:
                 break
@@ -448,7 +454,7 @@ class RedisState:
         return await self._lease_infos([k.decode("utf-8", "replace") for k in sorted(found)])
 
     async def _lease_infos(self, keys: list[str]) -> dict[str, LeaseInfo]:
-        raw = await self._call(self._read_leases(keys=keys))
+        raw = await self.call(self._read_leases(keys=keys))
         prefix_len = len(self.key("lease:"))
         infos: dict[str, LeaseInfo] = {}
         for i, key in enumerate(keys):
@@ -483,7 +489,7 @@ class RedisState:
         and one session spent (GRANTED). Follow a grant with :meth:`identify_sent` once
         the IDENTIFY is written, or :meth:`identify_release` if it never will be.
         """
-        raw = await self._call(
+        raw = await self.call(
             self._try_identify(
                 keys=[
                     self.key(f"lease:{lease.key}"),
@@ -509,7 +515,7 @@ class RedisState:
 
         False when the bucket no longer holds our grant (it expired first).
         """
-        done = await self._call(
+        done = await self.call(
             self._identify_sent(
                 keys=[self._bucket_key(shard_id, max_concurrency)],
                 args=[self._grant_value(lease, shard_id), spacing_ms],
@@ -519,7 +525,7 @@ class RedisState:
 
     async def identify_release(self, lease: Lease, shard_id: int, *, max_concurrency: int) -> bool:
         """Give back an unused grant: free the bucket and refund the session."""
-        done = await self._call(
+        done = await self.call(
             self._identify_release(
                 keys=[self._bucket_key(shard_id, max_concurrency), self.key("budget")],
                 args=[self._grant_value(lease, shard_id)],
@@ -531,7 +537,7 @@ class RedisState:
 
     async def sync_budget(self, remaining: int, total: int, reset_after_ms: int) -> BudgetView:
         """Merge Discord's ``session_start_limit`` into the shared budget."""
-        raw = await self._call(
+        raw = await self.call(
             self._sync_budget(
                 keys=[self.key("budget")], args=[remaining, total, max(0, reset_after_ms)]
             )
@@ -539,7 +545,7 @@ class RedisState:
         return BudgetView(int(raw[0]), int(raw[1]), int(raw[2]) / 1000.0)
 
     async def budget(self) -> BudgetView | None:
-        raw = await self._call(self._read_budget(keys=[self.key("budget")]))
+        raw = await self.call(self._read_budget(keys=[self.key("budget")]))
         if raw is None:
             return None
         return BudgetView(int(raw[0]), int(raw[1]), int(raw[2]) / 1000.0)
@@ -562,16 +568,16 @@ class RedisState:
                 args.append("")
             else:
                 args.append(orjson.dumps({**session.to_json(), "fence": lease.token}).decode())
-        raw = await self._call(self._checkpoint(keys=keys, args=args))
+        raw = await self.call(self._checkpoint(keys=keys, args=args))
         if int(raw[0]) == 0:
-            raise self._lease_lost(lease, raw[1])
+            raise self.lease_lost(lease, raw[1])
 
     async def load_sessions(self, shard_ids: Iterable[int]) -> dict[int, Session]:
         """The stored sessions of ``shard_ids`` (one MGET); unparsable values are skipped."""
         ids = list(dict.fromkeys(shard_ids))
         if not ids:
             return {}
-        values = await self._call(self._redis.mget([self.key(f"sess:{i}") for i in ids]))
+        values = await self.call(self._redis.mget([self.key(f"sess:{i}") for i in ids]))
         sessions: dict[int, Session] = {}
         for shard_id, value in zip(ids, values, strict=True):
             if value is None:
