@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from protocol.intents import PRIVILEGED_NAMES, intent_names, privileged_in
+
 API_VERSION: Final = 10
 SUPPORTED_API_VERSIONS: Final = frozenset({9, 10})
 
@@ -22,6 +24,9 @@ SEND_WINDOW_S: Final = 60.0
 IDENTIFY_INTERVAL_S: Final = 5.0
 #: A shard holding more guilds than this must shard (close 4011).
 MAX_GUILDS_PER_SHARD: Final = 2500
+#: Session starts (IDENTIFYs) a new application gets per day; Discord raises it for
+#: large bots (shared/PROTOCOL.md section 5, ``session_start_limit.total``).
+DEFAULT_SESSION_START_LIMIT: Final = 1000
 
 
 class Opcode(enum.IntEnum):
@@ -119,7 +124,12 @@ FATAL_EXPLANATIONS: Final[dict[int, str]] = {
     CloseCode.SHARDING_REQUIRED: "sharding required (4011): too many guilds per shard; use --shards auto or more shards",
     CloseCode.INVALID_API_VERSION: "invalid API version (4012): the gateway rejected the API version",
     CloseCode.INVALID_INTENTS: "invalid intents (4013): --intents contains bits Discord does not define",
-    CloseCode.DISALLOWED_INTENTS: "disallowed intents (4014): enable the privileged intents in the Developer Portal or drop them from --intents",
+    CloseCode.DISALLOWED_INTENTS: (
+        "disallowed intents (4014): --intents asks for a privileged intent the application has "
+        "not enabled; on Discord, turn it on in the Developer Portal (Bot -> Privileged Gateway "
+        "Intents); against the simulator, start it with --privileged-intents "
+        f"{PRIVILEGED_NAMES} (`cluster simulate` or `cluster up --simulate`); or drop it from --intents"
+    ),
 }
 
 
@@ -138,5 +148,21 @@ def is_fatal(code: int | None) -> bool:
     return close_action(code) is CloseAction.FATAL
 
 
-def explain_fatal(code: int) -> str:
+def explain_fatal(code: int, intents: int | None = None) -> str:
+    """The operator's line for a fatal close ``code``.
+
+    With the ``intents`` the shards identified with, a 4014 line names the
+    privileged ones asked for, and the simulator option enables exactly those.
+    """
+    if code == CloseCode.DISALLOWED_INTENTS and intents is not None:
+        asked = intent_names(privileged_in(intents))
+        if asked:
+            names = ",".join(asked)
+            return (
+                f"disallowed intents (4014): --intents asks for {names.replace(',', ', ')}, "
+                "privileged intents the application has not enabled; on Discord, turn them on in "
+                "the Developer Portal (Bot -> Privileged Gateway Intents); against the simulator, "
+                f"start it with --privileged-intents {names} (`cluster simulate` or "
+                "`cluster up --simulate`); or drop them from --intents"
+            )
     return FATAL_EXPLANATIONS.get(code, f"the gateway closed the session for good ({code})")

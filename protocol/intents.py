@@ -93,3 +93,31 @@ def intent_names(value: int) -> list[str]:
 
 def privileged_in(value: int) -> int:
     return value & PRIVILEGED_INTENTS
+
+
+#: How the privileged intents are written in messages and help texts.
+PRIVILEGED_NAMES: Final = ",".join(intent_names(PRIVILEGED_INTENTS))
+
+
+def parse_privileged_intents(text: str | int) -> int:
+    """Parse the privileged intents an application has enabled (Developer Portal toggles).
+
+    Accepts what :func:`parse_intents` accepts, plus ``none`` (or an empty
+    string) for no privileged intent and ``all`` for the three of them; a
+    non-privileged intent raises :class:`UnknownIntentError` naming it, since
+    only GUILD_MEMBERS, GUILD_PRESENCES and MESSAGE_CONTENT need enabling.
+    """
+    if isinstance(text, str):
+        word = text.strip().lower()
+        if word in ("", "none"):
+            return 0
+        if word == "all":
+            return PRIVILEGED_INTENTS
+    value = parse_intents(text)
+    other = intent_names(value & ~PRIVILEGED_INTENTS)
+    if other:
+        raise UnknownIntentError(
+            f"{', '.join(other)} {'is' if len(other) == 1 else 'are'} not privileged; "
+            f"privileged intents: {PRIVILEGED_NAMES.replace(',', ', ')}"
+        )
+    return value

@@ -12,6 +12,8 @@ In-process use (tests, benchmarks, ``cluster up --simulate``)::
 
         sim.emit(0, 10)                         # 10 dispatches now into shard 0's live sessions
         sim.set_event_rate(100.0)               # per shard (per session) per second
+        sim.set_privileged_intents("GUILD_MEMBERS,MESSAGE_CONTENT")  # Developer Portal toggles
+        sim.set_session_start_limit(total=5000) # Discord raising the daily session starts
         sim.inject(0, "reconnect")              # op 7; see simulator.faults for all kinds
         sim.inject("all", "close", code=4000)   # also: drop, zombie, invalid_session(resumable=),
                                                 # malformed_json, truncated_frame, unknown_opcode,
@@ -29,7 +31,9 @@ RESUME (replay after ``seq``) delivers them.
 
 Dispatches follow the identify's intents: PRESENCE_UPDATE needs
 GUILD_PRESENCES, GUILD_MEMBER_UPDATE needs GUILD_MEMBERS (both privileged:
-enable them with ``privileged_intents``), and MESSAGE_CREATE carries its ~1 KB
+none is enabled by default, as for a new application; enable them with
+``privileged_intents``, ``cluster simulate --privileged-intents`` or the admin
+API, else IDENTIFY gets 4014), and MESSAGE_CREATE carries its ~1 KB
 ``content`` only with MESSAGE_CONTENT. For long benchmarks set ``record_dispatches=False`` (the record keeps one
 tuple per dispatch otherwise). Cost on this machine: about 35 us of CPU per
 event with zlib-stream (half of it compression), so 16 shards x 1000 events/s

@@ -4,11 +4,20 @@
 |---|---|
 | ``POST /_sim/fault`` | ``{"shard_id": n or "all", "conn_id"?: n, "kind": "reconnect" / "invalid_session" / "close" / "drop" / "zombie" / "malformed_json" / "truncated_frame" / "unknown_opcode" / "heartbeat_request", "code"?, "reason"?, "resumable"?, "close_after_s"?}`` -> ``{"ok": true, "connections": [conn ids]}`` |
 | ``POST /_sim/emit`` | ``{"shard_id": n, "count": n, "event_type"?: "MESSAGE_CREATE"...}`` -> ``{"ok": true, "event_ids": [...]}`` |
-| ``POST /_sim/config`` | ``{"event_rate"?: float, "chaos_rate"?: float}`` -> ``{"ok": true, ...}`` |
+| ``POST /_sim/config`` | ``{"event_rate"?: float, "chaos_rate"?: float, "privileged_intents"?: names, "session_start_limit"?: n or {"total"?, "remaining"?, "reset_after"?}}`` -> ``{"ok": true, "event_rate", "chaos_rate", and each other setting given, as it is now}`` |
+| ``GET /_sim/config`` | ``{"ok": true, "event_rate", "chaos_rate", "privileged_intents": [names], "session_start_limit": {...}}`` |
 | ``GET /_sim/record`` | the record as JSON (simulator.record.Record.to_json) |
 | ``GET /_sim/sessions`` | ``{"sessions": [...], "session_start_limit": {...}}`` |
 
-Bad requests get 400 ``{"ok": false, "error": "why"}``.
+``privileged_intents`` are the application's Developer Portal toggles: a list
+of names, a comma-separated string (``"GUILD_MEMBERS,MESSAGE_CONTENT"``,
+``"all"``, ``"none"``) or the integer bits; they apply to later IDENTIFYs.
+``session_start_limit`` as a number sets ``total`` and keeps the starts already
+spent in this window (Discord raising a bot's limit); as an object it sets
+``total``, ``remaining`` and ``reset_after`` (ms) as given. ``GET
+/gateway/bot`` answers the new numbers at once, and the gateway enforces them.
+
+Bad requests get 400 ``{"ok": false, "error": "why"}``; a bad request changes nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from protocol.intents import intent_names, parse_privileged_intents
 from simulator.config import EVENT_INTENTS
 from simulator.gateway import Gateway
 from simulator.record import Record
@@ -56,6 +66,38 @@ def _rate(value: Any, key: str) -> float:
     return float(value)
 
 
+def _privileged(value: Any) -> int:
+    if isinstance(value, list):
+        if not all(isinstance(name, str) for name in value):
+            raise ValueError("privileged_intents must be a list of intent names")
+        value = ",".join(value) or "none"
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("privileged_intents must be intent names or an integer")
+    try:
+        return parse_privileged_intents(value)
+    except ValueError as exc:
+        raise ValueError(f"privileged_intents: {exc}") from None
+
+
+_LIMIT_KEYS = ("total", "remaining", "reset_after")
+
+
+def _session_limit(value: Any) -> dict[str, int]:
+    if isinstance(value, dict):
+        unknown = set(value) - set(_LIMIT_KEYS)
+        if unknown:
+            raise ValueError(
+                f"session_start_limit: unknown key(s) {sorted(unknown)}; known: {', '.join(_LIMIT_KEYS)}"
+            )
+        if not value:
+            raise ValueError("session_start_limit must set total, remaining or reset_after")
+        return {k: _int(value, k, 1 if k == "total" else 0) for k in value}
+    return {"total": _int({"session_start_limit": value}, "session_start_limit", 1)}
+
+
+_SETTINGS = ("event_rate", "chaos_rate", "privileged_intents", "session_start_limit")
+
+
 class Admin:
     def __init__(self, gateway: Gateway, record: Record) -> None:
         self.gateway = gateway
@@ -65,6 +107,7 @@ class Admin:
         app.router.add_post("/_sim/fault", self.fault)
         app.router.add_post("/_sim/emit", self.emit)
         app.router.add_post("/_sim/config", self.config)
+        app.router.add_get("/_sim/config", self.get_config)
         app.router.add_get("/_sim/record", self.get_record)
         app.router.add_get("/_sim/sessions", self.sessions)
 
@@ -98,42 +141,69 @@ class Admin:
         return json_response({"ok": True, "event_ids": self.gateway.emit(shard, count, t)})
 
     async def config(self, request: web.Request) -> web.Response:
+        gateway = self.gateway
         try:
             body = await _body(request)
-            unknown = set(body) - {"event_rate", "chaos_rate"}
+            unknown = set(body) - set(_SETTINGS)
             if unknown:
                 raise ValueError(
-                    f"unknown setting(s) {sorted(unknown)}; known: event_rate, chaos_rate"
+                    f"unknown setting(s) {sorted(unknown)}; known: {', '.join(_SETTINGS)}"
                 )
-            rates = {k: _rate(v, k) for k, v in body.items()}
+            rates = {k: _rate(body[k], k) for k in ("event_rate", "chaos_rate") if k in body}
+            privileged = (
+                _privileged(body["privileged_intents"]) if "privileged_intents" in body else None
+            )
+            limit = (
+                _session_limit(body["session_start_limit"])
+                if "session_start_limit" in body
+                else None
+            )
+            if limit is not None:
+                # validated (and applied) before anything else changes: all or nothing
+                gateway.set_session_start_limit(
+                    limit.get("total"), limit.get("remaining"), limit.get("reset_after")
+                )
         except ValueError as exc:
             return _bad(str(exc))
         if "event_rate" in rates:
-            self.gateway.set_event_rate(rates["event_rate"])
+            gateway.set_event_rate(rates["event_rate"])
         if "chaos_rate" in rates:
-            self.gateway.set_chaos_rate(rates["chaos_rate"])
-        return json_response(
-            {
-                "ok": True,
-                "event_rate": self.gateway.event_rate,
-                "chaos_rate": self.gateway.chaos_rate,
-            }
-        )
+            gateway.set_chaos_rate(rates["chaos_rate"])
+        if privileged is not None:
+            gateway.set_privileged_intents(privileged)
+        settings = self._settings()
+        answer = {
+            "ok": True,
+            "event_rate": settings["event_rate"],
+            "chaos_rate": settings["chaos_rate"],
+        }
+        answer.update({k: settings[k] for k in body if k in settings})
+        return json_response(answer)
+
+    async def get_config(self, request: web.Request) -> web.Response:
+        return json_response({"ok": True, **self._settings()})
+
+    def _settings(self) -> dict[str, Any]:
+        gateway = self.gateway
+        return {
+            "event_rate": gateway.event_rate,
+            "chaos_rate": gateway.chaos_rate,
+            "privileged_intents": intent_names(gateway.privileged_intents),
+            "session_start_limit": gateway.budget.to_json(
+                time.monotonic(), gateway.config.max_concurrency
+            ),
+        }
 
     async def get_record(self, request: web.Request) -> web.Response:
         return json_response(self.record.to_json())
 
     async def sessions(self, request: web.Request) -> web.Response:
-        now = time.monotonic()
-        budget = self.gateway.budget
+        gateway = self.gateway
         return json_response(
             {
-                "sessions": self.gateway.snapshot(),
-                "session_start_limit": {
-                    "total": budget.total,
-                    "remaining": budget.available(now),
-                    "reset_after": budget.reset_after_ms(now),
-                    "max_concurrency": self.gateway.config.max_concurrency,
-                },
+                "sessions": gateway.snapshot(),
+                "session_start_limit": gateway.budget.to_json(
+                    time.monotonic(), gateway.config.max_concurrency
+                ),
             }
         )

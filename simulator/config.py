@@ -14,7 +14,13 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Final
 
-from protocol.gateway import CLIENT_PAYLOAD_LIMIT, MAX_GUILDS_PER_SHARD, SEND_LIMIT, SEND_WINDOW_S
+from protocol.gateway import (
+    CLIENT_PAYLOAD_LIMIT,
+    DEFAULT_SESSION_START_LIMIT,
+    MAX_GUILDS_PER_SHARD,
+    SEND_LIMIT,
+    SEND_WINDOW_S,
+)
 from protocol.intents import PRIVILEGED_INTENTS
 
 #: Event types the generator knows, with the intent a session needs to receive them
@@ -61,7 +67,9 @@ class SimulatorConfig:
     #: A connection with no heartbeat for ``interval * heartbeat_grace`` is closed.
     heartbeat_grace: float = 1.5
     identify_window_s: float = 5.0
-    session_start_total: int = 1000
+    #: Session starts per day (``session_start_limit.total``): 1000 for a new
+    #: application; Discord raises it for large bots (``--session-start-limit``).
+    session_start_total: int = DEFAULT_SESSION_START_LIMIT
     #: None: equal to ``session_start_total``.
     session_start_remaining: int | None = None
     session_reset_after_ms: int = 14_400_000
@@ -74,7 +82,9 @@ class SimulatorConfig:
     chaos_seed: int = 0
     #: None: the non-fatal default set of simulator.faults.CHAOS_KINDS.
     chaos_kinds: tuple[str, ...] | None = None
-    #: Privileged intents the "application" has enabled in the Developer Portal.
+    #: Privileged intents the "application" has enabled in the Developer Portal
+    #: (``--privileged-intents``); an IDENTIFY asking for any other gets 4014. None
+    #: by default, as for a new application.
     privileged_intents: int = 0
     max_guilds_per_shard: int = MAX_GUILDS_PER_SHARD
     payload_limit: int = CLIENT_PAYLOAD_LIMIT

@@ -66,7 +66,7 @@ from protocol.gateway import (
     close_action,
 )
 from protocol.intents import ALL_INTENTS, PRIVILEGED_INTENTS, Intent
-from simulator.config import EVENT_INTENTS, SimulatorConfig
+from simulator.config import EVENT_INTENTS, SESSION_START_WINDOW_MS, SimulatorConfig
 from simulator.events import GUILD_BASE, EventFactory
 from simulator.faults import ChaosPicker, FaultKind
 from simulator.record import (
@@ -495,7 +495,7 @@ class Connection(Sink):
                 ViolationKind.INVALID_INTENTS, CloseCode.INVALID_INTENTS, "Invalid intent(s)."
             )
             return
-        if intents & PRIVILEGED_INTENTS & ~cfg.privileged_intents:
+        if intents & PRIVILEGED_INTENTS & ~gw.privileged_intents:
             outcome(IdentifyOutcome.REJECTED, CloseCode.DISALLOWED_INTENTS, shard)
             self._reject(
                 ViolationKind.DISALLOWED_INTENTS,
@@ -647,6 +647,8 @@ class Gateway:
         self.connections: dict[int, Connection] = {}
         self.event_rate = config.event_rate
         self.chaos_rate = config.chaos_rate
+        #: The Developer Portal toggles as they are now (``set_privileged_intents``).
+        self.privileged_intents = config.privileged_intents
         self.chaos = ChaosPicker(config.chaos_seed, config.chaos_kinds)
         self._next_conn_id = 1
         self._ticker: asyncio.Task[None] | None = None
@@ -918,6 +920,39 @@ class Gateway:
     def set_chaos_rate(self, rate: float) -> None:
         self.chaos_rate = rate
         self._wake.set()
+
+    def set_privileged_intents(self, value: int) -> None:
+        """Flip the Developer Portal toggles: later IDENTIFYs are checked against ``value``.
+
+        Sessions already running keep their intents, and the application's
+        ``flags`` (``GET /oauth2/applications/@me``) follow at once.
+        """
+        if value & ~PRIVILEGED_INTENTS or value < 0:
+            raise ValueError(
+                f"privileged intents may only contain GUILD_MEMBERS, GUILD_PRESENCES and "
+                f"MESSAGE_CONTENT (mask {PRIVILEGED_INTENTS}), got {value}"
+            )
+        self.privileged_intents = value
+        self.factory.bot.privileged_intents = value
+
+    def set_session_start_limit(
+        self,
+        total: int | None = None,
+        remaining: int | None = None,
+        reset_after_ms: int | None = None,
+    ) -> None:
+        """Change the daily session-start limit (``SessionStartBudget.set_limit``)."""
+        if total is not None and not 1 <= total <= 1 << 31:
+            raise ValueError(f"total must be between 1 and {1 << 31}, got {total}")
+        if remaining is not None and not 0 <= remaining <= (total or self.budget.total):
+            raise ValueError(
+                f"remaining must be between 0 and total ({total or self.budget.total}), got {remaining}"
+            )
+        if reset_after_ms is not None and not 0 <= reset_after_ms <= SESSION_START_WINDOW_MS:
+            raise ValueError(
+                f"reset_after must be between 0 and {SESSION_START_WINDOW_MS} ms, got {reset_after_ms}"
+            )
+        self.budget.set_limit(time.monotonic(), total, remaining, reset_after_ms)
 
     async def _tick_loop(self) -> None:
         last = time.monotonic()

@@ -105,16 +105,12 @@ class Rest:
         return json_response({"url": self._gateway_url()})
 
     async def gateway_bot(self, request: web.Request) -> web.Response:
-        now = time.monotonic()
         body = {
             "url": self._gateway_url(),
             "shards": self.config.shards,
-            "session_start_limit": {
-                "total": self.budget.total,
-                "remaining": self.budget.available(now),
-                "reset_after": self.budget.reset_after_ms(now),
-                "max_concurrency": self.config.max_concurrency,
-            },
+            "session_start_limit": self.budget.to_json(
+                time.monotonic(), self.config.max_concurrency
+            ),
         }
         return json_response(
             body, headers=self._ratelimit_headers("41f9cd5d28af77da04563bcb1d67fdfd")

@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from protocol.intents import parse_privileged_intents
 from simulator.admin import Admin
 from simulator.config import SimulatorConfig
 from simulator.events import BotIdentity, EventFactory
@@ -168,6 +169,19 @@ class Simulator:
         if not rate >= 0:
             raise ValueError("chaos rate must be >= 0")
         self.gateway.set_chaos_rate(rate)
+
+    def set_privileged_intents(self, value: int | str) -> None:
+        """The Developer Portal toggles: bits or names (``"GUILD_MEMBERS,MESSAGE_CONTENT"``, ``"none"``)."""
+        self.gateway.set_privileged_intents(parse_privileged_intents(value))
+
+    def set_session_start_limit(
+        self,
+        total: int | None = None,
+        remaining: int | None = None,
+        reset_after_ms: int | None = None,
+    ) -> None:
+        """Raise (or lower) the daily session starts; a new ``total`` keeps the starts spent."""
+        self.gateway.set_session_start_limit(total, remaining, reset_after_ms)
 
     def sessions(self) -> list[dict[str, Any]]:
         return self.gateway.snapshot()

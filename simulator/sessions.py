@@ -209,6 +209,39 @@ class SessionStartBudget:
         self._refresh(now)
         self.remaining -= 1
 
+    def set_limit(
+        self,
+        now: float,
+        total: int | None = None,
+        remaining: int | None = None,
+        reset_after_ms: int | None = None,
+    ) -> None:
+        """Change the limit as Discord does when it raises a bot's daily starts.
+
+        A new ``total`` keeps the starts already spent in this window
+        (``remaining = total - spent``, at least 0) unless ``remaining`` is
+        given too; ``remaining`` is capped at ``total``.
+        """
+        self._refresh(now)
+        if total is not None:
+            spent = max(0, self.total - self.remaining)
+            self.total = total
+            self.remaining = max(0, total - spent)
+        if remaining is not None:
+            self.remaining = remaining
+        self.remaining = min(self.remaining, self.total)
+        if reset_after_ms is not None:
+            self._reset_at = now + reset_after_ms / 1000.0
+
+    def to_json(self, now: float, max_concurrency: int) -> dict[str, int]:
+        """The ``session_start_limit`` object of ``GET /gateway/bot``."""
+        return {
+            "total": self.total,
+            "remaining": self.available(now),
+            "reset_after": self.reset_after_ms(now),
+            "max_concurrency": max_concurrency,
+        }
+
 
 class SendLimiter:
     """Client payloads per connection: at most ``limit`` per sliding ``window_s`` (4008)."""

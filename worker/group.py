@@ -306,7 +306,7 @@ class ShardGroup:
     def _status(self, kind: WorkerStatusKind) -> WorkerStatus:
         detail = self.stop_reason
         if kind is WorkerStatusKind.FATAL and self.fatal_code is not None:
-            detail = explain_fatal(self.fatal_code)
+            detail = explain_fatal(self.fatal_code, self.spec.intents)
         return WorkerStatus(
             worker_id=self.spec.worker_id,
             pid=os.getpid(),
