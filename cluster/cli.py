@@ -112,10 +112,36 @@ def simulate(
     ] = 5.0,
     chaos: Annotated[float, typer.Option(help="Random faults per second per connection.")] = 0.0,
     chaos_seed: Annotated[int, typer.Option(help="Seed of the chaos mode.")] = 0,
+    privileged_intents: Annotated[
+        str,
+        typer.Option(
+            help="Privileged intents the simulated application has enabled, as the Developer "
+            "Portal toggles would: names (GUILD_MEMBERS,GUILD_PRESENCES,MESSAGE_CONTENT), 'all' "
+            "or 'none'. An IDENTIFY asking for one not enabled gets close code 4014.",
+        ),
+    ] = "none",
+    session_start_limit: Annotated[
+        int | None,
+        typer.Option(
+            help="Session starts per day, answered by /gateway/bot and enforced (Discord raises "
+            "the 1000 of a new application for large bots).",
+            show_default="1000",
+        ),
+    ] = None,
 ) -> None:
     """Run the Discord simulator alone (REST + gateway) until SIGINT or SIGTERM."""
+    from protocol.gateway import DEFAULT_SESSION_START_LIMIT
+    from protocol.intents import parse_privileged_intents
     from simulator import SimulatorConfig  # imported here: status and tail start faster
 
+    try:
+        privileged = parse_privileged_intents(privileged_intents)
+    except ValueError as exc:
+        usage_error(f"--privileged-intents: {exc}")
+    if session_start_limit is not None and not 1 <= session_start_limit <= 1 << 31:
+        usage_error(
+            f"--session-start-limit must be between 1 and {1 << 31}, got {session_start_limit}"
+        )
     try:
         config = SimulatorConfig(
             host=host,
@@ -129,6 +155,10 @@ def simulate(
             identify_window_s=identify_window,
             chaos_rate=chaos,
             chaos_seed=chaos_seed,
+            privileged_intents=privileged,
+            session_start_total=(
+                DEFAULT_SESSION_START_LIMIT if session_start_limit is None else session_start_limit
+            ),
         )
     except ValueError as exc:
         usage_error(str(exc))
@@ -136,6 +166,7 @@ def simulate(
 
 
 async def _simulate(config: SimulatorConfig) -> None:
+    from protocol.intents import intent_names
     from simulator import Simulator
 
     sim = Simulator(config)
@@ -152,9 +183,19 @@ async def _simulate(config: SimulatorConfig) -> None:
         print(f"admin:   {sim.admin_url}", flush=True)
         print(
             f"shards={config.shards} max_concurrency={config.max_concurrency} "
-            f"guilds={config.guild_count} event_rate={config.event_rate}/s; Ctrl-C to stop",
+            f"guilds={config.guild_count} event_rate={config.event_rate}/s "
+            f"session_start_limit={config.session_start_total} "
+            f"privileged_intents={','.join(intent_names(config.privileged_intents)) or 'none'}; "
+            "Ctrl-C to stop",
             flush=True,
         )
+        if config.shards > config.session_start_total:
+            print(
+                f"note: identifying all {config.shards} shards takes {config.shards} session "
+                f"starts, more than the {config.session_start_total} a day allowed; raise it "
+                f"with --session-start-limit {config.shards} (Discord does for large bots)",
+                flush=True,
+            )
         signum = await wait_for_signal(signal.SIGINT, signal.SIGTERM)
         print(f"{signum.name}: stopping", flush=True)
     finally:
@@ -235,6 +276,22 @@ def up(
     identify_reserve: Annotated[
         int, typer.Option(help="With --redis: session starts no grant may spend.")
     ] = 0,
+    sink: Annotated[
+        str,
+        typer.Option(
+            envvar="CLUSTER_SINK",
+            help="redis: also append every dispatch to Redis Streams (needs --redis).",
+        ),
+    ] = "none",
+    sink_encoding: Annotated[
+        str, typer.Option(help="The sink's data field: msgpack or json.")
+    ] = "msgpack",
+    sink_retention: Annotated[
+        float, typer.Option(help="Seconds the sink keeps entries (MINID trim).")
+    ] = 60.0,
+    sink_maxlen: Annotated[
+        int, typer.Option(help="Entries the sink keeps per stream (MAXLEN trim; 0: no bound).")
+    ] = 0,
     coordinator: Annotated[str | None, typer.Option(hidden=True)] = None,
     health: Annotated[
         str, typer.Option(envvar="CLUSTER_HEALTH", help="host:port of the HTTP endpoint.")
@@ -255,6 +312,23 @@ def up(
             "--simulate", help="Start the built-in simulator on loopback and connect to it."
         ),
     ] = False,
+    privileged_intents: Annotated[
+        str | None,
+        typer.Option(
+            help="With --simulate: privileged intents the simulated application has enabled "
+            "(GUILD_MEMBERS,GUILD_PRESENCES,MESSAGE_CONTENT, 'all' or 'none'). On Discord they "
+            "are enabled in the Developer Portal (Bot -> Privileged Gateway Intents).",
+            show_default="none",
+        ),
+    ] = None,
+    session_start_limit: Annotated[
+        int | None,
+        typer.Option(
+            help="With --simulate: the simulator's session starts per day (Discord sets the "
+            "real one, reported by /gateway/bot).",
+            show_default="1000",
+        ),
+    ] = None,
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
     # Hidden knobs for tests and tuning.
     log_level: Annotated[str, typer.Option(hidden=True)] = "INFO",
@@ -286,6 +360,7 @@ def up(
         parse_log_format,
         parse_range,
         parse_shards,
+        parse_sink,
         parse_workers,
     )
     from cluster.restart_policy import RestartPolicy
@@ -329,6 +404,7 @@ def up(
             shards=parse_shards(shards),
             shard_range=None if auto_range else parse_range(shard_ids),
             redis=redis_settings,
+            sink=parse_sink(sink, redis_settings, sink_encoding, sink_retention, sink_maxlen),
             workers=parse_workers(workers),
             intents=parse_intent_option(intents),
             api_url=api_url,
@@ -340,11 +416,14 @@ def up(
             state_dir=Path(state_dir),
             identify_interval_s=identify_interval,
             identify_margin_s=identify_margin,
-            simulate=SimulateSettings(
-                simulate_shards, simulate_max_concurrency, simulate_event_rate
-            )
-            if simulate
-            else None,
+            simulate=SimulateSettings.from_options(
+                simulate,
+                simulate_shards,
+                simulate_max_concurrency,
+                simulate_event_rate,
+                privileged_intents,
+                session_start_limit,
+            ),
             log_format=parse_log_format(log_format),
             log_level=log_level.upper(),
             report_interval_s=report_interval,

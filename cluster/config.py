@@ -16,9 +16,17 @@ from typing import Final
 
 from cluster.planner import PlanError, parse_shard_count, parse_shard_range
 from cluster.restart_policy import RestartPolicy
+from protocol.brokerformat import Encoding
 from protocol.compression import Compression
 from protocol.errors import UnknownIntentError
-from protocol.intents import NON_PRIVILEGED_INTENTS, parse_intents
+from protocol.gateway import DEFAULT_SESSION_START_LIMIT
+from protocol.intents import (
+    NON_PRIVILEGED_INTENTS,
+    PRIVILEGED_INTENTS,
+    PRIVILEGED_NAMES,
+    parse_intents,
+    parse_privileged_intents,
+)
 
 DEFAULT_API_URL: Final = "https://discord.com/api/v10"
 DEFAULT_PUB: Final = "tcp://127.0.0.1:5555"
@@ -99,6 +107,49 @@ def host_ordinal(hostname: str) -> int | None:
     return int(match[1]) if match else None
 
 
+@dataclass(frozen=True, slots=True)
+class SinkSettings:
+    """``--sink redis``: every dispatch also appended to Redis Streams (DESIGN.md section 6)."""
+
+    encoding: Encoding = Encoding.MSGPACK
+    #: Entries older than this are trimmed (``MINID ~``).
+    retention_s: float = 60.0
+    #: Each stream is trimmed to about this many entries (``MAXLEN ~``); 0: no length bound.
+    maxlen: int = 0
+    #: Above this many events waiting for Redis the relay stops reading (back pressure).
+    max_pending: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.retention_s) and self.retention_s > 0):
+            raise ConfigError(
+                f"--sink-retention must be a number of seconds > 0, got {self.retention_s!r}"
+            )
+        if self.maxlen < 0:
+            raise ConfigError(f"--sink-maxlen must be 0 (no bound) or more, got {self.maxlen}")
+        if self.max_pending < 1:
+            raise ConfigError("the sink's pending bound must be at least 1")
+
+
+def parse_sink(
+    sink: str, redis: RedisSettings | None, encoding: str, retention_s: float, maxlen: int
+) -> SinkSettings | None:
+    """``--sink none|redis`` and its options -> the settings (None: no sink)."""
+    kind = sink.strip().lower()
+    if kind in ("", "none"):
+        return None
+    if kind != "redis":
+        raise ConfigError(f"--sink must be none or redis, got {sink[:40]!r}")
+    if redis is None:
+        raise ConfigError("--sink redis needs --redis URL (the streams live in that Redis)")
+    try:
+        parsed = Encoding(encoding.strip().lower())
+    except ValueError:
+        raise ConfigError(
+            f"--sink-encoding must be msgpack or json, got {encoding[:40]!r}"
+        ) from None
+    return SinkSettings(encoding=parsed, retention_s=retention_s, maxlen=maxlen)
+
+
 class LogFormat(enum.Enum):
     TEXT = "text"
     JSON = "json"
@@ -111,6 +162,51 @@ class SimulateSettings:
     shards: int = 4
     max_concurrency: int = 4
     event_rate: float = 5.0
+    #: The simulated application's Developer Portal toggles (``--privileged-intents``).
+    privileged_intents: int = 0
+    #: Session starts per day (``--session-start-limit``).
+    session_start_limit: int = DEFAULT_SESSION_START_LIMIT
+
+    def __post_init__(self) -> None:
+        if self.privileged_intents & ~PRIVILEGED_INTENTS or self.privileged_intents < 0:
+            raise ConfigError(
+                f"--privileged-intents may only name {PRIVILEGED_NAMES}, got {self.privileged_intents}"
+            )
+        if not 1 <= self.session_start_limit <= 1 << 31:
+            raise ConfigError(
+                f"--session-start-limit must be between 1 and {1 << 31}, got {self.session_start_limit}"
+            )
+
+    @classmethod
+    def from_options(
+        cls,
+        simulate: bool,
+        shards: int,
+        max_concurrency: int,
+        event_rate: float,
+        privileged_intents: str | None,
+        session_start_limit: int | None,
+    ) -> SimulateSettings | None:
+        """The ``cluster up`` options about the simulator -> the settings (None: no ``--simulate``)."""
+        if not simulate:
+            if privileged_intents is not None:
+                raise ConfigError(
+                    "--privileged-intents goes with --simulate; on Discord, enable privileged "
+                    "intents in the Developer Portal (Bot -> Privileged Gateway Intents)"
+                )
+            if session_start_limit is not None:
+                raise ConfigError(
+                    "--session-start-limit goes with --simulate; Discord sets the real limit "
+                    "(GET /gateway/bot reports it)"
+                )
+            return None
+        return cls(
+            shards,
+            max_concurrency,
+            event_rate,
+            parse_privileged_intents_option(privileged_intents),
+            DEFAULT_SESSION_START_LIMIT if session_start_limit is None else session_start_limit,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +219,8 @@ class SupervisorConfig:
     shard_range: tuple[int, int] | None = None
     #: Shared state across hosts (``--redis``); None: one host, the state dir, the embedded scheduler.
     redis: RedisSettings | None = None
+    #: Durable delivery to Redis Streams (``--sink redis``); None: the PUB socket only.
+    sink: SinkSettings | None = None
     workers: int | None = None
     intents: int = NON_PRIVILEGED_INTENTS
     api_url: str = DEFAULT_API_URL
@@ -166,6 +264,8 @@ class SupervisorConfig:
             # With --shards auto the count comes from /gateway/bot: the supervisor checks it then.
             if self.shards is not None and self.redis.hosts > self.shards:
                 raise ConfigError(f"--hosts {self.redis.hosts} is more than --shards {self.shards}")
+        if self.sink is not None and self.redis is None:
+            raise ConfigError("--sink redis needs --redis URL (the streams live in that Redis)")
         if not (math.isfinite(self.identify_interval_s) and self.identify_interval_s > 0):
             raise ConfigError(
                 f"--identify-interval must be a number of seconds > 0, got {self.identify_interval_s!r}"
@@ -248,6 +348,16 @@ def parse_intent_option(text: str | None) -> int:
         return parse_intents(text)
     except UnknownIntentError as exc:
         raise ConfigError(f"--intents: {exc}") from None
+
+
+def parse_privileged_intents_option(text: str | None) -> int:
+    """``--privileged-intents`` of ``cluster up --simulate`` (None: none enabled)."""
+    if text is None:
+        return 0
+    try:
+        return parse_privileged_intents(text)
+    except UnknownIntentError as exc:
+        raise ConfigError(f"--privileged-intents: {exc}") from None
 
 
 def parse_compression(text: str) -> Compression:

@@ -113,7 +113,8 @@ def _describe_ids(ids: Collection[int]) -> str:
     return shown + (", ..." if len(ordered) > 8 else "")
 
 
-def _local(shard_id: int, total_shards: int, local_shard_ids: Collection[int]) -> int:
+def local_shard(shard_id: int, total_shards: int, local_shard_ids: Collection[int]) -> int:
+    """``shard_id`` if this supervisor runs it; ControlRequestError (unknown, not local) if not."""
     if not 0 <= shard_id < total_shards:
         raise ControlRequestError(
             ControlErrorKind.UNKNOWN_SHARD,
@@ -147,13 +148,13 @@ def _target(
                 ControlErrorKind.BAD_TARGET,
                 f"shard_id must be an integer, not {type(value).__name__}",
             )
-        return Target.SHARD, (_local(value, total_shards, local_shard_ids),)
+        return Target.SHARD, (local_shard(value, total_shards, local_shard_ids),)
     if key == "guild_id":
         try:
             shard_id = shard_for_guild(value, total_shards)
         except ValueError as exc:
             raise ControlRequestError(ControlErrorKind.BAD_TARGET, str(exc)) from None
-        return Target.GUILD, (_local(shard_id, total_shards, local_shard_ids),)
+        return Target.GUILD, (local_shard(shard_id, total_shards, local_shard_ids),)
     if value is not True:
         raise ControlRequestError(
             ControlErrorKind.BAD_TARGET, f"all must be true when given, not {value!r:.20}"

@@ -128,6 +128,7 @@ class ClusterCollector(Collector):
         yield alive
         yield restarts
         yield from _shared_state_metrics(status)
+        yield from _sink_metrics(status)
 
 
 def _shared_state_metrics(status: ClusterStatus) -> Iterator[Metric]:
@@ -204,6 +205,66 @@ def _shared_state_metrics(status: ClusterStatus) -> Iterator[Metric]:
     for name, doc, value in counters:
         if isinstance(value, int | float):
             yield CounterMetricFamily(name, doc, value=float(value))
+
+
+def _sink_metrics(status: ClusterStatus) -> Iterator[Metric]:
+    """The Redis Streams sink and the gateway_send reader (sections "sink", "commands")."""
+    sink = _section(status, "sink")
+    if sink is not None:
+        for name, doc, key in (
+            ("titanium_sink_appended", "Events appended to Redis Streams", "appended"),
+            (
+                "titanium_sink_skipped",
+                "Events not appended because the checkpoint had them (a replay)",
+                "skipped",
+            ),
+            ("titanium_sink_errors", "Sink rounds or maintenance calls that failed", "errors"),
+            (
+                "titanium_sink_dropped_fenced",
+                "Events given up when the lease was lost (the new owner replays them)",
+                "dropped_fenced",
+            ),
+            ("titanium_sink_trimmed", "Entries the retention trimmed", "trimmed"),
+        ):
+            yield CounterMetricFamily(name, doc, value=float(sink.get(key) or 0))
+        yield GaugeMetricFamily(
+            "titanium_sink_pending_events",
+            "Events published but not yet appended to Redis",
+            value=float(sink.get("pending") or 0),
+        )
+        length = GaugeMetricFamily(
+            "titanium_sink_stream_length", "Entries in a stream (XLEN)", labels=["stream"]
+        )
+        lag = GaugeMetricFamily(
+            "titanium_sink_group_lag",
+            "Entries a consumer group has not read yet (XINFO GROUPS lag)",
+            labels=["stream", "group"],
+        )
+        pending = GaugeMetricFamily(
+            "titanium_sink_group_pending",
+            "Entries a consumer group read and did not acknowledge",
+            labels=["stream", "group"],
+        )
+        for view in sink.get("streams") or []:
+            length.add_metric([view["stream"]], float(view["length"]))
+            for group in view["groups"]:
+                labels = [view["stream"], group["group"]]
+                if group["lag"] is not None:
+                    lag.add_metric(labels, float(group["lag"]))
+                pending.add_metric(labels, float(group["pending"]))
+        yield length
+        yield lag
+        yield pending
+    commands = _section(status, "commands")
+    if commands is not None:
+        outcomes = CounterMetricFamily(
+            "titanium_sink_commands",
+            "gateway_send entries by what became of them",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted((commands.get("outcomes") or {}).items()):
+            outcomes.add_metric([outcome], float(count))
+        yield outcomes
 
 
 def _section(status: ClusterStatus, name: str) -> dict[str, Any] | None:

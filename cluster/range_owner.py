@@ -51,6 +51,7 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
+from cluster.command_stream import CommandReader
 from cluster.config import LogFormat, SupervisorConfig
 from cluster.control import ControlServer
 from cluster.coordinator import Coordinator
@@ -62,10 +63,12 @@ from cluster.publisher import Publisher
 from cluster.relay import Relay, SessionBook
 from cluster.restart_policy import WORKER_EXIT_FATAL, RestartAction
 from cluster.sessions import SessionStore
+from cluster.sink import StreamSink
 from cluster.state.arbiter import RedisArbiter
 from cluster.state.checkpoint import Checkpointer, RemoteWriter
 from cluster.state.lease import LeaseKeeper
 from cluster.state.redis_state import Lease, RedisState, RedisStateError
+from cluster.state.redis_streams import StreamStore
 from cluster.status import ClusterStatus
 from cluster.workers import ShardNotRunningError, WorkerPool, WorkerSlot, WorkerState
 from protocol import ipc
@@ -84,6 +87,8 @@ SPAWN_GRACE_S: Final = 30.0
 _FATAL_DETAIL_WAIT_S: Final = 1.0
 #: How often a worker checks that the supervisor still lives (it lets go within about this).
 PARENT_CHECK_S: Final = 0.25
+#: A graceful stop waits this long for the sink to append what waits.
+SINK_CLOSE_S: Final = 5.0
 
 
 class SupervisorError(Exception):
@@ -119,6 +124,8 @@ class Shared:
     runtime_dir: str
     redis: RedisState | None
     leases: LeaseKeeper | None
+    #: The sink's and gateway_send's calls (with --redis; used with --sink redis)
+    streams: StreamStore | None = None
 
 
 class _Shutdown(enum.Enum):
@@ -162,6 +169,9 @@ class _Running:
     checkpointer: Checkpointer
     progress: Progress
     spec: WorkerSpec
+    #: --sink redis: the stream appends and the gateway_send reader
+    sink: StreamSink | None
+    commands: CommandReader | None
 
 
 class RangeOwner:
@@ -288,8 +298,12 @@ class RangeOwner:
             [(w.worker_id, w.shard_ids) for w in plan.workers],
             identify_snapshot=coordinator.status_json,
         )
-        relay = Relay(pull, shared.publisher, book, status.relay, self._on_report)
+        sink = self._make_sink(book)
+        relay = Relay(pull, shared.publisher, book, status.relay, self._on_report, sink=sink)
         relay.start()
+        if sink is not None:
+            sink.start()
+            status.sections["sink"] = sink.status_json
         pool = WorkerPool(
             [(w.worker_id, w.shard_ids) for w in plan.workers],
             config.restart_policy,
@@ -313,11 +327,13 @@ class RangeOwner:
             raise SupervisorError(
                 f"cannot bind --control {config.control}: {exc.strerror}"
             ) from None
+        # With the sink, the sink's appends write the Redis checkpoints (the last seq
+        # *appended*): the checkpointer keeps only the state dir.
         checkpointer = Checkpointer(
             book,
             plan.shard_ids,
             store,
-            self._remote_checkpoints(),
+            None if sink is not None else self._remote_checkpoints(),
             interval_s=config.checkpoint_interval_s,
         )
         status.sections["checkpoint"] = checkpointer.status_json
@@ -363,6 +379,11 @@ class RangeOwner:
         progress = Progress(
             len(plan.shard_ids), identify_duration(plan, config.identify_interval_s)
         )
+        progress.watch(lambda: status.shards.values(), coordinator.snapshot)
+        commands = self._make_command_reader(plan) if sink is not None else None
+        if commands is not None:
+            status.sections["commands"] = commands.status_json
+            self._tasks.append(asyncio.create_task(commands.run(), name="gateway-send"))
         return _Running(
             plan=plan,
             lease=self._lease,
@@ -378,6 +399,8 @@ class RangeOwner:
             checkpointer=checkpointer,
             progress=progress,
             spec=spec,
+            sink=sink,
+            commands=commands,
         )
 
     async def _saved_sessions(self, store: SessionStore) -> dict[int, Session]:
@@ -392,11 +415,45 @@ class RangeOwner:
         except RedisStateError as exc:
             log.warning("cannot read checkpoints from Redis (using the state dir's): %s", exc)
             return saved
+        if self._config.sink is not None:
+            # The sink's checkpoint is the last seq *appended*; the state dir's (the last
+            # published) may be ahead of it and would skip events the streams never got.
+            saved.update(remote)
+            return saved
         for shard_id, session in remote.items():
             mine = saved.get(shard_id)
             if mine is None or mine.session_id != session.session_id or mine.seq < session.seq:
                 saved[shard_id] = session
         return saved
+
+    def _make_sink(self, book: SessionBook) -> StreamSink | None:
+        shared, settings = self._shared, self._config.sink
+        redis_settings = self._config.redis
+        if settings is None or shared.streams is None or self._lease is None:
+            return None
+        assert redis_settings is not None  # SupervisorConfig: --sink needs --redis
+        return StreamSink(
+            shared.streams,
+            self._lease,
+            book,
+            self._plan.shard_ids,
+            settings,
+            redis_settings.checkpoint_ttl_s,
+            on_lease_lost=self.fence,
+        )
+
+    def _make_command_reader(self, plan: ClusterPlan) -> CommandReader | None:
+        shared, lease = self._shared, self._lease
+        if shared.streams is None or shared.redis is None or lease is None:
+            return None
+        return CommandReader(
+            shared.streams,
+            lease.shard_range,
+            shared.redis.holder,
+            plan.total_shards,
+            plan.shard_ids,
+            self.send_command,
+        )
 
     def _make_arbiter(self) -> RedisArbiter | None:
         shared, config = self._shared, self._config
@@ -591,7 +648,7 @@ class RangeOwner:
         decision = slot.tracker.on_exit(code, slot.started_at, time.monotonic())
         if decision.action is RestartAction.FATAL:
             line = (
-                explain_fatal(slot.fatal_code)
+                explain_fatal(slot.fatal_code, self._config.intents)
                 if slot.fatal_code is not None
                 else "a worker stopped on a fatal gateway close code"
             )
@@ -650,9 +707,19 @@ class RangeOwner:
             return
         run.relay.drain()
         run.relay.stop()
+        if run.sink is not None:
+            if graceful and not self._fenced:
+                if not await run.sink.close(SINK_CLOSE_S):
+                    log.warning(
+                        "the sink could not append %d events before stopping; the next "
+                        "owner resumes from the last appended seq and appends them then",
+                        run.sink.pending_events + run.sink.in_flight,
+                    )
+            else:
+                await run.sink.stop()
         await run.coordinator.stop()
         status = self._shared.status
-        for name in ("checkpoint", "identify_redis"):
+        for name in ("checkpoint", "identify_redis", "sink", "commands"):
             status.sections.pop(name, None)
         # Without a worker having run, the book holds only what was loaded: re-saving
         # it would make old sessions look fresh. A fenced owner writes nothing more.

@@ -19,7 +19,11 @@ publisher three frames: the topic and the payload as memoryview slices of the
 body and that header; the publisher queues them per subscriber and the relay
 flushes it after every batch (cluster/publisher.py). The older EVENTS kind
 (three PUB frames per event) is still read; its header frame is checked and
-replaced by the relay's own. Reports (SHARD_STATE, WORKER_STATUS: a few per
+replaced by the relay's own. With ``--sink redis`` the same slices of every
+published run also go to :class:`cluster.sink.StreamSink` (one list append per
+event; the encoding happens in the sink's own task), and while the sink is
+backlogged the relay stops reading the channel, so back pressure reaches the
+workers instead of this process's memory. Reports (SHARD_STATE, WORKER_STATUS: a few per
 shard per second) are decoded and handed to the supervisor's callback; a
 report that names a session also names it in the book first.
 
@@ -46,6 +50,7 @@ import zmq
 import zmq.backend
 
 from cluster.publisher import Publisher
+from cluster.sink import EventSlices, StreamSink
 from cluster.status import RelayCounters
 from protocol import ipc
 from protocol.errors import WireFormatError
@@ -155,6 +160,13 @@ class SessionBook:
         while len(names) > _OLD_EPOCHS_PER_SHARD + 1:
             del names[next(iter(names))]
 
+    def resume_url(self, shard_id: int, session_id: str) -> str | None:
+        """Where ``session_id`` of ``shard_id`` resumes (None: not its current session)."""
+        session = self._sessions.get(shard_id)
+        if session is None or session.session_id != session_id:
+            return None
+        return session.resume_url
+
     def session_id(self, shard_id: int, epoch: int) -> str | None:
         """The session id of ``shard_id``'s session ``epoch`` (None: not named by any report)."""
         names = self._names.get(shard_id)
@@ -210,6 +222,7 @@ class Relay:
         counters: RelayCounters,
         on_report: ReportHandler,
         batch: int = DEFAULT_BATCH,
+        sink: StreamSink | None = None,
     ) -> None:
         self._pull = pull
         self._recv = functools.partial(zmq.backend.Socket.recv, pull)
@@ -219,6 +232,9 @@ class Relay:
         self._counters = counters
         self._on_report = on_report
         self._batch = batch
+        self._sink = sink
+        #: True while the sink is backlogged: the channel is not read (back pressure)
+        self._paused = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
         self._scheduled = False
@@ -237,6 +253,8 @@ class Relay:
         self._fd = fd
         loop.add_reader(fd, self._wake)
         self._publisher.start(loop)  # a no-op when its owner started it already
+        if self._sink is not None:
+            self._sink.on_drained(self._unpause)
         # Edge-triggered: whatever is queued already would never signal.
         self._wake()
 
@@ -263,6 +281,10 @@ class Relay:
     def _wake(self) -> None:
         if self._scheduled or self._fd is None:
             return
+        sink = self._sink
+        if sink is not None and sink.backlogged:
+            self._paused = True  # the sink's drain callback reads on (see _unpause)
+            return
         if self.process(self._batch) >= self._batch:
             # More is waiting: go on after the loop has served everyone else.
             self._scheduled = True
@@ -272,6 +294,11 @@ class Relay:
     def _resume(self) -> None:
         self._scheduled = False
         self._wake()
+
+    def _unpause(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._wake()
 
     def drain(self) -> int:
         """Handle everything queued now (shutdown, a worker's exit)."""
@@ -326,6 +353,8 @@ class Relay:
         publisher = self._publisher
         publisher.flush()
         publisher.drain_subscriptions()
+        if self._sink is not None:
+            self._sink.flush()
         counters.pub_dropped = publisher.dropped
         counters.pub_disconnected_dropped = publisher.lost_at_disconnect
         counters.subscriptions = publisher.subscriptions
@@ -361,6 +390,13 @@ class Relay:
         publish = self._publisher.publish
         for i in range(skip, count):
             publish(frames[3 * i], template % (seq + i), frames[3 * i + 2])
+        if self._sink is not None and skip < count:
+            self._sink.add(
+                shard_id,
+                epoch,
+                seq + skip,
+                [(frames[3 * i], frames[3 * i + 2]) for i in range(skip, count)],
+            )
         return count - skip, skip
 
     def _head(self, shard_id: int, epoch: int) -> bytes:
@@ -401,6 +437,7 @@ class Relay:
         admit = self._book.admit
         publish = self._publisher.publish
         heads = self._heads
+        sink = self._sink
         at = 0
         published = 0
         duplicates = 0
@@ -417,6 +454,7 @@ class Relay:
                     template = head[1]
                 else:
                     template = self._head(shard_id, epoch)
+                events: list[EventSlices] | None = [] if sink is not None and skip < count else None
                 for i in range(count):
                     topic_len, payload_len = _EVENT_UNPACK(view, at)
                     at += _EVENT_SIZE
@@ -425,13 +463,15 @@ class Relay:
                     if payload_end > end:
                         raise ValueError("an event runs past the body")
                     if i >= skip:
-                        publish(
-                            view[at:topic_end],
-                            template % (seq + i),
-                            view[topic_end:payload_end],
-                        )
+                        topic = view[at:topic_end]
+                        payload = view[topic_end:payload_end]
+                        publish(topic, template % (seq + i), payload)
+                        if events is not None:
+                            events.append((topic, payload))
                         published += 1
                     at = payload_end
+                if events and sink is not None:
+                    sink.add(shard_id, epoch, seq + skip, events)
         except (ValueError, struct.error):
             self._counters.malformed_dropped += 1
             return published, duplicates

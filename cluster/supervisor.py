@@ -52,6 +52,7 @@ from cluster.state.redis_state import (
     RedisState,
     RedisStateError,
 )
+from cluster.state.redis_streams import StreamStore
 from cluster.status import ClusterStatus, Role
 from cluster.workers import CommandRoutingError, ShardNotRunningError, UnknownShardError
 
@@ -118,6 +119,7 @@ class Supervisor:
         http: HealthServer | None = None
         redis: RedisState | None = None
         leases: LeaseKeeper | None = None
+        streams: StreamStore | None = None
         monitor: asyncio.Task[None] | None = None
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_signal, signum)
@@ -131,7 +133,7 @@ class Supervisor:
             max_concurrency = gateway.session_start_limit.max_concurrency
             candidates = self._candidates(total)
             if self.config.redis is not None:
-                redis = await self._connect_redis(api_url, Layout(total, max_concurrency))
+                redis, streams = await self._connect_redis(api_url, Layout(total, max_concurrency))
                 leases = LeaseKeeper(redis, self.config.redis)
             status = ClusterStatus(total, [])
             self.status = status
@@ -159,6 +161,7 @@ class Supervisor:
                 runtime_dir=runtime_dir,
                 redis=redis,
                 leases=leases,
+                streams=streams,
             )
             while not self._stop.is_set():
                 if (
@@ -268,6 +271,8 @@ class Supervisor:
                 max_concurrency=settings.max_concurrency,
                 event_rate=settings.event_rate,
                 identify_window_s=self.config.identify_interval_s,
+                privileged_intents=settings.privileged_intents,
+                session_start_total=settings.session_start_limit,
             )
         )
         await sim.start()
@@ -289,8 +294,12 @@ class Supervisor:
         )
         return gateway
 
-    async def _connect_redis(self, api_url: str, layout: Layout) -> RedisState:
-        """Connect, name the bot's key space by its user id, and claim (or check) the layout."""
+    async def _connect_redis(self, api_url: str, layout: Layout) -> tuple[RedisState, StreamStore]:
+        """Connect, name the bot's key space by its user id, and claim (or check) the layout.
+
+        The stream store (the sink, ``gateway_send``) registers its scripts before the
+        connect loads them all.
+        """
         settings = self.config.redis
         assert settings is not None
         try:
@@ -299,6 +308,7 @@ class Supervisor:
             raise SupervisorError(str(exc)) from None
         holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         redis = RedisState(settings.url, bot_id, holder=holder)
+        streams = StreamStore(redis)
         try:
             await redis.connect()
             await redis.claim_layout(layout)
@@ -316,7 +326,7 @@ class Supervisor:
             layout.max_concurrency,
             holder,
         )
-        return redis
+        return redis, streams
 
     async def _monitor_redis(self, redis: RedisState, api_url: str, layout: Layout) -> None:
         """Ping Redis and read every host's lease and the shared budget, for /status.
