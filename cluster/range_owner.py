@@ -26,7 +26,12 @@ a fatal close code: the cluster stops with :class:`FatalCloseError`.
 
 The :class:`cluster.state.checkpoint.Checkpointer` writes the book at most
 ``--checkpoint-interval`` after it changes, so a SIGKILL of the supervisor
-costs no identify.
+costs no identify. With ``--sink redis`` a :class:`cluster.sink.StreamSink`
+appends every published event to Redis Streams and its appends write the
+Redis checkpoints (the last seq *appended*; the checkpointer then keeps only
+the state dir), so a restart or a takeover RESUMEs from what the streams
+hold; a :class:`cluster.command_stream.CommandReader` sends the range's
+commands from ``gateway_send``.
 
 Endings: a graceful stop drains (STOP every worker, wait, SIGKILL what remains,
 a last checkpoint, the lease released); a **fence** (the lease lost or not

@@ -8,7 +8,9 @@ book's ``version``), writes it:
 - to ``--state-dir`` through :class:`cluster.sessions.SessionStore` (temp
   file, fsync, rename, directory fsync), off the event loop;
 - with ``--redis``, to ``sess:<shard>`` in one script call for the whole
-  batch, which first checks this supervisor still holds its lease.
+  batch, which first checks this supervisor still holds its lease (not with
+  ``--sink redis``: there the sink's appends write those keys, see
+  :mod:`cluster.sink`).
 
 A new session (a READY) is written at once (:meth:`Checkpointer.soon`): it is
 rare (one per IDENTIFY), and a session nobody checkpointed is an IDENTIFY
