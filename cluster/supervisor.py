@@ -37,12 +37,14 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
+from cluster import sd_notify
 from cluster.config import SupervisorConfig, host_ordinal
 from cluster.discord_api import DiscordApiError, GatewayBot, fetch_bot_user_id, fetch_gateway_bot
 from cluster.http import HealthServer
 from cluster.planner import ClusterPlan, PlanError, host_ranges, plan_cluster
 from cluster.publisher import Publisher
 from cluster.range_owner import FatalCloseError, Outcome, RangeOwner, Shared, SupervisorError
+from cluster.sd_notify import SystemdNotifier
 from cluster.state.lease import LeaseKeeper
 from cluster.state.redis_state import (
     BudgetView,
@@ -89,6 +91,8 @@ class Supervisor:
         self._runtime_dir: str | None = None
         self._redis_up = True
         self._redis_view: dict[str, Any] = {}
+        #: systemd's Type=notify (a no-op without NOTIFY_SOCKET)
+        self._systemd = SystemdNotifier.from_env()
 
     # -- the public surface ------------------------------------------------------------------
 
@@ -104,6 +108,8 @@ class Supervisor:
 
     def request_stop(self) -> None:
         """Drain and stop, as SIGINT/SIGTERM do (the same command, from code)."""
+        if not self._stop.is_set():
+            self._systemd.stopping()
         self._stop.set()
         if self._owner is not None:
             self._owner.request_stop()
@@ -121,6 +127,7 @@ class Supervisor:
         leases: LeaseKeeper | None = None
         streams: StreamStore | None = None
         monitor: asyncio.Task[None] | None = None
+        systemd: asyncio.Task[None] | None = None
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_signal, signum)
         try:
@@ -140,6 +147,9 @@ class Supervisor:
             self.publisher = self._bind_publisher(sync_context)
             self.publisher.start(loop)  # subscribers are served also while a spare
             http = await self._start_http(status)
+            systemd = asyncio.create_task(
+                sd_notify.watch(self._systemd, lambda: _readiness(status)), name="systemd"
+            )
             if redis is not None and leases is not None:
                 status.redis_ok = lambda: self._redis_up
                 status.lease_held = lambda: leases.lease is not None
@@ -173,6 +183,10 @@ class Supervisor:
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
+            if systemd is not None:
+                systemd.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await systemd
             if monitor is not None:
                 monitor.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -452,3 +466,13 @@ class Supervisor:
         self._signalled = True
         log.info("%s: stopping (again to stop at once)", signum.name)
         self.request_stop()
+
+
+def _readiness(status: ClusterStatus) -> tuple[bool, str]:
+    """What systemd hears: ready for the role (as /health), and one status line."""
+    ready, body = status.health()
+    line = f"{body['role']}: {body['shards_ready']}/{body['shards_total']} shards ready"
+    problems = body.get("problems")
+    if problems:
+        line += f"; {problems[0]}"
+    return ready, line
