@@ -66,7 +66,7 @@ from cluster.planner import ClusterPlan, identify_duration
 from cluster.progress import Progress
 from cluster.publisher import Publisher
 from cluster.relay import Relay, SessionBook
-from cluster.restart_policy import WORKER_EXIT_FATAL, RestartAction
+from cluster.restart_policy import RestartAction
 from cluster.sessions import SessionStore
 from cluster.sink import StreamSink
 from cluster.state.arbiter import RedisArbiter
@@ -78,6 +78,7 @@ from cluster.status import ClusterStatus
 from cluster.workers import ShardNotRunningError, WorkerPool, WorkerSlot, WorkerState
 from protocol import ipc
 from protocol.errors import WireFormatError
+from protocol.exitcodes import ExitCode
 from protocol.gateway import explain_fatal
 from protocol.session import Session
 from worker.spec import WorkerSpec
@@ -645,7 +646,7 @@ class RangeOwner:
         run = self._run
         assert run is not None
         run.relay.drain()  # the dead worker's last messages, before deciding anything
-        if code == WORKER_EXIT_FATAL:
+        if code == ExitCode.FATAL:
             deadline = time.monotonic() + _FATAL_DETAIL_WAIT_S
             while slot.fatal_code is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)

@@ -13,12 +13,8 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass
-from typing import Final
 
-#: Exit status of a worker whose shard hit a fatal close code (sysexits EX_CONFIG).
-WORKER_EXIT_FATAL: Final = 78
-#: Exit status of a worker that drained on request.
-WORKER_EXIT_OK: Final = 0
+from protocol.exitcodes import ExitCode
 
 
 class RestartAction(enum.Enum):
@@ -51,7 +47,7 @@ class RestartTracker:
         self._rng = rng or random.Random()
 
     def on_exit(self, exit_code: int | None, started_at: float, now: float) -> RestartDecision:
-        if exit_code == WORKER_EXIT_FATAL:
+        if exit_code == ExitCode.FATAL:
             return RestartDecision(RestartAction.FATAL)
         if now - started_at >= self.policy.stable_after_s:
             self.quick_deaths = 0

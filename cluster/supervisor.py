@@ -57,6 +57,7 @@ from cluster.state.redis_state import (
 from cluster.state.redis_streams import StreamStore
 from cluster.status import ClusterStatus, Role
 from cluster.workers import CommandRoutingError, ShardNotRunningError, UnknownShardError
+from protocol.exitcodes import ExitCode
 
 __all__ = [
     "CommandRoutingError",
@@ -69,8 +70,6 @@ __all__ = [
 
 log = logging.getLogger("cluster.supervisor")
 
-#: Exit status after a second SIGINT/SIGTERM (128 + SIGINT, as shells do).
-EXIT_INTERRUPTED: Final = 130
 #: How often the Redis monitor pings and reads the cluster's leases and budget for /status.
 REDIS_MONITOR_S: Final = 2.0
 
@@ -462,7 +461,7 @@ class Supervisor:
                 self._owner.kill_all()
             if self._runtime_dir is not None:
                 shutil.rmtree(self._runtime_dir, ignore_errors=True)
-            os._exit(EXIT_INTERRUPTED)
+            os._exit(ExitCode.INTERRUPTED)
         self._signalled = True
         log.info("%s: stopping (again to stop at once)", signum.name)
         self.request_stop()

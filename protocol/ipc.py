@@ -291,7 +291,7 @@ class ShardReport:
 class WorkerStatusKind(enum.Enum):
     STARTED = "started"
     DRAINED = "drained"  #: every shard closed with 4000; final reports were sent before
-    FATAL = "fatal"  #: a fatal close code; the worker exits with EXIT_FATAL
+    FATAL = "fatal"  #: a fatal close code; the worker exits with ExitCode.FATAL
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,16 +3,12 @@
 Everything with a thread or a file descriptor (the uvloop loop, the ZeroMQ
 context, the HTTP session) is created here, in the child, never inherited.
 
-Exit codes are part of the protocol with the supervisor:
-
-==========================  ===  ================================================
-``EXIT_OK``                   0  stopped or drained (STOP command, SIGTERM, parent
-                                 gone); sessions were reported for RESUME
-``EXIT_CRASH``                1  an unexpected error; respawn with backoff
-``EXIT_FATAL``               78  a fatal gateway close code (4004, 4010-4014):
-                                 do **not** respawn; the WORKER_STATUS message
-                                 names the code and the fix
-==========================  ===  ================================================
+Exit codes are part of the protocol with the supervisor
+(:class:`protocol.exitcodes.ExitCode`): ``OK`` (0) stopped or drained (STOP
+command, SIGTERM, parent gone; sessions were reported for RESUME), ``CRASH`` (1)
+an unexpected error (respawned with backoff), ``FATAL`` (78) a fatal gateway
+close code (4004, 4010-4014): **not** respawned; the WORKER_STATUS message
+names the code and the fix.
 
 SIGTERM drains like a STOP command. SIGINT is ignored: a Ctrl-C in a terminal
 reaches the whole process group, and the supervisor decides how its workers
@@ -26,18 +22,14 @@ import contextlib
 import logging
 import signal
 import sys
-from typing import Final
 
 import zmq.asyncio
 
+from protocol.exitcodes import ExitCode
 from protocol.ipc import WorkerStatusKind
 from protocol.logformat import JsonFormatter, TokenRedactor
 from worker.group import ShardGroup
 from worker.spec import WorkerSpec
-
-EXIT_OK: Final = 0
-EXIT_CRASH: Final = 1
-EXIT_FATAL: Final = 78  # EX_CONFIG: retrying with the same configuration cannot help
 
 
 async def serve(spec: WorkerSpec) -> int:
@@ -52,9 +44,9 @@ async def serve(spec: WorkerSpec) -> int:
     finally:
         context.term()
     return (
-        EXIT_FATAL
+        ExitCode.FATAL
         if result is WorkerStatusKind.FATAL and group.fatal_code is not None
-        else (EXIT_CRASH if result is WorkerStatusKind.FATAL else EXIT_OK)
+        else (ExitCode.CRASH if result is WorkerStatusKind.FATAL else ExitCode.OK)
     )
 
 
@@ -94,5 +86,5 @@ def run_worker(spec: WorkerSpec) -> None:
         code = asyncio.run(serve(spec))
     except Exception:
         logging.getLogger("worker").exception("worker %d crashed", spec.worker_id)
-        code = EXIT_CRASH
+        code = ExitCode.CRASH
     sys.exit(code)

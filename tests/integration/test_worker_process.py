@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from cluster.coordinator import Coordinator
+from protocol.exitcodes import ExitCode
 from protocol.ipc import WorkerStatusKind
 from protocol.session import Session
 from simulator.record import IdentifyOutcome, UrlKind
@@ -28,7 +29,7 @@ from tests.chaos.supervisor_harness import (
     start_group,
     wait_delivered,
 )
-from worker.main import EXIT_FATAL, EXIT_OK, run_worker
+from worker.main import run_worker
 from worker.spec import WorkerSpec
 
 __all__ = ["harness", "start_group"]
@@ -72,7 +73,7 @@ async def test_a_fatal_close_code_exits_with_the_do_not_respawn_code(
     sim = await sim_factory(shards=2, identify_window_s=0.05)
     spec = spec_for(sim, harness, (0, 1), token="not-the-token")
     process = spawn_worker(spec, processes)
-    assert await join(process) == EXIT_FATAL
+    assert await join(process) == ExitCode.FATAL
     # no retry storm: at most one IDENTIFY per shard, each refused with 4004
     assert 1 <= len(sim.record.identifies) <= 2
     assert all(
@@ -117,7 +118,7 @@ async def test_drain_then_a_new_worker_resumes_every_saved_session(
     await wait_delivered(sim, harness)
     # stop command over the ROUTER: drained, exit 0
     await harness.stop_worker(second.worker_id)
-    assert await join(process) == EXIT_OK
+    assert await join(process) == ExitCode.OK
     assert "drained" in got_status(harness.got, second.worker_id)
 
 
@@ -130,7 +131,7 @@ async def test_sigterm_drains_and_exits_zero(
     await harness.wait_for(all_ready([0]), 15)
     assert process.pid is not None
     os.kill(process.pid, signal.SIGTERM)
-    assert await join(process) == EXIT_OK
+    assert await join(process) == ExitCode.OK
     (conn,) = sim.record.connections_for(0)
     assert conn.close_code == 4000
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 
 from cluster.restart_policy import (
-    WORKER_EXIT_FATAL,
     RestartAction,
     RestartPolicy,
     RestartTracker,
 )
+from protocol.exitcodes import ExitCode
 
 POLICY = RestartPolicy(base_delay_s=1.0, max_delay_s=8.0, stable_after_s=60.0, max_quick_deaths=5)
 
@@ -46,5 +46,5 @@ def test_a_stable_run_resets_the_quick_death_count() -> None:
 
 def test_fatal_exit_code_is_never_restarted() -> None:
     tracker = RestartTracker(POLICY)
-    assert tracker.on_exit(WORKER_EXIT_FATAL, 0.0, 100.0).action is RestartAction.FATAL
+    assert tracker.on_exit(ExitCode.FATAL, 0.0, 100.0).action is RestartAction.FATAL
     assert tracker.restarts == 0
