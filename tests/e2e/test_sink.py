@@ -92,10 +92,27 @@ async def wait_appended(
                     break
                 await asyncio.sleep(0.2)
     missing = expected - found
+    if missing:
+        print_history(sim, missing)
     assert not missing, (
         f"{sum(missing.values())} dispatches never reached the streams: {sorted(missing)[:8]}"
     )
     return found
+
+
+def print_history(sim: Simulator, missing: Counter[Key]) -> None:
+    """What the simulator did around the events that never arrived (a failure's evidence)."""
+    shards = {k[0] for k in missing}
+    first = min(k[2] for k in missing) - 5
+    for d in sim.record.dispatches:
+        if d.shard_id in shards and d.seq >= first:
+            print("dispatch", d)
+    for r in sim.record.resumes:
+        if r.shard_id in shards:
+            print("resume", r)
+    for f in sim.record.faults:
+        if f.shard_id in shards:
+            print("fault", f)
 
 
 async def worker_pids(url: str) -> list[int]:
@@ -219,6 +236,10 @@ async def test_every_dispatch_is_appended_once_across_worker_and_supervisor_kill
         victim.send_signal(signal.SIGKILL)  # mid-handler, its read-ahead unacked
         await victim.wait()
 
+        # a new session for shard 2 (its seqs start at 1 again): the sink's checkpoint
+        # moves to it, and late events of the old one still dedupe
+        assert sim.inject(2, "invalid_session", resumable=False)
+        await asyncio.sleep(1.0)
         (worker,) = await worker_pids(owner_url)
         os.kill(worker, signal.SIGKILL)  # the supervisor replaces it; its shards RESUME
         await asyncio.sleep(1.5)
@@ -240,16 +261,16 @@ async def test_every_dispatch_is_appended_once_across_worker_and_supervisor_kill
         sim.set_event_rate(0.0)
         await asyncio.sleep(0.5)
         found = await wait_appended(sim, client)
-        twice = {k: n for k, n in found.items() if n > 1}
-        assert not twice, f"appended more than once: {sorted(twice)[:8]}"
-        extra = found - record_keys(sim)
-        assert not extra, f"entries the simulator never sent: {sorted(extra)[:8]}"
+        # each dispatch as many times as the simulator produced it (READY is seq 1 of
+        # every session of a shard): never more, never an entry it never sent
+        over = found - record_keys(sim)
+        assert not over, f"appended more often than sent: {sorted(over)[:8]}"
         faults = Counter(f.kind for f in sim.record.faults if f.chaos)
         print(f"chaos: {dict(faults)}; {new_sessions} op 9 d=false; identifies {identifies}")
         assert faults, "no chaos happened"
         # an IDENTIFY only where op 9 d=false asked for one: none for the worker's
         # replacement, the supervisor's death or the takeover
-        assert identifies <= 4 + new_sessions
+        assert new_sessions >= 1 and identifies <= 4 + new_sessions
         assert len(sim.record.accepted_resumes()) > killed_resumes
         assert {r.shard_id for r in sim.record.resumes_for(outcome=ResumeOutcome.ACCEPTED)} == {
             0,
