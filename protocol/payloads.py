@@ -46,6 +46,43 @@ class Status(enum.StrEnum):
     OFFLINE = "offline"
 
 
+class ActivityType(enum.IntEnum):
+    """Activity types a bot may set (docs "Activity Object", activity types; not 1, streaming)."""
+
+    PLAYING = 0
+    LISTENING = 2
+    WATCHING = 3
+    CUSTOM = 4
+    COMPETING = 5
+
+
+#: Longest activity name or custom status text accepted (Discord's limit).
+ACTIVITY_TEXT_MAX: Final = 128
+
+
+def parse_activity(text: str) -> dict[str, Any]:
+    """``"playing|listening|watching|competing:NAME"`` or ``"custom:TEXT"`` -> an activity object.
+
+    Raises InvalidCommandError naming the accepted forms.
+    """
+    kind, sep, name = text.partition(":")
+    forms = "playing:NAME, listening:NAME, watching:NAME, competing:NAME or custom:TEXT"
+    try:
+        activity_type = ActivityType[kind.strip().upper()]
+    except KeyError:
+        raise InvalidCommandError(f"an activity is {forms}, got {text[:40]!r}") from None
+    name = name.strip()
+    if not sep or not name:
+        raise InvalidCommandError(f"an activity needs a text after the colon: {forms}")
+    if len(name) > ACTIVITY_TEXT_MAX:
+        raise InvalidCommandError(
+            f"an activity's text is at most {ACTIVITY_TEXT_MAX} characters, got {len(name)}"
+        )
+    if activity_type is ActivityType.CUSTOM:
+        return {"name": "Custom Status", "type": activity_type.value, "state": name}
+    return {"name": name, "type": activity_type.value}
+
+
 class _SecretData(dict[str, Any]):
     """The ``d`` of Identify/Resume: a plain dict to orjson, with the token hidden in repr."""
 

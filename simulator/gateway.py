@@ -462,6 +462,8 @@ class Connection(Sink):
                     result,
                     code,
                     self.session.session_id if self.session else None,
+                    d.get("presence") if isinstance(d, dict) else None,
+                    d.get("large_threshold") if isinstance(d, dict) else None,
                 )
             )
 

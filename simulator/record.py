@@ -98,6 +98,9 @@ class IdentifyRecord:
     outcome: IdentifyOutcome
     code: int | None = None
     session_id: str | None = None
+    #: the IDENTIFY's ``presence`` and ``large_threshold`` as sent (None: not given)
+    presence: Any = None
+    large_threshold: Any = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ def shard_config(spec: WorkerSpec, shard_id: int) -> ShardConfig:
         compression=spec.compression,
         api_version=spec.api_version,
         large_threshold=spec.large_threshold,
+        presence=spec.presence,
         max_message_size=spec.max_message_size,
         backoff=spec.backoff,
         new_session_delay_s=spec.new_session_delay_s,

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
@@ -64,6 +64,8 @@ _READY: Final = "READY"
 _RESUMED: Final = "RESUMED"
 #: Topic frames by event name, so the hot path encodes each name once.
 _TOPIC_CACHE_MAX: Final = 512
+#: How an op 3 payload from the control socket or gateway_send begins (encode_client_payload).
+_PRESENCE_PREFIX: Final = b'{"op":3,'
 #: Commands waiting for a connection, per shard; more are refused.
 MAX_PENDING_COMMANDS: Final = 1000
 
@@ -94,6 +96,8 @@ class ShardConfig:
     compression: Compression = Compression.ZLIB_STREAM
     api_version: int = API_VERSION
     large_threshold: int | None = None
+    #: Identify's ``presence``; an op 3 the shard sends later replaces it for later IDENTIFYs.
+    presence: Mapping[str, Any] | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     #: The random wait before a new session after op 9 false / 4003 / 4007 / 4009.
@@ -171,6 +175,7 @@ class Shard:
         self._wakeup = asyncio.Event()
         self._verdict: asyncio.Future[Decision] | None = None
         self._commands: deque[bytes] = deque()
+        self._presence: Mapping[str, Any] | None = config.presence
         self._command_ready = asyncio.Event()
         self._ack_pending = False
         self._beat_sent_at = 0.0
@@ -739,6 +744,7 @@ class Shard:
                     cfg.total_shards,
                     cfg.intents,
                     large_threshold=cfg.large_threshold,
+                    presence=self._presence,
                 )
             )
             await self._permits.acquire(cfg.shard_id)
@@ -766,6 +772,9 @@ class Shard:
             await self._send(ws, payload)
             commands.popleft()
             self.counters.commands_sent += 1
+            if payload.startswith(_PRESENCE_PREFIX):
+                # The shard's presence now: a new session (op 9, a resume refused) keeps it.
+                self._presence = orjson.loads(payload)["d"]
 
 
 __all__ = [

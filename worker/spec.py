@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from protocol.compression import DEFAULT_MAX_MESSAGE_SIZE, Compression
 from protocol.gateway import API_VERSION, IDENTIFY_INTERVAL_S, SEND_WINDOW_S
@@ -37,6 +38,8 @@ class WorkerSpec:
     #: Saved sessions to RESUME, by shard id.
     sessions: Mapping[int, Session] = field(default_factory=dict)
     large_threshold: int | None = None
+    #: Identify's ``presence`` (protocol.payloads.presence); None: Discord's default (online).
+    presence: Mapping[str, Any] | None = None
     report_interval_s: float = 1.0
     parent_check_interval_s: float = 1.0
     #: Random wait before a new session (op 9 false, 4003/4007/4009); Discord's old docs: 1-5 s.

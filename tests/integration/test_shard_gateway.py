@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from protocol import payloads
 from protocol.compression import Compression
 from protocol.ipc import WorkerStatusKind
 from protocol.session import Session
@@ -262,3 +263,29 @@ async def test_a_group_connects_only_two_rounds_of_shards_ahead_of_their_identif
     # and they still identify in shard order, one window apart
     order = [r.shard_id for r in sorted(sim.record.identifies, key=lambda r: r.at)]
     assert order == list(range(shards))
+
+
+async def test_identify_carries_the_presence_and_a_later_op3_replaces_it_for_new_sessions(
+    sim_factory: SimFactory, harness: SupervisorHarness, start_group: StartGroup
+) -> None:
+    configured = payloads.presence("dnd", [payloads.parse_activity("watching:the shards")])
+    sim, run = await ready_sim(
+        sim_factory,
+        harness,
+        start_group,
+        group_presence=configured,
+        group_large_threshold=100,
+        group_new_session_delay_s=(0.05, 0.1),
+    )
+    (first,) = sim.record.accepted_identifies(0)
+    assert first.presence == configured and first.large_threshold == 100
+    changed = payloads.presence("idle", [payloads.parse_activity("custom:resharding soon")])
+    await harness.send_command(
+        run.spec.worker_id,
+        0,
+        payloads.encode_client_payload({"op": 3, "d": changed}),
+    )
+    await sim.record.wait_for(lambda r: any(c.op == 3 for c in r.commands), 10)
+    sim.inject(0, "invalid_session", resumable=False)  # a new session: a new IDENTIFY
+    await sim.record.wait_for(lambda r: len(r.accepted_identifies(0)) == 2, 10)
+    assert sim.record.accepted_identifies(0)[1].presence == changed
