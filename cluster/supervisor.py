@@ -255,7 +255,10 @@ class Supervisor:
         if index is None:
             index = host_ordinal(socket.gethostname())
         if index is not None and index < len(ranges):
-            return (ranges[index],)
+            # Its own range first; while another host holds it, any range whose lease
+            # expires (a pod back from a rolling restart covers the next pod's range
+            # instead of idling as the standby of a range that is owned).
+            return (ranges[index], *(r for i, r in enumerate(ranges) if i != index))
         return ranges  # a spare: whichever range's lease expires first
 
     def _plan(
