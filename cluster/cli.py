@@ -5,6 +5,11 @@ ends with one line on stderr (``cluster: error: ...``) and exit status 2;
 a runtime failure (e.g. the port is taken) with one line and status 1.
 ``main`` is the console-script entry point.
 
+Every option of ``cluster up`` also comes from ``CLUSTER_<NAME>`` and from ``--config
+FILE`` (flag > environment > file > default; ``cluster.config_file``); ``cluster config``
+takes the same options and prints what takes effect. An error line names the variable
+or the file key a bad value came from.
+
 Adding a command: parse the options into a frozen config (``cluster.config``;
 a :class:`cluster.config.ConfigError` becomes ``usage_error(str(exc))``), then
 ``run_async(component(config))``, which runs the coroutine on uvloop when available.
@@ -13,14 +18,18 @@ a :class:`cluster.config.ConfigError` becomes ``usage_error(str(exc))``), then
 from __future__ import annotations
 
 import asyncio
+import inspect
+import os
 import signal
 import sys
+import typing
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
 
 import typer
 from typer._click import exceptions as click_exceptions
+from typer._click.core import Context, ParameterSource
 
 from cluster.config import (
     DEFAULT_API_URL,
@@ -30,6 +39,20 @@ from cluster.config import (
     DEFAULT_STATE_DIR,
     SIMULATED_TOKEN,
 )
+from cluster.config_file import (
+    ConfigFile,
+    ConfigFileError,
+    OptionSpec,
+    Setting,
+    Source,
+    envvar_in_use,
+    kind_of,
+    load_config_file,
+    render_json,
+    render_toml,
+    with_origin,
+)
+from protocol.exitcodes import ExitCode
 
 if TYPE_CHECKING:
     from cluster.config import SupervisorConfig
@@ -43,12 +66,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXIT_USAGE = 2
-EXIT_FAILURE = 1
-
 
 class CommandFailed(Exception):
-    """A command failed at run time; the message is the one line printed."""
+    """A command failed at run time; the message is the one line printed.
+
+    ``exit_code``: CRASH (1) for a failure a retry may fix, FATAL (78) when it cannot
+    (a fatal gateway close code: the token, the shard count, the intents).
+    """
+
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.CRASH) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @app.callback()
@@ -202,11 +230,109 @@ async def _simulate(config: SimulatorConfig) -> None:
         await sim.stop()
 
 
+# -- settings of cluster up: flag > environment (CLUSTER_<NAME>) > --config FILE > default ---------
+
+#: Every option of ``cluster up`` (and ``cluster config``) is also read from ``CLUSTER_<NAME>``;
+#: an explicit ``envvar=`` (``DISCORD_TOKEN``, ``CLUSTER_REDIS``, ...) is read first.
+UP_CONTEXT: Final[dict[str, Any]] = {"auto_envvar_prefix": "CLUSTER"}
+#: ``ctx.meta`` keys: the checked config file; "check, do not run" (``cluster config``).
+_META_FILE: Final = "cluster.config_file"
+_META_CHECK_ONLY: Final = "cluster.check_only"
+#: Parameters of ``cluster up`` / ``cluster config`` that are not settings.
+_NOT_SETTINGS: Final = frozenset({"config_file", "output_format"})
+_SOURCES: Final = {
+    ParameterSource.COMMANDLINE: Source.FLAG,
+    ParameterSource.PROMPT: Source.FLAG,
+    ParameterSource.ENVIRONMENT: Source.ENV,
+    ParameterSource.DEFAULT_MAP: Source.FILE,
+    ParameterSource.DEFAULT: Source.DEFAULT,
+}
+
+
+def _read_config_file(ctx: typer.Context, value: str | None) -> str | None:
+    """``--config`` (eager: parsed before the other options): the file becomes the defaults.
+
+    Click then takes each option from the command line, else the environment, else
+    ``default_map`` (this file), else the default (``ParameterSource``).
+    """
+    if value:
+        try:
+            loaded = load_config_file(value, _option_specs(ctx))
+        except ConfigFileError as exc:
+            usage_error(str(exc))
+        ctx.default_map = {**(ctx.default_map or {}), **loaded.values}
+        ctx.meta[_META_FILE] = loaded
+    return value
+
+
+def _option_specs(ctx: Context) -> dict[str, OptionSpec]:
+    """The options of ``cluster up`` as settings: name, kind, flag, environment variables."""
+    hints = typing.get_type_hints(up)
+    specs: dict[str, OptionSpec] = {}
+    for param in ctx.command.params:
+        name = param.name
+        if name is None or name in _NOT_SETTINGS or name not in hints:
+            continue
+        envvars = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+        if getattr(param, "allow_from_autoenv", False) and ctx.auto_envvar_prefix:
+            envvars.append(f"{ctx.auto_envvar_prefix}_{name.upper()}")
+        specs[name] = OptionSpec(
+            name=name,
+            kind=kind_of(hints[name]),
+            flag=param.opts[0],
+            envvars=tuple(envvars),
+            hidden=bool(getattr(param, "hidden", False)),
+        )
+    return specs
+
+
+def _settings(ctx: Context) -> list[Setting]:
+    """Each option's effective value and where it came from (options not parsed yet: left out)."""
+    loaded: ConfigFile | None = ctx.meta.get(_META_FILE)
+    settings = []
+    for spec in _option_specs(ctx).values():
+        parameter_source = ctx.get_parameter_source(spec.name)
+        if parameter_source is None:
+            continue
+        source = _SOURCES[parameter_source]
+        origin = None
+        if source is Source.ENV:
+            origin = envvar_in_use(spec, os.environ)
+        elif source is Source.FILE and loaded is not None:
+            origin = loaded.origin(spec.name)
+        settings.append(Setting(spec, ctx.params.get(spec.name), source, origin))
+    return settings
+
+
+def _origins(ctx: Context | None) -> dict[str, str]:
+    """For error lines: option flag -> the variable or file key its value came from."""
+    if ctx is None or ctx.command.name not in ("up", "config"):
+        return {}
+    return {
+        s.spec.flag: s.origin
+        for s in _settings(ctx)
+        if s.source in (Source.ENV, Source.FILE) and s.origin is not None
+    }
+
+
 # -- cluster up -----------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(context_settings=UP_CONTEXT)
 def up(
+    ctx: typer.Context,
+    config_file: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            envvar="CLUSTER_CONFIG",
+            is_eager=True,
+            callback=_read_config_file,
+            help='TOML file with any option below as a key (shard-ids = "0-15"); a flag or '
+            "an environment variable (CLUSTER_<NAME>) wins over the file. See `cluster config`.",
+            show_default=False,
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -276,6 +402,24 @@ def up(
     identify_reserve: Annotated[
         int, typer.Option(help="With --redis: session starts no grant may spend.")
     ] = 0,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            help="Presence at IDENTIFY: online, idle, dnd or invisible.", show_default="online"
+        ),
+    ] = None,
+    activity: Annotated[
+        str | None,
+        typer.Option(
+            help="Activity at IDENTIFY: playing:NAME, listening:NAME, watching:NAME, "
+            "competing:NAME or custom:TEXT.",
+            show_default=False,
+        ),
+    ] = None,
+    large_threshold: Annotated[
+        int | None,
+        typer.Option(help="IDENTIFY's large_threshold (50-250).", show_default="50"),
+    ] = None,
     sink: Annotated[
         str,
         typer.Option(
@@ -357,7 +501,9 @@ def up(
         parse_compression,
         parse_health,
         parse_intent_option,
+        parse_large_threshold,
         parse_log_format,
+        parse_presence,
         parse_range,
         parse_shards,
         parse_sink,
@@ -405,6 +551,8 @@ def up(
             shard_range=None if auto_range else parse_range(shard_ids),
             redis=redis_settings,
             sink=parse_sink(sink, redis_settings, sink_encoding, sink_retention, sink_maxlen),
+            presence=parse_presence(status, activity),
+            large_threshold=parse_large_threshold(large_threshold),
             workers=parse_workers(workers),
             intents=parse_intent_option(intents),
             api_url=api_url,
@@ -436,18 +584,67 @@ def up(
         )
     except ConfigError as exc:
         usage_error(str(exc))
+    if ctx.meta.get(_META_CHECK_ONLY):  # `cluster config`: checked, not run
+        return
     run_async(_up(config))
 
 
 async def _up(config: SupervisorConfig) -> None:
     from cluster import logging_setup
-    from cluster.supervisor import Supervisor, SupervisorError
+    from cluster.supervisor import FatalCloseError, Supervisor, SupervisorError
 
     logging_setup.configure(config.log_format, config.log_level, config.token)
     try:
         await Supervisor(config).run()
+    except FatalCloseError as exc:
+        raise CommandFailed(str(exc), ExitCode.FATAL) from None
     except SupervisorError as exc:
         raise CommandFailed(str(exc)) from None
+
+
+# -- cluster config ------------------------------------------------------------------------------
+
+
+def config_command(ctx: typer.Context, output_format: str = "toml", **options: Any) -> None:
+    """Print the effective configuration of `cluster up` and where each value came from.
+
+    Takes every option of `cluster up` (and --config, CLUSTER_*); the token and URL
+    passwords are redacted. A bad configuration is the same one-line error as `cluster up`.
+    """
+    if output_format not in ("toml", "json"):
+        usage_error(f"--format must be toml or json, got {output_format[:20]!r}")
+    ctx.meta[_META_CHECK_ONLY] = True
+    up(ctx, **options)  # the same checks and errors; nothing runs
+    loaded: ConfigFile | None = ctx.meta.get(_META_FILE)
+    render = render_json if output_format == "json" else render_toml
+    print(render(_settings(ctx), None if loaded is None else loaded.path), end="")
+
+
+def _config_signature() -> inspect.Signature:
+    """``cluster up``'s parameters and ``--format``: the two commands take the same options."""
+    up_signature = inspect.signature(up, eval_str=True)
+    output_format = inspect.Parameter(
+        "output_format",
+        inspect.Parameter.KEYWORD_ONLY,
+        default="toml",
+        annotation=Annotated[
+            str,
+            typer.Option(
+                "--format", help="toml (a file --config reads) or json.", allow_from_autoenv=False
+            ),
+        ],
+    )
+    return up_signature.replace(
+        parameters=[*up_signature.parameters.values(), output_format], return_annotation=None
+    )
+
+
+config_command.__signature__ = _config_signature()  # type: ignore[attr-defined]
+config_command.__annotations__ = {
+    **{name: p.annotation for name, p in config_command.__signature__.parameters.items()},  # type: ignore[attr-defined]
+    "return": None,
+}
+app.command(name="config", context_settings=UP_CONTEXT)(config_command)
 
 
 # -- cluster coordinator (retired) ---------------------------------------------------------------
@@ -480,19 +677,19 @@ def main(argv: list[str] | None = None) -> None:
             args=sys.argv[1:] if argv is None else argv, prog_name="cluster", standalone_mode=False
         )
     except click_exceptions.NoArgsIsHelpError:
-        sys.exit(EXIT_USAGE)  # the help was printed
+        sys.exit(ExitCode.USAGE)  # the help was printed
     except click_exceptions.UsageError as exc:
-        message = " ".join(exc.format_message().split())
+        message = with_origin(" ".join(exc.format_message().split()), _origins(exc.ctx))
         print(f"cluster: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        sys.exit(ExitCode.USAGE)
     except click_exceptions.ClickException as exc:
         print(f"cluster: error: {' '.join(exc.format_message().split())}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except typer.Abort:
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     except CommandFailed as exc:
         print(f"cluster: error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_FAILURE)
+        sys.exit(exc.exit_code)
     sys.exit(result if isinstance(result, int) else 0)
 
 

@@ -12,13 +12,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from cluster.planner import PlanError, parse_shard_count, parse_shard_range
 from cluster.restart_policy import RestartPolicy
+from protocol import payloads
 from protocol.brokerformat import Encoding
 from protocol.compression import Compression
-from protocol.errors import UnknownIntentError
+from protocol.errors import InvalidCommandError, UnknownIntentError
 from protocol.gateway import DEFAULT_SESSION_START_LIMIT
 from protocol.intents import (
     NON_PRIVILEGED_INTENTS,
@@ -27,6 +28,7 @@ from protocol.intents import (
     parse_intents,
     parse_privileged_intents,
 )
+from protocol.payloads import LARGE_THRESHOLD_MAX, LARGE_THRESHOLD_MIN
 
 DEFAULT_API_URL: Final = "https://discord.com/api/v10"
 DEFAULT_PUB: Final = "tcp://127.0.0.1:5555"
@@ -97,8 +99,11 @@ class RedisSettings:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs, /status and errors)."""
-    return re.sub(r"^([a-z]+://)([^@/]*:)?[^@/]*@", lambda m: f"{m[1]}{m[2] or ''}***@", url)
+    """``url`` with any password (userinfo, ``?password=``) as ``***``: for logs, /status, errors."""
+    url = re.sub(
+        r"^([a-z][a-z0-9+.-]*://)([^@/:]*:)?[^/]*@", lambda m: f"{m[1]}{m[2] or ''}***@", url
+    )
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
 
 
 def host_ordinal(hostname: str) -> int | None:
@@ -231,6 +236,10 @@ class SupervisorConfig:
     health_port: int = 8080
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     identify_interval_s: float = 5.0
+    #: Identify's presence (``--status``, ``--activity``); None: Discord's default (online).
+    presence: dict[str, Any] | None = None
+    #: Identify's ``large_threshold`` (50-250); None: Discord's default (50).
+    large_threshold: int | None = None
     #: Extra spacing per bucket on top of the interval (None: the scheduler's default).
     identify_margin_s: float | None = None
     simulate: SimulateSettings | None = None
@@ -305,6 +314,26 @@ def check_endpoint(option: str, endpoint: str) -> str:
             f"got {endpoint[:60]!r}"
         )
     return endpoint
+
+
+def parse_presence(status: str | None, activity: str | None) -> dict[str, Any] | None:
+    """``--status`` and ``--activity`` -> Identify's presence (None when neither is given)."""
+    if status is None and activity is None:
+        return None
+    try:
+        activities = [] if activity is None else [payloads.parse_activity(activity)]
+        return payloads.presence((status or "online").strip().lower(), activities)
+    except InvalidCommandError as exc:
+        option = "--activity" if "activit" in str(exc) else "--status"
+        raise ConfigError(f"{option}: {exc}") from None
+
+
+def parse_large_threshold(value: int | None) -> int | None:
+    if value is not None and not LARGE_THRESHOLD_MIN <= value <= LARGE_THRESHOLD_MAX:
+        raise ConfigError(
+            f"--large-threshold must be {LARGE_THRESHOLD_MIN}-{LARGE_THRESHOLD_MAX}, got {value}"
+        )
+    return value
 
 
 def parse_health(text: str) -> tuple[str, int]:

@@ -351,6 +351,8 @@ class RangeOwner:
             total_shards=plan.total_shards,
             token=config.token,
             intents=config.intents,
+            presence=config.presence,
+            large_threshold=config.large_threshold,
             gateway_url=shared.gateway.url,
             event_endpoint=event_endpoint,
             command_endpoint=command_endpoint,
