@@ -2,10 +2,10 @@
 
 | route | body / answer |
 |---|---|
-| ``POST /_sim/fault`` | ``{"shard_id": n or "all", "conn_id"?: n, "kind": "reconnect" / "invalid_session" / "close" / "drop" / "zombie" / "malformed_json" / "truncated_frame" / "unknown_opcode" / "heartbeat_request", "code"?, "reason"?, "resumable"?, "close_after_s"?}`` -> ``{"ok": true, "connections": [conn ids]}`` |
-| ``POST /_sim/emit`` | ``{"shard_id": n, "count": n, "event_type"?: "MESSAGE_CREATE"...}`` -> ``{"ok": true, "event_ids": [...]}`` |
-| ``POST /_sim/config`` | ``{"event_rate"?: float, "chaos_rate"?: float, "privileged_intents"?: names, "session_start_limit"?: n or {"total"?, "remaining"?, "reset_after"?}}`` -> ``{"ok": true, "event_rate", "chaos_rate", and each other setting given, as it is now}`` |
-| ``GET /_sim/config`` | ``{"ok": true, "event_rate", "chaos_rate", "privileged_intents": [names], "session_start_limit": {...}}`` |
+| ``POST /_sim/fault`` | ``{"shard_id": n or "all", "num_shards"?: n, "conn_id"?: n, "kind": "reconnect" / "invalid_session" / "close" / "drop" / "zombie" / "malformed_json" / "truncated_frame" / "unknown_opcode" / "heartbeat_request", "code"?, "reason"?, "resumable"?, "close_after_s"?}`` -> ``{"ok": true, "connections": [conn ids]}`` |
+| ``POST /_sim/emit`` | ``{"shard_id": n, "num_shards"?: n, "count": n, "event_type"?: "MESSAGE_CREATE"...}`` or ``{"guild_id": snowflake, "count": n, ...}`` -> ``{"ok": true, "event_ids": [...]}`` |
+| ``POST /_sim/config`` | ``{"event_rate"?: float, "chaos_rate"?: float, "privileged_intents"?: names, "session_start_limit"?: n or {"total"?, "remaining"?, "reset_after"?}, "recommended_shards"?: n}`` -> ``{"ok": true, "event_rate", "chaos_rate", and each other setting given, as it is now}`` |
+| ``GET /_sim/config`` | ``{"ok": true, "event_rate", "chaos_rate", "privileged_intents": [names], "session_start_limit": {...}, "recommended_shards": n}`` |
 | ``GET /_sim/record`` | the record as JSON (simulator.record.Record.to_json) |
 | ``GET /_sim/sessions`` | ``{"sessions": [...], "session_start_limit": {...}}`` |
 
@@ -16,6 +16,16 @@ of names, a comma-separated string (``"GUILD_MEMBERS,MESSAGE_CONTENT"``,
 spent in this window (Discord raising a bot's limit); as an object it sets
 ``total``, ``remaining`` and ``reset_after`` (ms) as given. ``GET
 /gateway/bot`` answers the new numbers at once, and the gateway enforces them.
+``recommended_shards`` is the ``shards`` that ``GET /gateway/bot`` answers
+from now on (Discord raising it as a bot grows; a multiple of
+``max_concurrency`` when that is above 1); the gateway accepts any valid
+count whatever it recommends.
+
+Shard sets of different sizes may be live at once (a bot resharding): an
+emit by ``shard_id`` makes ``count`` events in that shard's guilds for each
+live set (``num_shards`` picks one), an emit by ``guild_id`` ``count`` events
+in that guild; either way each event reaches every live session covering its
+guild, with one ``event_id``. A fault's ``num_shards`` narrows it to one set.
 
 Bad requests get 400 ``{"ok": false, "error": "why"}``; a bad request changes nothing.
 """
@@ -33,6 +43,7 @@ from simulator.config import EVENT_INTENTS
 from simulator.gateway import Gateway
 from simulator.record import Record
 from simulator.rest import json_response
+from simulator.routing import check_shard_count
 
 
 def _bad(why: str) -> web.Response:
@@ -95,7 +106,13 @@ def _session_limit(value: Any) -> dict[str, int]:
     return {"total": _int({"session_start_limit": value}, "session_start_limit", 1)}
 
 
-_SETTINGS = ("event_rate", "chaos_rate", "privileged_intents", "session_start_limit")
+_SETTINGS = (
+    "event_rate",
+    "chaos_rate",
+    "privileged_intents",
+    "session_start_limit",
+    "recommended_shards",
+)
 
 
 class Admin:
@@ -123,7 +140,9 @@ class Admin:
             conn_id = body.pop("conn_id", None)
             if conn_id is not None and (not isinstance(conn_id, int) or isinstance(conn_id, bool)):
                 raise ValueError("conn_id must be an integer")
-            hit = self.gateway.inject(shard, kind, conn_id, **body)
+            num_shards = _int(body, "num_shards", 1) if "num_shards" in body else None
+            body.pop("num_shards", None)
+            hit = self.gateway.inject(shard, kind, conn_id, num_shards, **body)
         except ValueError as exc:
             return _bad(str(exc))
         return json_response({"ok": True, "connections": hit})
@@ -131,14 +150,23 @@ class Admin:
     async def emit(self, request: web.Request) -> web.Response:
         try:
             body = await _body(request)
-            shard = _int(body, "shard_id")
             count = _int(body, "count", 1)
             t = body.get("event_type")
             if t is not None and t not in EVENT_INTENTS:
                 raise ValueError(f"event_type must be one of {', '.join(EVENT_INTENTS)}")
+            if ("guild_id" in body) == ("shard_id" in body):
+                raise ValueError("give shard_id or guild_id (one of them)")
+            if "guild_id" in body:
+                if "num_shards" in body:
+                    raise ValueError("num_shards goes with shard_id, not guild_id")
+                ids = self.gateway.emit_guild(body["guild_id"], count, t)
+            else:
+                shard = _int(body, "shard_id")
+                num_shards = _int(body, "num_shards", 1) if "num_shards" in body else None
+                ids = self.gateway.emit(shard, count, t, num_shards)
         except ValueError as exc:
             return _bad(str(exc))
-        return json_response({"ok": True, "event_ids": self.gateway.emit(shard, count, t)})
+        return json_response({"ok": True, "event_ids": ids})
 
     async def config(self, request: web.Request) -> web.Response:
         gateway = self.gateway
@@ -158,6 +186,15 @@ class Admin:
                 if "session_start_limit" in body
                 else None
             )
+            recommended = (
+                check_shard_count(
+                    body["recommended_shards"],
+                    gateway.config.max_concurrency,
+                    "recommended_shards",
+                )
+                if "recommended_shards" in body
+                else None
+            )
             if limit is not None:
                 # validated (and applied) before anything else changes: all or nothing
                 gateway.set_session_start_limit(
@@ -171,6 +208,8 @@ class Admin:
             gateway.set_chaos_rate(rates["chaos_rate"])
         if privileged is not None:
             gateway.set_privileged_intents(privileged)
+        if recommended is not None:
+            gateway.set_recommended_shards(recommended)
         settings = self._settings()
         answer = {
             "ok": True,
@@ -192,6 +231,7 @@ class Admin:
             "session_start_limit": gateway.budget.to_json(
                 time.monotonic(), gateway.config.max_concurrency
             ),
+            "recommended_shards": gateway.recommended_shards,
         }
 
     async def get_record(self, request: web.Request) -> web.Response:

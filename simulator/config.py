@@ -54,7 +54,9 @@ class SimulatorConfig:
     port: int = 0
     #: The one bot token accepted (REST ``Authorization: Bot <token>`` and Identify/Resume).
     token: str = dataclasses.field(default="simulated-token", repr=False)
-    #: Recommended shard count answered by ``/gateway/bot``.
+    #: Recommended shard count answered by ``/gateway/bot`` at start; the admin API
+    #: (``recommended_shards``) changes it at run time. IDENTIFY accepts any valid
+    #: count, also several counts side by side (resharding).
     shards: int = 1
     max_concurrency: int = 1
     #: Total guilds of the bot, spread over shards by ``(guild_id >> 22) % num_shards``.
@@ -86,6 +88,9 @@ class SimulatorConfig:
     #: (``--privileged-intents``); an IDENTIFY asking for any other gets 4014. None
     #: by default, as for a new application.
     privileged_intents: int = 0
+    #: Discord's 2,500: an IDENTIFY whose shard would hold more guilds, or whose
+    #: ``num_shards`` is below ``ceil(guilds / max_guilds_per_shard)``, is closed
+    #: with 4011 (lower it in tests: 10 with 64 guilds needs at least 7 shards).
     max_guilds_per_shard: int = MAX_GUILDS_PER_SHARD
     payload_limit: int = CLIENT_PAYLOAD_LIMIT
     send_limit: int = SEND_LIMIT

@@ -4,8 +4,10 @@ Shapes follow Discord's documented objects (shared/PROTOCOL.md section 8).
 The hot path is the event generator: each event type is a pre-serialized
 JSON template split at its variable fields, so producing one dispatch is a
 ``bytes.join`` (no dict building, no JSON encoding per event). Every
-generated dispatch carries ``d._sim_event_id``, an integer unique within the
-simulator, so tests can prove exactly-once delivery.
+generated dispatch carries ``d._sim_event_id``, an integer that identifies
+the event within the simulator: the same in every session the event reaches
+(two shard sets side by side while resharding), so tests can prove
+exactly-once delivery.
 
 Guild ids are snowflakes whose timestamp part is ``GUILD_BASE + i`` for guild
 index ``i``; ``GUILD_BASE`` is a multiple of 720720 (lcm of 1..16), so for
@@ -610,8 +612,9 @@ class EventFactory:
         return [table[(i * step) % len(table)] for i in range(len(table))]
 
     def next_event_id(self) -> int:
+        """A new event identity: one per generated event, however many sessions it reaches."""
         event_id = self._next_event_id
-        self._next_event_id += 1
+        self._next_event_id = event_id + 1
         return event_id
 
     def _guild_values(
@@ -633,12 +636,15 @@ class EventFactory:
         return cached
 
     def event(self, t: str, guild_index: int, n: int, content: bool = True) -> tuple[bytes, int]:
-        """The ``d`` of one ``t`` event in guild ``guild_index`` and its event id.
+        """The ``d`` of one new ``t`` event in guild ``guild_index`` and its event id.
 
         ``content``: whether the session has the MESSAGE_CONTENT intent.
         """
-        event_id = self._next_event_id
-        self._next_event_id = event_id + 1
+        event_id = self.next_event_id()
+        return self.render(t, self.event_values(guild_index, n, event_id), content), event_id
+
+    def event_values(self, guild_index: int, n: int, event_id: int) -> dict[str, bytes]:
+        """The variable fields of event ``event_id`` (the same in every session it reaches)."""
         self._id_counter = counter = (self._id_counter + 1) & 0x3FFFFF
         now = time.time()
         second = int(now)
@@ -650,7 +656,7 @@ class EventFactory:
                 .encode()
             )
         gid, role, channels, users = self._guild_values(guild_index)
-        values = {
+        return {
             "ID": b"%d" % (((int(now * 1000) - DISCORD_EPOCH_MS) << 22) | counter),
             "GUILD": gid,
             "CHANNEL": channels[n % len(channels)],
@@ -660,8 +666,11 @@ class EventFactory:
             "EVENT": b"%d" % event_id,
             "CONTENT": _CONTENTS[event_id % len(_CONTENTS)],
         }
+
+    def render(self, t: str, values: dict[str, bytes], content: bool) -> bytes:
+        """The ``d`` of a ``t`` event from its :meth:`event_values`, with or without content."""
         templates = self.templates if content else self.templates_without_content
-        return templates[t].render(values), event_id
+        return templates[t].render(values)
 
 
 def _role(rid: str, name: str, position: int, permissions: str) -> dict[str, Any]:

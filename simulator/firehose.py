@@ -35,7 +35,11 @@ It speaks only what a client needs to log in: REST ``/gateway/bot``,
 ``/users/@me`` and ``/oauth2/applications/@me`` (the simulator's
 :class:`~simulator.rest.Rest`), Hello, IDENTIFY -> READY (no guilds), and
 (uncompressed only) heartbeat ACKs and op 9 for a RESUME. It enforces none of
-Discord's rules: use :class:`~simulator.Simulator` for correctness.
+Discord's rules: use :class:`~simulator.Simulator` for correctness. READY
+names whatever ``[shard_id, num_shards]`` the IDENTIFY gave (any count, also
+several side by side), but every shard streams the same events, so their
+guild ids do not follow the shard formula (the Simulator's do, across shard
+sets: simulator.routing).
 
 Control (HTTP, on the same port):
 

@@ -8,6 +8,11 @@ Discord rule, injected fault and dispatch the server produced. In-process as
 Times are ``time.monotonic()`` seconds. Dispatches are recorded when the
 server produces them into a session (``conn_id`` is None when the session had
 no live connection then: such events reach the client only by RESUME replay).
+
+Sessions of different shard counts may live side by side (resharding): a
+generated event reaches every live session whose ``(shard_id, num_shards)``
+covers its guild, and is recorded once per session with the same
+``event_id``; ``num_shards`` says which shard set each record belongs to.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ class ConnectionRecord:
     heartbeats: int = 0
     acks: int = 0
     payloads: int = 0
+    num_shards: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,6 +120,7 @@ class ResumeRecord:
     shard_id: int | None = None
     code: int | None = None
     replayed: int = 0
+    num_shards: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,7 +142,11 @@ class Violation:
 
 
 class DispatchRecord(NamedTuple):
-    """One dispatch produced into a session (a tuple: cheap at benchmark rates)."""
+    """One dispatch produced into a session (a tuple: cheap at benchmark rates).
+
+    A generated event reaching several sessions (two shard sets covering its
+    guild) is one record per session, all with the same ``event_id``.
+    """
 
     shard_id: int
     session_id: str
@@ -144,6 +155,8 @@ class DispatchRecord(NamedTuple):
     event_id: int | None
     conn_id: int | None
     at: float
+    #: the session's shard count (None only from callers that predate it)
+    num_shards: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -153,6 +166,7 @@ class CommandRecord:
     op: int
     d: Any
     at: float
+    num_shards: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -163,6 +177,7 @@ class FaultRecord:
     params: dict[str, Any]
     at: float
     chaos: bool
+    num_shards: int | None = None
 
 
 Predicate = Callable[["Record"], bool]
@@ -237,61 +252,106 @@ class Record:
             if not future.done():
                 future.cancel()
 
+    # ``num_shards`` (None: any) picks one shard set where sets of different sizes live
+    # side by side (resharding).
+
     def identifies_for(
-        self, shard_id: int, outcome: IdentifyOutcome | None = None
+        self,
+        shard_id: int,
+        outcome: IdentifyOutcome | None = None,
+        num_shards: int | None = None,
     ) -> list[IdentifyRecord]:
         return [
             r
             for r in self.identifies
-            if r.shard_id == shard_id and (outcome is None or r.outcome is outcome)
+            if r.shard_id == shard_id
+            and (outcome is None or r.outcome is outcome)
+            and (num_shards is None or r.num_shards == num_shards)
         ]
 
-    def accepted_identifies(self, shard_id: int | None = None) -> list[IdentifyRecord]:
+    def accepted_identifies(
+        self, shard_id: int | None = None, num_shards: int | None = None
+    ) -> list[IdentifyRecord]:
         return [
             r
             for r in self.identifies
             if r.outcome is IdentifyOutcome.ACCEPTED
             and (shard_id is None or r.shard_id == shard_id)
+            and (num_shards is None or r.num_shards == num_shards)
         ]
 
     def resumes_for(
-        self, shard_id: int | None = None, outcome: ResumeOutcome | None = None
+        self,
+        shard_id: int | None = None,
+        outcome: ResumeOutcome | None = None,
+        num_shards: int | None = None,
     ) -> list[ResumeRecord]:
         return [
             r
             for r in self.resumes
             if (shard_id is None or r.shard_id == shard_id)
             and (outcome is None or r.outcome is outcome)
+            and (num_shards is None or r.num_shards == num_shards)
         ]
 
-    def accepted_resumes(self, shard_id: int | None = None) -> list[ResumeRecord]:
-        return self.resumes_for(shard_id, ResumeOutcome.ACCEPTED)
+    def accepted_resumes(
+        self, shard_id: int | None = None, num_shards: int | None = None
+    ) -> list[ResumeRecord]:
+        return self.resumes_for(shard_id, ResumeOutcome.ACCEPTED, num_shards)
 
     def violations_of(self, kind: ViolationKind) -> list[Violation]:
         return [v for v in self.violations if v.kind is kind]
 
     def sent_events(
-        self, shard_id: int | None = None, session_id: str | None = None
+        self,
+        shard_id: int | None = None,
+        session_id: str | None = None,
+        num_shards: int | None = None,
     ) -> list[DispatchRecord]:
-        """Generated events (those with an ``event_id``), in production order."""
+        """Generated events (those with an ``event_id``), in production order.
+
+        One record per session an event reached: with two shard sets live, an
+        event appears once per set (same ``event_id``).
+        """
         return [
             d
             for d in self.dispatches
             if d.event_id is not None
             and (shard_id is None or d.shard_id == shard_id)
             and (session_id is None or d.session_id == session_id)
+            and (num_shards is None or d.num_shards == num_shards)
         ]
 
-    def dispatches_of(self, t: str, shard_id: int | None = None) -> list[DispatchRecord]:
+    def deliveries(self) -> dict[int, list[DispatchRecord]]:
+        """Each generated event's id and the dispatches (one per session) that carried it."""
+        out: dict[int, list[DispatchRecord]] = {}
+        for d in self.dispatches:
+            if d.event_id is not None:
+                out.setdefault(d.event_id, []).append(d)
+        return out
+
+    def dispatches_of(
+        self, t: str, shard_id: int | None = None, num_shards: int | None = None
+    ) -> list[DispatchRecord]:
         return [
-            d for d in self.dispatches if d.t == t and (shard_id is None or d.shard_id == shard_id)
+            d
+            for d in self.dispatches
+            if d.t == t
+            and (shard_id is None or d.shard_id == shard_id)
+            and (num_shards is None or d.num_shards == num_shards)
         ]
 
     def heartbeats_on(self, conn_id: int) -> list[HeartbeatRecord]:
         return [h for h in self.heartbeats if h.conn_id == conn_id]
 
-    def connections_for(self, shard_id: int) -> list[ConnectionRecord]:
-        return [c for c in self.connections.values() if c.shard_id == shard_id]
+    def connections_for(
+        self, shard_id: int, num_shards: int | None = None
+    ) -> list[ConnectionRecord]:
+        return [
+            c
+            for c in self.connections.values()
+            if c.shard_id == shard_id and (num_shards is None or c.num_shards == num_shards)
+        ]
 
     def acks_sent(self) -> int:
         return sum(c.acks for c in self.connections.values())
@@ -324,6 +384,7 @@ class Record:
                     "event_id": d.event_id,
                     "conn_id": d.conn_id,
                     "at": d.at,
+                    "num_shards": d.num_shards,
                 }
                 for d in self.dispatches
             ],

@@ -1,7 +1,8 @@
 """The REST calls client libraries make at login, answered as Discord does for a bot.
 
 - ``GET /api/v{9,10}/gateway`` (no auth): ``{"url"}``
-- ``GET /api/v{9,10}/gateway/bot``: ``{"url", "shards", "session_start_limit"}``
+- ``GET /api/v{9,10}/gateway/bot``: ``{"url", "shards", "session_start_limit"}``; ``shards``
+  is the recommended count as it is now (``Simulator.set_recommended_shards``)
 - ``GET /api/v{9,10}/users/@me``: the bot user (discord.py's ``static_login``)
 - ``GET /api/v{9,10}/oauth2/applications/@me``: the application (discord.py's ``login``)
 
@@ -48,12 +49,15 @@ class Rest:
         bot: BotIdentity,
         budget: SessionStartBudget,
         gateway_url: Callable[[], str],
+        recommended_shards: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
         self.record = record
         self.bot = bot
         self.budget = budget
         self._gateway_url = gateway_url
+        #: read on every request: the admin API may raise it at run time (None: ``config.shards``)
+        self._recommended_shards = recommended_shards
 
     def add_routes(self, app: web.Application) -> None:
         for v in API_VERSIONS:
@@ -107,7 +111,9 @@ class Rest:
     async def gateway_bot(self, request: web.Request) -> web.Response:
         body = {
             "url": self._gateway_url(),
-            "shards": self.config.shards,
+            "shards": self.config.shards
+            if self._recommended_shards is None
+            else self._recommended_shards(),
             "session_start_limit": self.budget.to_json(
                 time.monotonic(), self.config.max_concurrency
             ),

@@ -43,7 +43,12 @@ class Simulator:
         self._gateway = gateway
         app = web.Application()
         Rest(
-            self.config, self.record, self.bot, gateway.budget, lambda: self.gateway_url.rstrip("/")
+            self.config,
+            self.record,
+            self.bot,
+            gateway.budget,
+            lambda: self.gateway_url.rstrip("/"),
+            lambda: gateway.recommended_shards,
         ).add_routes(app)
         Admin(gateway, self.record).add_routes(app)
 
@@ -151,14 +156,37 @@ class Simulator:
         shard_id: int | str | None,
         fault: FaultKind | str,
         conn_id: int | None = None,
+        *,
+        num_shards: int | None = None,
         **params: Any,
     ) -> list[int]:
-        """Inject ``fault`` into the live connections of ``shard_id`` ("all": every one); returns conn ids."""
-        return self.gateway.inject(shard_id, fault, conn_id, **params)
+        """Inject ``fault`` into the live connections of ``shard_id`` ("all": every one); returns conn ids.
 
-    def emit(self, shard_id: int, count: int = 1, event_type: str | None = None) -> list[int]:
-        """Produce ``count`` events now into every live session of ``shard_id``; returns event ids."""
-        return self.gateway.emit(shard_id, count, event_type)
+        ``num_shards`` narrows it to one shard set (``shard_id="all"``: the whole set).
+        """
+        return self.gateway.inject(shard_id, fault, conn_id, num_shards, **params)
+
+    def emit(
+        self,
+        shard_id: int,
+        count: int = 1,
+        event_type: str | None = None,
+        *,
+        num_shards: int | None = None,
+    ) -> list[int]:
+        """Produce ``count`` events now in the guilds of ``shard_id``; returns event ids.
+
+        For each live shard set (or only ``num_shards``'s), ``count`` events
+        happen in the guilds of its shard ``shard_id``; each reaches every
+        live session covering its guild, whatever that session's shard count.
+        """
+        return self.gateway.emit(shard_id, count, event_type, num_shards)
+
+    def emit_guild(
+        self, guild_id: int | str, count: int = 1, event_type: str | None = None
+    ) -> list[int]:
+        """Produce ``count`` events now in one guild; each reaches every live session covering it."""
+        return self.gateway.emit_guild(guild_id, count, event_type)
 
     def set_event_rate(self, rate: float) -> None:
         if not rate >= 0:
@@ -169,6 +197,10 @@ class Simulator:
         if not rate >= 0:
             raise ValueError("chaos rate must be >= 0")
         self.gateway.set_chaos_rate(rate)
+
+    def set_recommended_shards(self, value: int) -> None:
+        """The shard count ``GET /gateway/bot`` answers from now on (Discord raising it as a bot grows)."""
+        self.gateway.set_recommended_shards(value)
 
     def set_privileged_intents(self, value: int | str) -> None:
         """The Developer Portal toggles: bits or names (``"GUILD_MEMBERS,MESSAGE_CONTENT"``, ``"none"``)."""

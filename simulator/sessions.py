@@ -42,8 +42,6 @@ class Sink:
 class Session:
     __slots__ = (
         "buffer",
-        "event_credit",
-        "event_n",
         "event_table",
         "expires_at",
         "guild_indices",
@@ -77,12 +75,17 @@ class Session:
         self.sink: Sink | None = None
         self.state = SessionState.DETACHED
         self.expires_at = 0.0
-        self.event_credit = 0.0
-        self.event_n = 0
 
     @property
     def resumable(self) -> bool:
         return self.state is not SessionState.INVALID
+
+    def live(self, now: float) -> bool:
+        """Whether events are still produced into it: attached, or detached and not expired."""
+        state = self.state
+        return state is SessionState.ATTACHED or (
+            state is SessionState.DETACHED and now < self.expires_at
+        )
 
     def dispatch(self, t: bytes, d: bytes) -> tuple[int, int | None]:
         """Give the next seq to a dispatch, keep it for replay, send it if attached.
@@ -127,13 +130,19 @@ class Session:
 
 
 class SessionStore:
-    """Live sessions by id; expired and invalid ones are dropped by :meth:`sweep`."""
+    """Live sessions by id; expired and invalid ones are dropped by :meth:`sweep`.
+
+    ``version`` changes whenever a session is added or dropped, so an index
+    over the sessions (simulator.routing.ShardRouter) knows when to rebuild.
+    """
 
     def __init__(self) -> None:
         self.sessions: dict[str, Session] = {}
+        self.version = 0
 
     def add(self, session: Session) -> None:
         self.sessions[session.session_id] = session
+        self.version += 1
 
     def get_resumable(self, session_id: object, now: float) -> Session | None:
         if not isinstance(session_id, str):
@@ -149,9 +158,6 @@ class SessionStore:
     def live(self) -> list[Session]:
         return [s for s in self.sessions.values() if s.resumable]
 
-    def for_shard(self, shard_id: int) -> list[Session]:
-        return [s for s in self.sessions.values() if s.resumable and s.shard_id == shard_id]
-
     def sweep(self, now: float) -> None:
         dead = [
             sid
@@ -162,6 +168,8 @@ class SessionStore:
         for sid in dead:
             self.sessions[sid].invalidate()
             del self.sessions[sid]
+        if dead:
+            self.version += 1
 
 
 class IdentifyLimiter:
