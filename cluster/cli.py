@@ -56,6 +56,7 @@ from protocol.exitcodes import ExitCode
 
 if TYPE_CHECKING:
     from cluster.config import SupervisorConfig
+    from protocol.curvezmq import CurveServerKeys
     from simulator import SimulatorConfig
 
 app = typer.Typer(
@@ -440,6 +441,33 @@ def up(
     health: Annotated[
         str, typer.Option(envvar="CLUSTER_HEALTH", help="host:port of the HTTP endpoint.")
     ] = DEFAULT_HEALTH,
+    curve_secret: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="CURVE on --pub and --control (required off loopback): the server's secret "
+            "key file, as `cluster keys` writes it (NAME.key_secret).",
+            show_default=False,
+        ),
+    ] = None,
+    curve_clients: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE|DIR",
+            help="With --curve-secret: the client public keys let in, one Z85 key per line "
+            "(a file), or the NAME.key files of a directory.",
+            show_default=False,
+        ),
+    ] = None,
+    http_token_file: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="Bearer token for /status, /metrics and / (required when --health is off "
+            "loopback; /health and /livez stay open).",
+            show_default=False,
+        ),
+    ] = None,
     state_dir: Annotated[
         str,
         typer.Option(envvar="CLUSTER_STATE_DIR", help="Sessions saved for resume after restart."),
@@ -543,6 +571,7 @@ def up(
             )
         )
         health_host, health_port = parse_health(health)
+        curve, http_token = _security_options(curve_secret, curve_clients, http_token_file)
         if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("--log-level must be DEBUG, INFO, WARNING or ERROR")
         config = SupervisorConfig(
@@ -561,6 +590,8 @@ def up(
             control=control,
             health_host=health_host,
             health_port=health_port,
+            curve=curve,
+            http_token=http_token,
             state_dir=Path(state_dir),
             identify_interval_s=identify_interval,
             identify_margin_s=identify_margin,
@@ -587,6 +618,30 @@ def up(
     if ctx.meta.get(_META_CHECK_ONLY):  # `cluster config`: checked, not run
         return
     run_async(_up(config))
+
+
+def _security_options(
+    curve_secret: str | None, curve_clients: str | None, http_token_file: str | None
+) -> tuple[CurveServerKeys | None, str | None]:
+    """``--curve-secret``, ``--curve-clients``, ``--http-token-file`` -> (CURVE keys, token)."""
+    from cluster.config import ConfigError
+    from cluster.curve import load_http_token, load_server_keys
+
+    if (curve_secret is None) != (curve_clients is None):
+        raise ConfigError(
+            "--curve-secret and --curve-clients go together (the server's secret key and the "
+            "client keys it lets in; `cluster keys` makes both)"
+        )
+    try:
+        curve = (
+            None
+            if curve_secret is None or curve_clients is None
+            else load_server_keys(curve_secret, curve_clients)
+        )
+        token = None if http_token_file is None else load_http_token(http_token_file)
+    except ValueError as exc:  # CurveKeyError, SecretFileError: never the content
+        raise ConfigError(str(exc)) from None
+    return curve, token
 
 
 async def _up(config: SupervisorConfig) -> None:
@@ -645,6 +700,41 @@ config_command.__annotations__ = {
     "return": None,
 }
 app.command(name="config", context_settings=UP_CONTEXT)(config_command)
+
+
+# -- cluster keys --------------------------------------------------------------------------------
+
+
+@app.command()
+def keys(
+    out: Annotated[
+        str, typer.Option("--out", metavar="DIR", help="Directory the two key files go to.")
+    ] = ".",
+    name: Annotated[
+        str,
+        typer.Option(help="File name stem: NAME.key (public) and NAME.key_secret (mode 0600)."),
+    ] = "server",
+) -> None:
+    """Make a CURVE key pair (for --curve-secret, or a client's); prints only the public key.
+
+    The server's pair goes with `cluster up --curve-secret DIR/server.key_secret`; each
+    client (a bot, `cluster tail`) makes its own pair with --name and hands its NAME.key
+    to the server's --curve-clients directory. Existing files are never overwritten.
+    """
+    from cluster.curve import write_key_pair
+    from protocol.curvezmq import encode_key
+
+    try:
+        public_path, secret_path, public = write_key_pair(out, name)
+    except ValueError as exc:
+        usage_error(str(exc))
+    except OSError as exc:
+        raise CommandFailed(f"cannot write keys to {out}: {exc.strerror or exc}") from None
+    print(
+        f"cluster keys: wrote {public_path} (public) and {secret_path} (secret, mode 0600)",
+        file=sys.stderr,
+    )
+    print(encode_key(public))
 
 
 # -- cluster coordinator (retired) ---------------------------------------------------------------

@@ -61,16 +61,28 @@ def health_base_url(value: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def fetch_status(base_url: str, timeout_s: float) -> dict[str, Any]:
+def fetch_status(base_url: str, timeout_s: float, token: str | None = None) -> dict[str, Any]:
     """GET ``/status``; CommandFailed with one line when the cluster cannot be read."""
     url = f"{base_url}/status"
     hint = "is `cluster up` running? point --health or CLUSTER_HEALTH at its HTTP endpoint"
     # No proxies: the endpoint is on loopback or a private network, never behind HTTP_PROXY.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with opener.open(url, timeout=timeout_s) as response:
+        with opener.open(request, timeout=timeout_s) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise CommandFailed(
+                f"{url} answered HTTP 401: "
+                + (
+                    "the token of --http-token-file is not the cluster's"
+                    if token is not None
+                    else "it needs the cluster's token: pass --http-token-file FILE"
+                )
+            ) from None
         raise CommandFailed(f"{url} answered HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         reason = exc.reason
@@ -231,15 +243,27 @@ def status(
         bool, typer.Option("--json", help="Print the /status document as JSON.")
     ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 5.0,
+    http_token_file: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CLUSTER_HTTP_TOKEN_FILE",
+            metavar="FILE",
+            help="The cluster's bearer token (its --http-token-file), needed off loopback.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Print the shard table of a running cluster (from its /status)."""
+    from cluster.curve import load_http_token
+
     try:
         base = health_base_url(health)
+        token = None if http_token_file is None else load_http_token(http_token_file)
     except ValueError as exc:
         usage_error(str(exc))
     if not timeout > 0:
         usage_error(f"--timeout must be positive, got {timeout}")
-    body = fetch_status(base, timeout)
+    body = fetch_status(base, timeout, token)
     if as_json:
         print(json.dumps(body, indent=2))
     else:
@@ -394,17 +418,53 @@ def tail(
             metavar="S",
         ),
     ] = None,
+    curve_server_key: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="CURVE (a cluster off loopback): the cluster's public key file (server.key).",
+            show_default=False,
+        ),
+    ] = None,
+    curve_secret: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="CURVE: this client's secret key file (`cluster keys --name NAME` makes "
+            "NAME.key_secret; the cluster must list NAME.key in its --curve-clients).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Subscribe to a cluster's event stream and print one line per event (Ctrl-C stops)."""
+    from cluster.curve import load_single_key
+    from protocol.curvezmq import public_key_of
+
     if count is not None and count < 1:
         usage_error(f"--count must be at least 1, got {count}")
     if timeout is not None and not timeout > 0:
         usage_error(f"--timeout must be positive, got {timeout}")
+    if (curve_server_key is None) != (curve_secret is None):
+        usage_error("--curve-server-key and --curve-secret go together")
+    curve: tuple[bytes, bytes] | None = None
+    if curve_server_key is not None and curve_secret is not None:
+        try:
+            curve = (
+                load_single_key(curve_server_key, "--curve-server-key"),
+                load_single_key(curve_secret, "--curve-secret"),
+            )
+        except ValueError as exc:
+            usage_error(str(exc))
     prefixes = _topic_filters(filters)
     context = zmq.Context()
     sock = context.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, TAIL_HWM)
+    if curve is not None:
+        server_key, secret_key = curve
+        sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public_key_of(secret_key))
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key)
     for prefix in prefixes:
         sock.setsockopt(zmq.SUBSCRIBE, prefix)
     try:
@@ -413,7 +473,8 @@ def tail(
         except zmq.ZMQError as exc:
             usage_error(f"--pub {pub!r} is not a ZeroMQ endpoint ({exc}); e.g. {DEFAULT_PUB}")
         shown = ", ".join(p.decode() for p in prefixes) if filters else "all events"
-        print(f"cluster tail: subscribed to {pub} ({shown})", file=sys.stderr, flush=True)
+        secured = ", CURVE" if curve is not None else ""
+        print(f"cluster tail: subscribed to {pub} ({shown}{secured})", file=sys.stderr, flush=True)
         # SIGTERM stops like Ctrl-C: the command's work is done, not failed.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:

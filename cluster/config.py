@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from cluster.curve import NEEDS_CURVE, NEEDS_TOKEN, is_loopback_endpoint, is_loopback_host
 from cluster.planner import PlanError, parse_shard_count, parse_shard_range
 from cluster.restart_policy import RestartPolicy
 from protocol import payloads
 from protocol.brokerformat import Encoding
 from protocol.compression import Compression
+from protocol.curvezmq import CurveServerKeys
 from protocol.errors import InvalidCommandError, UnknownIntentError
 from protocol.gateway import DEFAULT_SESSION_START_LIMIT
 from protocol.intents import (
@@ -234,6 +236,10 @@ class SupervisorConfig:
     control: str = DEFAULT_CONTROL
     health_host: str = "127.0.0.1"
     health_port: int = 8080
+    #: CURVE on --pub and --control (``--curve-secret``, ``--curve-clients``); required off loopback.
+    curve: CurveServerKeys | None = field(default=None, repr=False)
+    #: The bearer token of /status, /metrics and / (``--http-token-file``); required off loopback.
+    http_token: str | None = field(default=None, repr=False)
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     identify_interval_s: float = 5.0
     #: Identify's presence (``--status``, ``--activity``); None: Discord's default (online).
@@ -267,6 +273,10 @@ class SupervisorConfig:
             raise ConfigError("--token is required (or DISCORD_TOKEN): a bot token without spaces")
         for name, endpoint in (("--pub", self.pub), ("--control", self.control)):
             check_endpoint(name, endpoint)
+            if self.curve is None and not is_loopback_endpoint(endpoint):
+                raise ConfigError(NEEDS_CURVE.format(option=name, endpoint=endpoint))
+        if self.http_token is None and not is_loopback_host(self.health_host):
+            raise ConfigError(NEEDS_TOKEN.format(host=self.health_host, port=self.health_port))
         if self.redis is not None and self.redis.hosts is not None:
             if self.shard_range is not None:
                 raise ConfigError("--hosts goes with --shard-ids auto, not with a fixed range")

@@ -23,6 +23,11 @@ commands of one client reach a shard in the order sent. A bad request never
 costs more than its reply: requests over :data:`MAX_REQUEST_BYTES` are refused
 unread, frames over :data:`MAX_FRAME_BYTES` make ZeroMQ drop the peer, and
 anything unexpected inside the handler becomes an ``ok: false`` reply.
+
+With ``curve`` (``--curve-secret``, required off loopback) the socket is
+libzmq's CURVE server and a ZAP handler (:class:`cluster.curve.ZapHandler`,
+bound before the socket) lets in only the client keys of ``--curve-clients``;
+anyone else never gets a reply (their handshake fails).
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ import orjson
 import zmq
 import zmq.asyncio
 
+from cluster.curve import ZapHandler, configure_curve_server
 from cluster.router_service import RouterService
+from protocol.curvezmq import CurveServerKeys
 from protocol.errors import InvalidCommandError, PayloadTooLargeError
 from protocol.gateway import Opcode
 from protocol.payloads import encode_client_payload, validate_command
@@ -271,6 +278,7 @@ class ControlServer(RouterService):
         *,
         context: zmq.asyncio.Context | None = None,
         send_timeout_s: float = SEND_TIMEOUT_S,
+        curve: CurveServerKeys | None = None,
     ) -> None:
         if total_shards < 1:
             raise ValueError(f"total_shards must be at least 1, got {total_shards}")
@@ -283,10 +291,32 @@ class ControlServer(RouterService):
         self._send = send
         self._send_timeout_s = send_timeout_s
         self.stats = ControlStats()
+        #: CURVE (``--curve-secret``): libzmq's server, client keys checked by our ZAP handler
+        self._curve = curve
+        self._zap: ZapHandler | None = None
 
     def _configure(self, sock: zmq.asyncio.Socket) -> None:
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+        if self._curve is not None:
+            # The ZAP handler answers before the socket is bound: no client is ever
+            # handshaken without it (and ZAP_ENFORCE_DOMAIN refuses all if it were missing).
+            assert self._context is not None
+            self._zap = ZapHandler(self._context)
+            self._zap.start(self._curve.allowed, asyncio.get_running_loop())
+            configure_curve_server(sock, self._curve)
+
+    @property
+    def curve_refused(self) -> int:
+        """CURVE handshakes refused by the ZAP handler (a key not let in) since start."""
+        return 0 if self._zap is None else self._zap.denied
+
+    def _close_context(self) -> None:
+        # Before the context ends (a bind failure, a stop): term() waits for every socket.
+        if self._zap is not None:
+            self._zap.close()
+            self._zap = None
+        super()._close_context()
 
     def _started(self) -> None:
         log.info(

@@ -3,15 +3,22 @@
 Served with aiohttp on loopback by default. Metrics are read from the
 :class:`ClusterStatus` at scrape time by a custom collector, so the event hot
 path pays nothing for them.
+
+With a token (``--http-token-file``, required off loopback) every path but the
+probes (:data:`OPEN_PATHS`: ``/health``, ``/livez``) answers 401 unless the
+request carries ``Authorization: Bearer <token>``; the comparison takes the
+same time whatever the guess, and the token is never logged or echoed.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -273,7 +280,41 @@ def _section(status: ClusterStatus, name: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def build_app(status: ClusterStatus) -> web.Application:
+#: Paths that answer without the token: the Kubernetes probes.
+OPEN_PATHS: Final = frozenset({"/health", "/livez"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def bearer_matches(header: str | None, token: str) -> bool:
+    """True when an ``Authorization`` header value is ``Bearer <token>`` (constant-time compare)."""
+    if header is None:
+        return False
+    scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(credentials.strip().encode("utf-8"), token.encode("utf-8"))
+
+
+def token_middleware(token: str) -> Middleware:
+    """401 for every path outside :data:`OPEN_PATHS` without ``Authorization: Bearer <token>``."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS or bearer_matches(
+            request.headers.get("Authorization"), token
+        ):
+            return await handler(request)
+        return web.json_response(
+            {"error": "this endpoint needs Authorization: Bearer <the --http-token-file token>"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="titanium-cluster"'},
+        )
+
+    return check
+
+
+def build_app(status: ClusterStatus, token: str | None = None) -> web.Application:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ClusterCollector(status))
 
@@ -299,7 +340,7 @@ def build_app(status: ClusterStatus) -> web.Application:
     async def page(_: web.Request) -> web.Response:
         return web.Response(text=STATUS_PAGE_HTML, content_type="text/html")
 
-    app = web.Application()
+    app = web.Application(middlewares=[] if token is None else [token_middleware(token)])
     app.router.add_get("/health", health)
     app.router.add_get("/livez", livez)
     app.router.add_get("/status", status_json)
@@ -311,8 +352,12 @@ def build_app(status: ClusterStatus) -> web.Application:
 class HealthServer:
     """Runs :func:`build_app` on host:port (port 0 picks a free one) without owning signals."""
 
-    def __init__(self, status: ClusterStatus, host: str, port: int) -> None:
-        self._runner = web.AppRunner(build_app(status), handle_signals=False, access_log=None)
+    def __init__(
+        self, status: ClusterStatus, host: str, port: int, token: str | None = None
+    ) -> None:
+        self._runner = web.AppRunner(
+            build_app(status, token), handle_signals=False, access_log=None
+        )
         self._host = host
         self._port = port
         self.port = port

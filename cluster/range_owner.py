@@ -324,6 +324,7 @@ class RangeOwner:
             plan.shard_ids,
             send=self.send_command,
             context=shared.async_context,
+            curve=config.curve,
         )
         try:
             await control.start()

@@ -57,6 +57,7 @@ from cluster.state.redis_state import (
 from cluster.state.redis_streams import StreamStore
 from cluster.status import ClusterStatus, Role
 from cluster.workers import CommandRoutingError, ShardNotRunningError, UnknownShardError
+from protocol.curvezmq import encode_key
 from protocol.exitcodes import ExitCode
 
 __all__ = [
@@ -419,13 +420,23 @@ class Supervisor:
         return view
 
     def _bind_publisher(self, context: zmq.Context[zmq.Socket[bytes]]) -> Publisher:
+        curve = self.config.curve
         try:
-            return Publisher(context, self.config.pub, self.config.pub_hwm)
+            publisher = Publisher(context, self.config.pub, self.config.pub_hwm, curve)
         except zmq.ZMQError as exc:
             raise SupervisorError(f"cannot bind --pub {self.config.pub}: {exc.strerror}") from None
+        if curve is not None:
+            log.info(
+                "CURVE on --pub and --control: server public key %s, %d client keys let in",
+                encode_key(curve.public_key),
+                len(curve.allowed),
+            )
+        return publisher
 
     async def _start_http(self, status: ClusterStatus) -> HealthServer:
-        server = HealthServer(status, self.config.health_host, self.config.health_port)
+        server = HealthServer(
+            status, self.config.health_host, self.config.health_port, self.config.http_token
+        )
         try:
             await server.start()
         except OSError as exc:

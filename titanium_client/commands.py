@@ -48,7 +48,7 @@ from titanium_client.errors import (
     ReplyFormatError,
     TransportError,
 )
-from titanium_client.pub import is_pub_endpoint
+from titanium_client.pub import CurveClient, is_pub_endpoint
 from titanium_client.streams import connect_redis, is_redis_url
 
 #: Seconds to wait for the control socket's reply.
@@ -183,7 +183,13 @@ def parse_reply(frames: Sequence[bytes]) -> tuple[int, ...]:
 
 
 class ControlCluster(Cluster):
-    """Commands over a cluster's control socket (``--control``, default ``tcp://127.0.0.1:5556``)."""
+    """Commands over a cluster's control socket (``--control``, default ``tcp://127.0.0.1:5556``).
+
+    A cluster off loopback speaks CURVE: ``curve_server_key=`` (its public key) and
+    ``curve_secret_key=`` (this client's; Z85 text or raw bytes, see
+    :func:`titanium_client.pub.read_key_file`). A key the cluster does not let in
+    gets no reply: :class:`CommandTimeoutError`.
+    """
 
     def __init__(
         self,
@@ -191,7 +197,11 @@ class ControlCluster(Cluster):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         context: zmq.asyncio.Context | None = None,
+        curve_server_key: str | bytes | None = None,
+        curve_secret_key: str | bytes | None = None,
+        curve_public_key: str | bytes | None = None,
     ) -> None:
+        self._curve = CurveClient.from_options(curve_server_key, curve_secret_key, curve_public_key)
         if not is_pub_endpoint(endpoint):
             raise ValueError(
                 f"{endpoint!r} is not a ZeroMQ endpoint (tcp://HOST:PORT or ipc://PATH)"
@@ -214,6 +224,8 @@ class ControlCluster(Cluster):
                 self._context = zmq.asyncio.Context()
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            if self._curve is not None:
+                self._curve.apply(sock)
             sock.connect(self.endpoint)
             self._sock = sock
         return self._sock
@@ -341,14 +353,27 @@ class StreamCluster(Cluster):
 
 
 def connect(
-    url: str, *, shard_count: int | None = None, timeout: float = DEFAULT_TIMEOUT
+    url: str,
+    *,
+    shard_count: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    curve_server_key: str | bytes | None = None,
+    curve_secret_key: str | bytes | None = None,
 ) -> Cluster:
     """A :class:`Cluster` for ``url``: ``tcp://``/``ipc://`` is the control socket, ``redis://`` the stream.
 
-    Over Redis ``shard_count`` is required (it routes ``guild_id``).
+    Over Redis ``shard_count`` is required (it routes ``guild_id``). The ``curve_*``
+    keys are for a control socket that speaks CURVE (see :class:`ControlCluster`).
     """
     if is_pub_endpoint(url):
-        return ControlCluster(url, timeout=timeout)
+        return ControlCluster(
+            url,
+            timeout=timeout,
+            curve_server_key=curve_server_key,
+            curve_secret_key=curve_secret_key,
+        )
+    if curve_server_key is not None or curve_secret_key is not None:
+        raise ValueError("curve_*_key= is for the control socket (tcp://, ipc://), not Redis")
     if is_redis_url(url):
         if shard_count is None:
             raise ValueError("commands over Redis need shard_count= (to route guild_id)")

@@ -14,18 +14,33 @@ use the Redis Streams sink (:mod:`titanium_client.streams`).
 
 ZeroMQ reconnects by itself (``reconnect_ivl`` doubling to ``reconnect_ivl_max``)
 and ZMTP heartbeats notice a dead peer behind a silent TCP connection.
+
+A cluster off loopback speaks CURVE (``cluster up --curve-secret``): give the
+server's public key and this client's key pair, as Z85 text (40 characters) or
+raw bytes; the public key is derived from the secret one when left out::
+
+    subscribe("tcp://10.0.0.5:5555",
+              curve_server_key=read_key_file("keys/server.key"),
+              curve_secret_key=read_key_file("keys/bot1.key_secret"))
+
+(``cluster keys --out keys --name bot1`` makes a client pair; the server lets
+it in once ``keys/bot1.key`` is in its ``--curve-clients``.) A key the server
+does not know gets nothing: no event, no error (ZeroMQ retries in silence).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
-from typing import Final, cast
+from dataclasses import dataclass, field
+from typing import Any, Final, cast
 
 import zmq
 import zmq.asyncio
 
+from protocol.curvezmq import CurveKeyError, decode_key, parse_key_lines, public_key_of
 from protocol.errors import WireFormatError
 from protocol.pubframe import decode_event
 from titanium_client.events import Event
@@ -48,6 +63,55 @@ def is_pub_endpoint(url: str) -> bool:
     return url.startswith(_PUB_SCHEMES)
 
 
+def read_key_file(path: str | os.PathLike[str]) -> bytes:
+    """The one key of a key file written by ``cluster keys`` (``NAME.key`` or ``NAME.key_secret``)."""
+    with open(path, encoding="ascii") as file:
+        text = file.read(1024 * 1024)
+    try:
+        keys = parse_key_lines(text)
+    except CurveKeyError as exc:
+        raise CurveKeyError(f"{os.fspath(path)}: {exc}") from None
+    if len(keys) != 1:
+        raise CurveKeyError(f"{os.fspath(path)} must hold exactly one key, it holds {len(keys)}")
+    return keys[0]
+
+
+@dataclass(frozen=True, slots=True)
+class CurveClient:
+    """CURVE for a client socket: the server's public key and this client's key pair (raw bytes)."""
+
+    server_key: bytes
+    public_key: bytes
+    secret_key: bytes = field(repr=False)
+
+    @classmethod
+    def from_options(
+        cls,
+        server_key: str | bytes | None,
+        secret_key: str | bytes | None,
+        public_key: str | bytes | None = None,
+    ) -> CurveClient | None:
+        """The ``curve_*_key=`` arguments -> the keys (None: no CURVE); ValueError if incomplete."""
+        if server_key is None and secret_key is None and public_key is None:
+            return None
+        if server_key is None or secret_key is None:
+            raise ValueError(
+                "CURVE needs curve_server_key= (the cluster's public key) and curve_secret_key= "
+                "(this client's secret key; curve_public_key= is derived from it)"
+            )
+        secret = decode_key(secret_key)
+        public = public_key_of(secret)
+        if public_key is not None and decode_key(public_key) != public:
+            raise ValueError("curve_public_key= is not the public half of curve_secret_key=")
+        return cls(decode_key(server_key), public, secret)
+
+    def apply(self, sock: zmq.Socket[Any]) -> None:
+        """Set the socket's CURVE client options (before connect)."""
+        sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public_key)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret_key)
+
+
 class PubSubscription(Subscription):
     """A SUB socket on one or more PUB endpoints, as an async iterator of :class:`Event`.
 
@@ -55,7 +119,9 @@ class PubSubscription(Subscription):
     ``None`` takes all). Gap detection is on by default only without a filter
     (with one, the skipped seqs are other event types). Duplicates (a seq
     already seen in the shard's session) are dropped unless
-    ``drop_duplicates=False``; both are counted in :attr:`stats`.
+    ``drop_duplicates=False``; both are counted in :attr:`stats`. With a cluster
+    that speaks CURVE, ``curve_server_key`` and ``curve_secret_key`` (Z85 text
+    or raw bytes; see the module's docstring).
     """
 
     def __init__(
@@ -71,7 +137,11 @@ class PubSubscription(Subscription):
         reconnect_ivl: float = 0.1,
         reconnect_ivl_max: float = 5.0,
         context: zmq.asyncio.Context | None = None,
+        curve_server_key: str | bytes | None = None,
+        curve_secret_key: str | bytes | None = None,
+        curve_public_key: str | bytes | None = None,
     ) -> None:
+        self._curve = CurveClient.from_options(curve_server_key, curve_secret_key, curve_public_key)
         self.endpoints: tuple[str, ...] = (
             (endpoints,) if isinstance(endpoints, str) else tuple(endpoints)
         )
@@ -121,6 +191,8 @@ class PubSubscription(Subscription):
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, self._reconnect_max_ms)
             sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            if self._curve is not None:
+                self._curve.apply(sock)
             for prefix in self.prefixes:
                 sock.setsockopt(zmq.SUBSCRIBE, prefix.encode("ascii"))
             for endpoint in self.endpoints:
