@@ -47,9 +47,12 @@ RUN groupadd --system --gid 10001 titanium \
 COPY --from=build /opt/titanium-cluster /opt/titanium-cluster
 # Inside a container the loopback defaults of `cluster up` are unreachable from outside,
 # so the image listens on every interface: HTTP (/health, /livez, /status, /metrics) on
-# 8080, the PUB socket on 5555, the control socket on 5556. The control socket takes
-# gateway commands without authentication: publish it only to your bots (a Kubernetes
-# NetworkPolicy, an unpublished compose port). Flags override all of these.
+# 8080, the PUB socket on 5555, the control socket on 5556. Off loopback `cluster up`
+# requires CURVE on the ZeroMQ sockets and a bearer token on HTTP (only /health and
+# /livez stay open): mount them and name them with CLUSTER_CURVE_SECRET,
+# CLUSTER_CURVE_CLIENTS and CLUSTER_HTTP_TOKEN_FILE (deploy/kubernetes/statefulset.yaml
+# and deploy/compose.yaml do); without them `cluster up` stops with one line saying so.
+# Flags override all of these.
 ENV PATH=/opt/titanium-cluster/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -110,6 +110,9 @@ def command_options(command: str) -> tuple[set[str], set[str]]:
             envvars.add(envvar)
         elif isinstance(envvar, list | tuple):
             envvars.update(envvar)
+        if param.name and param.param_type_name == "option":
+            # every option also reads CLUSTER_<NAME> (auto_envvar_prefix, cluster/cli.py)
+            envvars.add(f"CLUSTER_{param.name.upper()}")
     return flags, envvars
 
 
@@ -273,10 +276,36 @@ def test_the_token_comes_from_a_secret_and_no_manifest_holds_one() -> None:
             for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
             for e in c.get("env", [])
         ):
-            if "TOKEN" in entry["name"]:
+            if "TOKEN" in entry["name"] and not entry["name"].endswith("_FILE"):
                 assert "value" not in entry, f"{path.name}: {entry['name']} is a literal"
     for path in [*K8S.glob("*.yaml"), COMPOSE, UNIT, DOCKERFILE]:
         assert not TOKEN_SHAPE.search(path.read_text()), f"{path} holds something like a token"
+
+
+def test_the_curve_key_and_http_token_are_files_from_secrets() -> None:
+    """Off loopback cluster up needs them (cluster/config.py); each is a read-only Secret mount."""
+    statefulset = the("StatefulSet", "titanium-cluster")
+    pod = statefulset["spec"]["template"]["spec"]
+    container = supervisor_container()
+    env = container_env(container)
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for variable, source in (
+        ("CLUSTER_CURVE_SECRET", "secret"),
+        ("CLUSTER_HTTP_TOKEN_FILE", "secret"),
+        ("CLUSTER_CURVE_CLIENTS", "configMap"),
+    ):
+        path = env[variable]["value"]
+        mount = next(m for where, m in mounts.items() if path.startswith(where))
+        assert mount.get("readOnly") is True, variable
+        volume = volumes[mount["name"]]
+        assert source in volume, (variable, volume)
+        if source == "secret":
+            name = volume["secret"]["secretName"]
+            stored = the("Secret", name)["stringData"]
+            assert path.rpartition("/")[2] in stored, (variable, name)
+            # the pod's user reads it through fsGroup, nobody else
+            assert volume["secret"]["defaultMode"] == 0o440
 
 
 def test_probes_ports_and_drain_fit_the_supervisor() -> None:
