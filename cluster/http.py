@@ -262,6 +262,16 @@ def _sink_metrics(status: ClusterStatus) -> Iterator[Metric]:
         yield length
         yield lag
         yield pending
+    refused = _section(status, "refused")
+    if refused is not None:
+        family = CounterMetricFamily(
+            "titanium_curve_refused",
+            "CURVE handshakes refused (a client key not let in, or a bad handshake)",
+            labels=["socket"],
+        )
+        for socket_name in ("pub", "control"):
+            family.add_metric([socket_name], float(refused.get(socket_name) or 0))
+        yield family
     commands = _section(status, "commands")
     if commands is not None:
         outcomes = CounterMetricFamily(

@@ -344,6 +344,12 @@ class RangeOwner:
             interval_s=config.checkpoint_interval_s,
         )
         status.sections["checkpoint"] = checkpointer.status_json
+        publisher = shared.publisher
+        status.sections["refused"] = lambda: {
+            # CURVE handshakes refused (a client key not let in, a bad handshake)
+            "pub": publisher.refused,
+            "control": control.curve_refused,
+        }
         if arbiter is not None:
             status.sections["identify_redis"] = arbiter.status_json
         spec = WorkerSpec(
@@ -728,7 +734,7 @@ class RangeOwner:
                 await run.sink.stop()
         await run.coordinator.stop()
         status = self._shared.status
-        for name in ("checkpoint", "identify_redis", "sink", "commands"):
+        for name in ("checkpoint", "identify_redis", "sink", "commands", "refused"):
             status.sections.pop(name, None)
         # Without a worker having run, the book holds only what was loaded: re-saving
         # it would make old sessions look fresh. A fenced owner writes nothing more.

@@ -51,7 +51,7 @@ from titanium_client.errors import (
     TransportError,
 )
 from titanium_client.events import AckState, Event
-from titanium_client.pub import PubSubscription
+from titanium_client.pub import CurveClient, PubSubscription, read_key_file
 from titanium_client.sequence import Gap, SequenceTracker, Verdict
 from titanium_client.stats import Stats
 from titanium_client.streams import StreamSubscription
@@ -67,6 +67,7 @@ __all__ = [
     "CommandRefusedError",
     "CommandTimeoutError",
     "ControlCluster",
+    "CurveClient",
     "DecodeError",
     "Encoding",
     "Event",
@@ -88,5 +89,6 @@ __all__ = [
     "Verdict",
     "connect",
     "decode_data",
+    "read_key_file",
     "subscribe",
 ]

@@ -230,6 +230,14 @@ async def test_a_secured_cluster_off_loopback(
                         await asyncio.sleep(0.05)
                 assert len(got) == len(expected) > 20
                 assert others == []
+                # the refused handshakes are counted for the operator
+                code, metrics = await http_get(f"{http}/metrics", TOKEN)
+                refused = {
+                    line.split("{")[1].split("}")[0]: float(line.split()[-1])
+                    for line in metrics.splitlines()
+                    if line.startswith("titanium_curve_refused_total{")
+                }
+                assert refused['socket="pub"'] >= 1, refused
             finally:
                 for task in readers:
                     task.cancel()
