@@ -1,6 +1,8 @@
 """The ``cluster`` command line (typer): parse, build a frozen config, call the component.
 
-Commands register on :data:`app`; each stays thin. A bad option or value
+Commands register on :data:`cluster.cli_app.app` (shared with
+:mod:`cluster.cli_client`, which this module imports once to register
+``status`` and ``tail``); each stays thin. A bad option or value
 ends with one line on stderr (``cluster: error: ...``) and exit status 2;
 a runtime failure (e.g. the port is taken) with one line and status 1.
 ``main`` is the console-script entry point.
@@ -17,20 +19,20 @@ a :class:`cluster.config.ConfigError` becomes ``usage_error(str(exc))``), then
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import signal
 import sys
 import typing
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 from typer._click import exceptions as click_exceptions
 from typer._click.core import Context, ParameterSource
 
+from cluster import cli_client  # noqa: F401 (registers `status` and `tail` on the app)
+from cluster.cli_app import CommandFailed, app, run_async, usage_error, wait_for_signal
 from cluster.config import (
     DEFAULT_API_URL,
     DEFAULT_CONTROL,
@@ -58,64 +60,6 @@ if TYPE_CHECKING:
     from cluster.config import SupervisorConfig
     from protocol.curvezmq import CurveServerKeys
     from simulator import SimulatorConfig
-
-app = typer.Typer(
-    name="cluster",
-    help="Titanium Cluster: a Discord Gateway cluster and its local Discord simulator.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-class CommandFailed(Exception):
-    """A command failed at run time; the message is the one line printed.
-
-    ``exit_code``: CRASH (1) for a failure a retry may fix, FATAL (78) when it cannot
-    (a fatal gateway close code: the token, the shard count, the intents).
-    """
-
-    def __init__(self, message: str, exit_code: ExitCode = ExitCode.CRASH) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-@app.callback()
-def _root() -> None:
-    """Titanium Cluster: a Discord Gateway cluster and its local Discord simulator."""
-
-
-def usage_error(message: str) -> NoReturn:
-    raise click_exceptions.UsageError(message)
-
-
-def run_async(coro: Coroutine[Any, Any, None]) -> None:
-    """Run ``coro`` on uvloop when it is installed, else on asyncio's default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-        return
-    uvloop.run(coro)
-
-
-async def wait_for_signal(*signums: signal.Signals) -> signal.Signals:
-    """Wait until one of ``signums`` arrives; the handler only sets a future (one owner)."""
-    loop = asyncio.get_running_loop()
-    received: asyncio.Future[signal.Signals] = loop.create_future()
-
-    def handler(signum: signal.Signals) -> None:
-        if not received.done():
-            received.set_result(signum)
-
-    for signum in signums:
-        loop.add_signal_handler(signum, handler, signum)
-    try:
-        return await received
-    finally:
-        for signum in signums:
-            loop.remove_signal_handler(signum)
-
 
 # -- cluster simulate -----------------------------------------------------------------------
 
@@ -781,7 +725,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cluster: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     sys.exit(result if isinstance(result, int) else 0)
-
-
-# Commands that live in their own modules register on ``app`` when imported.
-from cluster import cli_client  # noqa: E402, F401

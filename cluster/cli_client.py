@@ -31,12 +31,11 @@ import orjson
 import typer
 import zmq
 
-from cluster.cli import CommandFailed, app, usage_error
+from cluster.cli_app import CommandFailed, app, usage_error
+from cluster.config import DEFAULT_HEALTH, DEFAULT_PUB
 from protocol.errors import WireFormatError
 from protocol.pubframe import PubEvent, decode_event
 
-DEFAULT_HEALTH: Final = "127.0.0.1:8080"
-DEFAULT_PUB: Final = "tcp://127.0.0.1:5555"
 #: Events buffered by the SUB socket before ZeroMQ drops (a terminal is slow).
 TAIL_HWM: Final = 10_000
 _CONTENT_CHARS: Final = 60

@@ -1,0 +1,76 @@
+"""The ``cluster`` typer app and what every command shares: one-line failures, the event loop.
+
+:mod:`cluster.cli` (``simulate``, ``up``, ``config``, ``keys``, the entry point) and
+:mod:`cluster.cli_client` (``status``, ``tail``) both register their commands on
+:data:`app`; neither imports the other's internals, so the two command modules form
+no cycle (``cluster.cli`` imports ``cluster.cli_client`` once, to register it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine
+from typing import Any, NoReturn
+
+import typer
+from typer._click import exceptions as click_exceptions
+
+from protocol.exitcodes import ExitCode
+
+app = typer.Typer(
+    name="cluster",
+    help="Titanium Cluster: a Discord Gateway cluster and its local Discord simulator.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class CommandFailed(Exception):
+    """A command failed at run time; the message is the one line printed.
+
+    ``exit_code``: CRASH (1) for a failure a retry may fix, FATAL (78) when it cannot
+    (a fatal gateway close code: the token, the shard count, the intents).
+    """
+
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.CRASH) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@app.callback()
+def _root() -> None:
+    """Titanium Cluster: a Discord Gateway cluster and its local Discord simulator."""
+
+
+def usage_error(message: str) -> NoReturn:
+    raise click_exceptions.UsageError(message)
+
+
+def run_async(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` on uvloop when it is installed, else on asyncio's default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
+async def wait_for_signal(*signums: signal.Signals) -> signal.Signals:
+    """Wait until one of ``signums`` arrives; the handler only sets a future (one owner)."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def handler(signum: signal.Signals) -> None:
+        if not received.done():
+            received.set_result(signum)
+
+    for signum in signums:
+        loop.add_signal_handler(signum, handler, signum)
+    try:
+        return await received
+    finally:
+        for signum in signums:
+            loop.remove_signal_handler(signum)
