@@ -23,7 +23,8 @@ replaced by the relay's own. With ``--sink redis`` the same slices of every
 published run also go to :class:`cluster.sink.StreamSink` (one list append per
 event; the encoding happens in the sink's own task), and while the sink is
 backlogged the relay stops reading the channel, so back pressure reaches the
-workers instead of this process's memory. Reports (SHARD_STATE, WORKER_STATUS: a few per
+workers instead of this process's memory. In-process taps get the same runs
+(:class:`cluster.runs.RunConsumer`), after the sink. Reports (SHARD_STATE, WORKER_STATUS: a few per
 shard per second) are decoded and handed to the supervisor's callback; a
 report that names a session also names it in the book first.
 
@@ -43,14 +44,15 @@ import functools
 import logging
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 import zmq
 import zmq.backend
 
 from cluster.publisher import Publisher
-from cluster.sink import EventSlices, StreamSink
+from cluster.runs import EventSlices, RunConsumer
+from cluster.sink import StreamSink
 from cluster.status import RelayCounters
 from protocol import ipc
 from protocol.errors import WireFormatError
@@ -223,6 +225,7 @@ class Relay:
         on_report: ReportHandler,
         batch: int = DEFAULT_BATCH,
         sink: StreamSink | None = None,
+        taps: Sequence[RunConsumer] = (),
     ) -> None:
         self._pull = pull
         self._recv = functools.partial(zmq.backend.Socket.recv, pull)
@@ -233,6 +236,8 @@ class Relay:
         self._on_report = on_report
         self._batch = batch
         self._sink = sink
+        #: who gets each published run besides the PUB socket: the sink, then the taps
+        self._consumers: tuple[RunConsumer, ...] = (*((sink,) if sink else ()), *taps)
         #: True while the sink is backlogged: the channel is not read (back pressure)
         self._paused = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -353,8 +358,8 @@ class Relay:
         publisher = self._publisher
         publisher.flush()
         publisher.drain_subscriptions()
-        if self._sink is not None:
-            self._sink.flush()
+        for consumer in self._consumers:
+            consumer.flush()
         counters.pub_dropped = publisher.dropped
         counters.pub_disconnected_dropped = publisher.lost_at_disconnect
         counters.subscriptions = publisher.subscriptions
@@ -390,13 +395,10 @@ class Relay:
         publish = self._publisher.publish
         for i in range(skip, count):
             publish(frames[3 * i], template % (seq + i), frames[3 * i + 2])
-        if self._sink is not None and skip < count:
-            self._sink.add(
-                shard_id,
-                epoch,
-                seq + skip,
-                [(frames[3 * i], frames[3 * i + 2]) for i in range(skip, count)],
-            )
+        if self._consumers and skip < count:
+            events = [(frames[3 * i], frames[3 * i + 2]) for i in range(skip, count)]
+            for consumer in self._consumers:
+                consumer.add(shard_id, epoch, seq + skip, events)
         return count - skip, skip
 
     def _head(self, shard_id: int, epoch: int) -> bytes:
@@ -437,7 +439,7 @@ class Relay:
         admit = self._book.admit
         publish = self._publisher.publish
         heads = self._heads
-        sink = self._sink
+        consumers = self._consumers
         at = 0
         published = 0
         duplicates = 0
@@ -454,7 +456,7 @@ class Relay:
                     template = head[1]
                 else:
                     template = self._head(shard_id, epoch)
-                events: list[EventSlices] | None = [] if sink is not None and skip < count else None
+                events: list[EventSlices] | None = [] if consumers and skip < count else None
                 for i in range(count):
                     topic_len, payload_len = _EVENT_UNPACK(view, at)
                     at += _EVENT_SIZE
@@ -470,8 +472,9 @@ class Relay:
                             events.append((topic, payload))
                         published += 1
                     at = payload_end
-                if events and sink is not None:
-                    sink.add(shard_id, epoch, seq + skip, events)
+                if events:
+                    for consumer in consumers:
+                        consumer.add(shard_id, epoch, seq + skip, events)
         except (ValueError, struct.error):
             self._counters.malformed_dropped += 1
             return published, duplicates

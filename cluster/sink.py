@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from cluster.config import SinkSettings
+from cluster.runs import EventSlices
 from cluster.state.redis_state import Lease, LeaseLostError, RedisStateError
 from cluster.state.redis_streams import SinkBatch, StreamStore, StreamView
 from protocol.brokerformat import COMMAND_STREAM, dispatch_encoder
@@ -60,9 +61,6 @@ VIEW_INTERVAL_S: Final = 2.0
 TOUCH_INTERVAL_S: Final = 30.0
 _BACKOFF_FIRST_S: Final = 0.05
 _BACKOFF_MAX_S: Final = 1.0
-
-#: (topic, payload) slices of one event, as the relay has them
-EventSlices = tuple[Any, Any]
 
 
 class SessionNames(Protocol):
