@@ -67,6 +67,10 @@ _REQUEST_KEYS: Final = frozenset({"op", "d", "shard_id", "guild_id", "all"})
 _TARGET_KEYS: Final = ("shard_id", "guild_id", "all")
 
 SendCommand = Callable[[int, bytes], Awaitable[None]]
+#: ``{"reshard": ...}`` requests -> the reply object (the range owner's)
+AdminHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+#: Request keys that go to the admin handler instead of a shard.
+ADMIN_KEYS: Final = frozenset({"reshard"})
 
 
 class ControlErrorKind(enum.Enum):
@@ -279,6 +283,7 @@ class ControlServer(RouterService):
         context: zmq.asyncio.Context | None = None,
         send_timeout_s: float = SEND_TIMEOUT_S,
         curve: CurveServerKeys | None = None,
+        admin: AdminHandler | None = None,
     ) -> None:
         if total_shards < 1:
             raise ValueError(f"total_shards must be at least 1, got {total_shards}")
@@ -290,6 +295,7 @@ class ControlServer(RouterService):
         self.local_shard_ids = frozenset(local_shard_ids)
         self._send = send
         self._send_timeout_s = send_timeout_s
+        self._admin = admin
         self.stats = ControlStats()
         #: CURVE (``--curve-secret``): libzmq's server, client keys checked by our ZAP handler
         self._curve = curve
@@ -350,6 +356,13 @@ class ControlServer(RouterService):
                     ControlErrorKind.FRAMES,
                     f"a request is one frame holding a JSON object, got {len(body)} frames",
                 )
+            admin = self._admin_request(body[0])
+            if admin is not None:
+                if self._admin is None:
+                    raise ControlRequestError(
+                        ControlErrorKind.UNKNOWN_KEY, "this supervisor takes no reshard requests"
+                    )
+                return orjson.dumps(await self._admin(admin))
             request = parse_control_request(body[0], self.total_shards, self.local_shard_ids)
         except ControlRequestError as exc:
             self.stats.refused += 1
@@ -359,6 +372,19 @@ class ControlServer(RouterService):
             self.stats.refused += 1
             return error_reply("internal error while reading the request")
         return await self._deliver(request)
+
+    @staticmethod
+    def _admin_request(raw: bytes) -> dict[str, Any] | None:
+        """A ``{"reshard": ...}`` request (cheap test first: gateway commands never parse twice)."""
+        if b'"reshard"' not in raw or len(raw) > MAX_REQUEST_BYTES:
+            return None
+        try:
+            request = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        if isinstance(request, dict) and set(request) <= ADMIN_KEYS and request:
+            return request
+        return None
 
     async def _deliver(self, request: ControlRequest) -> bytes:
         delivered: list[int] = []

@@ -47,10 +47,11 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import zmq
@@ -62,10 +63,21 @@ from cluster.control import ControlServer
 from cluster.coordinator import Coordinator
 from cluster.discord_api import DiscordApiError, GatewayBot, fetch_gateway_bot
 from cluster.identify_scheduler import default_safety_margin, default_sent_hold
-from cluster.planner import ClusterPlan, identify_duration
+from cluster.planner import ClusterPlan, PlanError, identify_duration, plan_cluster
 from cluster.progress import Progress
 from cluster.publisher import Publisher
-from cluster.relay import Relay, SessionBook
+from cluster.relay import Relay, RelayMode, SessionBook
+from cluster.reshard import (
+    MARKER_HEADER,
+    MARKER_TOPIC,
+    SWITCH_WINDOW_S,
+    Fingerprints,
+    HeldRuns,
+    Layout,
+    ReshardPhase,
+    marker_payload,
+    save_layout,
+)
 from cluster.restart_policy import RestartAction
 from cluster.sessions import SessionStore
 from cluster.sink import StreamSink
@@ -75,12 +87,12 @@ from cluster.state.lease import LeaseKeeper
 from cluster.state.redis_state import Lease, RedisState, RedisStateError
 from cluster.state.redis_streams import StreamStore
 from cluster.status import ClusterStatus
-from cluster.workers import ShardNotRunningError, WorkerPool, WorkerSlot, WorkerState
+from cluster.workers import ShardNotRunningError, WorkerPool, WorkerSlot, WorkerState, unwatched
 from protocol import ipc
 from protocol.errors import WireFormatError
 from protocol.exitcodes import ExitCode
 from protocol.gateway import explain_fatal
-from protocol.session import Session
+from protocol.session import Session, ShardPhase
 from worker.spec import WorkerSpec
 
 log = logging.getLogger("cluster.supervisor")
@@ -95,6 +107,15 @@ _FATAL_DETAIL_WAIT_S: Final = 1.0
 PARENT_CHECK_S: Final = 0.25
 #: A graceful stop waits this long for the sink to append what waits.
 SINK_CLOSE_S: Final = 5.0
+#: A reshard is abandoned when the new set is not ready within twice its identify
+#: schedule plus this.
+RESHARD_GRACE_S: Final = 60.0
+#: How often a running reshard looks whether the new set is ready to switch.
+RESHARD_POLL_S: Final = 0.1
+
+
+class ReshardRefusedError(Exception):
+    """A reshard cannot start; the message is the one line for the operator."""
 
 
 class SupervisorError(Exception):
@@ -157,6 +178,43 @@ class _Fenced:
 _Item = _Shutdown | _WorkerExited | _Respawn | _Fenced
 
 
+@dataclass(slots=True)
+class _Generation:
+    """A reshard's new shard set, from its start until the switch (or its end)."""
+
+    old_total: int
+    plan: ClusterPlan
+    book: SessionBook
+    pull: zmq.Socket[bytes]
+    relay: Relay
+    pool: WorkerPool
+    spec: WorkerSpec
+    held: HeldRuns
+    fingerprints: Fingerprints
+    started_at: float
+    deadline: float
+    ready: set[int] = field(default_factory=set)
+    phase: ReshardPhase = ReshardPhase.STARTING
+    error: str | None = None
+    switched_at: float | None = None
+    deduplicated: int = 0
+
+    def status_json(self, now: float) -> dict[str, Any]:
+        elapsed = (self.switched_at or now) - self.started_at
+        return {
+            "phase": self.phase.value,
+            "old_shards": self.old_total,
+            "new_shards": self.plan.total_shards,
+            "new_ready": len(self.ready),
+            "guild_creates_complete": self.held.settled(self.plan.shard_ids),
+            "held_events": self.held.events,
+            "fingerprints": len(self.fingerprints),
+            "deduplicated": self.deduplicated + self.fingerprints.matched,
+            "elapsed_s": round(elapsed, 3),
+            "error": self.error,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class _Running:
     """Everything one owned range runs with; built once by :meth:`RangeOwner._start`."""
@@ -199,6 +257,13 @@ class RangeOwner:
         self._run: _Running | None = None
         #: True once a worker ran: only then is the book's view worth saving.
         self._spawned = False
+        #: the new shard set while a reshard runs (and the last one, for /status)
+        self._reshard: _Generation | None = None
+        #: reshards that switched / were abandoned, and events dropped at switches
+        self._reshards: dict[str, int] = {"switched": 0, "abandoned": 0}
+        self._reshard_deduplicated = 0
+        #: the sockets closed when the range ends (a reshard adds its channel)
+        self._sockets: list[zmq.Socket[Any]] = []
 
     # -- what the supervisor calls ------------------------------------------------------------
 
@@ -232,7 +297,7 @@ class RangeOwner:
 
     async def run(self) -> Outcome:
         """Own the range; returns how it ended or raises :class:`FatalCloseError`."""
-        sockets: list[zmq.Socket[Any]] = []
+        sockets = self._sockets
         outcome: Outcome | FatalCloseError = Outcome.STOPPED
         try:
             run = await self._start(sockets)
@@ -317,13 +382,14 @@ class RangeOwner:
             router,
             on_change=status.apply_worker,
         )
-        self._tasks.append(asyncio.create_task(self._router_loop(router, pool), name="router"))
+        self._tasks.append(asyncio.create_task(self._router_loop(router), name="router"))
         control = ControlServer(
             config.control,
             plan.total_shards,
             plan.shard_ids,
             send=self.send_command,
             context=shared.async_context,
+            admin=self.reshard_request,
             curve=config.curve,
         )
         try:
@@ -510,20 +576,20 @@ class RangeOwner:
         assert run is not None
         slot.fatal_code = None
         slot.fatal_detail = None
-        spec = replace(
-            run.spec,
-            worker_id=slot.worker_id,
-            shard_ids=slot.shard_ids,
-            sessions=run.book.resume_points(slot.shard_ids),
-        )
-        run.pool.spawn(slot, spec)
+        _spawn_into(run.pool, run.spec, run.book, slot)
         self._spawned = True
 
     def _on_exit(self, slot: WorkerSlot, code: int | None) -> None:
         # Called from the sentinel's reader callback: only record and enqueue.
         slot.transition(WorkerState.EXITED)
-        self._shared.status.shards_lost(slot.shard_ids)
         self._exits.set()
+        gen = self._reshard
+        if gen is not None and gen.pool.slots.get(slot.worker_id) is slot:
+            self._reshard_worker_exited(gen, slot, code)
+            return
+        if self._run is None or self._run.pool.slots.get(slot.worker_id) is not slot:
+            return  # a retired set's worker (after a reshard's switch): nothing to replace
+        self._shared.status.shards_lost(slot.shard_ids)
         if not self._stopping:
             self._queue.put_nowait(_WorkerExited(slot, code))
 
@@ -562,7 +628,7 @@ class RangeOwner:
                 slot.fatal_code = message.fatal_code
             slot.fatal_detail = message.detail
 
-    async def _router_loop(self, router: zmq.asyncio.Socket, pool: WorkerPool) -> None:
+    async def _router_loop(self, router: zmq.asyncio.Socket) -> None:
         while True:
             frames = await router.recv_multipart()
             try:
@@ -570,7 +636,11 @@ class RangeOwner:
             except WireFormatError:
                 continue
             if isinstance(message, ipc.Hello):
-                pool.on_hello(message)
+                # the range's workers, or a reshard's new set (distinct worker ids)
+                if self._run is not None:
+                    self._run.pool.on_hello(message)
+                if self._reshard is not None:
+                    self._reshard.pool.on_hello(message)
 
     async def _gate_coordinator(self) -> None:
         run = self._run
@@ -633,6 +703,303 @@ class RangeOwner:
                     now - slot.last_seen,
                 )
                 run.pool.kill(slot)
+
+    # -- resharding ---------------------------------------------------------------------------
+
+    async def reshard_request(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The control socket's ``{"reshard": ...}``: start one, or say how it goes."""
+        value = request.get("reshard")
+        if value == "status":
+            gen = self._reshard
+            if gen is None:
+                return {"ok": True, "reshard": None}
+            return {"ok": True, "reshard": gen.status_json(time.monotonic())}
+        shards = value.get("shards") if isinstance(value, dict) else None
+        try:
+            if shards == "auto":
+                gateway = await fetch_gateway_bot(self._shared.api_url, self._config.token)
+                shards = gateway.shards
+            if isinstance(shards, bool) or not isinstance(shards, int):
+                raise ReshardRefusedError(
+                    'a reshard request is {"reshard": {"shards": N}} (or "auto"), '
+                    'or {"reshard": "status"}'
+                )
+            gen = self.start_reshard(shards)
+        except (ReshardRefusedError, DiscordApiError) as exc:
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True, "reshard": gen.status_json(time.monotonic())}
+
+    def start_reshard(self, new_total: int) -> _Generation:
+        """Bring up ``new_total`` shards beside the running ones; the switch comes by itself."""
+        run, shared, config = self._run, self._shared, self._config
+        if run is None or self._stopping:
+            raise ReshardRefusedError("the cluster is not running")
+        if self._reshard is not None and self._reshard.phase is ReshardPhase.STARTING:
+            raise ReshardRefusedError(
+                f"a reshard to {self._reshard.plan.total_shards} shards is already running"
+            )
+        if shared.redis is not None:
+            raise ReshardRefusedError(
+                "resharding with --redis is not supported yet: stop every host and start "
+                "them with the new --shards"
+            )
+        old = run.plan
+        if old.shard_ids != tuple(range(old.total_shards)):
+            raise ReshardRefusedError("only a supervisor that runs every shard can reshard")
+        if new_total == old.total_shards:
+            raise ReshardRefusedError(f"the cluster already runs {new_total} shards")
+        try:
+            plan = plan_cluster(
+                new_total, None, config.workers, old.max_concurrency, os.cpu_count() or 1
+            )
+        except PlanError as exc:
+            raise ReshardRefusedError(str(exc)) from None
+        budget = run.coordinator.snapshot()
+        # The reserve is the old set's size: a reshard abandoned later must still be
+        # able to identify the old set again.
+        if budget.remaining < new_total + old.total_shards:
+            raise ReshardRefusedError(
+                f"identify budget: {budget.remaining} session starts left, the new set "
+                f"needs {new_total} plus a reserve of {old.total_shards} (the running set); "
+                "try again after the daily reset"
+            )
+        use_ipc = config.private_transport == "ipc" and zmq.has("ipc")
+        pull: zmq.Socket[bytes] = shared.sync_context.socket(zmq.PULL)
+        self._sockets.append(pull)
+        pull.setsockopt(zmq.LINGER, 0)
+        pull.setsockopt(zmq.RCVHWM, 10_000)
+        endpoint = _bind_private(pull, shared.runtime_dir, f"events-{new_total}", use_ipc)
+        book = SessionBook()
+        held = HeldRuns()
+        fingerprints = Fingerprints()
+        relay = Relay(pull, shared.publisher, book, shared.status.relay, self._on_reshard_report)
+        relay.hold(held)
+        base = max(run.pool.slots) + 1
+        pool = WorkerPool(
+            [(base + w.worker_id, w.shard_ids) for w in plan.workers],
+            config.restart_policy,
+            self._on_exit,
+            run.router,
+        )
+        spec = replace(run.spec, total_shards=new_total, event_endpoint=endpoint)
+        now = time.monotonic()
+        deadline = now + 2 * identify_duration(plan, config.identify_interval_s) + RESHARD_GRACE_S
+        gen = _Generation(
+            old.total_shards, plan, book, pull, relay, pool, spec, held, fingerprints, now, deadline
+        )
+        self._reshard = gen
+        run.relay.publish_with(recorder=fingerprints.record)
+        relay.start()
+        for slot in pool.slots.values():
+            _spawn_into(pool, spec, book, slot)
+        self._shared.status.sections["reshard"] = self._reshard_status
+        self._tasks.append(asyncio.create_task(self._watch_reshard(gen), name="reshard"))
+        log.info(
+            "resharding %d -> %d shards: the new set identifies beside the running one "
+            "(about %.0f s by the identify schedule)",
+            old.total_shards,
+            new_total,
+            identify_duration(plan, config.identify_interval_s),
+        )
+        return gen
+
+    def _reshard_status(self) -> dict[str, Any]:
+        gen = self._reshard
+        body: dict[str, Any] = {
+            "switched_total": self._reshards["switched"],
+            "abandoned_total": self._reshards["abandoned"],
+            "deduplicated_total": self._reshard_deduplicated,
+        }
+        if gen is not None:
+            body.update(gen.status_json(time.monotonic()))
+        return body
+
+    def _on_reshard_report(self, message: ipc.ShardReport | ipc.WorkerStatus) -> None:
+        gen = self._reshard
+        if gen is None:
+            return
+        if isinstance(message, ipc.ShardReport):
+            slot = gen.pool.slot_of(message.shard_id)
+            if slot is None:
+                return
+            slot.last_seen = time.monotonic()
+            if slot.state is WorkerState.SPAWNING:
+                slot.transition(WorkerState.RUNNING)
+            gen.book.on_session(message.shard_id, message.session_id, message.resume_url)
+            if ShardPhase.parse(message.phase) is ShardPhase.READY:
+                gen.ready.add(message.shard_id)
+            else:
+                gen.ready.discard(message.shard_id)
+            if message.fatal_code is not None and gen.phase is ReshardPhase.STARTING:
+                self._abandon(gen, explain_fatal(message.fatal_code, self._config.intents))
+            return
+        slot = gen.pool.slots.get(message.worker_id)
+        if slot is not None and slot.pid == message.pid:
+            slot.last_seen = time.monotonic()
+            if slot.state is WorkerState.SPAWNING:
+                slot.transition(WorkerState.RUNNING)
+
+    def _reshard_worker_exited(self, gen: _Generation, slot: WorkerSlot, code: int | None) -> None:
+        if gen.phase is not ReshardPhase.STARTING or self._stopping:
+            return
+        if code == ExitCode.FATAL:
+            self._abandon(gen, f"a worker of the new set stopped on a fatal close code ({code})")
+            return
+        log.warning(
+            "reshard: worker %d of the new set exited (%s): restarting it; its shards resume",
+            slot.worker_id,
+            describe_exit(code),
+        )
+        gen.relay.drain()
+        slot.transition(WorkerState.BACKOFF)
+        _spawn_into(gen.pool, gen.spec, gen.book, slot)
+
+    async def _watch_reshard(self, gen: _Generation) -> None:
+        try:
+            await self._follow_reshard(gen)
+        except Exception:
+            log.exception("reshard to %d shards failed", gen.plan.total_shards)
+            self._abandon(gen, "an internal error (see the log)")
+
+    async def _follow_reshard(self, gen: _Generation) -> None:
+        while gen.phase is ReshardPhase.STARTING and not self._stopping:
+            await asyncio.sleep(RESHARD_POLL_S)
+            run = self._run
+            if run is None:
+                return
+            shard_ids = gen.plan.shard_ids
+            if len(gen.ready) == len(shard_ids) and gen.held.settled(shard_ids):
+                self._switch(run, gen)
+                await self._retire(run)
+                return
+            if time.monotonic() > gen.deadline:
+                self._abandon(gen, "the new set was not ready by the deadline")
+            elif run.coordinator.snapshot().exhausted:
+                self._abandon(gen, "the identify budget ran out before every new shard was ready")
+
+    def _abandon(self, gen: _Generation, why: str) -> None:
+        """Give the reshard up: the new set's workers end their sessions; the old set runs on."""
+        if gen.phase is not ReshardPhase.STARTING:
+            return
+        gen.phase = ReshardPhase.ABANDONED
+        gen.error = why
+        self._reshards["abandoned"] += 1
+        log.error("reshard to %d shards abandoned: %s", gen.plan.total_shards, why)
+        if self._run is not None:
+            self._run.relay.publish_with()
+        gen.relay.discard()
+        self._tasks.append(
+            asyncio.create_task(self._stop_set(gen.pool, gen.relay, gen.pull), name="reshard-end")
+        )
+
+    def _switch(self, run: _Running, gen: _Generation) -> None:
+        """The new set takes over, in one step of the event loop (see cluster/reshard.py)."""
+        shared, config, status = self._shared, self._config, self._shared.status
+        run.relay.drain()  # everything the old set sent until now is published
+        run.relay.discard()
+        held = gen.held.take_all()
+        contiguous: dict[int, int] = {}
+        for h in held:
+            contiguous[h.shard_id] = max(contiguous.get(h.shard_id, 1), h.first_seq + len(h.events))
+        shards: dict[int, tuple[str | None, int]] = {}
+        for shard_id in gen.plan.shard_ids:
+            point = gen.book.resume_point(shard_id)
+            session = None if point is None else point.session_id
+            shards[shard_id] = (session, contiguous.get(shard_id, 1))
+        switched_at = time.time()
+        shared.publisher.publish(
+            MARKER_TOPIC,
+            MARKER_HEADER,
+            marker_payload(gen.old_total, gen.plan.total_shards, switched_at, shards),
+        )
+        gen.relay.publish_with(event_filter=gen.fingerprints.take)
+        for h in held:
+            gen.relay.publish_run(h.shard_id, h.epoch, h.first_seq, h.events)
+        shared.publisher.flush()
+        relay = gen.relay
+        asyncio.get_running_loop().call_later(
+            SWITCH_WINDOW_S,
+            lambda: relay.publish_with() if relay.mode is RelayMode.PUBLISH else None,
+        )
+        store = SessionStore(config.state_dir, config.token, gen.plan.total_shards, None)
+        checkpointer = Checkpointer(
+            gen.book, gen.plan.shard_ids, store, None, interval_s=config.checkpoint_interval_s
+        )
+        status.assign(
+            gen.plan.total_shards,
+            [(w.worker_id, w.shard_ids) for w in gen.pool.slots.values()],
+            identify_snapshot=run.coordinator.status_json,
+        )
+        for slot in run.pool.slots.values():
+            slot.on_change = unwatched  # the status shows the new set from now on
+        for slot in gen.pool.slots.values():
+            slot.on_change = status.apply_worker
+            status.apply_worker(slot)
+        status.sections["checkpoint"] = checkpointer.status_json
+        run.control.total_shards = gen.plan.total_shards
+        run.control.local_shard_ids = frozenset(gen.plan.shard_ids)
+        self._run = replace(
+            run,
+            plan=gen.plan,
+            book=gen.book,
+            store=store,
+            pull=gen.pull,
+            relay=gen.relay,
+            pool=gen.pool,
+            checkpointer=checkpointer,
+            spec=gen.spec,
+        )
+        self._plan = gen.plan
+        self._tasks.append(asyncio.create_task(checkpointer.run(), name="checkpoint"))
+        checkpointer.soon()
+        gen.phase = ReshardPhase.SWITCHED
+        gen.switched_at = time.monotonic()
+        gen.deduplicated = gen.relay.filtered
+        self._reshards["switched"] += 1
+        try:
+            save_layout(config.state_dir, Layout(gen.plan.total_shards, gen.old_total))
+        except OSError as exc:
+            log.error("reshard: cannot save the new layout to %s: %s", config.state_dir, exc)
+        log.info(
+            "reshard: switched from %d to %d shards after %.1f s (%d held events published, "
+            "%d duplicates dropped so far)",
+            gen.old_total,
+            gen.plan.total_shards,
+            gen.switched_at - gen.started_at,
+            sum(len(h.events) for h in held),
+            gen.relay.filtered,
+        )
+
+    async def _retire(self, old: _Running) -> None:
+        """After the switch: the old set's sessions end (close 1000), its channel goes."""
+        await self._stop_set(old.pool, old.relay, old.pull, end_sessions=True)
+        gen = self._reshard
+        if gen is not None:
+            self._reshard_deduplicated += gen.relay.filtered
+
+    async def _stop_set(
+        self,
+        pool: WorkerPool,
+        relay: Relay,
+        pull: zmq.Socket[bytes],
+        *,
+        end_sessions: bool = True,
+    ) -> None:
+        deadline = time.monotonic() + self._config.stop_timeout_s
+        for slot in pool.alive():
+            if slot.state in (WorkerState.SPAWNING, WorkerState.RUNNING):
+                slot.transition(WorkerState.STOPPING)
+                if not await pool.stop_worker(slot, end_sessions=end_sessions):
+                    pool.terminate(slot)
+        await self._wait_exits(pool, deadline)
+        if pool.alive():
+            pool.kill_all()
+            await self._wait_exits(pool, time.monotonic() + 2.0)
+        relay.drain()
+        relay.stop()
+        pull.close(linger=0)
+        with contextlib.suppress(ValueError):
+            self._sockets.remove(pull)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -704,6 +1071,12 @@ class RangeOwner:
         for timer in self._timers:
             timer.cancel()
         run = self._run
+        gen = self._reshard
+        if gen is not None and gen.phase is ReshardPhase.STARTING:
+            gen.phase = ReshardPhase.ABANDONED
+            gen.error = "the cluster stopped"
+            gen.pool.kill_all()
+            await self._wait_exits(gen.pool, time.monotonic() + 2.0)
         if run is not None:
             run.progress.finish()
             with contextlib.suppress(Exception):
@@ -734,7 +1107,7 @@ class RangeOwner:
                 await run.sink.stop()
         await run.coordinator.stop()
         status = self._shared.status
-        for name in ("checkpoint", "identify_redis", "sink", "commands", "refused"):
+        for name in ("checkpoint", "identify_redis", "sink", "commands", "refused", "reshard"):
             status.sections.pop(name, None)
         # Without a worker having run, the book holds only what was loaded: re-saving
         # it would make old sessions look fresh. A fenced owner writes nothing more.
@@ -770,6 +1143,19 @@ class RangeOwner:
             self._exits.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._exits.wait(), left)
+
+
+def _spawn_into(pool: WorkerPool, spec: WorkerSpec, book: SessionBook, slot: WorkerSlot) -> None:
+    """Start ``slot``'s worker, each of its shards resuming from what ``book`` published."""
+    pool.spawn(
+        slot,
+        replace(
+            spec,
+            worker_id=slot.worker_id,
+            shard_ids=slot.shard_ids,
+            sessions=book.resume_points(slot.shard_ids),
+        ),
+    )
 
 
 def _range_of(plan: ClusterPlan, config: SupervisorConfig) -> tuple[int, int] | None:

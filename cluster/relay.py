@@ -40,12 +40,13 @@ the PUB socket exactly once, across a SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import logging
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import zmq
 import zmq.backend
@@ -211,6 +212,21 @@ class SessionBook:
 
 
 ReportHandler = Callable[[ipc.ShardReport | ipc.WorkerStatus], None]
+#: A published event's (topic, payload) -> True to drop it (a reshard's switch window)
+EventFilter = Callable[[Any, Any], bool]
+#: Told of each published event (topic, payload): a reshard's old set records them
+EventRecorder = Callable[[Any, Any], None]
+
+
+class RelayMode(enum.Enum):
+    """What the relay does with the events it reads (all modes dedupe and keep the book)."""
+
+    #: publish (the normal mode)
+    PUBLISH = "publish"
+    #: hand every new event to the hold consumer instead (a reshard's new set before the switch)
+    HOLD = "hold"
+    #: publish nothing (a reshard's old set after the switch, until its workers are gone)
+    DISCARD = "discard"
 
 
 class Relay:
@@ -236,6 +252,16 @@ class Relay:
         self._on_report = on_report
         self._batch = batch
         self._sink = sink
+        self.mode = RelayMode.PUBLISH
+        #: HOLD mode's consumer of runs
+        self._hold: RunConsumer | None = None
+        #: PUBLISH mode's hooks while a reshard runs (None: the fast path)
+        self._recorder: EventRecorder | None = None
+        self._filter: EventFilter | None = None
+        #: events a filter dropped (a reshard's duplicates)
+        self.filtered = 0
+        #: any of the above in effect: EVENT_RUNS go through :meth:`_runs_hooked`
+        self._hooked = False
         #: who gets each published run besides the PUB socket: the sink, then the taps
         self._consumers: tuple[RunConsumer, ...] = (*((sink,) if sink else ()), *taps)
         #: True while the sink is backlogged: the channel is not read (back pressure)
@@ -342,7 +368,8 @@ class Relay:
                             if not more(_RCVMORE):
                                 counters.malformed_dropped += 1
                                 continue
-                            done, skipped = self._runs(count, recv(_NOBLOCK))
+                            runs = self._runs if self._hooked is False else self._runs_hooked
+                            done, skipped = runs(count, recv(_NOBLOCK))
                             published += done
                             duplicates += skipped
                             continue
@@ -480,6 +507,95 @@ class Relay:
             return published, duplicates
         if at != end:
             self._counters.malformed_dropped += 1
+        return published, duplicates
+
+    # -- resharding ---------------------------------------------------------------------------
+
+    def hold(self, consumer: RunConsumer) -> None:
+        """From now on new events go to ``consumer``, not to the PUB socket (a new shard set)."""
+        self._hold = consumer
+        self.mode = RelayMode.HOLD
+        self._rehook()
+
+    def discard(self) -> None:
+        """From now on nothing is published (an old shard set after the switch)."""
+        self.mode = RelayMode.DISCARD
+        self._rehook()
+
+    def publish_with(
+        self, *, recorder: EventRecorder | None = None, event_filter: EventFilter | None = None
+    ) -> None:
+        """Publish again (or go on), telling ``recorder`` of each event / dropping what
+        ``event_filter`` says; both None: the fast path."""
+        self.mode = RelayMode.PUBLISH
+        self._hold = None
+        self._recorder = recorder
+        self._filter = event_filter
+        self._rehook()
+
+    def _rehook(self) -> None:
+        self._hooked = (
+            self.mode is not RelayMode.PUBLISH
+            or self._recorder is not None
+            or self._filter is not None
+        )
+
+    def publish_run(
+        self, shard_id: int, epoch: int, first_seq: int, events: list[EventSlices]
+    ) -> int:
+        """Publish a run held earlier (the switch): through the filter; how many went out."""
+        head = self._heads.get(shard_id)
+        template = head[1] if head is not None and head[0] == epoch else self._head(shard_id, epoch)
+        return self._publish_events(shard_id, epoch, first_seq, events, template)
+
+    def _publish_events(
+        self, shard_id: int, epoch: int, first_seq: int, events: list[EventSlices], template: bytes
+    ) -> int:
+        publish = self._publisher.publish
+        recorder, event_filter = self._recorder, self._filter
+        published: list[EventSlices] = []
+        out: list[tuple[int, list[EventSlices]]] = []  # runs of consecutive published seqs
+        for i, (topic, payload) in enumerate(events):
+            if event_filter is not None and event_filter(topic, payload):
+                self.filtered += 1
+                if published:
+                    out.append((first_seq + i - len(published), published))
+                    published = []
+                continue
+            publish(topic, template % (first_seq + i), payload)
+            if recorder is not None:
+                recorder(topic, payload)
+            published.append((topic, payload))
+        if published:
+            out.append((first_seq + len(events) - len(published), published))
+        for consumer in self._consumers:
+            for seq, run in out:
+                consumer.add(shard_id, epoch, seq, run)
+        return sum(len(run) for _, run in out)
+
+    def _runs_hooked(self, runs: int, body: bytes) -> tuple[int, int]:
+        """:meth:`_runs` while a reshard runs: hold, discard, or publish through the hooks."""
+        try:
+            batches = ipc.decode_event_runs(runs, body)
+        except WireFormatError:
+            self._counters.malformed_dropped += 1
+            return 0, 0
+        admit = self._book.admit
+        published = 0
+        duplicates = 0
+        for batch in batches:
+            count = len(batch.events)
+            skip = admit(batch.shard_id, batch.epoch, batch.first_seq, count)
+            duplicates += skip
+            if skip >= count:
+                continue
+            events = [(topic, payload) for topic, _, payload in batch.events[skip:]]
+            first = batch.first_seq + skip
+            if self.mode is RelayMode.HOLD:
+                assert self._hold is not None
+                self._hold.add(batch.shard_id, batch.epoch, first, events)
+            elif self.mode is RelayMode.PUBLISH:
+                published += self.publish_run(batch.shard_id, batch.epoch, first, events)
         return published, duplicates
 
     def _realign(self) -> None:

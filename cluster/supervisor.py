@@ -44,6 +44,7 @@ from cluster.http import HealthServer
 from cluster.planner import ClusterPlan, PlanError, host_ranges, plan_cluster
 from cluster.publisher import Publisher
 from cluster.range_owner import FatalCloseError, Outcome, RangeOwner, Shared, SupervisorError
+from cluster.reshard import effective_shards, load_layout
 from cluster.sd_notify import SystemdNotifier
 from cluster.state.lease import LeaseKeeper
 from cluster.state.redis_state import (
@@ -136,7 +137,7 @@ class Supervisor:
                 simulator = await self._start_simulator()
                 api_url = simulator.rest_url
             gateway = await self._fetch(api_url)
-            total = self.config.shards if self.config.shards is not None else gateway.shards
+            total = self._shard_count(gateway.shards)
             max_concurrency = gateway.session_start_limit.max_concurrency
             candidates = self._candidates(total)
             if self.config.redis is not None:
@@ -242,6 +243,20 @@ class Supervisor:
                 holding.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await holding
+
+    def _shard_count(self, recommended: int) -> int:
+        """--shards, or Discord's recommendation; a reshard saved in --state-dir wins over
+        ``auto`` and over the count it replaced (one host; with Redis the layout key rules)."""
+        saved = None if self.config.redis is not None else load_layout(self.config.state_dir)
+        total = effective_shards(self.config.shards, recommended, saved)
+        if saved is not None and total == saved.shards:
+            log.info(
+                "running %d shards: the cluster was resharded from %d (%s)",
+                total,
+                saved.resharded_from,
+                self.config.state_dir / "layout.json",
+            )
+        return total
 
     def _candidates(self, total: int) -> tuple[ShardRange, ...]:
         """The ranges this supervisor may own, in order of preference."""

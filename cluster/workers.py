@@ -102,7 +102,8 @@ class WorkerTransitionError(AssertionError):
 SlotHook = Callable[["WorkerSlot"], None]
 
 
-def _unwatched(slot: WorkerSlot) -> None:
+def unwatched(slot: WorkerSlot) -> None:
+    """The hook of a slot nobody shows (the default; a reshard's retired set)."""
     pass
 
 
@@ -124,7 +125,7 @@ class WorkerSlot:
     generation: int = 0
     sentinel: int | None = field(default=None, repr=False)
     #: Told after every transition (the pool's ``on_change``).
-    on_change: SlotHook = field(default=_unwatched, repr=False)
+    on_change: SlotHook = field(default=unwatched, repr=False)
 
     @property
     def pid(self) -> int | None:
@@ -152,7 +153,7 @@ class WorkerPool:
         policy: RestartPolicy,
         on_exit: ExitHandler,
         router: zmq.asyncio.Socket,
-        on_change: SlotHook = _unwatched,
+        on_change: SlotHook = unwatched,
     ) -> None:
         self.slots: dict[int, WorkerSlot] = {
             worker_id: WorkerSlot(worker_id, shard_ids, RestartTracker(policy), on_change=on_change)
@@ -261,12 +262,13 @@ class WorkerPool:
             raise ShardNotRunningError(shard_id, "its worker has not connected yet")
         await self._to_worker(slot, ipc.encode_command(shard_id, payload), shard_id)
 
-    async def stop_worker(self, slot: WorkerSlot) -> bool:
-        """Ask a worker to drain (STOP); False if it cannot be reached (kill it instead)."""
+    async def stop_worker(self, slot: WorkerSlot, *, end_sessions: bool = False) -> bool:
+        """Ask a worker to drain (STOP, or END_SESSIONS: close with 1000); False if it
+        cannot be reached (kill it instead)."""
         if not slot.hello:
             return False
         try:
-            await self._to_worker(slot, ipc.encode_stop(), None)
+            await self._to_worker(slot, ipc.encode_stop(end_sessions), None)
         except ShardNotRunningError:
             return False
         return True

@@ -52,6 +52,8 @@ COMMAND          16  1 frame: a gateway payload for shard ``shard_id``, sent
                      through that shard's send limiter
 STOP             17  no frames: drain (close every shard with 4000, report the
                      sessions, exit 0)
+END_SESSIONS     18  no frames: stop and end every session (close with 1000:
+                     nobody will RESUME them; after a reshard's switch)
 =============  ====  ==========================================================
 
 The supervisor dedupes events by ``(shard_id, epoch, seq)`` from the binary
@@ -95,6 +97,7 @@ class MessageKind(enum.IntEnum):
     EVENT_RUNS = 5
     COMMAND = 16
     STOP = 17
+    END_SESSIONS = 18
 
 
 _KINDS: Final = frozenset(int(k) for k in MessageKind)
@@ -318,7 +321,8 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class Stop:
-    pass
+    #: True (END_SESSIONS): close with 1000, ending the sessions instead of keeping them
+    end_sessions: bool = False
 
 
 Message = EventBatch | EventRuns | ShardReport | WorkerStatus | Hello | Command | Stop
@@ -347,8 +351,9 @@ def encode_command(shard_id: int, payload: bytes) -> list[bytes]:
     return [pack_header(MessageKind.COMMAND, shard_id, 0, 0, 1), payload]
 
 
-def encode_stop() -> list[bytes]:
-    return [pack_header(MessageKind.STOP, 0, 0, 0)]
+def encode_stop(end_sessions: bool = False) -> list[bytes]:
+    kind = MessageKind.END_SESSIONS if end_sessions else MessageKind.STOP
+    return [pack_header(kind, 0, 0, 0)]
 
 
 def _load_object(frame: bytes, what: str) -> dict[str, Any]:
@@ -405,10 +410,10 @@ def decode(frames: Sequence[bytes]) -> Message:
         if sum(len(b.events) for b in batches) != head.seq:
             raise WireFormatError("EVENT_RUNS header and body disagree on the number of events")
         return EventRuns(batches)
-    if kind is MessageKind.STOP:
+    if kind in (MessageKind.STOP, MessageKind.END_SESSIONS):
         if rest:
-            raise WireFormatError("STOP carries no frames")
-        return Stop()
+            raise WireFormatError(f"{kind.name} carries no frames")
+        return Stop(end_sessions=kind is MessageKind.END_SESSIONS)
     if len(rest) != 1:
         raise WireFormatError(f"{kind.name} carries exactly one frame, got {len(rest)}")
     body = bytes(rest[0])

@@ -38,6 +38,7 @@ unfiltered PUB tap unless told otherwise.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -80,12 +81,14 @@ class Observation:
 
 
 class _Track:
-    __slots__ = ("high", "seen", "session_id")
+    __slots__ = ("floor", "high", "seen", "session_id")
 
-    def __init__(self, session_id: str | None, seq: int) -> None:
+    def __init__(self, session_id: str | None, seq: int, floor: int = 0) -> None:
         self.session_id = session_id
         self.high = seq
         self.seen = 1  # bit i: seq high - i was seen
+        #: seqs below it are neither gaps nor repeats (a reshard's switch: see reshard())
+        self.floor = floor
 
 
 _NEW: Final = Observation(Verdict.NEW)
@@ -126,6 +129,8 @@ class SequenceTracker:
             tracks.pop(0)
             return self._new_session(tracks, shard_id, session_id, seq)
         high = track.high
+        if seq < track.floor:
+            return _LATE
         if seq > high:
             jump = seq - high
             track.seen = ((track.seen << jump) | 1) & self._mask
@@ -155,6 +160,16 @@ class SequenceTracker:
         if seq > 1 and self.detect_gaps and previous_known:
             gap = Gap(shard_id, session_id, 1, seq)
         return Observation(Verdict.NEW, gap, True)
+
+    def reshard(self, shards: Mapping[int, tuple[str | None, int]]) -> None:
+        """The cluster switched shard sets (the ``TITANIUM_RESHARD`` marker): forget the old
+        shards; each new shard's session counts from ``contiguous_from`` (seqs below it
+        were deduplicated at the switch: neither gaps nor repeats)."""
+        self._shards = {}
+        for shard_id, (session_id, contiguous_from) in shards.items():
+            track = _Track(session_id, contiguous_from - 1, floor=contiguous_from)
+            track.seen = 0
+            self._shards[shard_id] = [track]
 
     def highest(self, shard_id: int, session_id: str | None) -> int | None:
         """The highest seq seen for the shard's session, None if never seen."""

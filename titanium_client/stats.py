@@ -33,6 +33,8 @@ class Stats:
     missed: int = 0
     #: (shard, session) pairs seen begin.
     sessions: int = 0
+    #: ``TITANIUM_RESHARD`` markers: the cluster switched to a new shard set.
+    reshards: int = 0
     # -- Redis Streams only -----------------------------------------------------------------
     #: Entries acknowledged (XACK), explicitly or after the loop body returned.
     acked: int = 0

@@ -13,11 +13,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Final, Self
 
 from titanium_client.events import Event
 from titanium_client.sequence import DEFAULT_WINDOW, SequenceTracker, Verdict
 from titanium_client.stats import Stats
+
+#: The cluster's reshard marker (cluster/reshard.py): new shard ids from here on.
+RESHARD_MARKER: Final = "TITANIUM_RESHARD"
 
 #: ``on_gap(shard_id, session_id, expected, got)``: seqs ``expected .. got-1`` never arrived.
 GapCallback = Callable[[int, str | None, int, int], None]
@@ -52,6 +55,9 @@ class Subscription(abc.ABC):
 
     def _check_sequence(self, event: Event) -> bool:
         """Count the event's seq verdict; False when it is a duplicate to drop."""
+        if event.name == RESHARD_MARKER:
+            self._resharded(event)
+            return True
         observed = self._tracker.observe(
             event.shard_id, event.session_id, event.seq, starts_session=event.name == "READY"
         )
@@ -75,6 +81,21 @@ class Subscription(abc.ABC):
             stats.duplicates_dropped += 1
             return False
         return True
+
+    def _resharded(self, event: Event) -> None:
+        """The marker: new shard ids from here on (cluster/reshard.py)."""
+        d = event.d
+        shards = d.get("shards") if isinstance(d, dict) else None
+        if not isinstance(shards, dict):
+            return
+        self.stats.reshards += 1
+        self._tracker.reshard(
+            {
+                int(shard): (info.get("session_id"), int(info.get("contiguous_from", 1)))
+                for shard, info in shards.items()
+                if isinstance(info, dict)
+            }
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -215,13 +215,13 @@ class ShardGroup:
         self.shards: dict[int, Shard] = {}
         self.fatal_code: int | None = None
 
-    def stop(self, reason: str = "stop") -> None:
-        """Drain: every shard closes with 4000 and reports its session; ``run()`` returns."""
+    def stop(self, reason: str = "stop", *, end_sessions: bool = False) -> None:
+        """Drain: every shard closes with 4000 (1000 with ``end_sessions``) and reports; ``run()`` returns."""
         if self.stop_reason is None:
             self.stop_reason = reason
         self._stop.set()
         for shard in self.shards.values():
-            shard.stop()
+            shard.stop(end_session=end_sessions)
 
     async def run(self) -> WorkerStatusKind:
         spec = self.spec
@@ -359,7 +359,10 @@ class ShardGroup:
                 log.warning("worker %d: dropped a malformed command: %s", self.spec.worker_id, exc)
                 continue
             if isinstance(message, ipc.Stop):
-                self.stop("stop command")
+                self.stop(
+                    "end sessions command" if message.end_sessions else "stop command",
+                    end_sessions=message.end_sessions,
+                )
             elif isinstance(message, ipc.Command):
                 shard = self.shards.get(message.shard_id)
                 if shard is None:

@@ -64,6 +64,8 @@ _READY: Final = "READY"
 _RESUMED: Final = "RESUMED"
 #: Topic frames by event name, so the hot path encodes each name once.
 _TOPIC_CACHE_MAX: Final = 512
+#: The close that ends a session (Discord then drops it; a RESUME would fail).
+SESSION_ENDING_CLOSE_CODE: Final = 1000
 #: How an op 3 payload from the control socket or gateway_send begins (encode_client_payload).
 _PRESENCE_PREFIX: Final = b'{"op":3,'
 #: Commands waiting for a connection, per shard; more are refused.
@@ -175,6 +177,9 @@ class Shard:
         self._wakeup = asyncio.Event()
         self._verdict: asyncio.Future[Decision] | None = None
         self._commands: deque[bytes] = deque()
+        #: stop() with end_session: the close is 1000 (the session ends, Discord stops
+        #: keeping events for it); otherwise 4000 (resumable)
+        self._end_session = False
         self._presence: Mapping[str, Any] | None = config.presence
         self._command_ready = asyncio.Event()
         self._ack_pending = False
@@ -227,8 +232,9 @@ class Shard:
             dropped=dict(c.dropped),
         )
 
-    def stop(self) -> None:
-        """Close with 4000 (the session stays resumable) and make ``run()`` return."""
+    def stop(self, *, end_session: bool = False) -> None:
+        """Close with 4000 (the session stays resumable; 1000 with ``end_session``: it ends)."""
+        self._end_session = end_session
         self._stopping = True
         self._wakeup.set()
         self._stopped.set()
@@ -446,11 +452,13 @@ class Shard:
             code = (
                 verdict.result().close_code if verdict.done() and not verdict.cancelled() else None
             )
+            if self._end_session and self._stopping:
+                code = SESSION_ENDING_CLOSE_CODE  # asked for: nobody will RESUME it
             await self._close(ws, code if code is not None else RESUMABLE_CLOSE_CODE)
         return decision
 
     async def _close(self, ws: _WS, code: int) -> None:
-        """Close with ``code`` (never 1000/1001: that would end the session)."""
+        """Close with ``code`` (1000 only when the session is to end: after a reshard)."""
         if ws.closed:
             return
         with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):

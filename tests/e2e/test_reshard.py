@@ -1,0 +1,126 @@
+"""``cluster reshard``: a running cluster moves to a new shard count without downtime.
+
+Real processes: the simulator (several shard counts live at once, each guild's
+events delivered to every session that covers it, one event id for all),
+``cluster up``, ``cluster reshard`` and a ZeroMQ subscriber. Checked against
+the simulator's record: every event generated while the subscriber listened
+reaches it exactly once across the switch, the marker once, no identify bucket
+broken, the old sessions ended with 1000, each new shard identified once, and a
+restart runs the new layout by RESUME.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator.record import ResumeOutcome, ViolationKind
+from tests.conftest import SimFactory
+from tests.e2e.cluster_process import ClusterProcess, Subscriber, clusters, http_get, subscribers
+from tests.e2e.test_up import all_ready, args_for, short_dir
+
+__all__ = ["clusters", "short_dir", "subscribers"]
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def reshard(clusters: Callable[..., Any], where: Path, shards: int) -> ClusterProcess:
+    run: ClusterProcess = await clusters(
+        "--shards", str(shards), "--control", f"ipc://{where}/control", command="reshard"
+    )
+    return run
+
+
+async def test_one_host_reshards_8_to_16_with_every_event_once(
+    sim_factory: SimFactory,
+    clusters: Callable[..., Any],
+    subscribers: Callable[..., Subscriber],
+    short_dir: Path,
+) -> None:
+    sim = await sim_factory(
+        shards=8, max_concurrency=4, identify_window_s=0.1, event_rate=20.0, guilds=48
+    )
+    run = await clusters(*args_for(sim, short_dir))
+    listening = await run.listening()
+    sub = subscribers(listening["pub"])
+    url = await all_ready(run, within_s=30)
+    await sub.wait_for(lambda s: len(s.event_ids) >= 40, 20)
+    since = time.monotonic()  # every event generated from here on must arrive once
+    await asyncio.sleep(0.5)
+
+    command = await reshard(clusters, short_dir, 16)
+    assert await command.wait(60) == 0, command.text()
+    assert "switched, 16/16 new shards ready" in command.text(), command.text()
+    await asyncio.sleep(1.0)  # events keep flowing on the new set
+    sim.set_event_rate(0.0)
+
+    generated = {
+        d.event_id for d in sim.record.dispatches if d.event_id is not None and d.at >= since
+    }
+    try:
+        await sub.wait_for(lambda s: generated <= set(s.event_ids), 20)
+    except TimeoutError:
+        missing = sorted(generated - set(sub.event_ids))
+        raise AssertionError(f"{len(missing)} events never arrived: {missing[:10]}") from None
+    twice = {i: n for i, n in sub.event_ids.items() if n > 1}
+    assert not twice, f"published twice: {sorted(twice)[:10]}"
+    assert sub.topics["TITANIUM_RESHARD"] == 1
+    assert len(generated) > 100
+
+    record = sim.record
+    assert not record.violations_of(ViolationKind.IDENTIFY_RATE_LIMIT)
+    new = record.accepted_identifies(num_shards=16)
+    assert sorted(r.shard_id or 0 for r in new) == list(range(16)), "each new shard once"
+    old_conns = [c for c in record.connections.values() if c.num_shards == 8]
+    assert old_conns and all(c.closed_at is not None for c in old_conns), "\n".join(run.raw[-30:])
+    last_old = [c for c in old_conns if c.closed_by == "client"]
+    assert last_old and all(c.close_code == 1000 for c in last_old[-8:]), [
+        (c.shard_id, c.close_code) for c in last_old
+    ]
+
+    _, status = await http_get(f"{url}/status")
+    assert len(status["shards"]) == 16
+    assert status["reshard"]["switched_total"] == 1
+
+    # a restart with the same command runs the new layout, by RESUME
+    run.signal(signal.SIGTERM)
+    assert await run.wait(20) == 0
+    identifies = len(record.accepted_identifies())
+    again = await clusters(*args_for(sim, short_dir))
+    await all_ready(again, within_s=30)
+    assert len(record.accepted_identifies()) == identifies, "the restart spent an identify"
+    resumed = {
+        r.shard_id for r in record.resumes_for(outcome=ResumeOutcome.ACCEPTED, num_shards=16)
+    }
+    assert resumed == set(range(16))
+    again.signal(signal.SIGTERM)
+    assert await again.wait(20) == 0
+
+
+async def test_a_reshard_the_budget_cannot_cover_is_refused_and_the_old_set_runs_on(
+    sim_factory: SimFactory,
+    clusters: Callable[..., Any],
+    short_dir: Path,
+) -> None:
+    sim = await sim_factory(
+        shards=4, max_concurrency=4, identify_window_s=0.1, event_rate=5.0, session_start_total=10
+    )
+    run = await clusters(*args_for(sim, short_dir))
+    url = await all_ready(run, within_s=30)
+    command = await reshard(clusters, short_dir, 8)
+    assert await command.wait(30) == 1
+    assert command.raw[-1].startswith("cluster: error: reshard refused: identify budget:"), (
+        command.raw
+    )
+    assert "8 plus a reserve of 4" in command.raw[-1]
+    code, body = await http_get(f"{url}/health")
+    assert code == 200 and body["shards_total"] == 4
+    assert len(sim.record.accepted_identifies()) == 4
+    run.signal(signal.SIGTERM)
+    assert await run.wait(20) == 0
