@@ -12,6 +12,8 @@ restart runs the new layout by RESUME.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -124,3 +126,75 @@ async def test_a_reshard_the_budget_cannot_cover_is_refused_and_the_old_set_runs
     assert len(sim.record.accepted_identifies()) == 4
     run.signal(signal.SIGTERM)
     assert await run.wait(20) == 0
+
+
+def worker_children(supervisor_pid: int) -> set[int]:
+    """The supervisor's worker processes (multiprocessing spawn children), by /proc."""
+    children: set[int] = set()
+    for task in Path(f"/proc/{supervisor_pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            children.update(int(p) for p in (task / "children").read_text().split())
+    workers = set()
+    for pid in children:
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                workers.add(pid)
+    return workers
+
+
+async def test_a_new_set_worker_killed_mid_reshard_resumes_and_a_supervisor_killed_mid_reshard_runs_the_old_layout(
+    sim_factory: SimFactory,
+    clusters: Callable[..., Any],
+    subscribers: Callable[..., Subscriber],
+    short_dir: Path,
+) -> None:
+    # 16 new shards at max_concurrency 2 identify in 8 windows of 0.4 s: time to kill one
+    sim = await sim_factory(
+        shards=4, max_concurrency=2, identify_window_s=0.4, event_rate=10.0, guilds=32
+    )
+    args = args_for(sim, short_dir, interval=0.4)
+    run = await clusters(*args)
+    sub = subscribers((await run.listening())["pub"])
+    url = await all_ready(run, within_s=30)
+    await sub.wait_for(lambda s: len(s.event_ids) >= 10, 20)
+    since = time.monotonic()
+    _, status = await http_get(f"{url}/status")
+    old_workers = {w["pid"] for w in status["workers"]}
+
+    command = await reshard(clusters, short_dir, 8)
+    async with asyncio.timeout(20):
+        while not (worker_children(run.process.pid) - old_workers):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    (new_worker,) = worker_children(run.process.pid) - old_workers
+    await asyncio.sleep(0.6)  # some new shards are READY by now, others still wait
+    os.kill(new_worker, signal.SIGKILL)
+    assert await command.wait(60) == 0, command.text()
+    await asyncio.sleep(0.5)
+    sim.set_event_rate(0.0)
+    generated = {
+        d.event_id for d in sim.record.dispatches if d.event_id is not None and d.at >= since
+    }
+    await sub.wait_for(lambda s: generated <= set(s.event_ids), 20)
+    assert max(sub.event_ids.values()) == 1
+    new = sim.record.accepted_identifies(num_shards=8)
+    assert sorted(r.shard_id or 0 for r in new) == list(range(8)), "the killed worker resumed"
+
+    # a second reshard, 8 -> 16, and the supervisor dies before the switch: the next
+    # start runs 8 shards (the layout of the last switch), by RESUME
+    sim.set_event_rate(10.0)
+    identifies = len(sim.record.accepted_identifies())
+    second = await reshard(clusters, short_dir, 16)
+    async with asyncio.timeout(20):
+        while len(sim.record.accepted_identifies(num_shards=16)) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    os.killpg(run.process.pid, signal.SIGKILL)
+    await run.wait(10)
+    assert await second.wait(20) != 0
+    spent = len(sim.record.accepted_identifies()) - identifies  # the new set's, wasted
+    again = await clusters(*args)
+    again_url = await all_ready(again, within_s=30)
+    _, status = await http_get(f"{again_url}/status")
+    assert len(status["shards"]) == 8
+    assert len(sim.record.accepted_identifies()) == identifies + spent, "the restart identified"
+    again.signal(signal.SIGTERM)
+    assert await again.wait(20) == 0
