@@ -262,7 +262,27 @@ def _sink_metrics(status: ClusterStatus) -> Iterator[Metric]:
         yield length
         yield lag
         yield pending
-    refused = _section(status, "refused")
+    reshard = _section(status, "reshard")
+    if reshard is not None:
+        outcomes = CounterMetricFamily(
+            "titanium_reshards", "Reshards by how they ended", labels=["outcome"]
+        )
+        for outcome in ("switched", "abandoned"):
+            outcomes.add_metric([outcome], float(reshard.get(f"{outcome}_total") or 0))
+        yield outcomes
+        yield CounterMetricFamily(
+            "titanium_reshard_deduplicated",
+            "New-set events dropped at reshard switches (the old set had published them)",
+            value=float(reshard.get("deduplicated_total") or 0),
+        )
+        yield GaugeMetricFamily(
+            "titanium_reshard_new_shards_ready",
+            "New shards READY in the running reshard (0 when none runs)",
+            value=float(reshard.get("new_ready") or 0)
+            if reshard.get("phase") == "starting"
+            else 0.0,
+        )
+        refused = _section(status, "refused")
     if refused is not None:
         family = CounterMetricFamily(
             "titanium_curve_refused",

@@ -197,7 +197,6 @@ class _Generation:
     phase: ReshardPhase = ReshardPhase.STARTING
     error: str | None = None
     switched_at: float | None = None
-    deduplicated: int = 0
 
     def status_json(self, now: float) -> dict[str, Any]:
         elapsed = (self.switched_at or now) - self.started_at
@@ -209,7 +208,7 @@ class _Generation:
             "guild_creates_complete": self.held.settled(self.plan.shard_ids),
             "held_events": self.held.events,
             "fingerprints": len(self.fingerprints),
-            "deduplicated": self.deduplicated + self.fingerprints.matched,
+            "deduplicated": self.fingerprints.matched,
             "elapsed_s": round(elapsed, 3),
             "error": self.error,
         }
@@ -787,6 +786,8 @@ class RangeOwner:
         gen = _Generation(
             old.total_shards, plan, book, pull, relay, pool, spec, held, fingerprints, now, deadline
         )
+        if self._reshard is not None:
+            self._reshard_deduplicated += self._reshard.fingerprints.matched
         self._reshard = gen
         run.relay.publish_with(recorder=fingerprints.record)
         relay.start()
@@ -808,7 +809,8 @@ class RangeOwner:
         body: dict[str, Any] = {
             "switched_total": self._reshards["switched"],
             "abandoned_total": self._reshards["abandoned"],
-            "deduplicated_total": self._reshard_deduplicated,
+            "deduplicated_total": self._reshard_deduplicated
+            + (0 if gen is None else gen.fingerprints.matched),
         }
         if gen is not None:
             body.update(gen.status_json(time.monotonic()))
@@ -954,7 +956,6 @@ class RangeOwner:
         checkpointer.soon()
         gen.phase = ReshardPhase.SWITCHED
         gen.switched_at = time.monotonic()
-        gen.deduplicated = gen.relay.filtered
         self._reshards["switched"] += 1
         try:
             save_layout(config.state_dir, Layout(gen.plan.total_shards, gen.old_total))
@@ -973,9 +974,6 @@ class RangeOwner:
     async def _retire(self, old: _Running) -> None:
         """After the switch: the old set's sessions end (close 1000), its channel goes."""
         await self._stop_set(old.pool, old.relay, old.pull, end_sessions=True)
-        gen = self._reshard
-        if gen is not None:
-            self._reshard_deduplicated += gen.relay.filtered
 
     async def _stop_set(
         self,

@@ -89,6 +89,9 @@ async def test_one_host_reshards_8_to_16_with_every_event_once(
     _, status = await http_get(f"{url}/status")
     assert len(status["shards"]) == 16
     assert status["reshard"]["switched_total"] == 1
+    _, metrics = await http_get(f"{url}/metrics")
+    assert 'titanium_reshards_total{outcome="switched"} 1.0' in metrics
+    assert "titanium_reshard_deduplicated_total" in metrics
 
     # a restart with the same command runs the new layout, by RESUME
     run.signal(signal.SIGTERM)
