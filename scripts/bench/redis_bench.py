@@ -35,6 +35,15 @@ once, tiny, for the smoke test), each ``--repeat`` times:
   shard of range 1 has an accepted RESUME after the kill; IDENTIFYs after the
   kill are counted (the target is 0).
 
+- ``sink``: ``cluster up --redis`` without the sink, with ``--sink redis``
+  (msgpack) and with ``--sink-encoding json``: CPU per event at the ``cpu``
+  part's paced rate, and the most the sink appends with the firehose unpaced,
+  every event checked to be in the streams exactly once
+  (scripts/bench/sink_bench.py).
+
+``--redis-parts`` runs some of the parts only; with ``--merge`` the others keep
+an earlier run's figures (:func:`merge_parts`).
+
 Every process and the redis-server are stopped at the end, also on failure.
 The children import the working tree, or with ``--head`` a snapshot of the
 commit (:func:`scripts.bench.run.head_snapshot`); the section records which.
@@ -55,6 +64,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +91,16 @@ if TYPE_CHECKING:
     from scripts.bench.run import Results
     from tests.redis_server import RedisServer
 
-__all__ = ["FULL", "QUICK", "RedisSizes", "bench_redis", "lease_timing", "redis_unavailable"]
+__all__ = [
+    "FULL",
+    "PARTS",
+    "QUICK",
+    "RedisSizes",
+    "bench_redis",
+    "lease_timing",
+    "merge_parts",
+    "redis_unavailable",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +210,29 @@ def start_redis() -> RedisServer:
 
 
 #: The database of each part: they never see each other's keys (--quick runs them at once).
-DB = {"cpu": 0, "identify": 1, "micro": 2, "takeover": 3}
+DB = {"cpu": 0, "identify": 1, "micro": 2, "takeover": 3, "sink": 4}
+#: The parts ``--redis-parts`` selects (identify includes micro), in the order they run.
+PARTS = ("cpu", "identify", "takeover", "sink")
+#: The keys of the benchmark's ``redis`` section each part fills.
+PART_KEYS = {
+    "cpu": ("cpu",),
+    "identify": ("identify", "micro"),
+    "takeover": ("takeover",),
+    "sink": ("sink", "sink_rate", "sink_meta"),
+}
+#: The section's description of the run that measured cpu, identify and takeover.
+RUN_KEYS = (
+    "commit",
+    "snapshot",
+    "uncommitted",
+    "sizes",
+    "lease",
+    "command",
+    "measured_at",
+    "machine",
+    "redis_version",
+    "pub_hwm",
+)
 
 
 def db_url(server: RedisServer, part: str) -> str:
@@ -365,7 +406,8 @@ async def bench_cpu(
                         f"redis, cpu (--redis {run}, pair {rep + 1}): the SUB sink got"
                         f" {fig['received']:.0f} of {fig['events']:.0f} events"
                     )
-            row = {f"off_{k}": v for k, v in off.items()} | {f"on_{k}": v for k, v in on.items()}
+            row: dict[str, Any] = {f"off_{k}": v for k, v in off.items()}
+            row |= {f"on_{k}": v for k, v in on.items()}
             row["ratio"] = on["us"] / off["us"]
             row["supervisor_ratio"] = on["supervisor_us"] / off["supervisor_us"]
             # the worker never talks to Redis: its ratio is the pair's control
@@ -760,13 +802,22 @@ async def bench_takeover(
         )
 
 
-async def bench_redis(res: Results, http: aiohttp.ClientSession, command: str) -> None:
-    """Every part against one redis-server (a database each); ``--quick`` runs them at once."""
+async def bench_redis(
+    res: Results,
+    http: aiohttp.ClientSession,
+    command: str,
+    parts: Sequence[str] | None = None,
+) -> None:
+    """Every part (or ``parts``) against one redis-server (a database each); ``--quick``
+    runs them at once."""
+    from scripts.bench.sink_bench import bench_sink
+
     why = redis_unavailable()
     if why is not None:
         res.skipped["redis"] = why
         log(f"skipping redis: {why}")
         return
+    chosen = [p for p in PARTS if parts is None or p in parts]
     sizes = QUICK if res.quick else FULL
     head, dirty, digest = code_state()
     snapshot = procs.CODE_DIR is not None
@@ -784,20 +835,22 @@ async def bench_redis(res: Results, http: aiohttp.ClientSession, command: str) -
         machine=f"{report.cpu_model()}, {os.cpu_count()} cores, {platform.platform()}",
         redis_version=redis_server_version(),
         pub_hwm=PUB_HWM,
+        parts=chosen,
     )
     server = start_redis()
     try:
-        log(f"redis-server {server.url} (pid {server.pid})")
-        parts = (
-            bench_cpu(res, sizes, server, http),
-            bench_identify(res, sizes, server, http),
-            bench_takeover(res, sizes, server, http),
-        )
+        log(f"redis-server {server.url} (pid {server.pid}); parts {', '.join(chosen)}")
+        steps = {
+            "cpu": lambda: bench_cpu(res, sizes, server, http),
+            "identify": lambda: bench_identify(res, sizes, server, http),
+            "takeover": lambda: bench_takeover(res, sizes, server, http),
+            "sink": lambda: bench_sink(res, server, http, command),
+        }
         if res.quick:  # the smoke test: every path, tiny, at once (the figures mean nothing)
-            await asyncio.gather(*parts)
+            await asyncio.gather(*(steps[p]() for p in chosen))
         else:  # one at a time: nothing else competes for the 2 cores
-            for part in parts:
-                await part
+            for p in chosen:
+                await steps[p]()
     finally:
         server.close()
     in_process = [f for f in dirty if f.startswith("cluster/state/redis")]
@@ -811,3 +864,49 @@ async def bench_redis(res: Results, http: aiohttp.ClientSession, command: str) -
             "redis: the working tree changed while this benchmark ran (other edits):"
             " its runs did not all measure the same code"
         )
+
+
+def merge_parts(res: Results, old: dict[str, Any]) -> None:
+    """``--merge`` after a run of some parts: the other parts' figures from the earlier JSON.
+
+    Their notes come along, and when this run measured none of cpu, identify and takeover
+    the section's description of the run (command, commit, sizes, ...) stays the earlier
+    run's: it is theirs. The sink part describes its own run (``sink_meta``).
+    """
+    prev: dict[str, Any] = old.get("redis") or {}
+    now = res.redis
+    measured = set(now.get("parts") or PARTS)
+    for part, keys in PART_KEYS.items():
+        if part in measured:
+            continue
+        for key in keys:
+            if key in prev:
+                now[key] = prev[key]
+    earlier_run = not measured & {"cpu", "identify", "takeover"}
+    if earlier_run:
+        for key in RUN_KEYS:
+            if key in prev:
+                now[key] = prev[key]
+    now["parts"] = [p for p in PARTS if p in measured or any(k in prev for k in PART_KEYS[p])]
+
+    def part_of(note: str) -> str | None:
+        head = note.split(":", 1)[0].split(",")
+        if head[0].strip() != "redis":
+            return None
+        name = head[1].strip().split()[0] if len(head) > 1 and head[1].strip() else ""
+        return {"micro": "identify"}.get(name, name)
+
+    kept = []
+    for note in old.get("notes", []):
+        which = part_of(note)
+        if which is None or note in res.notes:
+            continue
+        if (which in PARTS and which not in measured) or (which not in PARTS and earlier_run):
+            kept.append(note)
+    res.notes = kept + res.notes
+    if earlier_run:
+        res.notes.append(
+            f"redis: this run measured only {', '.join(sorted(measured))} (`--redis-parts`);"
+            " the other Redis subsections are an earlier run's (the command above them)."
+        )
+    res.notes = list(dict.fromkeys(res.notes))  # a note merged again is said once

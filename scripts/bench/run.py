@@ -16,7 +16,9 @@ Benchmarks (``--only`` takes these names):
   event with and without ``--redis`` at a paced 16,000 events/s (runs
   interleaved), identify grant latency through Redis (``/status`` and a
   micro-benchmark of the grant script), and a host SIGKILLed until a spare
-  has RESUMED every shard of its range.
+  has RESUMED every shard of its range; the Redis Streams sink (``--sink
+  redis``, msgpack and JSON): CPU per event and the most it appends
+  (scripts/bench/sink_bench.py). ``--redis-parts`` picks some of these.
 
 Each figure is measured ``--repeat`` times, the receivers interleaved so a
 change of machine load hits all of them alike; the report gives the median,
@@ -923,7 +925,8 @@ async def run(args: argparse.Namespace) -> Results:
             command = "python -m scripts.bench " + " ".join(
                 map(shlex.quote, getattr(args, "argv", []))
             )
-            steps.append(("redis", lambda: redis_bench.bench_redis(res, http, command)))
+            parts = getattr(args, "redis_parts", None)
+            steps.append(("redis", lambda: redis_bench.bench_redis(res, http, command, parts)))
         try:
             for name, step in steps:
                 res.load.append((f"before {name}", os.getloadavg()))
@@ -976,6 +979,10 @@ def merge(res: Results, old: dict[str, Any]) -> None:
             " this run: the earlier run's JSON does not record its own (the redis section"
             " names the machine it was measured on)."
         )
+    if "redis" in measured and old.get("redis"):  # the redis parts not run now
+        from scripts.bench.redis_bench import merge_parts
+
+        merge_parts(res, old)
 
 
 def _nan_for_null(value: Any) -> Any:
@@ -996,7 +1003,10 @@ def render(path: Path, out: Path) -> None:
     res = Results(sizes, quick=sizes == QUICK, repeat=int(old.get("repeat", 3)))
     merge(res, old)
     res.errors = list(old.get("errors", []))
-    out.write_text(report.markdown(res, float(old.get("elapsed_s", 0.0)), old.get("generated_at")))
+    from scripts.bench.sink_bench import with_sink
+
+    text = report.markdown(res, float(old.get("elapsed_s", 0.0)), old.get("generated_at"))
+    out.write_text(with_sink(text, res.redis))
     log(f"wrote {out}")
 
 
@@ -1033,6 +1043,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these benchmarks")
     parser.add_argument("--receivers", nargs="+", choices=RECEIVERS, help="only these receivers")
     parser.add_argument(
+        "--redis-parts",
+        nargs="+",
+        choices=("cpu", "identify", "takeover", "sink"),
+        help="redis: only these parts (with --merge the others keep the earlier figures)",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=None, help="runs per figure (default 3, quick 1)"
     )
     parser.add_argument(
@@ -1067,7 +1083,8 @@ def main(argv: list[str] | None = None) -> None:
         "--profile",
         type=Path,
         default=None,
-        help="run floor/worker under py-spy, raw stacks in DIR",
+        help="run floor/worker under py-spy, raw stacks in DIR (redis sink: one extra"
+        " profiled flood run per encoding)",
     )
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -1100,7 +1117,9 @@ def main(argv: list[str] | None = None) -> None:
     if out is None and not args.quick:
         out = REPO / "docs" / "BENCHMARKS.md"
     elapsed = time.time() - started
-    text = report.markdown(res, elapsed)
+    from scripts.bench.sink_bench import with_sink
+
+    text = with_sink(report.markdown(res, elapsed), res.redis)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)

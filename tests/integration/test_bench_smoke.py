@@ -5,8 +5,9 @@ starts its own load sources, receivers and sinks as processes). Nothing is
 asserted on timings: only that every benchmark produced figures, that the
 markdown report names the machine and each section, and that receivers which
 are not installed are skipped with a reason rather than failing the run. The
-``redis`` benchmark (``cluster up --redis`` against a local redis-server) runs
-its parts at once in this mode; where redis-server is missing it is skipped.
+``redis`` benchmark (``cluster up --redis`` against a local redis-server, and its
+``--sink redis`` part) runs its parts at once in this mode; where redis-server is
+missing it is skipped.
 """
 
 from __future__ import annotations
@@ -65,11 +66,22 @@ def test_quick_bench_runs_every_benchmark(tmp_path: Path) -> None:
             [take] = redis["takeover"]
             assert take["resumed"] == take["shards"] > 0
             assert take["identifies"] == 0, "the spare identified instead of resuming"
+        if "redis sink" not in skipped:  # --sink redis off, msgpack, json; every event read back
+            [group] = redis["sink"]
+            assert all(group[f"{c}_us"] > 0 for c in ("off", "msgpack", "json"))
+            [flood] = redis["sink_rate"]
+            assert flood["off_pub_eps"] > 0
+            for c in ("msgpack", "json"):
+                assert group[f"{c}_entries"] == group[f"{c}_events"] > 0
+                assert flood[f"{c}_entries"] == flood[f"{c}_events"] > 0
+                assert flood[f"{c}_sink_eps"] > 0
     text = out.read_text()
     for heading in ("## Machine", "## CPU per event", "## Latency", "## Startup", "## Memory"):
         assert heading in text
     if "redis" not in skipped:
         assert "## Redis" in text
+        if "redis sink" not in skipped:
+            assert "### Sink" in text
     assert "Smoke mode" in text
     for name, why in skipped.items():
         assert f"skipping {name}: {why}" in proc.stderr
