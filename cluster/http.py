@@ -136,6 +136,7 @@ class ClusterCollector(Collector):
         yield restarts
         yield from _shared_state_metrics(status)
         yield from _sink_metrics(status)
+        yield from _gateway_metrics(status)
 
 
 def _shared_state_metrics(status: ClusterStatus) -> Iterator[Metric]:
@@ -282,7 +283,7 @@ def _sink_metrics(status: ClusterStatus) -> Iterator[Metric]:
             if reshard.get("phase") == "starting"
             else 0.0,
         )
-        refused = _section(status, "refused")
+    refused = _section(status, "refused")
     if refused is not None:
         family = CounterMetricFamily(
             "titanium_curve_refused",
@@ -302,6 +303,87 @@ def _sink_metrics(status: ClusterStatus) -> Iterator[Metric]:
         for outcome, count in sorted((commands.get("outcomes") or {}).items()):
             outcomes.add_metric([outcome], float(count))
         yield outcomes
+
+
+def _gateway_metrics(status: ClusterStatus) -> Iterator[Metric]:
+    """The gateway endpoint for bot libraries (``--gateway``; section "gateway")."""
+    gateway = _section(status, "gateway")
+    if gateway is None:
+        return
+    clients = GaugeMetricFamily(
+        "titanium_gateway_clients", "Gateway clients connected, per shard", labels=["shard"]
+    )
+    lag = GaugeMetricFamily(
+        "titanium_gateway_client_lag_events",
+        "Dispatches numbered for a connected client and not yet written to it (the most "
+        "behind client of each shard)",
+        labels=["shard"],
+    )
+    for shard, count in sorted((gateway.get("clients") or {}).items()):
+        clients.add_metric([shard], float(count))
+    for shard, events in sorted((gateway.get("client_lag_events") or {}).items()):
+        lag.add_metric([shard], float(events))
+    yield clients
+    yield lag
+    for name, doc, key in (
+        (
+            "titanium_gateway_events_forwarded",
+            "Dispatches numbered into client sessions",
+            "events_forwarded",
+        ),
+        ("titanium_gateway_events_written", "Dispatches written to clients", "events_written"),
+        ("titanium_gateway_identifies", "Client IDENTIFYs answered from the cache", "identifies"),
+        ("titanium_gateway_resumes", "Client RESUMEs replayed", "resumes"),
+        (
+            "titanium_gateway_resumes_failed",
+            "Client RESUMEs answered with op 9 (unknown, expired, too far behind)",
+            "resumes_failed",
+        ),
+        (
+            "titanium_gateway_cut_off",
+            "Clients cut off because their bounded buffer overflowed",
+            "cut_off",
+        ),
+        ("titanium_gateway_zombies", "Clients closed for missing heartbeats", "zombies"),
+        ("titanium_gateway_commands", "Commands clients sent to shards", "commands"),
+    ):
+        yield CounterMetricFamily(name, doc, value=float(gateway.get(key) or 0))
+    closes = CounterMetricFamily(
+        "titanium_gateway_closes", "Clients closed for bad input, by close code", labels=["code"]
+    )
+    for code, count in sorted((gateway.get("closes") or {}).items()):
+        closes.add_metric([code], float(count))
+    yield closes
+    yield GaugeMetricFamily(
+        "titanium_gateway_pending_events",
+        "Events the relay handed the endpoint that it has not handled yet",
+        value=float(gateway.get("pending_events") or 0),
+    )
+    cache = gateway.get("cache") or {}
+    for name, doc, key in (
+        ("titanium_gateway_cache_guilds", "Guilds in the gateway cache", "guilds"),
+        ("titanium_gateway_cache_bytes", "Bytes the gateway cache holds", "bytes"),
+        (
+            "titanium_gateway_cache_guild_bytes_mean",
+            "Bytes per cached guild, on average",
+            "bytes_per_guild",
+        ),
+        (
+            "titanium_gateway_cache_guild_bytes_max",
+            "Bytes of the largest cached guild",
+            "largest_guild_bytes",
+        ),
+        ("titanium_gateway_cache_members", "Members in the gateway cache", "members"),
+    ):
+        yield GaugeMetricFamily(name, doc, value=float(cache.get(key) or 0))
+    dropped = CounterMetricFamily(
+        "titanium_gateway_cache_dropped",
+        "Members and presences not cached because their guild was at the cap",
+        labels=["kind"],
+    )
+    dropped.add_metric(["members"], float(cache.get("members_dropped") or 0))
+    dropped.add_metric(["presences"], float(cache.get("presences_dropped") or 0))
+    yield dropped
 
 
 def _section(status: ClusterStatus, name: str) -> dict[str, Any] | None:

@@ -32,7 +32,7 @@ import shutil
 import signal
 import socket
 import tempfile
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 import zmq.asyncio
@@ -61,6 +61,9 @@ from cluster.workers import CommandRoutingError, ShardNotRunningError, UnknownSh
 from protocol.curvezmq import encode_key
 from protocol.exitcodes import ExitCode
 
+if TYPE_CHECKING:
+    from cluster.endpoint.server import GatewayEndpoint
+
 __all__ = [
     "CommandRoutingError",
     "FatalCloseError",
@@ -72,6 +75,9 @@ __all__ = [
 
 log = logging.getLogger("cluster.supervisor")
 
+#: A spare's first claim waits this long, so hosts with a range of their own (started
+#: at the same time, as a StatefulSet's pods are) take it first.
+SPARE_GRACE_S: Final = 3.0
 #: How often the Redis monitor pings and reads the cluster's leases and budget for /status.
 REDIS_MONITOR_S: Final = 2.0
 
@@ -92,6 +98,8 @@ class Supervisor:
         self._runtime_dir: str | None = None
         self._redis_up = True
         self._redis_view: dict[str, Any] = {}
+        #: the first claim of a spare waits SPARE_GRACE_S (see _own_one)
+        self._claimed_once = False
         #: systemd's Type=notify (a no-op without NOTIFY_SOCKET)
         self._systemd = SystemdNotifier.from_env()
 
@@ -124,6 +132,7 @@ class Supervisor:
         async_context = zmq.asyncio.Context()
         simulator: Any = None
         http: HealthServer | None = None
+        endpoint: GatewayEndpoint | None = None
         redis: RedisState | None = None
         leases: LeaseKeeper | None = None
         streams: StreamStore | None = None
@@ -148,6 +157,8 @@ class Supervisor:
             self.publisher = self._bind_publisher(sync_context)
             self.publisher.start(loop)  # subscribers are served also while a spare
             http = await self._start_http(status)
+            if self.config.gateway is not None:
+                endpoint = await self._start_gateway(status, total)
             systemd = asyncio.create_task(
                 sd_notify.watch(self._systemd, lambda: _readiness(status)), name="systemd"
             )
@@ -173,6 +184,7 @@ class Supervisor:
                 redis=redis,
                 leases=leases,
                 streams=streams,
+                endpoint=endpoint,
             )
             while not self._stop.is_set():
                 if (
@@ -198,6 +210,8 @@ class Supervisor:
                 await redis.close()
             if self.publisher is not None:
                 self.publisher.close()
+            if endpoint is not None:
+                await endpoint.stop()
             if http is not None:
                 await http.stop()
             if simulator is not None:
@@ -220,6 +234,12 @@ class Supervisor:
         leases = shared.leases
         if leases is not None:
             shared.status.assign(total, [], role=Role.SPARE)
+            if not self._claimed_once and self._is_spare(candidates, total):
+                # Hosts started together (a StatefulSet): the indexed ones take their own
+                # ranges first; a spare that raced them would push one to another range.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), SPARE_GRACE_S)
+            self._claimed_once = True
             lease = await leases.claim(candidates, self._stop)
             shared.status.assign(total, [])  # an owner, starting
             if lease is None:
@@ -243,6 +263,16 @@ class Supervisor:
                 holding.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await holding
+
+    def _is_spare(self, candidates: tuple[ShardRange, ...], total: int) -> bool:
+        """No range of its own: it may take any (no index, or one of H or more)."""
+        settings = self.config.redis
+        if settings is None or settings.hosts is None or len(candidates) < 2:
+            return False
+        index = settings.host_index
+        if index is None:
+            index = host_ordinal(socket.gethostname())
+        return index is None or index >= settings.hosts
 
     def _shard_count(self, recommended: int) -> int:
         """--shards, or Discord's recommendation; a reshard saved in --state-dir wins over
@@ -461,6 +491,23 @@ class Supervisor:
                 f"{exc.strerror or exc}"
             ) from None
         return server
+
+    async def _start_gateway(self, status: ClusterStatus, total: int) -> GatewayEndpoint:
+        """``--gateway``: the endpoint for bot libraries, fed by each owned range's relay."""
+        from cluster.endpoint.server import GatewayEndpoint
+
+        settings = self.config.gateway
+        assert settings is not None
+        endpoint = GatewayEndpoint(settings, self.config.token, total, self.config.intents)
+        try:
+            await endpoint.start()
+        except OSError as exc:
+            await endpoint.stop()
+            raise SupervisorError(
+                f"cannot listen on --gateway {settings.host}:{settings.port}: {exc.strerror or exc}"
+            ) from None
+        status.sections["gateway"] = endpoint.status_json
+        return endpoint
 
     def _log_listening(self, http: HealthServer, total: int, gateway: GatewayBot) -> None:
         assert self.publisher is not None

@@ -1,11 +1,12 @@
 """The StatefulSet's own pod command, run as three "pods" against the simulator and Redis.
 
 Each pod gets exactly the container's ``args`` and ``env`` from
-``deploy/kubernetes/statefulset.yaml``; only what points outside the pod is
-replaced: the token (the simulator's), ``CLUSTER_REDIS`` (the test's Redis),
-``CLUSTER_API_URL`` added (the simulator instead of Discord), and every mounted
-path (state dir, /tmp, the CURVE key, the client keys, the HTTP token) moved to
-a directory of the test. Each pod runs in its own network namespace (its own
+``deploy/kubernetes/statefulset.yaml`` and the ``cluster.toml`` of
+``configmap.yaml``; only what points outside the pod is replaced: the token (the
+simulator's), ``redis`` (the test's Redis), ``CLUSTER_API_URL`` added (the
+simulator instead of Discord), and every mounted path (the config file, state
+dir, /tmp, the CURVE key, the client keys, the HTTP token) moved to a directory
+of the test. Each pod runs in its own network namespace (its own
 address, so the manifest's ``0.0.0.0`` ports do not collide) and UTS namespace,
 with the host name Kubernetes gives it (``titanium-cluster-0``, ...), so the
 range comes from the ordinal exactly as in the cluster.
@@ -19,9 +20,11 @@ the bearer token; a CURVE subscriber with a listed key gets events; and when pod
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import signal
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,17 +46,22 @@ __all__ = ["clusters", "short_dir"]
 
 pytestmark = pytest.mark.timeout(120)
 
-STATEFULSET = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "statefulset.yaml"
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+STATEFULSET = K8S / "statefulset.yaml"
+CONFIGMAP = K8S / "configmap.yaml"
 HTTP_TOKEN = "pod-test-bearer-token-0123456789"
 
 
-def pod_template() -> tuple[list[str], dict[str, Any], list[dict[str, Any]]]:
-    """The supervisor container's args, env (name -> entry) and volume mounts."""
+def pod_template() -> tuple[list[str], dict[str, Any], list[dict[str, Any]], str]:
+    """The supervisor container's args, env (name -> entry), volume mounts and config file."""
     with STATEFULSET.open() as f:
         statefulset = yaml.safe_load(f)
     (container,) = statefulset["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container["env"]}
-    return list(container["args"]), env, list(container["volumeMounts"])
+    with CONFIGMAP.open() as f:
+        config_map = yaml.safe_load(f)
+    (toml_text,) = config_map["data"].values()
+    return list(container["args"]), env, list(container["volumeMounts"]), toml_text
 
 
 @pytest.fixture
@@ -78,27 +86,38 @@ async def test_the_statefulset_pod_command_runs_two_owners_and_a_spare(
     sim = await sim_factory(
         host=net.server_ip, shards=4, max_concurrency=2, identify_window_s=0.1, event_rate=5
     )
-    args, env_entries, mounts = pod_template()
+    args, env_entries, mounts, toml_text = pod_template()
     keys = short_dir / "keys"
     _, _, server_public = write_key_pair(keys, "server")
     _, bot_secret_file, client_public = write_key_pair(keys, "bot")
     client_secret = load_single_key(bot_secret_file, "key")
 
-    def pod_env(pod: Path) -> dict[str, str]:
+    def in_pod(path: str, pod: Path) -> str:
+        """A path of the pod's file system, as the test's directory that stands for it."""
+        for mount in mounts:
+            if path == mount["mountPath"] or path.startswith(mount["mountPath"] + "/"):
+                return str(pod / mount["name"]) + path[len(mount["mountPath"]) :]
+        return path
+
+    def pod_env(pod: Path) -> tuple[dict[str, str], list[str]]:
         env: dict[str, str] = {}
         for name, entry in env_entries.items():
             if "value" in entry:
-                env[name] = str(entry["value"])
+                env[name] = in_pod(str(entry["value"]), pod)
         env["DISCORD_TOKEN"] = sim.config.token  # from the Secret in the cluster
-        env["CLUSTER_REDIS"] = redis.url  # titanium-redis:6379 in the cluster
         env["CLUSTER_API_URL"] = sim.rest_url  # Discord in the cluster
         for mount in mounts:  # the pod's volumes, as directories of the test
             where = pod / mount["name"]
             where.mkdir(parents=True)
-            for name, value in list(env.items()):
-                if value == mount["mountPath"] or value.startswith(mount["mountPath"] + "/"):
-                    env[name] = str(where) + value[len(mount["mountPath"]) :]
-            if mount["name"] == "curve":
+            if mount["name"] == "config":
+                settings = tomllib.loads(toml_text)
+                settings["redis"] = redis.url  # titanium-redis:6379 in the cluster
+                lines = [
+                    f"{key} = {json.dumps(in_pod(v, pod) if isinstance(v, str) else v)}"
+                    for key, v in settings.items()
+                ]
+                (where / "cluster.toml").write_text("\n".join(lines) + "\n")
+            elif mount["name"] == "curve":
                 (where / "server.key_secret").write_bytes((keys / "server.key_secret").read_bytes())
             elif mount["name"] == "clients":
                 (where / "bot.key").write_bytes((keys / "bot.key").read_bytes())
@@ -106,25 +125,27 @@ async def test_the_statefulset_pod_command_runs_two_owners_and_a_spare(
                 (where / "token").write_text(HTTP_TOKEN)
             elif mount["name"] == "tmp":
                 env["TMPDIR"] = str(where)
-        return env
+        return env, [in_pod(a, pod) for a in args]
 
     pods: list[ClusterProcess] = []
     for ordinal, host in enumerate(net.hosts):
         name = f"titanium-cluster-{ordinal}"
 
-        def in_pod(argv: list[str], host: Any = host, name: str = name) -> list[str]:
+        def in_netns(argv: list[str], host: Any = host, name: str = name) -> list[str]:
             inner = f"hostname {shlex.quote(name)} && exec " + shlex.join(argv)
             return host.command(["unshare", "--uts", "sh", "-c", inner])
 
-        run: ClusterProcess = await clusters(
-            *args[1:], command=args[0], env=pod_env(short_dir / name), wrap=in_pod
-        )
+        env, argv = pod_env(short_dir / name)
+        run: ClusterProcess = await clusters(*argv[1:], command=argv[0], env=env, wrap=in_netns)
         pods.append(run)
 
     # the probes of the manifest: readiness /health, liveness /livez (open without the token)
     health = [f"http://{h.ip}:8080/health" for h in net.hosts]
-    for url in health[:2]:
-        await wait_http(url, lambda code, body: code == 200 and body["role"] == "owner", 60)
+    try:
+        for url in health[:2]:
+            await wait_http(url, lambda code, body: code == 200 and body["role"] == "owner", 60)
+    except TimeoutError:
+        raise AssertionError("\n".join(line for pod in pods for line in pod.raw[-10:])) from None
     await wait_http(health[2], lambda code, body: code == 200 and body["role"] == "spare", 30)
     assert (await http_get(f"http://{net.hosts[0].ip}:8080/livez"))[0] == 200
     assert (await http_get(f"http://{net.hosts[0].ip}:8080/status"))[0] == 401

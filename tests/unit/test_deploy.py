@@ -241,24 +241,50 @@ def container_env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in container.get("env", [])}
 
 
+def pod_settings() -> dict[str, Any]:
+    """What `cluster up` runs with in a pod: the --config file of the ConfigMap, the env on top."""
+    container = supervisor_container()
+    args = container["args"]
+    config_path = args[args.index("--config") + 1]
+    mount = next(
+        m for m in container["volumeMounts"] if config_path.startswith(m["mountPath"] + "/")
+    )
+    volume = next(
+        v
+        for v in the("StatefulSet", "titanium-cluster")["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == mount["name"]
+    )
+    config_map = the("ConfigMap", volume["configMap"]["name"])
+    text = config_map["data"][config_path.rpartition("/")[2]]
+    settings: dict[str, Any] = {k.replace("_", "-"): v for k, v in tomllib.loads(text).items()}
+    for name, entry in container_env(container).items():
+        if name.startswith("CLUSTER_") and "value" in entry:
+            settings[name[len("CLUSTER_") :].lower().replace("_", "-")] = entry["value"]
+    return settings
+
+
 def test_statefulset_runs_cluster_up_with_options_that_exist() -> None:
     container = supervisor_container()
     args = container["args"]
     assert args[0] == "up"
     flags, envvars = command_options("up")
     assert flags_in(args) <= flags, f"unknown flags: {flags_in(args) - flags}"
-    assert args[args.index("--shard-ids") + 1] == "auto"
     env = container_env(container)
     ours = {name for name in env if name.startswith(("CLUSTER_", "DISCORD_"))}
     assert ours <= envvars, f"variables cluster up does not read: {ours - envvars}"
-    assert {"DISCORD_TOKEN", "CLUSTER_REDIS", "CLUSTER_HOSTS"} <= ours
+    assert "DISCORD_TOKEN" in ours
+    settings = pod_settings()
+    # every key of the config file is an option of cluster up
+    assert {f"--{key}" for key in settings} <= flags, {f"--{k}" for k in settings} - flags
+    assert settings["shard-ids"] == "auto"
+    assert {"redis", "hosts"} <= settings.keys()
 
 
 def test_statefulset_has_owners_and_optional_spares() -> None:
     statefulset = the("StatefulSet", "titanium-cluster")
     spec = statefulset["spec"]
     assert spec["podManagementPolicy"] == "Parallel"
-    hosts = int(container_env(supervisor_container())["CLUSTER_HOSTS"]["value"])
+    hosts = int(pod_settings()["hosts"])
     # Pods with an ordinal of CLUSTER_HOSTS or more are spares (cluster/supervisor.py).
     assert spec["replicas"] >= hosts >= 1
     assert host_ordinal(f"{statefulset['metadata']['name']}-{hosts - 1}") == hosts - 1
@@ -287,15 +313,15 @@ def test_the_curve_key_and_http_token_are_files_from_secrets() -> None:
     statefulset = the("StatefulSet", "titanium-cluster")
     pod = statefulset["spec"]["template"]["spec"]
     container = supervisor_container()
-    env = container_env(container)
+    settings = pod_settings()
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     for variable, source in (
-        ("CLUSTER_CURVE_SECRET", "secret"),
-        ("CLUSTER_HTTP_TOKEN_FILE", "secret"),
-        ("CLUSTER_CURVE_CLIENTS", "configMap"),
+        ("curve-secret", "secret"),
+        ("http-token-file", "secret"),
+        ("curve-clients", "configMap"),
     ):
-        path = env[variable]["value"]
+        path = settings[variable]
         mount = next(m for where, m in mounts.items() if path.startswith(where))
         assert mount.get("readOnly") is True, variable
         volume = volumes[mount["name"]]
@@ -310,13 +336,13 @@ def test_the_curve_key_and_http_token_are_files_from_secrets() -> None:
 
 def test_probes_ports_and_drain_fit_the_supervisor() -> None:
     container = supervisor_container()
-    env = container_env(container)
+    settings = pod_settings()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    health_port = int(env["CLUSTER_HEALTH"]["value"].rpartition(":")[2])
-    pub_port = int(env["CLUSTER_PUB"]["value"].rpartition(":")[2])
-    control_port = int(env["CLUSTER_CONTROL"]["value"].rpartition(":")[2])
+    health_port = int(settings["health"].rpartition(":")[2])
+    pub_port = int(settings["pub"].rpartition(":")[2])
+    control_port = int(settings["control"].rpartition(":")[2])
     assert ports == {"http": health_port, "pub": pub_port, "control": control_port}
-    assert env["CLUSTER_HEALTH"]["value"].startswith("0.0.0.0:")
+    assert settings["health"].startswith("0.0.0.0:")
     probes = {kind: container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert probes["readinessProbe"]["httpGet"]["path"] == "/health"
     assert probes["startupProbe"]["httpGet"]["path"] == "/health"
@@ -333,7 +359,7 @@ def test_probes_ports_and_drain_fit_the_supervisor() -> None:
     pod = the("StatefulSet", "titanium-cluster")["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] > drain_bound()
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert env["CLUSTER_STATE_DIR"]["value"] in mounts
+    assert settings["state-dir"] in mounts
     assert "/tmp" in mounts  # the runtime directory, with a read-only root filesystem
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -355,7 +381,7 @@ def test_service_pdb_and_statefulset_select_the_same_pods() -> None:
     pdb = the("PodDisruptionBudget", "titanium-cluster")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    redis_url = container_env(supervisor_container())["CLUSTER_REDIS"]["value"]
+    redis_url = pod_settings()["redis"]
     redis_service = the("Service", "titanium-redis")
     assert redis_url == f"redis://titanium-redis:{redis_service['spec']['ports'][0]['port']}/0"
 
