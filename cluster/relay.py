@@ -332,16 +332,17 @@ class Relay:
             self._wake()
 
     def drain(self) -> int:
-        """Handle everything queued now (shutdown, a worker's exit)."""
+        """Handle everything queued now (shutdown, a worker's exit), backlogged sink or not."""
         total = 0
         while True:
-            n = self.process(self._batch)
+            n = self.process(self._batch, pause_on_backlog=False)
             total += n
             if n < self._batch:
                 return total
 
-    def process(self, limit: int) -> int:
-        """Handle up to ``limit`` messages; fewer means the channel is empty now."""
+    def process(self, limit: int, *, pause_on_backlog: bool = True) -> int:
+        """Handle up to ``limit`` messages; fewer means the channel is empty now (or the
+        sink became backlogged: the relay is paused until it drains)."""
         # Frames are read one by one through the backend: pyzmq's recv_multipart
         # asks RCVMORE after every frame, and that getsockopt costs about as much as
         # the rest of a small message. An EVENT_RUNS message is a header and one body
@@ -350,6 +351,7 @@ class Relay:
         recv = self._recv
         more = self._more
         counters = self._counters
+        sink = self._sink if pause_on_backlog else None
         published = 0
         duplicates = 0
         handled = 0
@@ -372,6 +374,9 @@ class Relay:
                             done, skipped = runs(count, recv(_NOBLOCK))
                             published += done
                             duplicates += skipped
+                            if sink is not None and sink.backlogged:
+                                self._paused = True  # the sink's drain callback reads on
+                                break
                             continue
                         if kind == _EVENTS:
                             done, skipped = self._events(shard_id, epoch, seq, count)

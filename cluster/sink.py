@@ -47,15 +47,16 @@ from typing import Any, Final, Protocol
 from cluster.config import SinkSettings
 from cluster.runs import EventSlices
 from cluster.state.redis_state import Lease, LeaseLostError, RedisStateError
-from cluster.state.redis_streams import SinkBatch, StreamStore, StreamView
+from cluster.state.redis_streams import AppendResult, SinkBatch, StreamStore, StreamView
 from protocol.brokerformat import COMMAND_STREAM, dispatch_encoder
 
 log = logging.getLogger(__name__)
 
 #: Events in one script call (one Redis command; its arguments are two per event).
 EVENTS_PER_CALL: Final = 1000
-#: Events taken into one round (one pipeline).
-EVENTS_PER_ROUND: Final = 20_000
+#: Events taken into one round (one pipeline): small enough that encoding a round and
+#: writing it to Redis never holds the event loop for long.
+EVENTS_PER_ROUND: Final = 4_000
 TRIM_INTERVAL_S: Final = 1.0
 VIEW_INTERVAL_S: Final = 2.0
 TOUCH_INTERVAL_S: Final = 30.0
@@ -180,39 +181,61 @@ class StreamSink:
     # -- sending ------------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
+        # One round in flight; the next one is encoded while it is (the relay's order is
+        # kept: a round starts only after the one before it reached Redis).
+        flight: asyncio.Task[AppendResult] | None = None
+        flying: tuple[list[SinkBatch], int] = ([], 0)
         while not self._stopped:
-            if not self._pending:
+            if not self._pending and flight is None:
                 self._idle.set()
                 await self._wake.wait()
                 self._wake.clear()
                 continue
-            batches, events = self._take()
-            self.in_flight = events
-            delay = _BACKOFF_FIRST_S
-            while True:
-                try:
-                    result = await self._store.append(self._lease, batches, self._ttl_ms)
-                except LeaseLostError as exc:
-                    self._fenced(events, str(exc))
+            round_ = self._take() if self._pending else None
+            if round_ is not None:
+                self.in_flight += round_[1]
+            if flight is not None:
+                if not await self._land(flight, *flying):
                     return
-                except RedisStateError as exc:
-                    self._failed(str(exc))
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _BACKOFF_MAX_S)
-                    continue
-                break
-            stats = self.stats
-            if stats.last_error is not None:
-                log.info("sink: appending again after %d failed rounds", stats.errors)
-                stats.last_error = None
-            stats.appended += result.appended
-            stats.skipped += result.skipped
-            stats.rounds += 1
-            stats.last_ok_at = time.monotonic()
-            self.in_flight = 0
-            resume = self._resume_relay
-            if resume is not None and self.pending_events < self.settings.max_pending // 2:
-                resume()
+                flight = None
+            if round_ is not None:
+                flying = round_
+                flight = asyncio.create_task(
+                    self._store.append(self._lease, round_[0], self._ttl_ms)
+                )
+            await asyncio.sleep(0)  # the relay reads on while the round flies
+
+    async def _land(
+        self, flight: asyncio.Task[AppendResult], batches: list[SinkBatch], events: int
+    ) -> bool:
+        """Wait for a round; retry it until Redis takes it. False once the lease is lost."""
+        delay = _BACKOFF_FIRST_S
+        while True:
+            try:
+                result = await flight
+            except LeaseLostError as exc:
+                self._fenced(events, str(exc))
+                return False
+            except RedisStateError as exc:
+                self._failed(str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+                flight = asyncio.create_task(self._store.append(self._lease, batches, self._ttl_ms))
+                continue
+            break
+        stats = self.stats
+        if stats.last_error is not None:
+            log.info("sink: appending again after %d failed rounds", stats.errors)
+            stats.last_error = None
+        stats.appended += result.appended
+        stats.skipped += result.skipped
+        stats.rounds += 1
+        stats.last_ok_at = time.monotonic()
+        self.in_flight -= events
+        resume = self._resume_relay
+        if resume is not None and self.pending_events < self.settings.max_pending // 2:
+            resume()
+        return True
 
     def _take(self) -> tuple[list[SinkBatch], int]:
         """Encode up to EVENTS_PER_ROUND waiting events into script calls."""

@@ -68,6 +68,9 @@ T = TypeVar("T")
 
 MIN_REDIS_VERSION = (7, 0)
 
+# The bulk client's socket timeout: a sink round of 4,000 events is a few megabytes.
+BULK_TIMEOUT_S = 10.0
+
 # A connection idle longer than this is PINGed before it is used again (redis-py's
 # health check), so a connection Redis dropped while idle is replaced before a script
 # runs on it.
@@ -279,6 +282,17 @@ class RedisState:
                 # second release or identify_sent answers False.
                 retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
             )
+            # Bulk work (the sink's appends, blocking stream reads) on connections of its
+            # own with a longer timeout: a round of thousands of events is megabytes, and
+            # it must never queue a lease renewal behind it.
+            self._bulk = redis.asyncio.Redis.from_url(
+                url,
+                decode_responses=False,
+                socket_timeout=max(timeout_s, BULK_TIMEOUT_S),
+                socket_connect_timeout=timeout_s,
+                health_check_interval=HEALTH_CHECK_INTERVAL_S,
+                retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)),
+            )
         except ValueError as exc:
             raise RedisStateError(
                 f"bad Redis URL {redact_url(url)!r}: {self._scrub(str(exc))}"
@@ -312,6 +326,11 @@ class RedisState:
     def client(self) -> redis.asyncio.Redis:
         """The redis-py client, for stores built on this one: wrap every request in :meth:`call`."""
         return self._redis
+
+    @property
+    def bulk(self) -> redis.asyncio.Redis:
+        """A second client for large or blocking requests (timeout :data:`BULK_TIMEOUT_S`)."""
+        return self._bulk
 
     @property
     def holder(self) -> str:
@@ -381,6 +400,7 @@ class RedisState:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        await self._bulk.aclose()
 
     async def ping(self) -> float:
         """One PING; the round trip in seconds."""

