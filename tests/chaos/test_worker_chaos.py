@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from protocol.compression import Compression
+from protocol.exitcodes import ExitCode
 from simulator.faults import CHAOS_SAFE
 from tests.chaos.supervisor_harness import (
     SupervisorHarness,
@@ -30,7 +31,7 @@ from tests.chaos.supervisor_harness import (
     spec_for,
 )
 from worker.backoff import BackoffPolicy
-from worker.main import EXIT_OK, run_worker
+from worker.main import run_worker
 
 __all__ = ["harness"]
 
@@ -135,7 +136,7 @@ async def test_64_shards_survive_chaos_with_no_loss_no_duplicate_no_wasted_ident
         await harness.stop_worker(spec.worker_id)
         await harness.wait_for(lambda g: "drained" in got_status(g, spec.worker_id), 15)
         process.join(15)
-        assert process.exitcode == EXIT_OK
+        assert process.exitcode == ExitCode.OK
     finally:
         if process.is_alive():
             process.terminate()
