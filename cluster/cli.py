@@ -412,6 +412,30 @@ def up(
             show_default=False,
         ),
     ] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CLUSTER_GATEWAY",
+            metavar="HOST:PORT",
+            help="A Discord-gateway-compatible websocket endpoint for unchanged bot libraries "
+            "(discord.py, hikari, discord.js): READY and GUILD_CREATE from the cluster's guild "
+            "cache, client RESUME. Off loopback it needs --gateway-token-file.",
+            show_default="off",
+        ),
+    ] = None,
+    gateway_token_file: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="With --gateway: a URL-safe token every gateway client must carry as the first "
+            "path segment of its URL (ws://HOST:PORT/<token>/); required off loopback.",
+            show_default=False,
+        ),
+    ] = None,
+    gateway_member_cap: Annotated[
+        int,
+        typer.Option(help="With --gateway: members (and presences) cached per guild at most."),
+    ] = 5000,
     state_dir: Annotated[
         str,
         typer.Option(envvar="CLUSTER_STATE_DIR", help="Sessions saved for resume after restart."),
@@ -460,6 +484,10 @@ def up(
     fence_after: Annotated[float, typer.Option(hidden=True)] = 6.0,
     takeover_wait: Annotated[float, typer.Option(hidden=True)] = 1.0,
     checkpoint_interval: Annotated[float, typer.Option(hidden=True)] = 0.5,
+    gateway_heartbeat_interval: Annotated[int, typer.Option(hidden=True)] = 41_250,
+    gateway_replay_bytes: Annotated[int, typer.Option(hidden=True)] = 8 * 1024 * 1024,
+    gateway_resume_window: Annotated[float, typer.Option(hidden=True)] = 120.0,
+    gateway_high_water: Annotated[int, typer.Option(hidden=True)] = 4 * 1024 * 1024,
     simulate_shards: Annotated[int, typer.Option(hidden=True)] = 4,
     simulate_max_concurrency: Annotated[int, typer.Option(hidden=True)] = 4,
     simulate_event_rate: Annotated[float, typer.Option(hidden=True)] = 5.0,
@@ -471,6 +499,7 @@ def up(
         SimulateSettings,
         SupervisorConfig,
         parse_compression,
+        parse_gateway_settings,
         parse_health,
         parse_intent_option,
         parse_large_threshold,
@@ -524,6 +553,16 @@ def up(
             shard_range=None if auto_range else parse_range(shard_ids),
             redis=redis_settings,
             sink=parse_sink(sink, redis_settings, sink_encoding, sink_retention, sink_maxlen),
+            gateway=parse_gateway_settings(
+                gateway,
+                gateway_token_file,
+                heartbeat_interval_ms=gateway_heartbeat_interval,
+                member_cap=gateway_member_cap,
+                presence_cap=gateway_member_cap,
+                replay_bytes=gateway_replay_bytes,
+                resume_window_s=gateway_resume_window,
+                write_high_water=gateway_high_water,
+            ),
             presence=parse_presence(status, activity),
             large_threshold=parse_large_threshold(large_threshold),
             workers=parse_workers(workers),

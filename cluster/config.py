@@ -15,6 +15,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from cluster.curve import NEEDS_CURVE, NEEDS_TOKEN, is_loopback_endpoint, is_loopback_host
+from cluster.endpoint.settings import (
+    NEEDS_GATEWAY_TOKEN,
+    GatewaySettings,
+    GatewaySettingsError,
+    load_gateway_token,
+    parse_gateway,
+)
 from cluster.planner import PlanError, parse_shard_count, parse_shard_range
 from cluster.restart_policy import RestartPolicy
 from protocol import payloads
@@ -228,6 +235,8 @@ class SupervisorConfig:
     redis: RedisSettings | None = None
     #: Durable delivery to Redis Streams (``--sink redis``); None: the PUB socket only.
     sink: SinkSettings | None = None
+    #: The gateway-compatible endpoint for bot libraries (``--gateway``); None: off.
+    gateway: GatewaySettings | None = None
     workers: int | None = None
     intents: int = NON_PRIVILEGED_INTENTS
     api_url: str = DEFAULT_API_URL
@@ -277,6 +286,13 @@ class SupervisorConfig:
                 raise ConfigError(NEEDS_CURVE.format(option=name, endpoint=endpoint))
         if self.http_token is None and not is_loopback_host(self.health_host):
             raise ConfigError(NEEDS_TOKEN.format(host=self.health_host, port=self.health_port))
+        gateway = self.gateway
+        if (
+            gateway is not None
+            and gateway.access_token is None
+            and not is_loopback_host(gateway.host)
+        ):
+            raise ConfigError(NEEDS_GATEWAY_TOKEN.format(host=gateway.host, port=gateway.port))
         if self.redis is not None and self.redis.hosts is not None:
             if self.shard_range is not None:
                 raise ConfigError("--hosts goes with --shard-ids auto, not with a fixed range")
@@ -324,6 +340,22 @@ def check_endpoint(option: str, endpoint: str) -> str:
             f"got {endpoint[:60]!r}"
         )
     return endpoint
+
+
+def parse_gateway_settings(
+    gateway: str | None, token_file: str | None, **tuning: Any
+) -> GatewaySettings | None:
+    """``--gateway HOST:PORT``, ``--gateway-token-file`` and the tuning knobs -> the settings."""
+    try:
+        address = parse_gateway(gateway)
+        if address is None:
+            if token_file is not None:
+                raise ConfigError("--gateway-token-file goes with --gateway HOST:PORT")
+            return None
+        access_token = None if token_file is None else load_gateway_token(token_file)
+        return GatewaySettings(address[0], address[1], access_token, **tuning)
+    except GatewaySettingsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_presence(status: str | None, activity: str | None) -> dict[str, Any] | None:

@@ -52,7 +52,7 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import zmq
 import zmq.asyncio
@@ -94,6 +94,9 @@ from protocol.exitcodes import ExitCode
 from protocol.gateway import explain_fatal
 from protocol.session import Session, ShardPhase
 from worker.spec import WorkerSpec
+
+if TYPE_CHECKING:
+    from cluster.endpoint.server import GatewayEndpoint
 
 log = logging.getLogger("cluster.supervisor")
 
@@ -153,6 +156,8 @@ class Shared:
     leases: LeaseKeeper | None
     #: The sink's and gateway_send's calls (with --redis; used with --sink redis)
     streams: StreamStore | None = None
+    #: The gateway endpoint (--gateway): a relay tap, given the range's shards and commands
+    endpoint: GatewayEndpoint | None = None
 
 
 class _Shutdown(enum.Enum):
@@ -326,7 +331,12 @@ class RangeOwner:
             config.state_dir, config.token, plan.total_shards, _range_of(plan, config)
         )
         book = SessionBook()
-        for shard_id, session in (await self._saved_sessions(store)).items():
+        saved = await self._saved_sessions(store)
+        if shared.endpoint is not None:  # only shards whose guild cache is at their resume point
+            saved = shared.endpoint.adopt(
+                config.state_dir, saved, plan.shard_ids, plan.total_shards
+            )
+        for shard_id, session in saved.items():
             book.seed(shard_id, session)
         use_ipc = config.private_transport == "ipc" and zmq.has("ipc")
         pull: zmq.Socket[bytes] = shared.sync_context.socket(zmq.PULL)
@@ -369,8 +379,19 @@ class RangeOwner:
             identify_snapshot=coordinator.status_json,
         )
         sink = self._make_sink(book)
-        relay = Relay(pull, shared.publisher, book, status.relay, self._on_report, sink=sink)
+        endpoint = shared.endpoint
+        relay = Relay(
+            pull,
+            shared.publisher,
+            book,
+            status.relay,
+            self._on_report,
+            sink=sink,
+            taps=() if endpoint is None else (endpoint.tap,),
+        )
         relay.start()
+        if endpoint is not None:
+            endpoint.attach_owner(self.send_command, plan.total_shards, plan.shard_ids)
         if sink is not None:
             sink.start()
             status.sections["sink"] = sink.status_json
@@ -1104,6 +1125,9 @@ class RangeOwner:
             else:
                 await run.sink.stop()
         await run.coordinator.stop()
+        if self._shared.endpoint is not None:
+            save = graceful and self._spawned and not self._fenced
+            await self._shared.endpoint.detach_owner(self._config.state_dir if save else None)
         status = self._shared.status
         for name in ("checkpoint", "identify_redis", "sink", "commands", "refused", "reshard"):
             status.sections.pop(name, None)
