@@ -19,6 +19,7 @@ import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,7 @@ import orjson
 import pytest
 import zmq
 import zmq.asyncio
+import zmq.utils.z85
 
 from protocol.pubframe import decode_event
 
@@ -198,13 +200,53 @@ async def wait_http(url: str, predicate: Callable[[int, Any], bool], within_s: f
             await asyncio.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class CurveKeys:
+    """What a test needs for a cluster off loopback: key files, a token, and its SUB's keys."""
+
+    directory: Path
+    server_public: bytes
+    client_public: bytes
+    client_secret: bytes
+    http_token: str
+
+    @classmethod
+    def make(cls, directory: Path) -> CurveKeys:
+        from cluster.curve import load_single_key, write_key_pair
+
+        _, _, server_public = write_key_pair(directory, "server")
+        clients = directory / "clients"
+        _, client_secret_file, client_public = write_key_pair(clients, "test")
+        client_secret = load_single_key(client_secret_file, "key")
+        (clients / "test.key_secret").unlink()  # the clients directory holds public keys
+        token = "test-http-token-0123456789abcdef"
+        (directory / "http-token").write_text(token)
+        z85 = zmq.utils.z85.encode
+        return cls(directory, z85(server_public), z85(client_public), z85(client_secret), token)
+
+    def args(self) -> list[str]:
+        """The options of ``cluster up`` that let it bind off loopback."""
+        return [
+            "--curve-secret",
+            str(self.directory / "server.key_secret"),
+            "--curve-clients",
+            str(self.directory / "clients"),
+            "--http-token-file",
+            str(self.directory / "http-token"),
+        ]
+
+
 class Subscriber:
     """A SUB client that records every ``(shard_id, seq)`` it receives."""
 
-    def __init__(self, endpoint: str, prefix: bytes = b"") -> None:
+    def __init__(self, endpoint: str, prefix: bytes = b"", curve: CurveKeys | None = None) -> None:
         self.context = zmq.asyncio.Context()
         self.socket = self.context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if curve is not None:  # a cluster off loopback: CURVE with a key it lets in
+            self.socket.curve_serverkey = curve.server_public
+            self.socket.curve_publickey = curve.client_public
+            self.socket.curve_secretkey = curve.client_secret
         self.socket.setsockopt(zmq.RECONNECT_IVL, 10)
         self.socket.setsockopt(zmq.RCVHWM, 0)
         self.socket.setsockopt(zmq.SUBSCRIBE, prefix)
@@ -252,8 +294,8 @@ class Subscriber:
 async def subscribers() -> AsyncIterator[Callable[..., Subscriber]]:
     made: list[Subscriber] = []
 
-    def make(endpoint: str, prefix: bytes = b"") -> Subscriber:
-        sub = Subscriber(endpoint, prefix)
+    def make(endpoint: str, prefix: bytes = b"", curve: CurveKeys | None = None) -> Subscriber:
+        sub = Subscriber(endpoint, prefix, curve)
         made.append(sub)
         return sub
 

@@ -31,6 +31,7 @@ from simulator.record import ClosedBy, ResumeOutcome
 from tests.conftest import RedisFactory, SimFactory
 from tests.e2e.cluster_process import (
     ClusterProcess,
+    CurveKeys,
     Subscriber,
     clusters,
     http_get,
@@ -64,6 +65,16 @@ def net_of_5() -> Iterator[HostNet]:
     with HostNet(5) as net:
         print(f"hosts: {net}")
         yield net
+
+
+_KEYS: dict[Path, CurveKeys] = {}
+
+
+def keys_for(state_root: Path) -> CurveKeys:
+    """The hosts' CURVE keys and HTTP token (off loopback they are required), one set per test."""
+    if state_root not in _KEYS:
+        _KEYS[state_root] = CurveKeys.make(state_root / "keys")
+    return _KEYS[state_root]
 
 
 def host_args(
@@ -101,6 +112,7 @@ def host_args(
         "--report-interval",
         "0.2",
         *LEASE,
+        *keys_for(state_root).args(),
         *extra,
     ]
     if index is not None:
@@ -194,7 +206,7 @@ async def test_four_hosts_and_a_spare_share_one_redis(
         host=net.server_ip, shards=16, max_concurrency=4, identify_window_s=INTERVAL, event_rate=8
     )
     owners, spare_host = net.hosts[:4], net.hosts[4]
-    subs = [subscribers(f"tcp://{h.ip}:5555") for h in net.hosts]
+    subs = [subscribers(f"tcp://{h.ip}:5555", curve=keys_for(state_root)) for h in net.hosts]
     started = time.monotonic()
     runs = await asyncio.gather(
         *(start_host(clusters, sim, redis, h, 4, i, state_root) for i, h in enumerate(owners))
@@ -293,7 +305,7 @@ async def test_a_host_cut_off_from_redis_fences_itself_before_the_spare_takes_ov
             event_rate=8,
         )
         a, b, spare_host = net.hosts
-        subs = [subscribers(f"tcp://{h.ip}:5555") for h in net.hosts]
+        subs = [subscribers(f"tcp://{h.ip}:5555", curve=keys_for(state_root)) for h in net.hosts]
         run_a = await start_host(clusters, sim, redis, a, 2, 0, state_root)
         await start_host(clusters, sim, redis, b, 2, 1, state_root)
         await start_host(clusters, sim, redis, spare_host, 2, None, state_root)
