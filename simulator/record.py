@@ -302,6 +302,25 @@ class Record:
     def violations_of(self, kind: ViolationKind) -> list[Violation]:
         return [v for v in self.violations if v.kind is kind]
 
+    def deliverable(self) -> list[DispatchRecord]:
+        """Dispatches Discord delivers to someone: written to a connection, or replayed by
+        an accepted RESUME after they were produced. One produced into a detached session
+        that ended first (op 9 ``d=false`` on a zombie connection, say) reaches nobody."""
+        replays: dict[str, list[tuple[float, int]]] = {}
+        for r in self.resumes:
+            if (
+                r.outcome is ResumeOutcome.ACCEPTED
+                and r.session_id is not None
+                and r.seq is not None
+            ):
+                replays.setdefault(r.session_id, []).append((r.at, r.seq))
+        return [
+            d
+            for d in self.dispatches
+            if d.conn_id is not None
+            or any(at > d.at and seq < d.seq for at, seq in replays.get(d.session_id, ()))
+        ]
+
     def sent_events(
         self,
         shard_id: int | None = None,

@@ -236,10 +236,10 @@ def all_ready(shard_ids: tuple[int, ...] | list[int]) -> Callable[[Received], bo
 def expected_keys(
     sim: Simulator, shard_ids: tuple[int, ...] | list[int] | None = None
 ) -> set[tuple[int, int, int]]:
-    """Every dispatch the simulator produced, as (shard_id, epoch, seq)."""
+    """Every dispatch the simulator delivered (or would replay), as (shard_id, epoch, seq)."""
     return {
         (d.shard_id, session_epoch(d.session_id), d.seq)
-        for d in sim.record.dispatches
+        for d in sim.record.deliverable()
         if shard_ids is None or d.shard_id in shard_ids
     }
 

@@ -163,4 +163,4 @@ async def test_two_hosts_that_disagree_on_the_layout_refuse_with_one_line(
     assert any("4 shards" in line and "8" in line for line in lines), second.raw[-3:]
     assert len(sim.record.accepted_identifies()) == 4
     first.signal(signal.SIGTERM)
-    assert await first.wait(15) == 0
+    assert await first.wait(30) == 0

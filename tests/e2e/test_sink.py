@@ -56,25 +56,12 @@ def sink_args(sim: Simulator, where: Path, redis_url: str, *extra: str) -> list[
 
 
 def record_keys(sim: Simulator, t: str | None = None, *, deliverable: bool = False) -> Counter[Key]:
-    """The simulator's dispatches (of type ``t``); with ``deliverable`` only those Discord delivers.
-
-    An event produced into a session while no connection was attached is delivered only
-    by a later RESUME's replay: if the session ended first (op 9 d=false on a zombie
-    connection, say), Discord never sends it to anyone, so nobody can append it.
-    """
-    resumed: dict[str, list[tuple[float, int]]] = {}
-    for r in sim.record.resumes:
-        if r.outcome is ResumeOutcome.ACCEPTED and r.session_id is not None and r.seq is not None:
-            resumed.setdefault(r.session_id, []).append((r.at, r.seq))
-
-    def delivered(d: Any) -> bool:
-        replays = resumed.get(d.session_id, ())
-        return d.conn_id is not None or any(at > d.at and seq < d.seq for at, seq in replays)
-
+    """The simulator's dispatches (of type ``t``); with ``deliverable`` only those Discord
+    delivers (simulator.record.Record.deliverable: not one produced into a detached
+    session that ended before any RESUME replayed it)."""
+    dispatches = sim.record.deliverable() if deliverable else sim.record.dispatches
     return Counter(
-        (d.shard_id, d.t, d.seq, d.event_id)
-        for d in sim.record.dispatches
-        if (t is None or d.t == t) and (not deliverable or delivered(d))
+        (d.shard_id, d.t, d.seq, d.event_id) for d in dispatches if t is None or d.t == t
     )
 
 
