@@ -58,6 +58,27 @@ def run_async(coro: Coroutine[Any, Any, None]) -> None:
     uvloop.run(coro)
 
 
+def client_curve_keys(
+    server_key_file: str | None, secret_file: str | None
+) -> tuple[bytes, bytes] | None:
+    """``--curve-server-key FILE --curve-secret FILE`` of a client command: (server public
+    key, this client's secret key), None without them; a usage error for one alone or a
+    bad file."""
+    from cluster.curve import load_single_key
+
+    if (server_key_file is None) != (secret_file is None):
+        usage_error("--curve-server-key and --curve-secret go together")
+    if server_key_file is None or secret_file is None:
+        return None
+    try:
+        return (
+            load_single_key(server_key_file, "--curve-server-key"),
+            load_single_key(secret_file, "--curve-secret"),
+        )
+    except ValueError as exc:
+        usage_error(str(exc))
+
+
 async def wait_for_signal(*signums: signal.Signals) -> signal.Signals:
     """Wait until one of ``signums`` arrives; the handler only sets a future (one owner)."""
     loop = asyncio.get_running_loop()

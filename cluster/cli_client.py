@@ -31,7 +31,7 @@ import orjson
 import typer
 import zmq
 
-from cluster.cli_app import CommandFailed, app, usage_error
+from cluster.cli_app import CommandFailed, app, client_curve_keys, usage_error
 from cluster.config import DEFAULT_HEALTH, DEFAULT_PUB
 from protocol.errors import WireFormatError
 from protocol.pubframe import PubEvent, decode_event
@@ -436,24 +436,13 @@ def tail(
     ] = None,
 ) -> None:
     """Subscribe to a cluster's event stream and print one line per event (Ctrl-C stops)."""
-    from cluster.curve import load_single_key
     from protocol.curvezmq import public_key_of
 
     if count is not None and count < 1:
         usage_error(f"--count must be at least 1, got {count}")
     if timeout is not None and not timeout > 0:
         usage_error(f"--timeout must be positive, got {timeout}")
-    if (curve_server_key is None) != (curve_secret is None):
-        usage_error("--curve-server-key and --curve-secret go together")
-    curve: tuple[bytes, bytes] | None = None
-    if curve_server_key is not None and curve_secret is not None:
-        try:
-            curve = (
-                load_single_key(curve_server_key, "--curve-server-key"),
-                load_single_key(curve_secret, "--curve-secret"),
-            )
-        except ValueError as exc:
-            usage_error(str(exc))
+    curve = client_curve_keys(curve_server_key, curve_secret)
     prefixes = _topic_filters(filters)
     context = zmq.Context()
     sock = context.socket(zmq.SUB)

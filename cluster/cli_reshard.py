@@ -16,7 +16,7 @@ import orjson
 import typer
 import zmq
 
-from cluster.cli_app import CommandFailed, app, usage_error
+from cluster.cli_app import CommandFailed, app, client_curve_keys, usage_error
 from cluster.config import DEFAULT_CONTROL
 
 #: How long one control request may take.
@@ -93,7 +93,6 @@ def reshard(
     ] = None,
 ) -> None:
     """Reshard a running cluster without downtime; print progress until the switch."""
-    from cluster.curve import load_single_key
 
     wanted: int | str
     if shards.strip().lower() == "auto":
@@ -102,17 +101,7 @@ def reshard(
         wanted = int(shards)
     else:
         usage_error(f"--shards must be a positive integer or 'auto', got {shards[:40]!r}")
-    if (curve_server_key is None) != (curve_secret is None):
-        usage_error("--curve-server-key and --curve-secret go together")
-    curve = None
-    if curve_server_key is not None and curve_secret is not None:
-        try:
-            curve = (
-                load_single_key(curve_server_key, "--curve-server-key"),
-                load_single_key(curve_secret, "--curve-secret"),
-            )
-        except ValueError as exc:
-            usage_error(str(exc))
+    curve = client_curve_keys(curve_server_key, curve_secret)
     reply = _ask(control, {"reshard": {"shards": wanted}}, curve)
     if not reply.get("ok"):
         raise CommandFailed(f"reshard refused: {reply.get('error')}")

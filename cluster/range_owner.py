@@ -622,9 +622,7 @@ class RangeOwner:
             slot = pool.slot_of(message.shard_id)
             if slot is None:
                 return
-            slot.last_seen = time.monotonic()
-            if slot.state is WorkerState.SPAWNING:
-                slot.transition(WorkerState.RUNNING)
+            _heard_from(slot)
             run.book.on_session(message.shard_id, message.session_id, message.resume_url)
             if message.session_started:
                 run.checkpointer.soon()
@@ -638,8 +636,7 @@ class RangeOwner:
             return
         slot.last_seen = time.monotonic()
         if message.status == ipc.WorkerStatusKind.STARTED.value:
-            if slot.state is WorkerState.SPAWNING:
-                slot.transition(WorkerState.RUNNING)
+            _heard_from(slot)
             self._started_workers.add(slot.worker_id)
             if len(self._started_workers) == len(pool.slots):
                 self._all_started.set()
@@ -845,9 +842,7 @@ class RangeOwner:
             slot = gen.pool.slot_of(message.shard_id)
             if slot is None:
                 return
-            slot.last_seen = time.monotonic()
-            if slot.state is WorkerState.SPAWNING:
-                slot.transition(WorkerState.RUNNING)
+            _heard_from(slot)
             gen.book.on_session(message.shard_id, message.session_id, message.resume_url)
             if ShardPhase.parse(message.phase) is ShardPhase.READY:
                 gen.ready.add(message.shard_id)
@@ -858,9 +853,7 @@ class RangeOwner:
             return
         slot = gen.pool.slots.get(message.worker_id)
         if slot is not None and slot.pid == message.pid:
-            slot.last_seen = time.monotonic()
-            if slot.state is WorkerState.SPAWNING:
-                slot.transition(WorkerState.RUNNING)
+            _heard_from(slot)
 
     def _reshard_worker_exited(self, gen: _Generation, slot: WorkerSlot, code: int | None) -> None:
         if gen.phase is not ReshardPhase.STARTING or self._stopping:
@@ -1165,6 +1158,13 @@ class RangeOwner:
             self._exits.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._exits.wait(), left)
+
+
+def _heard_from(slot: WorkerSlot) -> None:
+    """A worker spoke: it is alive now, and running once it says anything at all."""
+    slot.last_seen = time.monotonic()
+    if slot.state is WorkerState.SPAWNING:
+        slot.transition(WorkerState.RUNNING)
 
 
 def _spawn_into(pool: WorkerPool, spec: WorkerSpec, book: SessionBook, slot: WorkerSlot) -> None:
