@@ -33,6 +33,7 @@ import zmq
 
 from cluster.cli_app import CommandFailed, app, client_curve_keys, usage_error
 from cluster.config import DEFAULT_HEALTH, DEFAULT_PUB
+from cluster.reshard import describe_progress
 from protocol.errors import WireFormatError
 from protocol.pubframe import PubEvent, decode_event
 
@@ -196,6 +197,9 @@ def render_status(body: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append(_summary(body, shards, workers))
+    reshard = body.get("reshard")
+    if isinstance(reshard, dict) and reshard.get("phase") in ("starting", "abandoned"):
+        lines.append(f"reshard: {describe_progress(reshard)}")
     fatal = body.get("fatal")
     if fatal:
         lines.append(f"FATAL: {fatal}")

@@ -18,6 +18,7 @@ import zmq
 
 from cluster.cli_app import CommandFailed, app, client_curve_keys, usage_error
 from cluster.config import DEFAULT_CONTROL
+from cluster.reshard import describe_progress
 
 #: How long one control request may take.
 REQUEST_TIMEOUT_S: Final = 10.0
@@ -52,22 +53,6 @@ def _ask(endpoint: str, request: dict[str, Any], curve: tuple[bytes, bytes] | No
     finally:
         sock.close(0)
         context.term()
-
-
-def describe(progress: dict[str, Any]) -> str:
-    """One line of a reshard's progress (the ``reshard`` object of the status reply)."""
-    line = (
-        f"{progress['old_shards']} -> {progress['new_shards']} shards: "
-        f"{progress['phase']}, {progress['new_ready']}/{progress['new_shards']} new shards ready"
-    )
-    if progress.get("guild_creates_complete"):
-        line += ", guilds complete"
-    line += f", {progress['elapsed_s']:.1f} s"
-    if progress.get("deduplicated"):
-        line += f", {progress['deduplicated']} duplicates dropped"
-    if progress.get("error"):
-        line += f": {progress['error']}"
-    return line
 
 
 @app.command()
@@ -108,7 +93,7 @@ def reshard(
     last = ""
     while True:
         progress = reply.get("reshard") or {}
-        line = describe(progress) if progress else "no reshard"
+        line = describe_progress(progress) if progress else "no reshard"
         if line != last:
             print(f"cluster reshard: {line}", flush=True)
             last = line

@@ -253,3 +253,22 @@ def effective_shards(asked: int | None, recommended: int, saved: Layout | None) 
     if saved is not None and (asked is None or asked == saved.resharded_from):
         return saved.shards
     return recommended if asked is None else asked
+
+
+def describe_progress(progress: dict[str, Any]) -> str:
+    """One line of a reshard's progress (the ``reshard`` object of ``/status``)."""
+    get = progress.get
+    line = (
+        f"{get('old_shards', '?')} -> {get('new_shards', '?')} shards: {get('phase', '?')}, "
+        f"{get('new_ready', '?')}/{get('new_shards', '?')} new shards ready"
+    )
+    if get("guild_creates_complete"):
+        line += ", guilds complete"
+    elapsed = get("elapsed_s")
+    if isinstance(elapsed, int | float):
+        line += f", {elapsed:.1f} s"
+    if get("deduplicated"):
+        line += f", {get('deduplicated')} duplicates dropped"
+    if get("error"):
+        line += f": {get('error')}"
+    return line

@@ -132,3 +132,29 @@ def test_a_saved_reshard_wins_over_auto_and_over_the_count_it_replaced(
 def test_a_bad_layout_file_is_ignored(tmp_path: Path, bad: bytes) -> None:
     (tmp_path / "layout.json").write_bytes(bad)
     assert load_layout(tmp_path) is None
+
+
+def test_a_running_or_abandoned_reshard_shows_in_cluster_status() -> None:
+    from cluster.cli_client import render_status
+    from cluster.reshard import describe_progress
+
+    running = {
+        "phase": "starting",
+        "old_shards": 16,
+        "new_shards": 32,
+        "new_ready": 12,
+        "elapsed_s": 4.25,
+        "error": None,
+    }
+    assert describe_progress(running) == "16 -> 32 shards: starting, 12/32 new shards ready, 4.2 s"
+    text = render_status({"shards": [{"shard_id": 0, "state": "ready"}], "reshard": running})
+    assert (
+        text.splitlines()[-1] == "reshard: 16 -> 32 shards: starting, 12/32 new shards ready, 4.2 s"
+    )
+    done = {**running, "phase": "switched", "new_ready": 32}
+    assert "reshard" not in render_status({"shards": [], "reshard": done})
+    abandoned = {**running, "phase": "abandoned", "error": "the identify budget ran out"}
+    assert render_status({"shards": [], "reshard": abandoned}).endswith(
+        ": the identify budget ran out"
+    )
+    assert describe_progress({}) == "? -> ? shards: ?, ?/? new shards ready"
