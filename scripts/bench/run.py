@@ -35,6 +35,7 @@ import contextlib
 import importlib.util
 import math
 import os
+import random
 import shlex
 import shutil
 import signal
@@ -267,11 +268,23 @@ def sink_endpoint(receiver: str) -> str:
     return f"tcp://127.0.0.1:{free_port()}" if receiver == "cluster" else "tcp://127.0.0.1:*"
 
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel handed out for
+# "any free port" is also one it may give the next outgoing connection before
+# the cluster binds it (a CI run lost the redis identify part to that).
+LISTEN_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback TCP port free now, outside the range outgoing connections draw from."""
+    for _ in range(200):
+        port = random.choice(LISTEN_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS}")
 
 
 async def start_cluster(
