@@ -82,7 +82,7 @@ def reshard(
     wanted: int | str
     if shards.strip().lower() == "auto":
         wanted = "auto"
-    elif shards.strip().isdigit() and int(shards) >= 1:
+    elif shards.strip().isascii() and shards.strip().isdigit() and int(shards) >= 1:
         wanted = int(shards)
     else:
         usage_error(f"--shards must be a positive integer or 'auto', got {shards[:40]!r}")

@@ -107,7 +107,7 @@ async def fetch_bot_user_id(
         raise ApiResponseError(
             f"GET {url} answered without a user id: {_quote(body, token)}"
         ) from None
-    if not user_id.isdigit():
+    if not (user_id.isascii() and user_id.isdigit()):
         raise ApiResponseError(f"GET {url} answered a user id that is not a snowflake")
     return user_id
 

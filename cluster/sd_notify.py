@@ -54,7 +54,12 @@ class SystemdNotifier:
         watchdog_s = None
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
-        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+        if (
+            usec.isascii()
+            and usec.isdigit()
+            and int(usec) > 0
+            and (not pid or pid == str(os.getpid()))
+        ):
             watchdog_s = int(usec) / 1_000_000
         return cls(env.get("NOTIFY_SOCKET"), watchdog_s)
 

@@ -59,7 +59,7 @@ def parse_intents(text: str | int) -> int:
     stripped = text.strip()
     if not stripped:
         raise UnknownIntentError("no intents given")
-    if stripped.isdigit():
+    if stripped.isascii() and stripped.isdigit():  # not "²": str.isdigit takes it, int() not
         return validate_intents(int(stripped))
     value = 0
     for raw in stripped.replace("|", ",").replace(" ", ",").split(","):

@@ -140,7 +140,7 @@ def bot_id_from_token(token: str) -> int | None:
         raw = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
     except (binascii.Error, ValueError):
         return None
-    if not raw.isdigit() or len(raw) > 20:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
         return None
     value = int(raw)
     return value if 0 < value < 1 << 64 else None

@@ -182,7 +182,11 @@ class Gateway:
         self._next_conn_id += 1
         query = request.query
         v_raw = query.get("v")
-        v = int(v_raw) if v_raw is not None and v_raw.isdigit() and len(v_raw) < 4 else None
+        v = (
+            int(v_raw)
+            if v_raw is not None and v_raw.isascii() and v_raw.isdigit() and len(v_raw) < 4
+            else None
+        )
         encoding = query.get("encoding", "json")
         compress = query.get("compress", "none")
         info = ConnectionRecord(conn_id, url_kind, v, encoding, compress, time.monotonic())
@@ -330,7 +334,7 @@ class Gateway:
         request_all = d.get("query") == "" and d.get("limit") == 0
         window = self.config.member_request_window_s
         for gid in ids:
-            if not isinstance(gid, str | int) or not str(gid).isdigit():
+            if not isinstance(gid, str | int) or not (str(gid).isascii() and str(gid).isdigit()):
                 continue
             index = (int(gid) >> 22) - GUILD_BASE
             if index not in session.guild_indices or self.factory.guild(index).id != int(gid):
