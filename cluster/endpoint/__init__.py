@@ -9,7 +9,9 @@ IDENTIFY from a guild cache so a bot's restart costs no IDENTIFY at Discord.
 - :mod:`cluster.endpoint.connection`: one websocket: Discord's rules, reading, writing
 - :mod:`cluster.endpoint.session`: one client session: its seq numbering and replay buffer (pure)
 - :mod:`cluster.endpoint.cache`: the guild cache, applying dispatches (pure)
-- :mod:`cluster.endpoint.filters`: which dispatches a client's intents take (pure)
+- :mod:`cluster.endpoint.persist`: the cache on disk (periodic and graceful saves), and
+  what a start does with it (go on, catch up by the RESUME's replay, or IDENTIFY)
+- :mod:`cluster.endpoint.filters`: which dispatches a client's intents take, content blanked (pure)
 - :mod:`cluster.endpoint.nonces`: member-chunk answers to the client that asked (pure)
 
 Importing this package imports nothing heavy; ``server`` (aiohttp) is imported by

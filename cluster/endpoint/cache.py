@@ -23,14 +23,29 @@ memory with tracemalloc).
 
 Events applied: READY (the shard's guild list, all unavailable until their
 GUILD_CREATE; user and application), USER_UPDATE (the bot), GUILD_CREATE /
-UPDATE / DELETE, GUILD_ROLE_*, CHANNEL_*, THREAD_CREATE / UPDATE / DELETE /
-LIST_SYNC, GUILD_EMOJIS_UPDATE, GUILD_STICKERS_UPDATE, GUILD_MEMBER_ADD /
-UPDATE / REMOVE, GUILD_MEMBERS_CHUNK, PRESENCE_UPDATE, VOICE_STATE_UPDATE,
-STAGE_INSTANCE_*, GUILD_SCHEDULED_EVENT_CREATE / UPDATE / DELETE,
-GUILD_SOUNDBOARD_SOUND(S)_*. Not kept (a client gets only what later
-dispatches tell it): channels' ``last_message_id`` and ``last_pin_timestamp``,
-thread member lists and counts, scheduled events' user counts, DM channels,
-and anything a client would fetch over REST.
+UPDATE / DELETE, GUILD_ROLE_*, CHANNEL_*, CHANNEL_PINS_UPDATE
+(``last_pin_timestamp``), THREAD_CREATE / UPDATE / DELETE / LIST_SYNC,
+THREAD_MEMBER_UPDATE and THREAD_MEMBERS_UPDATE (a thread's ``member_count``,
+and its ``member``: the bot's own thread member, as GUILD_CREATE lists it for
+threads the bot joined), MESSAGE_CREATE (``last_message_id`` of the channel or
+thread), GUILD_EMOJIS_UPDATE, GUILD_STICKERS_UPDATE, GUILD_MEMBER_ADD / UPDATE
+/ REMOVE, GUILD_MEMBERS_CHUNK, PRESENCE_UPDATE, VOICE_STATE_UPDATE,
+VOICE_CHANNEL_STATUS_UPDATE, VOICE_CHANNEL_START_TIME_UPDATE, STAGE_INSTANCE_*,
+GUILD_SCHEDULED_EVENT_* (``user_count`` where the object has one),
+GUILD_SOUNDBOARD_SOUND(S)_*.
+
+MESSAGE_CREATE is the one busy event the cache follows, and it is not parsed as
+it comes (:meth:`GuildCache.message_seen`): its channel is found in its bytes and
+the newest payload per channel waits, unparsed, until the next render, save or
+:data:`MESSAGE_BACKLOG` channels waiting (:meth:`GuildCache.flush_messages`); then
+each is parsed once and its id noted per channel (:meth:`GuildEntry.note_message`),
+and the channel's JSON is rewritten once (:meth:`GuildEntry.fold_messages`). A busy
+channel costs one parse per flush, not one per message.
+
+Not kept (a client gets only what later dispatches tell it): threads'
+``message_count`` and ``total_message_sent``, the thread members of other
+users, DM channels, members' user objects as PRESENCE_UPDATE changes them, and
+anything a client would fetch over REST.
 """
 
 from __future__ import annotations
@@ -48,7 +63,12 @@ DEFAULT_PRESENCE_CAP: Final = 5000
 #: (33), its dict slot and int key (~60); used for ``nbytes``.
 ENTRY_OVERHEAD: Final = 100
 
-#: The dispatches the cache needs (the endpoint parses only these when no client is connected).
+#: MESSAGE_CREATE payloads waiting unparsed (one per channel) before they are all parsed.
+MESSAGE_BACKLOG: Final = 1024
+_CHANNEL_KEY: Final = b'"channel_id":"'
+
+#: The dispatches the cache needs (the endpoint parses these, but MESSAGE_CREATE, when no
+#: client is connected; see :meth:`GuildCache.message_seen`).
 CACHE_EVENTS: Final = frozenset(
     {
         b"READY",
@@ -66,6 +86,12 @@ CACHE_EVENTS: Final = frozenset(
         b"THREAD_UPDATE",
         b"THREAD_DELETE",
         b"THREAD_LIST_SYNC",
+        b"THREAD_MEMBER_UPDATE",
+        b"THREAD_MEMBERS_UPDATE",
+        b"CHANNEL_PINS_UPDATE",
+        b"MESSAGE_CREATE",
+        b"VOICE_CHANNEL_STATUS_UPDATE",
+        b"VOICE_CHANNEL_START_TIME_UPDATE",
         b"GUILD_EMOJIS_UPDATE",
         b"GUILD_STICKERS_UPDATE",
         b"GUILD_MEMBER_ADD",
@@ -80,6 +106,8 @@ CACHE_EVENTS: Final = frozenset(
         b"GUILD_SCHEDULED_EVENT_CREATE",
         b"GUILD_SCHEDULED_EVENT_UPDATE",
         b"GUILD_SCHEDULED_EVENT_DELETE",
+        b"GUILD_SCHEDULED_EVENT_USER_ADD",
+        b"GUILD_SCHEDULED_EVENT_USER_REMOVE",
         b"GUILD_SOUNDBOARD_SOUND_CREATE",
         b"GUILD_SOUNDBOARD_SOUND_UPDATE",
         b"GUILD_SOUNDBOARD_SOUND_DELETE",
@@ -106,6 +134,16 @@ _NOT_BASE: Final = frozenset(
 )
 #: Thread channel types (public, private, announcement threads).
 _THREAD_TYPES: Final = frozenset({10, 11, 12})
+#: The fields of a thread member object as GUILD_CREATE's threads carry the bot's own.
+_THREAD_MEMBER_FIELDS: Final = ("id", "user_id", "join_timestamp", "flags")
+
+
+class _Delete:
+    __slots__ = ()
+
+
+#: :meth:`GuildEntry.patch_channel`: remove the field
+_DELETE: Final[Any] = _Delete()
 
 _loads = orjson.loads
 
@@ -125,7 +163,7 @@ _dumps = compact_json
 
 def _snowflake(value: Any) -> int | None:
     """A snowflake (string or int) as an int; None if it is not one."""
-    if isinstance(value, str) and value.isdigit() and len(value) < 21:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 21:
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
@@ -146,6 +184,7 @@ class GuildEntry:
 
     __slots__ = (
         "_base",
+        "_last_messages",
         "channels",
         "emojis",
         "guild_scheduled_events",
@@ -179,6 +218,8 @@ class GuildEntry:
         self.stickers = b"[]"
         self.members_dropped = 0
         self.presences_dropped = 0
+        #: channel or thread id -> the newest MESSAGE_CREATE's id not yet in its JSON
+        self._last_messages: dict[int, int] | None = None
         #: the JSON bytes held, plus ENTRY_OVERHEAD per object (and two for the entry itself)
         self.nbytes = 2 * ENTRY_OVERHEAD + len(self._base) + len(self.emojis) + len(self.stickers)
 
@@ -218,6 +259,56 @@ class GuildEntry:
         self.nbytes += len(new) - len(old)
         setattr(self, name, new)
 
+    def note_message(self, channel_id: int, message_id: int) -> None:
+        """A MESSAGE_CREATE in ``channel_id`` (a channel or thread of this guild): its
+        ``last_message_id`` from now on (written into the JSON by :meth:`fold_messages`)."""
+        pending = self._last_messages
+        if pending is None:
+            self._last_messages = {channel_id: message_id}
+            self.nbytes += ENTRY_OVERHEAD
+            return
+        if channel_id not in pending:
+            self.nbytes += ENTRY_OVERHEAD
+        elif pending[channel_id] > message_id:
+            return  # an older message (snowflakes grow with time)
+        pending[channel_id] = message_id
+
+    def fold_messages(self) -> None:
+        """Write the noted ``last_message_id`` of each channel into its JSON (once per
+        channel, however many messages came since the last fold)."""
+        pending = self._last_messages
+        if not pending:
+            return
+        self._last_messages = None
+        self.nbytes -= ENTRY_OVERHEAD * len(pending)
+        for channel_id, message_id in pending.items():
+            self.patch_channel(channel_id, {"last_message_id": message_id}, newer=True)
+
+    def patch_channel(
+        self, channel_id: int, fields: Mapping[str, Any], *, newer: bool = False
+    ) -> dict[str, Any] | None:
+        """Update fields of a channel or thread (None: the guild has no such channel).
+
+        ``newer``: ``last_message_id`` only moves forward (a snowflake is a time).
+        Returns the updated object.
+        """
+        collection = self.channels if channel_id in self.channels else self.threads
+        raw = collection.get(channel_id)
+        if raw is None:
+            return None
+        obj: dict[str, Any] = _loads(raw)
+        for key, value in fields.items():
+            if key == "last_message_id" and isinstance(value, int):
+                if newer and (_snowflake(obj.get(key)) or 0) >= value:
+                    continue
+                value = str(value)
+            if value is _DELETE:
+                obj.pop(key, None)
+            else:
+                obj[key] = value
+        self.put(collection, channel_id, _dumps(obj))
+        return obj
+
     @property
     def objects(self) -> int:
         return sum(len(self.collection(name)) for name, _ in _KEYED)
@@ -225,13 +316,17 @@ class GuildEntry:
     # -- saving (cluster.endpoint.persist) ------------------------------------------------
 
     def dump(self) -> list[Any]:
-        """Plain values (bytes, ints, lists, dicts) that :meth:`load` turns back into the entry."""
+        """Plain values (bytes, ints, dicts) that :meth:`load` turns back into the entry.
+
+        The collections are the entry's own dicts, not copies: pack the result before
+        the cache changes (:class:`cluster.endpoint.persist.CacheWriter`)."""
+        self.fold_messages()
         return [
             self._base,
             self.member_count,
             self.emojis,
             self.stickers,
-            {name: list(self.collection(name).items()) for name, _ in _KEYED},
+            {name: self.collection(name) for name, _ in _KEYED},
             self.members_dropped,
             self.presences_dropped,
         ]
@@ -245,7 +340,9 @@ class GuildEntry:
         entry.member_count = int(member_count)
         for name, _ in _KEYED:
             collection = entry.collection(name)
-            for key, value in collections.get(name, ()):
+            items = collections.get(name, ())
+            # a dict (this version), or [key, value] pairs (files of an earlier one)
+            for key, value in items.items() if isinstance(items, dict) else items:
                 entry.put(collection, int(key), bytes(value))
         entry.members_dropped, entry.presences_dropped = int(m_dropped), int(p_dropped)
         return entry
@@ -254,6 +351,7 @@ class GuildEntry:
 
     def render(self, with_presences: bool = True) -> bytes:
         """The ``d`` of a GUILD_CREATE for this guild (``unavailable: false``)."""
+        self.fold_messages()
         base = self._base
         parts = [base[:-1]] if len(base) > 2 else [b"{"]
         sep = b"," if len(base) > 2 else b""
@@ -290,6 +388,8 @@ class CacheStats:
     presences: int
     members_dropped: int
     presences_dropped: int
+    #: MESSAGE_CREATEs waiting unparsed (:meth:`GuildCache.message_seen`)
+    messages_pending: int = 0
 
 
 class GuildCache:
@@ -308,6 +408,8 @@ class GuildCache:
         #: dispatches applied, and dispatches ignored as malformed or about unknown guilds
         self.applied = 0
         self.ignored = 0
+        #: (shard, channel id bytes) -> the newest MESSAGE_CREATE payload there, unparsed
+        self._messages: dict[tuple[int, bytes], bytes] = {}
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -339,6 +441,7 @@ class GuildCache:
 
     def guild_creates(self, shard_id: int, with_presences: bool = True) -> list[bytes]:
         """The ``d`` of a GUILD_CREATE for every available guild of the shard."""
+        self.flush_messages()
         shard = self.shards.get(shard_id)
         if shard is None:
             return []
@@ -368,16 +471,28 @@ class GuildCache:
                 p_dropped += entry.presences_dropped
         ready = sum(1 for s in self.shards.values() if s.ready is not None)
         return CacheStats(
-            ready, guilds, unavailable, nbytes, largest, members, presences, m_dropped, p_dropped
+            ready,
+            guilds,
+            unavailable,
+            nbytes,
+            largest,
+            members,
+            presences,
+            m_dropped,
+            p_dropped,
+            len(self._messages),
         )
 
     # -- writing ----------------------------------------------------------------------------
 
     def forget_shard(self, shard_id: int) -> None:
         self.shards.pop(shard_id, None)
+        if any(key[0] == shard_id for key in self._messages):
+            self._messages = {k: v for k, v in self._messages.items() if k[0] != shard_id}
 
     def dump_shard(self, shard_id: int) -> dict[str, Any] | None:
         """The shard as plain values (None: no READY yet), for :mod:`cluster.endpoint.persist`."""
+        self.flush_messages()
         shard = self.shards.get(shard_id)
         if shard is None or shard.ready is None:
             return None
@@ -568,7 +683,17 @@ class GuildCache:
         if isinstance(metadata, dict) and metadata.get("archived") is True:
             entry.drop(entry.threads, thread_id)  # GUILD_CREATE lists active threads only
             return True
-        entry.put(entry.threads, thread_id, _dumps(_without(d, "guild_id", "newly_created")))
+        thread = _without(d, "guild_id", "newly_created")
+        old = entry.threads.get(thread_id)
+        if "member" not in thread and old is not None and b'"member":' in old:
+            # THREAD_UPDATE has no member: the bot's own, from THREAD_CREATE or
+            # THREAD_MEMBER_UPDATE, stays
+            member = _loads(old).get("member")
+            if member is not None:
+                thread["member"] = member
+        elif isinstance(thread.get("member"), dict):
+            thread["member"] = _thread_member(thread["member"])
+        entry.put(entry.threads, thread_id, _dumps(thread))
         return True
 
     def _thread_delete(self, shard_id: int, d: Any) -> bool:
@@ -591,11 +716,120 @@ class GuildCache:
                     entry.drop(entry.threads, thread_id)
         else:
             entry.clear(entry.threads)
+        members: dict[int, dict[str, Any]] = {}
+        for member in d.get("members") or ():  # the bot's own thread members
+            joined = _snowflake(member.get("id")) if isinstance(member, dict) else None
+            if joined is not None:
+                members[joined] = _thread_member(member)
         for thread in d.get("threads") or ():
             synced = _snowflake(thread.get("id")) if isinstance(thread, dict) else None
             if synced is not None:
-                entry.put(entry.threads, synced, _dumps(_without(thread, "guild_id")))
+                thread = _without(thread, "guild_id")
+                if synced in members:
+                    thread["member"] = members[synced]
+                entry.put(entry.threads, synced, _dumps(thread))
         return True
+
+    def _thread_member_update(self, shard_id: int, d: Any) -> bool:
+        """The bot's own thread member changed (or it joined): the thread's ``member``."""
+        entry = self._entry(shard_id, d)
+        thread_id = _snowflake(d.get("id")) if entry is not None else None
+        if entry is None or thread_id is None or thread_id not in entry.threads:
+            return False
+        entry.patch_channel(thread_id, {"member": _thread_member(d)})
+        return True
+
+    def _thread_members_update(self, shard_id: int, d: Any) -> bool:
+        """Members joined or left a thread: its ``member_count``, and ``member`` if the bot
+        was one of them (their guild members, when the event carries them, are cached)."""
+        entry = self._entry(shard_id, d)
+        thread_id = _snowflake(d.get("id")) if entry is not None else None
+        if entry is None or thread_id is None or thread_id not in entry.threads:
+            return False
+        fields: dict[str, Any] = {}
+        if isinstance(d.get("member_count"), int):
+            fields["member_count"] = d["member_count"]
+        bot = self.bot_id
+        for added in d.get("added_members") or ():
+            if not isinstance(added, dict):
+                continue
+            if isinstance(added.get("member"), dict):
+                self._put_member(entry, added["member"], merge=True)
+            if bot is not None and _snowflake(added.get("user_id")) == bot:
+                fields["member"] = _thread_member(added)
+        removed = d.get("removed_member_ids") or ()
+        if bot is not None and isinstance(removed, list) and bot in map(_snowflake, removed):
+            fields["member"] = _DELETE
+        if fields:
+            entry.patch_channel(thread_id, fields)
+        return True
+
+    def _pins_update(self, shard_id: int, d: Any) -> bool:
+        entry = self._entry(shard_id, d)
+        channel_id = _snowflake(d.get("channel_id")) if entry is not None else None
+        if entry is None or channel_id is None:
+            return False  # a DM channel, or a guild the cache does not have
+        fields = {"last_pin_timestamp": d.get("last_pin_timestamp")}
+        return entry.patch_channel(channel_id, fields) is not None
+
+    def message_seen(self, shard_id: int, payload: bytes | memoryview) -> None:
+        """A MESSAGE_CREATE dispatch as the relay has it (the endpoint's pump), not parsed.
+
+        Its channel is the one ``"channel_id"`` in its bytes (JSON strings hold no bare
+        quote, so a key cannot hide in a value; a message with another, a reply, is
+        parsed now): it waits as that channel's newest until :meth:`flush_messages`."""
+        raw = bytes(payload)
+        at = raw.find(_CHANNEL_KEY)
+        end = raw.find(b'"', at + len(_CHANNEL_KEY)) if at >= 0 else -1
+        if end < 0 or raw.find(_CHANNEL_KEY, end) >= 0:
+            self._message_now(shard_id, raw)
+            return
+        pending = self._messages
+        pending[shard_id, raw[at + len(_CHANNEL_KEY) : end]] = raw
+        if len(pending) >= MESSAGE_BACKLOG:
+            self.flush_messages()
+
+    def flush_messages(self) -> None:
+        """Parse the waiting MESSAGE_CREATEs, one per channel (a render, a save, a full backlog)."""
+        pending = self._messages
+        if not pending:
+            return
+        self._messages = {}
+        for (shard_id, _), raw in pending.items():
+            self._message_now(shard_id, raw)
+
+    def _message_now(self, shard_id: int, raw: bytes) -> None:
+        try:
+            obj = _loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        self.message_created(shard_id, obj.get("d") if isinstance(obj, dict) else None)
+
+    def message_created(self, shard_id: int, d: Any) -> bool:
+        """MESSAGE_CREATE: the channel's (or thread's) ``last_message_id``.
+
+        The shortest path (:meth:`flush_messages` calls it without :meth:`apply`, which
+        also counts): three dict lookups and ``int()`` of the ids; a DM, an unknown guild
+        or channel, or a malformed message fails a lookup and is ignored."""
+        try:
+            entry = self.shards[shard_id].guilds[int(d["guild_id"])]
+            channel_id = int(d["channel_id"])
+            message_id = int(d["id"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        if entry is None or (channel_id not in entry.channels and channel_id not in entry.threads):
+            return False
+        entry.note_message(channel_id, message_id)
+        return True
+
+    def _channel_field(self, shard_id: int, d: Any, name: str) -> bool:
+        """VOICE_CHANNEL_STATUS_UPDATE (``status``), VOICE_CHANNEL_START_TIME_UPDATE
+        (``voice_start_time``): one field of a voice channel."""
+        entry = self._entry(shard_id, d)
+        channel_id = _snowflake(d.get("id")) if entry is not None else None
+        if entry is None or channel_id is None:
+            return False
+        return entry.patch_channel(channel_id, {name: d.get(name)}) is not None
 
     def _emojis(self, shard_id: int, d: Any) -> bool:
         entry = self._entry(shard_id, d)
@@ -718,6 +952,21 @@ class GuildCache:
         entry.drop(entry.collection(name), item_id)
         return True
 
+    def _event_user(self, shard_id: int, d: Any, step: int) -> bool:
+        """GUILD_SCHEDULED_EVENT_USER_ADD / REMOVE: the event's ``user_count``, where the
+        cached object has one (Discord gives it only on request)."""
+        entry = self._entry(shard_id, d)
+        event_id = _snowflake(d.get("guild_scheduled_event_id")) if entry is not None else None
+        raw = entry.guild_scheduled_events.get(event_id) if entry and event_id else None
+        if entry is None or event_id is None or raw is None:
+            return False
+        if b'"user_count":' in raw:
+            event = _loads(raw)
+            if isinstance(event.get("user_count"), int):
+                event["user_count"] = max(0, event["user_count"] + step)
+                entry.put(entry.guild_scheduled_events, event_id, _dumps(event))
+        return True
+
     def _sounds_update(self, shard_id: int, d: Any) -> bool:
         entry = self._entry(shard_id, d)
         sounds = d.get("soundboard_sounds") if entry is not None else None
@@ -729,6 +978,11 @@ class GuildCache:
             if sound_id is not None:
                 entry.put(entry.soundboard_sounds, sound_id, _dumps(sound))
         return True
+
+
+def _thread_member(member: Mapping[str, Any]) -> dict[str, Any]:
+    """A thread member object as GUILD_CREATE's threads carry it (no member, presence)."""
+    return {k: member[k] for k in _THREAD_MEMBER_FIELDS if k in member}
 
 
 def _keyed(name: str, key: str, delete: bool = False) -> Any:
@@ -753,6 +1007,16 @@ _HANDLERS: Final[dict[bytes, Any]] = {
     b"THREAD_UPDATE": GuildCache._thread_put,
     b"THREAD_DELETE": GuildCache._thread_delete,
     b"THREAD_LIST_SYNC": GuildCache._thread_list_sync,
+    b"THREAD_MEMBER_UPDATE": GuildCache._thread_member_update,
+    b"THREAD_MEMBERS_UPDATE": GuildCache._thread_members_update,
+    b"CHANNEL_PINS_UPDATE": GuildCache._pins_update,
+    b"MESSAGE_CREATE": GuildCache.message_created,
+    b"VOICE_CHANNEL_STATUS_UPDATE": lambda cache, shard_id, d: cache._channel_field(
+        shard_id, d, "status"
+    ),
+    b"VOICE_CHANNEL_START_TIME_UPDATE": lambda cache, shard_id, d: cache._channel_field(
+        shard_id, d, "voice_start_time"
+    ),
     b"GUILD_EMOJIS_UPDATE": GuildCache._emojis,
     b"GUILD_STICKERS_UPDATE": GuildCache._stickers,
     b"GUILD_MEMBER_ADD": GuildCache._member_add,
@@ -767,6 +1031,10 @@ _HANDLERS: Final[dict[bytes, Any]] = {
     b"GUILD_SCHEDULED_EVENT_CREATE": _keyed("guild_scheduled_events", "id"),
     b"GUILD_SCHEDULED_EVENT_UPDATE": _keyed("guild_scheduled_events", "id"),
     b"GUILD_SCHEDULED_EVENT_DELETE": _keyed("guild_scheduled_events", "id", delete=True),
+    b"GUILD_SCHEDULED_EVENT_USER_ADD": lambda cache, shard_id, d: cache._event_user(shard_id, d, 1),
+    b"GUILD_SCHEDULED_EVENT_USER_REMOVE": lambda cache, shard_id, d: cache._event_user(
+        shard_id, d, -1
+    ),
     b"GUILD_SOUNDBOARD_SOUND_CREATE": _keyed("soundboard_sounds", "sound_id"),
     b"GUILD_SOUNDBOARD_SOUND_UPDATE": _keyed("soundboard_sounds", "sound_id"),
     b"GUILD_SOUNDBOARD_SOUND_DELETE": _keyed("soundboard_sounds", "sound_id", delete=True),

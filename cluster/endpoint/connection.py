@@ -93,7 +93,7 @@ class ResumeRequest:
 def parse_query(query: Mapping[str, str]) -> Compression | Refusal:
     """``?v=10&encoding=json&compress=zlib-stream`` -> the transport compression."""
     version = query.get("v", "10")
-    if not version.isdigit() or int(version) not in SUPPORTED_API_VERSIONS:
+    if not (version.isascii() and version.isdigit()) or int(version) not in SUPPORTED_API_VERSIONS:
         return Refusal(CloseCode.INVALID_API_VERSION, "Invalid API version.")
     encoding = query.get("encoding", "json")
     if encoding != "json":

@@ -15,14 +15,22 @@ both intents of a pair, or neither, does not care whether the event has a
 GUILD_MEMBER_UPDATE about the bot itself is sent whatever the intents
 (``about_self``).
 
-Content fields (MESSAGE_CONTENT) are not blanked: a client gets them when the
-cluster's intents have MESSAGE_CONTENT, whatever it asked for.
+Content fields: a client without MESSAGE_CONTENT (privileged, bit 15) gets
+message dispatches as Discord would send them to it, while the cluster's shards
+have the intent (:func:`without_content`; shared/PROTOCOL.md section 8, Discord's
+"Message Content Intent"): ``content`` empty, ``embeds``, ``attachments`` and
+``components`` empty lists, ``poll`` left out, except in DMs, in messages that
+mention the bot and in the bot's own messages; AUTO_MODERATION_ACTION_EXECUTION
+loses ``content`` and ``matched_content``. Only such a client's filter looks at
+those events (:attr:`IntentFilter.blanks`); a client with the intent pays nothing
+for the rule, and the blanked ``d`` is made once per event for all clients that
+need it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from protocol.intents import Intent
 
@@ -140,6 +148,79 @@ EVENT_INTENTS: Final[dict[bytes, tuple[int, int]]] = {
 SHARD_ONLY: Final = frozenset({b"READY", b"RESUMED"})
 #: Answers routed by nonce to the one client that asked (never to the others).
 BY_NONCE: Final = frozenset({b"GUILD_MEMBERS_CHUNK", b"RATE_LIMITED"})
+#: Dispatches whose fields MESSAGE_CONTENT gates (:func:`without_content`).
+CONTENT_EVENTS: Final = frozenset(
+    {b"MESSAGE_CREATE", b"MESSAGE_UPDATE", b"AUTO_MODERATION_ACTION_EXECUTION"}
+)
+#: A message's fields a client without MESSAGE_CONTENT gets empty (``poll``: left out).
+_EMPTY_FIELDS: Final[tuple[tuple[str, Any], ...]] = (
+    ("content", ""),
+    ("embeds", []),
+    ("attachments", []),
+    ("components", []),
+)
+
+
+def _message_without_content(message: dict[str, Any], bot_id: str | None) -> dict[str, Any] | None:
+    """A guild message as an app without MESSAGE_CONTENT sees it (None: unchanged).
+
+    Discord keeps the content of the app's own messages and of messages that mention
+    it; the message it replies to (``referenced_message``) and forwarded snapshots
+    follow the same rule.
+    """
+    author = message.get("author")
+    if bot_id is not None:
+        if isinstance(author, dict) and str(author.get("id")) == bot_id:
+            return None
+        mentions = message.get("mentions")
+        if isinstance(mentions, list) and any(
+            isinstance(m, dict) and str(m.get("id")) == bot_id for m in mentions
+        ):
+            return None
+    changed: dict[str, Any] | None = None
+    for name, empty in _EMPTY_FIELDS:
+        if name in message and message[name] != empty:
+            changed = changed if changed is not None else dict(message)
+            changed[name] = "" if name == "content" else []
+    if "poll" in message:
+        changed = changed if changed is not None else dict(message)
+        del changed["poll"]
+    referenced = message.get("referenced_message")
+    if isinstance(referenced, dict):
+        inner = _message_without_content(referenced, bot_id)
+        if inner is not None:
+            changed = changed if changed is not None else dict(message)
+            changed["referenced_message"] = inner
+    snapshots = message.get("message_snapshots")
+    if isinstance(snapshots, list):
+        stripped = [
+            {**snap, "message": inner}
+            if isinstance(snap, dict)
+            and isinstance(snap.get("message"), dict)
+            and (inner := _message_without_content(snap["message"], None)) is not None
+            else snap
+            for snap in snapshots
+        ]
+        if any(a is not b for a, b in zip(stripped, snapshots, strict=True)):
+            changed = changed if changed is not None else dict(message)
+            changed["message_snapshots"] = stripped
+    return changed
+
+
+def without_content(t: bytes, d: Any, bot_id: int | None) -> Any | None:
+    """``d`` of ``t`` as a client without MESSAGE_CONTENT gets it (None: unchanged).
+
+    DMs (no ``guild_id``) keep their content; see the module docstring.
+    """
+    if not isinstance(d, dict):
+        return None
+    if t == b"AUTO_MODERATION_ACTION_EXECUTION":
+        if not d.get("content") and not d.get("matched_content"):
+            return None
+        return {**d, "content": "", "matched_content": ""}
+    if t not in CONTENT_EVENTS or d.get("guild_id") is None:
+        return None
+    return _message_without_content(d, None if bot_id is None else str(bot_id))
 
 
 def delivers(
@@ -176,13 +257,16 @@ class IntentFilter:
     """:func:`delivers` for one client's intents, precomputed into two sets.
 
     ``blocked``: never delivered; ``checked``: depends on the payload (guild or DM,
-    or GUILD_MEMBER_UPDATE about the bot); anything else is delivered.
+    or GUILD_MEMBER_UPDATE about the bot), or (``blanks``: a client without
+    MESSAGE_CONTENT on a cluster with it) may need :func:`without_content`;
+    anything else is delivered as it is.
     """
 
-    __slots__ = ("blocked", "checked", "intents")
+    __slots__ = ("blanks", "blocked", "checked", "intents")
 
-    def __init__(self, intents: int) -> None:
+    def __init__(self, intents: int, blank_content: bool = False) -> None:
         self.intents = intents
+        self.blanks = blank_content
         blocked: set[bytes] = set()
         checked: set[bytes] = set()
         for t, (guild_intent, dm_intent) in EVENT_INTENTS.items():
@@ -193,6 +277,8 @@ class IntentFilter:
         if b"GUILD_MEMBER_UPDATE" in blocked:
             blocked.discard(b"GUILD_MEMBER_UPDATE")
             checked.add(b"GUILD_MEMBER_UPDATE")
+        if blank_content:
+            checked |= CONTENT_EVENTS - blocked
         self.blocked = frozenset(blocked)
         self.checked = frozenset(checked)
 

@@ -36,6 +36,18 @@ token first (:mod:`cluster.endpoint.settings`).
 Overload: if the pump falls more than :data:`MAX_PENDING_EVENTS` behind the
 relay, it applies the backlog to the cache only and ends every client session
 (op 9): memory stays bounded and the shards never wait for the endpoint.
+
+Restarts (:mod:`cluster.endpoint.persist`): the cache is saved every
+``cache_save_interval_s`` and at a graceful stop; at start :meth:`GatewayEndpoint.adopt`
+keeps every shard whose saved cache is of its saved session. A cache older than the
+resume point makes the shard RESUME from the cache's seq (:meth:`GatewayEndpoint.rewind`);
+the relay hands the replayed, already published events to :meth:`EndpointTap.add_replayed`
+and the pump applies them to the cache only; the shard's clients get their READY once
+the cache has caught up. The cache applies each ``(session, seq)`` once: whatever
+arrives at or below a shard's stamp is neither applied again nor forwarded.
+
+Content: a client without MESSAGE_CONTENT on a cluster with it gets message
+dispatches blanked as Discord would blank them (:func:`cluster.endpoint.filters.without_content`).
 """
 
 from __future__ import annotations
@@ -50,7 +62,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from aiohttp import web
@@ -66,9 +78,15 @@ from cluster.endpoint.connection import (
     parse_query,
     token_matches,
 )
-from cluster.endpoint.filters import BY_NONCE, SHARD_ONLY, IntentFilter
+from cluster.endpoint.filters import (
+    BY_NONCE,
+    CONTENT_EVENTS,
+    SHARD_ONLY,
+    IntentFilter,
+    without_content,
+)
 from cluster.endpoint.nonces import NonceBook, is_last_chunk, restore_nonce
-from cluster.endpoint.persist import SavedCache, cache_path, load_cache, save_cache
+from cluster.endpoint.persist import CacheWriter, SavedCache, cache_path, load_cache
 from cluster.endpoint.session import ClientSession, SessionState
 from cluster.endpoint.settings import GatewaySettings
 from cluster.runs import EventSlices
@@ -79,6 +97,9 @@ from protocol.gateway import CloseCode, Opcode
 from protocol.intents import Intent
 from protocol.payloads import encode_client_payload, validate_command
 from protocol.session import Session
+
+if TYPE_CHECKING:
+    from cluster.relay import SessionBook
 
 log = logging.getLogger("cluster.gateway")
 
@@ -92,25 +113,45 @@ MAX_PENDING_EVENTS: Final = 200_000
 SWEEP_S: Final = 0.1
 #: A command the shard does not take within this long is dropped (logged).
 SEND_TIMEOUT_S: Final = 5.0
+#: Bytes of a shard's cache packed per turn of the loop when it is saved (~1 ms each).
+SAVE_CHUNK_BYTES: Final = 1 << 20
+#: A piece of a save not written within this long abandons the save: the shard's clients
+#: (whose events wait meanwhile) and the endpoint's memory never wait for a stuck disk.
+SAVE_WRITE_TIMEOUT_S: Final = 2.0
 #: A session-start limit that never runs out: the endpoint spends no Discord identify.
 _UNLIMITED: Final = 1_000_000
 _RESUMED_D: Final = b'{"_trace":["titanium-gateway"]}'
 
 
+#: A run in the tap: (shard id, session epoch, the run's last seq, its events, cache only)
+TapRun = tuple[int, int, int, list[EventSlices], bool]
+
+
 class EndpointTap:
-    """The relay's :class:`cluster.runs.RunConsumer` for the endpoint: append and wake, no more."""
+    """The relay's :class:`cluster.runs.RunConsumer` for the endpoint: append and wake, no more.
+
+    Also the relay's replay consumer (:meth:`add_replayed`): events a shard RESUMEd
+    below its published seq replays, which the relay does not publish again, for the
+    cache only.
+    """
 
     __slots__ = ("_wake", "events", "runs")
 
     def __init__(self, wake: Callable[[], None]) -> None:
-        #: (shard id, session epoch, the run's last seq, its events)
-        self.runs: collections.deque[tuple[int, int, int, list[EventSlices]]] = collections.deque()
+        self.runs: collections.deque[TapRun] = collections.deque()
         #: events in ``runs``
         self.events = 0
         self._wake = wake
 
     def add(self, shard_id: int, epoch: int, first_seq: int, events: list[EventSlices]) -> None:
-        self.runs.append((shard_id, epoch, first_seq + len(events) - 1, events))
+        self.runs.append((shard_id, epoch, first_seq + len(events) - 1, events, False))
+        self.events += len(events)
+
+    def add_replayed(
+        self, shard_id: int, epoch: int, first_seq: int, events: list[EventSlices]
+    ) -> None:
+        """Events published before (by the last run of the supervisor), replayed for the cache."""
+        self.runs.append((shard_id, epoch, first_seq + len(events) - 1, events, True))
         self.events += len(events)
 
     def flush(self) -> None:
@@ -128,7 +169,7 @@ def dispatch_d(raw: bytes, t: bytes) -> bytes | None:
     if not raw.startswith(b'{"t":"%s","s":' % t) or not raw.endswith(b"}"):
         return None
     at = raw.find(b',"op":0,"d":', prefix_len)
-    if at < 0 or not raw[prefix_len:at].isdigit():
+    if at < 0 or not (raw[prefix_len:at].isascii() and raw[prefix_len:at].isdigit()):
         return None
     return raw[at + 12 : -1]
 
@@ -148,6 +189,25 @@ class EndpointStats:
     invalidated: int = 0
     overloads: int = 0
     pumped: int = 0
+    #: already published events a RESUME replayed into the cache only
+    replayed: int = 0
+    #: cache saves, the last one's duration and bytes, when it ended (monotonic)
+    saves: int = 0
+    save_s: float = 0.0
+    save_bytes: int = 0
+    #: the longest the loop waited for a piece of a save, and the pump for a shard's
+    save_stall_s: float = 0.0
+    save_hold_s: float = 0.0
+    saved_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _CatchUp:
+    """A shard RESUMEd from its saved cache's older seq: the cache must reach ``target``."""
+
+    epoch: int
+    since: int
+    target: int
 
 
 class _Live:
@@ -155,9 +215,16 @@ class _Live:
 
     __slots__ = ("conn", "filter", "session")
 
-    def __init__(self, session: ClientSession, conn: Connection | None) -> None:
+    def __init__(
+        self, session: ClientSession, conn: Connection | None, cluster_intents: int
+    ) -> None:
         self.session = session
-        self.filter = IntentFilter(session.intents)
+        # Discord blanks content for an app without MESSAGE_CONTENT; the cluster's shards
+        # have it, so the endpoint blanks it for such a client (filters.without_content)
+        blank = bool(cluster_intents & Intent.MESSAGE_CONTENT) and not (
+            session.intents & Intent.MESSAGE_CONTENT
+        )
+        self.filter = IntentFilter(session.intents, blank)
         self.conn = conn
 
 
@@ -174,6 +241,18 @@ class GatewayEndpoint:
         self.cache = GuildCache(settings.member_cap, settings.presence_cap)
         #: shard -> (session epoch, seq) of the last event the cache has seen
         self.stamps: dict[int, tuple[int, int]] = {}
+        #: shards RESUMEd from an older saved cache, until the replay brought it up to date
+        self._catch_up: dict[int, _CatchUp] = {}
+        #: where the periodic saves go (the owned range's file; None: no range owned)
+        self._save_to: Path | None = None
+        self._save_lock = asyncio.Lock()
+        #: an abandoned save's cleanup (referenced until done)
+        self._background: set[asyncio.Task[None]] = set()
+        #: cleared while a save takes its snapshot: the pump waits
+        self._pump_free = asyncio.Event()
+        self._pump_free.set()
+        #: the stamps of the last save (nothing changed since: no save)
+        self._saved_stamps: dict[int, tuple[int, int]] = {}
         self._woken = asyncio.Event()
         self.tap = EndpointTap(self._woken.set)
         self.nonces: NonceBook[str] = NonceBook()
@@ -211,6 +290,7 @@ class GatewayEndpoint:
             self.port = int(sockets[0].getsockname()[1])
         self._tasks.append(asyncio.create_task(self._pump(), name="gateway-pump"))
         self._tasks.append(asyncio.create_task(self._sweep(), name="gateway-sweep"))
+        self._tasks.append(asyncio.create_task(self._saver(), name="gateway-cache-saver"))
         log.info(
             "gateway endpoint on %s for %d shards",
             self.display_url,
@@ -223,6 +303,9 @@ class GatewayEndpoint:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for task in list(self._background):  # an abandoned save's cleanup (a file removed)
+            with contextlib.suppress(Exception):
                 await task
         for conn in list(self._connections):
             # 4000: resumable, as a server restart is to Discord's clients
@@ -256,52 +339,99 @@ class GatewayEndpoint:
         total_shards: int,
     ) -> dict[int, Session]:
         """Of a range's saved sessions, those that may RESUME: the shard's cache (in
-        memory, else saved by the last graceful stop) is at exactly that point.
+        memory, else saved to ``state_dir``) is of that session.
 
-        The others are left out, so the shard IDENTIFYs and its READY and GUILD_CREATEs
-        fill the cache: a resumed shard sends neither again (see :mod:`cluster.endpoint.persist`).
+        A cache at exactly the resume point goes on; an older one is brought up to it
+        by the RESUME's replay (:meth:`rewind` must be called once the relay's book is
+        seeded); a newer one (saved after the last checkpoint) skips what it has. The
+        others are left out, so the shard IDENTIFYs and its READY and GUILD_CREATEs fill
+        the cache (see :mod:`cluster.endpoint.persist`).
         """
+        self._drain_to_cache()  # what an earlier owner's relay handed on is in the cache
         path = cache_path(state_dir, shard_ids, total_shards)
+        self._save_to = path
+        self._saved_stamps = {}
         on_disk: SavedCache | None = None
         kept: dict[int, Session] = {}
+        exact: set[int] = set()
+        behind: dict[int, int] = {}
+        ahead: list[int] = []
         refilled: list[int] = []
         for shard_id in sorted(shard_ids):
+            self._catch_up.pop(shard_id, None)
             session = saved.get(shard_id)
             if session is None:
                 self.cache.forget_shard(shard_id)  # it identifies: READY fills it
+                self.stamps.pop(shard_id, None)
                 continue
-            want = (ipc.session_epoch(session.session_id), session.seq)
-            if self.cache.is_ready(shard_id) and self.stamps.get(shard_id) == want:
-                kept[shard_id] = session
+            epoch = ipc.session_epoch(session.session_id)
+            have = self.stamps.get(shard_id) if self.cache.is_ready(shard_id) else None
+            if have is None or have[0] != epoch:
+                if on_disk is None:
+                    on_disk = load_cache(path)
+                have = self._load_saved(shard_id, on_disk, epoch)
+            if have is None:
+                self.cache.forget_shard(shard_id)
+                self.stamps.pop(shard_id, None)
+                refilled.append(shard_id)
                 continue
-            if on_disk is None:
-                on_disk = load_cache(path)
-            disk = on_disk.shards.get(shard_id)
-            if disk is not None and (disk.epoch, disk.seq) == want:
-                try:
-                    self.cache.load_shard(shard_id, disk.data)
-                except (ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
-                    log.warning("the saved gateway cache of shard %d is damaged: %s", shard_id, exc)
-                else:
-                    self.stamps[shard_id] = want
-                    kept[shard_id] = session
-                    continue
-            self.cache.forget_shard(shard_id)
-            self.stamps.pop(shard_id, None)
-            refilled.append(shard_id)
+            kept[shard_id] = session
+            if have[1] == session.seq:
+                exact.add(shard_id)
+            elif have[1] < session.seq:
+                behind[shard_id] = session.seq - have[1]
+                self._catch_up[shard_id] = _CatchUp(epoch, have[1], session.seq)
+            else:
+                ahead.append(shard_id)
         if refilled:
             log.warning(
-                "--gateway: %d shards (%s) have no guild cache matching their saved session "
-                "(the supervisor did not stop gracefully, or another host ran them): they "
+                "--gateway: %d shards (%s) have no guild cache of their saved session (none "
+                "was saved, the shard had to identify since, or another host ran it): they "
                 "IDENTIFY instead of RESUME so the endpoint gets their READY and guilds",
                 len(refilled),
-                ", ".join(map(str, refilled[:10])) + (", ..." if len(refilled) > 10 else ""),
+                _some(refilled),
             )
-        elif kept:
-            log.info("--gateway: the guild cache of %d resumed shards is in place", len(kept))
+        if behind:
+            log.info(
+                "--gateway: the saved guild cache of %d shards (%s) is %d events behind their "
+                "resume point: they RESUME from the cache's seq and the replay brings it up "
+                "to date (those events are not published again)",
+                len(behind),
+                _some(sorted(behind)),
+                sum(behind.values()),
+            )
+        if ahead:
+            log.info(
+                "--gateway: the saved guild cache of %d shards (%s) is ahead of their "
+                "checkpoint: the events it has are not applied or sent to clients again",
+                len(ahead),
+                _some(ahead),
+            )
+        if exact:
+            log.info("--gateway: the guild cache of %d resumed shards is in place", len(exact))
         if on_disk is not None:
-            self._restore_sessions(on_disk.sessions, set(kept))
+            self._restore_sessions(on_disk.sessions, exact)
         return kept
+
+    def _load_saved(self, shard_id: int, on_disk: SavedCache, epoch: int) -> tuple[int, int] | None:
+        """The saved cache of ``shard_id`` if it is of session ``epoch``: loaded, its stamp."""
+        disk = on_disk.shards.get(shard_id)
+        if disk is None or disk.epoch != epoch:
+            return None
+        try:
+            self.cache.load_shard(shard_id, disk.data)
+        except (ValueError, TypeError, KeyError, orjson.JSONDecodeError) as exc:
+            log.warning("the saved gateway cache of shard %d is damaged: %s", shard_id, exc)
+            self.cache.forget_shard(shard_id)
+            return None
+        self.stamps[shard_id] = (disk.epoch, disk.seq)
+        return self.stamps[shard_id]
+
+    def rewind(self, book: SessionBook) -> None:
+        """Shards whose cache :meth:`adopt` found behind their resume point RESUME from
+        the cache's seq; call once ``book`` is seeded with the saved sessions."""
+        for shard_id, catch_up in self._catch_up.items():
+            book.resume_from(shard_id, catch_up.since)
 
     def _restore_sessions(self, saved: list[list[Any]], shards: set[int]) -> None:
         """Client sessions of the last graceful stop, detached: their clients may RESUME."""
@@ -318,7 +448,7 @@ class GatewayEndpoint:
             if session.shard_id not in shards or session.session_id in self._lives:
                 continue
             session.detached_at = now
-            live = _Live(session, None)
+            live = _Live(session, None, self.cluster_intents)
             self._lives[session.session_id] = live
             self._by_shard.setdefault(session.shard_id, {})[session.session_id] = live
             restored += 1
@@ -329,6 +459,7 @@ class GatewayEndpoint:
         """The range owner stopped (its relay drained): with ``save_to`` (a state dir; a
         graceful stop) the cache is saved for the next start; clients are ended."""
         self._send = None
+        self._save_to = None  # no periodic save from now on
         if save_to is not None and self._local is not None:
             # From now on a client is told to come back (4000) before Hello: a RESUME
             # served here would move its session past what the next start restores.
@@ -341,19 +472,137 @@ class GatewayEndpoint:
                 if live.session.state in (SessionState.ATTACHED, SessionState.DETACHED)
             ]
             try:
-                count = await asyncio.to_thread(
-                    save_cache, path, self.cache, dict(self.stamps), sorted(self._local), sessions
-                )
-            except OSError as exc:
-                log.warning("cannot save the gateway cache to %s: %s", path, exc.strerror or exc)
+                count = await self.save(path, sessions)
+            except (OSError, _SaveAbandoned) as exc:
+                why = getattr(exc, "strerror", None) or exc
+                log.warning("cannot save the gateway cache to %s: %s", path, why)
             else:
                 log.info("saved the gateway cache of %d shards to %s", count, path)
+        self._catch_up.clear()
         for live in list(self._lives.values()):
             self._end(live, "the supervisor stopped running its shards", close=True)
         for waiting in self._waiting.values():
             for conn, _ in waiting:
                 conn.close(CloseCode.UNKNOWN_ERROR, "The supervisor stopped running its shards.")
         self._waiting.clear()
+
+    async def save(self, path: Path, sessions: list[list[Any]] | None = None) -> int:
+        """Save the owned shards' cache (and ``sessions``) to ``path``; how many shards.
+
+        Streamed (:class:`cluster.endpoint.persist.CacheWriter`): a shard's guilds are
+        packed on the loop about :data:`SAVE_CHUNK_BYTES` per turn while the pump waits
+        (so the shard's file matches its stamp), each piece written in a thread. A shard
+        changed anyway (a new range's start) abandons the save: the next one is whole.
+        """
+        async with self._save_lock:
+            started = time.perf_counter()
+            writer = await asyncio.to_thread(CacheWriter, path)
+            saved: dict[int, tuple[int, int]] = {}
+            try:
+                eligible = [
+                    shard_id
+                    for shard_id in sorted(self._local or ())
+                    if shard_id in self.stamps and self.cache.is_ready(shard_id)
+                ]
+                pending = [writer.pack_head(len(eligible))]
+                for shard_id in eligible:
+                    pending, saved[shard_id] = await self._save_shard(writer, shard_id, pending)
+                pending.append(writer.pack_tail(sessions))
+                await asyncio.to_thread(writer.write, b"".join(pending))
+                size = await asyncio.to_thread(writer.commit)
+            except BaseException:
+                # in a thread: a write abandoned by its timeout may still hold the file
+                aborting = asyncio.create_task(asyncio.to_thread(writer.abort))
+                self._background.add(aborting)
+                aborting.add_done_callback(self._background.discard)
+                raise
+            stats = self.stats
+            stats.saves += 1
+            stats.save_s = time.perf_counter() - started
+            stats.save_bytes = size
+            stats.saved_at = time.monotonic()
+            self._saved_stamps = saved
+            log.debug(
+                "saved the gateway cache of %d shards (%d bytes) in %.3f s",
+                len(eligible),
+                size,
+                stats.save_s,
+            )
+            return len(eligible)
+
+    async def _save_shard(
+        self, writer: CacheWriter, shard_id: int, pending: list[bytes]
+    ) -> tuple[list[bytes], tuple[int, int]]:
+        """Pack one shard into ``pending``, writing it out as it grows; what is left, and
+        the stamp the shard was saved at."""
+        held = time.perf_counter()
+        self._pump_free.clear()  # no event is applied to the shard until it is packed
+        self.cache.flush_messages()
+        try:
+            stamp = self.stamps.get(shard_id)
+            shard = self.cache.shards.get(shard_id)
+            if stamp is None or shard is None or shard.ready is None:
+                raise _SaveAbandoned(shard_id)
+            items = list(shard.guilds.items())
+            ready = compact_json(shard.ready)
+            pending.append(writer.pack_shard(shard_id, stamp, ready, len(items)))
+            size = 0
+            took = time.perf_counter()
+            for guild_id, entry in items:
+                piece = writer.pack_guild(guild_id, None if entry is None else entry.dump())
+                pending.append(piece)
+                size += len(piece)
+                if size < SAVE_CHUNK_BYTES:
+                    continue
+                stats = self.stats
+                stats.save_stall_s = max(stats.save_stall_s, time.perf_counter() - took)
+                data = b"".join(pending)
+                pending, size = [], 0
+                try:
+                    async with asyncio.timeout(SAVE_WRITE_TIMEOUT_S):
+                        await asyncio.to_thread(writer.write, data)
+                except TimeoutError:
+                    raise _SaveAbandoned(
+                        f"{shard_id}: a write took over {SAVE_WRITE_TIMEOUT_S:g} s"
+                    ) from None
+                if (
+                    self.stamps.get(shard_id) != stamp
+                    or self.cache.shards.get(shard_id) is not shard
+                ):
+                    raise _SaveAbandoned(shard_id)
+                took = time.perf_counter()
+            stats = self.stats
+            stats.save_stall_s = max(stats.save_stall_s, time.perf_counter() - took)
+        finally:
+            self._pump_free.set()
+            self.stats.save_hold_s = max(self.stats.save_hold_s, time.perf_counter() - held)
+        return pending, stamp
+
+    async def _saver(self) -> None:
+        """Every ``cache_save_interval_s``: save the owned range's cache if it changed."""
+        failing = False
+        while True:
+            await asyncio.sleep(self.settings.cache_save_interval_s)
+            path = self._save_to
+            if path is None or self._local is None:
+                continue
+            if all(self.stamps.get(s) == self._saved_stamps.get(s) for s in self._local):
+                continue
+            try:
+                await self.save(path)
+            except _SaveAbandoned as exc:
+                log.warning("--gateway: a cache save was abandoned (shard %s); the next one", exc)
+            except OSError as exc:
+                if not failing:
+                    log.warning(
+                        "cannot save the gateway cache to %s: %s (a SIGKILL now costs the "
+                        "shards an IDENTIFY each)",
+                        path,
+                        exc.strerror or exc,
+                    )
+                failing = True
+            else:
+                failing = False
 
     # -- HTTP: REST and the websocket -----------------------------------------------------------
 
@@ -467,9 +716,9 @@ class GatewayEndpoint:
             checked.shard_id,
             extra={"fields": {"event": "gateway_identify", "shard_id": checked.shard_id}},
         )
-        if self.cache.is_ready(checked.shard_id):
+        if self.cache.is_ready(checked.shard_id) and checked.shard_id not in self._catch_up:
             self._start_session(conn, session)
-        else:
+        else:  # the shard's READY, or the replay that brings its cache up to date, is to come
             self._waiting.setdefault(checked.shard_id, []).append((conn, session))
 
     def _warn_missing_intents(self, request: IdentifyRequest) -> None:
@@ -496,7 +745,7 @@ class GatewayEndpoint:
             )
         session.snapshot(entries)
         session.state = SessionState.ATTACHED
-        live = _Live(session, conn)
+        live = _Live(session, conn, self.cluster_intents)
         self._lives[session.session_id] = live
         self._by_shard.setdefault(shard_id, {})[session.session_id] = live
         self._flush_live(live)
@@ -627,11 +876,14 @@ class GatewayEndpoint:
 
     async def _pump(self) -> None:
         woken = self._woken
+        free = self._pump_free
         tap = self.tap
         while True:
             await woken.wait()
             woken.clear()
             while tap.runs:
+                if not free.is_set():
+                    await free.wait()  # a save packs a shard (tens of ms per 1,000s of guilds)
                 if tap.events > MAX_PENDING_EVENTS:
                     self._overload()
                 self.process(PUMP_BATCH)
@@ -649,9 +901,18 @@ class GatewayEndpoint:
         loads = orjson.loads
         stamps = self.stamps
         while runs and handled < budget:
-            shard_id, epoch, last_seq, events = runs.popleft()
+            shard_id, epoch, last_seq, events, cache_only = runs.popleft()
             tap.events -= len(events)
             handled += len(events)
+            stamp = stamps.get(shard_id)
+            if stamp is not None and stamp[0] == epoch and stamp[1] >= last_seq - len(events) + 1:
+                # the cache has these (a RESUME below its stamp): not applied or sent again
+                events = events[stamp[1] - last_seq + len(events) :]
+            if cache_only:
+                self._replay_into_cache(shard_id, epoch, last_seq, events, stamp)
+                continue
+            if not events:
+                continue
             stamps[shard_id] = (epoch, last_seq)
             lives = by_shard.get(shard_id)
             for topic, payload in events:
@@ -659,11 +920,12 @@ class GatewayEndpoint:
                 cached = t in CACHE_EVENTS
                 if not cached and not lives:
                     continue
-                raw = bytes(payload)
                 d: Any = _UNPARSED
-                if cached:
+                if t == b"MESSAGE_CREATE":
+                    cache.message_seen(shard_id, payload)  # not parsed for the cache
+                elif cached:
                     try:
-                        obj = loads(raw)
+                        obj = loads(payload)  # the memoryview: no copy
                     except orjson.JSONDecodeError:
                         continue
                     d = obj.get("d") if isinstance(obj, dict) else None
@@ -674,12 +936,59 @@ class GatewayEndpoint:
                         continue
                 if not lives or t in SHARD_ONLY:
                     continue
+                raw = bytes(payload)
                 if t in BY_NONCE:
                     self._route_answer(t, raw, d)
                     continue
                 self._forward(lives, t, raw, d)
+            if self._catch_up and shard_id in self._catch_up:
+                self._caught_up(shard_id)
         self.stats.pumped += handled
         return handled
+
+    def _replay_into_cache(
+        self,
+        shard_id: int,
+        epoch: int,
+        last_seq: int,
+        events: list[EventSlices],
+        stamp: tuple[int, int] | None,
+    ) -> None:
+        """Replayed events the relay had published before: the cache only, if they go on
+        from where it is (its shard RESUMEd from the cache's seq)."""
+        catch_up = self._catch_up.get(shard_id)
+        if not events or catch_up is None or stamp is None or stamp[0] != epoch:
+            return
+        first = last_seq - len(events) + 1
+        if first != stamp[1] + 1:
+            log.warning(
+                "--gateway: shard %d's replay starts at seq %d but its cache is at %d: "
+                "the cache misses events %d-%d",
+                shard_id,
+                first,
+                stamp[1],
+                stamp[1] + 1,
+                first - 1,
+            )
+        self._apply_to_cache(shard_id, epoch, last_seq, events)
+        self.stats.replayed += len(events)
+        self._caught_up(shard_id)
+
+    def _caught_up(self, shard_id: int) -> None:
+        """A catching-up shard's cache reached its resume point: its waiting clients begin."""
+        catch_up = self._catch_up[shard_id]
+        stamp = self.stamps.get(shard_id)
+        if stamp is not None and stamp[0] == catch_up.epoch and stamp[1] < catch_up.target:
+            return
+        del self._catch_up[shard_id]
+        log.info(
+            "--gateway: shard %d's cache caught up from seq %d to %d by the RESUME's replay",
+            shard_id,
+            catch_up.since,
+            catch_up.target,
+            extra={"fields": {"event": "gateway_cache_caught_up", "shard_id": shard_id}},
+        )
+        self._release_waiting(shard_id)
 
     def _forward(self, lives: dict[str, _Live], t: bytes, raw: bytes, d: Any) -> None:
         body = dispatch_d(raw, t)
@@ -707,15 +1016,23 @@ class GatewayEndpoint:
             bot = self.cache.bot_id
             return isinstance(user, dict) and bot is not None and str(user.get("id")) == str(bot)
 
+        blanked: bytes | None = None  # d for clients without MESSAGE_CONTENT, made once
         dirty = self._dirty
         forwarded = 0
         for live in lives.values():
             flt = live.filter
             if t in flt.blocked:
                 continue
-            if t in flt.checked and not flt.allows(t, has_guild, about_self):
-                continue
-            live.session.push(t, body)
+            out = body
+            if t in flt.checked:
+                if not flt.allows(t, has_guild, about_self):
+                    continue
+                if flt.blanks and t in CONTENT_EVENTS:
+                    if blanked is None:
+                        stripped = without_content(t, value(), self.cache.bot_id)
+                        blanked = body if stripped is None else compact_json(stripped)
+                    out = blanked
+            live.session.push(t, out)
             forwarded += 1
             if live.conn is not None:
                 dirty.add(live)
@@ -755,9 +1072,13 @@ class GatewayEndpoint:
 
     def _on_shard_ready(self, shard_id: int) -> None:
         """The shard has a (new) session: clients of its old one start over; waiting ones begin."""
+        self._catch_up.pop(shard_id, None)  # its RESUME was refused: the READY fills the cache
         for live in list(self._by_shard.get(shard_id, {}).values()):
             self.stats.invalidated += 1
             self._end(live, "the shard started a new session", close=False, invalid=True)
+        self._release_waiting(shard_id)
+
+    def _release_waiting(self, shard_id: int) -> None:
         waiting = self._waiting.pop(shard_id, [])
         for conn, session in waiting:
             if conn.open and conn.session is session:
@@ -811,19 +1132,34 @@ class GatewayEndpoint:
 
     def _drain_to_cache(self) -> None:
         """Everything the tap holds applied to the cache, nothing forwarded."""
-        cache = self.cache
         runs = self.tap.runs
         while runs:
-            shard_id, epoch, last_seq, events = runs.popleft()
+            shard_id, epoch, last_seq, events, cache_only = runs.popleft()
             self.tap.events -= len(events)
-            self.stamps[shard_id] = (epoch, last_seq)
-            for topic, payload in events:
-                t = bytes(topic)
-                if t in CACHE_EVENTS:
-                    with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
-                        cache.apply(shard_id, t, orjson.loads(bytes(payload)).get("d"))
-                        if t == b"READY":
-                            self._on_shard_ready(shard_id)
+            stamp = self.stamps.get(shard_id)
+            if stamp is not None and stamp[0] == epoch and stamp[1] >= last_seq - len(events) + 1:
+                events = events[stamp[1] - last_seq + len(events) :]
+            if cache_only and (shard_id not in self._catch_up or not events):
+                continue
+            if events:
+                self._apply_to_cache(shard_id, epoch, last_seq, events)
+            if shard_id in self._catch_up:
+                self._caught_up(shard_id)
+
+    def _apply_to_cache(
+        self, shard_id: int, epoch: int, last_seq: int, events: list[EventSlices]
+    ) -> None:
+        self.stamps[shard_id] = (epoch, last_seq)
+        cache = self.cache
+        for topic, payload in events:
+            t = bytes(topic)
+            if t == b"MESSAGE_CREATE":
+                cache.message_seen(shard_id, payload)
+            elif t in CACHE_EVENTS:
+                with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+                    cache.apply(shard_id, t, orjson.loads(bytes(payload)).get("d"))
+                    if t == b"READY":
+                        self._on_shard_ready(shard_id)
 
     # -- timers -------------------------------------------------------------------------------------
 
@@ -893,6 +1229,8 @@ class GatewayEndpoint:
             "zombies": stats.zombies,
             "invalidated": stats.invalidated,
             "overloads": stats.overloads,
+            "shards_catching_up": len(self._catch_up),
+            "events_replayed_to_cache": stats.replayed,
             "closes": {str(code): n for code, n in sorted(self.closes.items())},
             "cache": {
                 "shards_ready": cache.shards_ready,
@@ -905,10 +1243,24 @@ class GatewayEndpoint:
                 "presences": cache.presences,
                 "members_dropped": cache.members_dropped,
                 "presences_dropped": cache.presences_dropped,
+                "messages_pending": cache.messages_pending,
                 "member_cap": self.cache.member_cap,
                 "presence_cap": self.cache.presence_cap,
+                "saves": stats.saves,
+                "saved_ago_s": None
+                if stats.saved_at is None
+                else round(time.monotonic() - stats.saved_at, 1),
+                "save_seconds": round(stats.save_s, 4),
+                "save_bytes": stats.save_bytes,
+                "save_max_stall_ms": round(stats.save_stall_s * 1000, 2),
+                "save_max_hold_ms": round(stats.save_hold_s * 1000, 2),
             },
         }
+
+
+class _SaveAbandoned(Exception):
+    """A save stopped half way: a shard changed meanwhile (a new range's start), or the
+    disk took too long; the next save is whole. The message names the shard (and why)."""
 
 
 class _Unparsed:
@@ -916,6 +1268,10 @@ class _Unparsed:
 
 
 _UNPARSED: Final = _Unparsed()
+
+
+def _some(shard_ids: list[int]) -> str:
+    return ", ".join(map(str, shard_ids[:10])) + (", ..." if len(shard_ids) > 10 else "")
 
 
 def _bits(value: int) -> Iterable[int]:

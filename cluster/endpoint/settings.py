@@ -30,6 +30,9 @@ DEFAULT_RESUME_WINDOW_S: Final = 120.0
 DEFAULT_WRITE_HIGH_WATER: Final = 4 * 1024 * 1024
 #: Connections at once (beyond: 503 before the upgrade).
 DEFAULT_MAX_CLIENTS: Final = 1024
+#: How often the guild cache is saved to the state dir (a SIGKILL then costs a replay,
+#: not an IDENTIFY; see :mod:`cluster.endpoint.persist`).
+DEFAULT_CACHE_SAVE_INTERVAL_S: Final = 30.0
 
 _URL_SAFE: Final = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 
@@ -60,6 +63,7 @@ class GatewaySettings:
     resume_window_s: float = DEFAULT_RESUME_WINDOW_S
     write_high_water: int = DEFAULT_WRITE_HIGH_WATER
     max_clients: int = DEFAULT_MAX_CLIENTS
+    cache_save_interval_s: float = DEFAULT_CACHE_SAVE_INTERVAL_S
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -74,6 +78,8 @@ class GatewaySettings:
             raise GatewaySettingsError("the resume window must be > 0 s")
         if self.write_high_water < 1024 or self.max_clients < 1:
             raise GatewaySettingsError("the write high water and max clients must be positive")
+        if not (math.isfinite(self.cache_save_interval_s) and self.cache_save_interval_s >= 0.1):
+            raise GatewaySettingsError("the gateway cache save interval must be at least 0.1 s")
 
 
 def parse_gateway(text: str | None) -> tuple[str, int] | None:
@@ -81,11 +87,15 @@ def parse_gateway(text: str | None) -> tuple[str, int] | None:
     if text is None or not text.strip() or text.strip().lower() in ("none", "off"):
         return None
     raw = text.strip()
-    if raw.isdigit():
+    if raw.isascii() and raw.isdigit():
         raw = f"127.0.0.1:{raw}"
     host, sep, port_text = raw.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if (
+        not sep
+        or not (port_text.isascii() and port_text.isdigit())
+        or not 0 <= int(port_text) <= 65535
+    ):
         raise GatewaySettingsError(
             f"--gateway must be HOST:PORT, e.g. 127.0.0.1:7878, got {text[:60]!r}"
         )

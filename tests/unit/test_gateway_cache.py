@@ -7,12 +7,13 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.endpoint.cache import ENTRY_OVERHEAD, GuildCache
-from cluster.endpoint.persist import cache_path, load_cache, save_cache
+from cluster.endpoint.cache import ENTRY_OVERHEAD, MESSAGE_BACKLOG, GuildCache
+from cluster.endpoint.persist import cache_path, load_cache, save_cache, snapshot, write_cache
 from simulator.config import SimulatorConfig
 from simulator.events import BotIdentity, EventFactory
 
@@ -129,7 +130,8 @@ def test_malformed_or_unknown_events_are_ignored_not_raised() -> None:
     assert not cache.apply(0, b"GUILD_CREATE", None)
     assert not cache.apply(0, b"GUILD_MEMBER_ADD", "not an object")
     assert not cache.apply(0, b"READY", {"user": 5})
-    assert not cache.apply(0, b"MESSAGE_CREATE", {})  # not a cache event
+    assert not cache.apply(0, b"TYPING_START", {})  # not a cache event
+    assert not cache.apply(0, b"MESSAGE_CREATE", {"channel_id": "10", "id": "1"})  # a DM
     cache.apply(0, b"READY", ready(GUILD))
     cache.apply(0, b"GUILD_CREATE", guild())
     # bad items inside a good event are skipped; the rest still applies
@@ -246,6 +248,194 @@ def test_the_cache_follows_its_events_like_a_plain_model(ops: list[tuple[bytes, 
     assert entry.nbytes == held
 
 
+def channel(g: dict[str, Any], channel_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(c for c in g["channels"] + g["threads"] if c["id"] == channel_id)
+    return found
+
+
+def test_last_message_id_pins_and_voice_channel_fields_follow_their_events() -> None:
+    cache = GuildCache()
+    cache.apply(0, b"READY", ready(GUILD))
+    channels = [
+        {"id": "10", "type": 0, "name": "general", "last_message_id": None},
+        {"id": "11", "type": 2, "name": "voice"},
+    ]
+    thread = {"id": "30", "type": 11, "parent_id": "10", "last_message_id": "5", "member_count": 1}
+    cache.apply(0, b"GUILD_CREATE", guild(channels=channels, threads=[thread]))
+    entry = cache.guild(0, int(GUILD))
+    assert entry is not None
+    size = entry.nbytes
+    for message_id in ("1001", "1003", "1002"):  # the newest id wins, not the last one seen
+        assert cache.apply(
+            0, b"MESSAGE_CREATE", {"guild_id": GUILD, "channel_id": "10", "id": message_id}
+        )
+    assert cache.apply(0, b"MESSAGE_CREATE", {"guild_id": GUILD, "channel_id": "30", "id": "900"})
+    assert not cache.apply(0, b"MESSAGE_CREATE", {"guild_id": GUILD, "channel_id": "99", "id": "1"})
+    assert entry.channels[10] == compact(channels[0])  # noted, written at the next render
+    assert entry.nbytes == size + 2 * ENTRY_OVERHEAD
+    [g] = rendered(cache)
+    assert channel(g, "10")["last_message_id"] == "1003"
+    assert channel(g, "30")["last_message_id"] == "900"
+    # the JSON now holds the ids; nothing is noted any more
+    assert entry.nbytes == size + len(b'"1003"') - len(b"null") + len(b'"900"') - len(b'"5"')
+
+    assert cache.apply(
+        0,
+        b"CHANNEL_PINS_UPDATE",
+        {"guild_id": GUILD, "channel_id": "10", "last_pin_timestamp": "2024-01-01T00:00:00+00:00"},
+    )
+    assert not cache.apply(0, b"CHANNEL_PINS_UPDATE", {"channel_id": "10"})  # a DM channel
+    assert cache.apply(
+        0, b"VOICE_CHANNEL_STATUS_UPDATE", {"id": "11", "guild_id": GUILD, "status": "s"}
+    )
+    assert cache.apply(
+        0,
+        b"VOICE_CHANNEL_START_TIME_UPDATE",
+        {"id": "11", "guild_id": GUILD, "voice_start_time": 7},
+    )
+    # a CHANNEL_UPDATE with an older last_message_id does not move it back
+    assert cache.apply(0, b"MESSAGE_CREATE", {"guild_id": GUILD, "channel_id": "10", "id": "1004"})
+    assert cache.apply(
+        0,
+        b"CHANNEL_UPDATE",
+        {"id": "10", "type": 0, "name": "renamed", "last_message_id": "1", "guild_id": GUILD},
+    )
+    [g] = rendered(cache)
+    assert channel(g, "10")["name"] == "renamed" and channel(g, "10")["last_message_id"] == "1004"
+    assert channel(g, "11")["status"] == "s" and channel(g, "11")["voice_start_time"] == 7
+
+
+def message_dispatch(channel_id: str, message_id: str, **extra: Any) -> bytes:
+    d = {"id": message_id, "channel_id": channel_id, "guild_id": GUILD, "content": "", **extra}
+    return orjson.dumps({"t": "MESSAGE_CREATE", "s": 1, "op": 0, "d": d})
+
+
+def test_message_creates_wait_unparsed_one_per_channel_until_a_render() -> None:
+    cache = GuildCache()
+    cache.apply(0, b"READY", ready(GUILD))
+    channels = [{"id": "10", "type": 0}, {"id": "11", "type": 0}]
+    cache.apply(0, b"GUILD_CREATE", guild(channels=channels))
+    for n in range(50):  # a busy channel: one payload waits, however many came
+        cache.message_seen(0, memoryview(message_dispatch("10", str(2000 + n))))
+    cache.message_seen(0, message_dispatch("11", "1500"))
+    assert cache.stats().messages_pending == 2
+    # a reply names another channel_id (its message_reference): parsed at once
+    reply = message_dispatch(
+        "11", "1600", message_reference={"channel_id": "10", "message_id": "5"}
+    )
+    cache.message_seen(0, reply)
+    assert cache.stats().messages_pending == 2
+    [g] = rendered(cache)
+    assert cache.stats().messages_pending == 0
+    assert {c["id"]: c["last_message_id"] for c in g["channels"]} == {"10": "2049", "11": "1600"}
+    # a full backlog is parsed at once; a shard forgotten drops its own
+    for n in range(MESSAGE_BACKLOG - 1):
+        cache.message_seen(1, message_dispatch(str(100_000 + n), "1"))
+    cache.message_seen(0, message_dispatch("10", "3000"))
+    assert cache.stats().messages_pending == 0
+    cache.message_seen(1, message_dispatch("12", "1"))
+    cache.message_seen(0, message_dispatch("10", "3001"))
+    cache.forget_shard(1)
+    assert cache.stats().messages_pending == 1
+    assert channel(rendered(cache)[0], "10")["last_message_id"] == "3001"
+
+
+def compact(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def test_the_bots_thread_member_and_thread_member_counts_follow_their_events() -> None:
+    cache = GuildCache()
+    cache.apply(0, b"READY", ready(GUILD))
+    joined = {"id": "30", "user_id": BOT, "join_timestamp": "2024-01-01T00:00:00+00:00", "flags": 0}
+    threads = [
+        {"id": "30", "type": 11, "parent_id": "10", "member_count": 2, "member": joined},
+        {"id": "31", "type": 11, "parent_id": "10", "member_count": 1},
+    ]
+    cache.apply(0, b"GUILD_CREATE", guild(threads=threads))
+    # THREAD_UPDATE carries no member: the bot's stays
+    assert cache.apply(
+        0,
+        b"THREAD_UPDATE",
+        {"id": "30", "type": 11, "parent_id": "10", "name": "x", "guild_id": GUILD},
+    )
+    # the bot is added to 31 (with its guild member), someone leaves 30
+    added = {
+        "id": "31",
+        "user_id": BOT,
+        "join_timestamp": "2024-02-01T00:00:00+00:00",
+        "flags": 1,
+        "member": {"user": {"id": BOT, "username": "bot"}, "roles": [], "nick": "me"},
+        "presence": None,
+    }
+    assert cache.apply(
+        0,
+        b"THREAD_MEMBERS_UPDATE",
+        {"id": "31", "guild_id": GUILD, "member_count": 2, "added_members": [added]},
+    )
+    assert cache.apply(
+        0,
+        b"THREAD_MEMBERS_UPDATE",
+        {"id": "30", "guild_id": GUILD, "member_count": 1, "removed_member_ids": ["777"]},
+    )
+    [g] = rendered(cache)
+    assert channel(g, "30")["member"] == joined and channel(g, "30")["member_count"] == 1
+    assert channel(g, "30")["name"] == "x"
+    assert channel(g, "31")["member"] == {
+        k: added[k] for k in ("id", "user_id", "join_timestamp", "flags")
+    }
+    assert channel(g, "31")["member_count"] == 2
+    assert next(m for m in g["members"] if m["user"]["id"] == BOT)["nick"] == "me"
+    # the bot's flags change; then it leaves 30
+    assert cache.apply(0, b"THREAD_MEMBER_UPDATE", {**joined, "flags": 2, "guild_id": GUILD})
+    assert channel(rendered(cache)[0], "30")["member"]["flags"] == 2
+    assert cache.apply(
+        0,
+        b"THREAD_MEMBERS_UPDATE",
+        {"id": "30", "guild_id": GUILD, "member_count": 0, "removed_member_ids": [BOT]},
+    )
+    assert "member" not in channel(rendered(cache)[0], "30")
+    # THREAD_LIST_SYNC brings threads with the bot's thread members
+    sync = {
+        "guild_id": GUILD,
+        "channel_ids": ["10"],
+        "threads": [{"id": "32", "type": 11, "parent_id": "10"}],
+        "members": [{"id": "32", "user_id": BOT, "join_timestamp": "t", "flags": 0}],
+    }
+    assert cache.apply(0, b"THREAD_LIST_SYNC", sync)
+    [g] = rendered(cache)
+    assert [t["id"] for t in g["threads"]] == ["32"]
+    assert g["threads"][0]["member"] == sync["members"][0]
+
+
+def test_scheduled_event_user_counts_follow_user_add_and_remove() -> None:
+    cache = GuildCache()
+    cache.apply(0, b"READY", ready(GUILD))
+    events = [{"id": "60", "name": "e", "user_count": 3}, {"id": "61", "name": "no count"}]
+    cache.apply(0, b"GUILD_CREATE", guild(guild_scheduled_events=events))
+    user = {"guild_id": GUILD, "user_id": "1"}
+    assert cache.apply(
+        0, b"GUILD_SCHEDULED_EVENT_USER_ADD", {**user, "guild_scheduled_event_id": "60"}
+    )
+    assert cache.apply(
+        0, b"GUILD_SCHEDULED_EVENT_USER_ADD", {**user, "guild_scheduled_event_id": "61"}
+    )
+    assert cache.apply(
+        0, b"GUILD_SCHEDULED_EVENT_USER_REMOVE", {**user, "guild_scheduled_event_id": "60"}
+    )
+    assert cache.apply(
+        0, b"GUILD_SCHEDULED_EVENT_USER_ADD", {**user, "guild_scheduled_event_id": "60"}
+    )
+    assert not cache.apply(
+        0, b"GUILD_SCHEDULED_EVENT_USER_ADD", {**user, "guild_scheduled_event_id": "62"}
+    )
+    [g] = rendered(cache)
+    assert {e["id"]: e.get("user_count") for e in g["guild_scheduled_events"]} == {
+        "60": 4,
+        "61": None,
+    }
+
+
 def test_saved_and_loaded_the_cache_renders_the_same(tmp_path: Path) -> None:
     cache = GuildCache()
     cache.apply(3, b"READY", ready(GUILD, "555000000000000002"))
@@ -269,11 +459,57 @@ def test_saved_and_loaded_the_cache_renders_the_same(tmp_path: Path) -> None:
     assert load_cache(path).shards == {}
 
 
+def test_a_cache_file_of_the_earlier_layout_still_loads(tmp_path: Path) -> None:
+    """Entries once held their collections as [key, value] pairs (now a dict each)."""
+    cache = GuildCache()
+    cache.apply(0, b"READY", ready(GUILD))
+    cache.apply(0, b"GUILD_CREATE", guild())
+    data = cache.dump_shard(0)
+    assert data is not None
+    for _, entry in data["guilds"]:
+        entry[4] = {name: list(items.items()) for name, items in entry[4].items()}
+    back = GuildCache()
+    back.load_shard(0, data)
+    assert back.guild_creates(0) == cache.guild_creates(0)
+
+
+def test_a_save_is_written_piece_by_piece_into_one_msgpack_document(tmp_path: Path) -> None:
+    """write_cache packs one guild per call; msgpack reads the whole file as one map."""
+    factory = EventFactory(SimulatorConfig(guilds=40), BotIdentity("simulated-token", 0))
+    cache = GuildCache()
+    creates = [orjson.loads(orjson.dumps(factory.guild_create(i))) for i in range(40)]
+    for shard in (0, 1):
+        mine = creates[shard::2]
+        cache.apply(shard, b"READY", {**ready(), "guilds": [{"id": c["id"]} for c in mine]})
+        for create in mine:
+            cache.apply(shard, b"GUILD_CREATE", create)
+    shards = snapshot(cache, {0: (5, 100), 1: (6, 200)}, [0, 1, 2])
+    path = tmp_path / "gateway-cache.msgpack"
+    size = write_cache(path, shards, [])
+    assert size == path.stat().st_size
+    doc = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+    assert set(doc) == {"version", "shards", "sessions"} and set(doc["shards"]) == {0, 1}
+    saved = load_cache(path)
+    back = GuildCache()
+    for shard in (0, 1):
+        back.load_shard(shard, saved.shards[shard].data)
+        assert back.guild_creates(shard) == cache.guild_creates(shard)
+    assert (saved.shards[1].epoch, saved.shards[1].seq) == (6, 200)
+
+
 def test_memory_per_cached_guild_measured() -> None:
     """The simulator's guilds (7 channels, 5 roles, 6 members + the bot): the cache's own
-    estimate (``nbytes``, /status) against what tracemalloc measures; both printed."""
+    estimate (``nbytes``, /status) against what tracemalloc measures; both printed. Then a
+    message in every text channel: noted (a dict entry per channel until the next render
+    or save), and written into the channels' JSON (``last_message_id``)."""
     factory = EventFactory(SimulatorConfig(guilds=200), BotIdentity("simulated-token", 0))
     creates = [orjson.loads(orjson.dumps(factory.guild_create(i))) for i in range(200)]
+    messages = [
+        {"guild_id": c["id"], "channel_id": ch["id"], "id": str(1_300_000_000_000_000_000 + n)}
+        for n, c in enumerate(creates)
+        for ch in c["channels"]
+        if ch["type"] == 0
+    ]
     json_bytes = sum(len(orjson.dumps(c)) for c in creates) / len(creates)
     gc.collect()
     tracemalloc.start()
@@ -285,12 +521,24 @@ def test_memory_per_cached_guild_measured() -> None:
     del create
     gc.collect()
     measured = (tracemalloc.get_traced_memory()[0] - before) / len(creates)
+    for message in messages:
+        assert cache.apply(0, b"MESSAGE_CREATE", message)
+    del message
+    gc.collect()
+    noted = (tracemalloc.get_traced_memory()[0] - before) / len(creates)
+    rendered_once = cache.guild_creates(0)
+    del rendered_once
+    gc.collect()
+    folded = (tracemalloc.get_traced_memory()[0] - before) / len(creates)
     tracemalloc.stop()
     estimate = cache.stats().nbytes / len(creates)
     print(
         f"\ncache memory per guild: {measured:.0f} bytes measured (tracemalloc), "
-        f"{estimate:.0f} estimated (nbytes), GUILD_CREATE JSON {json_bytes:.0f} bytes"
+        f"{estimate:.0f} estimated (nbytes), GUILD_CREATE JSON {json_bytes:.0f} bytes; "
+        f"with a message in each of its {len(messages) // len(creates)} text channels "
+        f"{noted:.0f} (noted), {folded:.0f} (written into the JSON)"
     )
     # compact JSON bytes: less than the GUILD_CREATE itself plus a little per object
     assert measured < 1.5 * json_bytes
-    assert 0.5 * measured < estimate < 2 * measured
+    assert 0.5 * folded < estimate < 2 * folded
+    assert folded < noted < measured + 1500

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster.endpoint.filters import EVENT_INTENTS, IntentFilter, delivers, needs_guild_check
+from cluster.endpoint.filters import (
+    CONTENT_EVENTS,
+    EVENT_INTENTS,
+    IntentFilter,
+    delivers,
+    needs_guild_check,
+    without_content,
+)
 from protocol.intents import ALL_INTENTS, NON_PRIVILEGED_INTENTS, Intent
 
 GUILD = lambda: True  # noqa: E731
@@ -81,3 +90,93 @@ def test_the_precomputed_filter_decides_as_the_table(
     assert flt.allows(t, lambda: guild, lambda: about_self) is expected
     if t in flt.blocked:
         assert expected is False
+
+
+# -- MESSAGE_CONTENT: what a client without the intent gets -----------------------------------
+
+BOT_ID = 1234567890123456789
+
+
+def message(**extra: object) -> dict[str, object]:
+    return {
+        "id": "900",
+        "channel_id": "10",
+        "guild_id": "555",
+        "author": {"id": "42", "username": "someone"},
+        "mentions": [],
+        "content": "hello",
+        "embeds": [{"title": "t"}],
+        "attachments": [{"id": "1", "url": "u"}],
+        "components": [{"type": 1, "components": []}],
+        "poll": {"question": {"text": "?"}},
+        "tts": False,
+        **extra,
+    }
+
+
+def stripped(t: bytes, d: dict[str, object]) -> dict[str, Any]:
+    out = without_content(t, d, BOT_ID)
+    assert isinstance(out, dict)
+    return out
+
+
+def test_a_guild_message_loses_its_content_fields_and_poll() -> None:
+    expected = {k: v for k, v in message().items() if k != "poll"}
+    expected |= {"content": "", "embeds": [], "attachments": [], "components": []}
+    assert stripped(b"MESSAGE_CREATE", message()) == expected  # poll: left out, as Discord does
+    # MESSAGE_UPDATE is partial: only the fields it has are blanked
+    update = {"id": "900", "channel_id": "10", "guild_id": "555", "embeds": [{"x": 1}]}
+    assert without_content(b"MESSAGE_UPDATE", update, BOT_ID) == {**update, "embeds": []}
+    # nothing to blank: unchanged (None: the shared bytes are sent as they are)
+    plain = {"id": "900", "guild_id": "555", "content": "", "embeds": [], "author": {"id": "1"}}
+    assert without_content(b"MESSAGE_CREATE", plain, BOT_ID) is None
+
+
+@pytest.mark.parametrize(
+    ("why", "d"),
+    [
+        ("a DM", {k: v for k, v in message().items() if k != "guild_id"}),
+        ("the bot's own message", message(author={"id": str(BOT_ID), "bot": True})),
+        ("a message that mentions the bot", message(mentions=[{"id": str(BOT_ID)}])),
+    ],
+)
+def test_discords_exceptions_keep_the_content(why: str, d: dict[str, object]) -> None:
+    assert without_content(b"MESSAGE_CREATE", d, BOT_ID) is None, why
+
+
+def test_the_replied_to_and_forwarded_messages_follow_the_rule_too() -> None:
+    replied = message(
+        referenced_message=message(id="800"),
+        message_snapshots=[{"message": {"content": "fwd", "embeds": [], "attachments": []}}],
+    )
+    out = stripped(b"MESSAGE_CREATE", replied)
+    assert out["referenced_message"]["content"] == ""
+    assert out["message_snapshots"] == [
+        {"message": {"content": "", "embeds": [], "attachments": []}}
+    ]
+    # a reply to the bot's own message: that one keeps its content
+    to_bot = message(referenced_message=message(author={"id": str(BOT_ID)}))
+    assert stripped(b"MESSAGE_CREATE", to_bot)["referenced_message"]["content"] == "hello"
+
+
+def test_automod_executions_lose_content_and_matched_content() -> None:
+    d = {"guild_id": "555", "rule_id": "1", "content": "bad word", "matched_content": "bad"}
+    assert without_content(b"AUTO_MODERATION_ACTION_EXECUTION", d, BOT_ID) == {
+        **d,
+        "content": "",
+        "matched_content": "",
+    }
+    assert without_content(b"GUILD_CREATE", {"guild_id": "555", "content": "x"}, BOT_ID) is None
+
+
+def test_only_a_client_without_the_intent_looks_at_message_events() -> None:
+    """A client with MESSAGE_CONTENT (or on a cluster without it) pays nothing per event."""
+    with_intent = IntentFilter(NON_PRIVILEGED_INTENTS | Intent.MESSAGE_CONTENT, False)
+    assert not with_intent.blanks and CONTENT_EVENTS.isdisjoint(with_intent.checked)
+    without = IntentFilter(NON_PRIVILEGED_INTENTS, True)
+    assert without.blanks and without.checked >= CONTENT_EVENTS
+    # still Discord's table for what is delivered at all
+    assert without.allows(b"MESSAGE_CREATE", GUILD, NOT_SELF)
+    guild_only = IntentFilter(Intent.GUILDS, True)
+    assert b"MESSAGE_CREATE" in guild_only.blocked
+    assert not guild_only.allows(b"MESSAGE_CREATE", GUILD, NOT_SELF)
