@@ -16,6 +16,11 @@ it). :class:`LeaseKeeper`:
   the holder fenced itself; a taker adds ``takeover_wait_s`` on top.
 - A renewal that finds the key gone (Redis restarted empty) re-asserts it
   under the same token.
+- While a reshard runs, it also holds the new layout's range (:meth:`acquire_next`),
+  renewed with the other; at the switch that lease becomes the one it holds
+  (:meth:`promote_next`). A claim with the old layout's count, once the layout
+  moved on, raises :class:`LayoutChangedError` (the supervisor claims the new
+  layout's ranges instead).
 
 The timing is measured on ``time.monotonic``; Redis's own clock only runs the
 TTL. Clocks of different hosts are never compared.
@@ -66,6 +71,10 @@ class LeaseKeeper:
         self._redis = redis
         self.settings = settings
         self.lease: Lease | None = None
+        #: a reshard's range of the new layout, held beside :attr:`lease` until the switch
+        self.next_lease: Lease | None = None
+        #: why the next lease was lost (another holder), for the reshard to give up
+        self.next_lost: str | None = None
         #: True while this supervisor waits for a range (a spare).
         self.waiting = False
         #: Why the last lease was given up, for /status.
@@ -82,12 +91,14 @@ class LeaseKeeper:
         return sent + self.settings.fence_after_s
 
     async def claim(
-        self, candidates: Sequence[ShardRange], stopping: asyncio.Event
+        self, candidates: Sequence[ShardRange], stopping: asyncio.Event, shards: int = 0
     ) -> Lease | None:
         """The lease of the first free range of ``candidates``; waits as a spare until one is.
 
         Returns None when ``stopping`` is set first. A taken-over range (token > 1)
         is only returned after ``takeover_wait_s``: the old holder has fenced by then.
+        ``shards``: the layout the candidates belong to; :class:`LayoutChangedError`
+        when Redis's layout is another one now.
         """
         self.waiting = True
         announced = False
@@ -96,7 +107,9 @@ class LeaseKeeper:
                 for shard_range in candidates:
                     sent_at = time.monotonic()
                     try:
-                        lease = await self._redis.acquire_lease(shard_range, self._ttl_ms)
+                        lease = await self._redis.acquire_lease(
+                            shard_range, self._ttl_ms, shards=shards
+                        )
                     except RedisUnavailableError as exc:
                         if not announced:
                             log.warning("waiting for Redis to claim a shard range: %s", exc)
@@ -149,6 +162,28 @@ class LeaseKeeper:
         soonest = min(ttls, default=poll)
         return min(poll, max(0.005, soonest)) + random.uniform(0.0, 0.02)
 
+    async def acquire_next(self, shard_range: ShardRange, shards: int) -> Lease | None:
+        """Take a reshard's range of the new layout (None while someone holds it)."""
+        lease = await self._redis.acquire_lease(shard_range, self._ttl_ms, shards=shards)
+        if lease is not None:
+            self.next_lease = lease
+            self.next_lost = None
+        return lease
+
+    def promote_next(self) -> Lease | None:
+        """The switch: the next lease becomes the one held; returns the old one (to release)."""
+        old, nxt = self.lease, self.next_lease
+        if nxt is None:
+            return None
+        self.lease, self.next_lease = nxt, None
+        return old
+
+    async def drop_next(self) -> None:
+        """A reshard given up: the next lease goes back."""
+        lease, self.next_lease = self.next_lease, None
+        if lease is not None:
+            await self.release_one(lease)
+
     async def _renew_once(self) -> bool:
         lease = self.lease
         if lease is None:
@@ -161,6 +196,15 @@ class LeaseKeeper:
             return False
         self.stats.renewals += 1
         self.stats.renewed_sent_at = sent_at
+        nxt = self.next_lease
+        if nxt is not None:
+            try:
+                await self._redis.renew_lease(nxt, self._ttl_ms)
+            except LeaseLostError as exc:
+                self.next_lease = None
+                self.next_lost = f"the new layout's lease was taken by {exc.holder or 'another'}"
+            except RedisStateError:
+                pass  # the main lease's deadline decides about Redis being gone
         return True
 
     async def hold(self, on_fence: Callable[[str], None]) -> None:
@@ -213,6 +257,7 @@ class LeaseKeeper:
     def _fence(self, on_fence: Callable[[str], None], why: str) -> None:
         lease = self.lease
         self.lease = None
+        self.next_lease = None
         self.fence_reason = why
         self.stats.fenced += 1
         shard_range = range_key(lease.shard_range) if lease is not None else "?"
@@ -222,8 +267,11 @@ class LeaseKeeper:
     async def release(self) -> None:
         """Give the lease back (after a drain), best effort: its TTL ends it anyway."""
         lease, self.lease = self.lease, None
-        if lease is None:
-            return
+        await self.drop_next()
+        if lease is not None:
+            await self.release_one(lease)
+
+    async def release_one(self, lease: Lease) -> None:
         try:
             await self._redis.release_lease(lease)
         except Exception as exc:

@@ -48,30 +48,50 @@ local function read_budget(key, now)
 end
 """
 
-# KEYS[1] - layout hash (fields shards, max_concurrency)
+# KEYS[1] - layout hash (fields shards, max_concurrency, and resharded_from once a
+#           reshard switched: the count it replaced)
 # ARGV[1] - shards this host computed
 # ARGV[2] - max_concurrency this host computed
-# return {shards, max_concurrency} as stored after the call: ours when the hash was
-#        absent (or incomplete) and has just been written, otherwise the one another host
-#        wrote first (the caller compares and refuses to run on a mismatch)
+# return {shards, max_concurrency, resharded_from (0: none)} as stored after the call:
+#        ours when the hash was absent (or incomplete) and has just been written,
+#        otherwise the one another host wrote first (the caller compares: it runs a
+#        resharded layout when it asked for the count that layout replaced, and refuses
+#        any other mismatch)
 CLAIM_LAYOUT = """
-local v = redis.call('HMGET', KEYS[1], 'shards', 'max_concurrency')
+local v = redis.call('HMGET', KEYS[1], 'shards', 'max_concurrency', 'resharded_from')
 local shards, max_concurrency = tonumber(v[1]), tonumber(v[2])
 if shards and max_concurrency then
-  return {shards, max_concurrency}
+  return {shards, max_concurrency, tonumber(v[3]) or 0}
 end
 redis.call('HSET', KEYS[1], 'shards', ARGV[1], 'max_concurrency', ARGV[2])
-return {tonumber(ARGV[1]), tonumber(ARGV[2])}
+return {tonumber(ARGV[1]), tonumber(ARGV[2]), 0}
 """
 
 # KEYS[1] - lease key, value "<holder>|<token>"
 # KEYS[2] - the range's fencing counter
+# KEYS[3] - the bot's fencing counter (every range's tokens come from it too, so a lease
+#           of a new layout's range outranks every token of the layout before it)
+# KEYS[4] - layout hash
+# KEYS[5] - reshard hash (fields to, phase)
 # ARGV[1] - holder (the caller)
 # ARGV[2] - ttl in milliseconds
+# ARGV[3] - the shard count the caller's range belongs to (0: not checked)
 # return the fencing token when the lease is the caller's after the call: a new token
-#        from INCR on the counter when the lease was free, the lease's own token (TTL
-#        refreshed) when the caller already held it; nil when another holder has it
+#        (above both counters) when the lease was free, the lease's own token (TTL
+#        refreshed) when the caller already held it; nil when another holder has it;
+#        minus the layout's shard count when the caller's count is not the layout's (nor
+#        the target of a reshard that is starting): that range is not run any more
 ACQUIRE_LEASE = """
+local want = tonumber(ARGV[3])
+if want and want > 0 then
+  local shards = tonumber(redis.call('HGET', KEYS[4], 'shards'))
+  if shards and shards ~= want then
+    local r = redis.call('HMGET', KEYS[5], 'to', 'phase')
+    if not (tonumber(r[1]) == want and r[2] == 'starting') then
+      return -shards
+    end
+  end
+end
 local current = redis.call('GET', KEYS[1])
 if current then
   local holder, token = string.match(current, '^(.*)|(%d+)$')
@@ -81,20 +101,24 @@ if current then
   end
   return false
 end
-local token = redis.call('INCR', KEYS[2])
+local token = math.max(tonumber(redis.call('GET', KEYS[2])) or 0,
+                       tonumber(redis.call('GET', KEYS[3])) or 0) + 1
+redis.call('SET', KEYS[2], token)
+redis.call('SET', KEYS[3], token)
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
 return token
 """
 
 # KEYS[1] - lease key
 # KEYS[2] - the range's fencing counter
+# KEYS[3] - the bot's fencing counter
 # ARGV[1] - the caller's lease value "<holder>|<token>"
 # ARGV[2] - ttl in milliseconds
 # ARGV[3] - the caller's token
 # return {1} when the lease was the caller's and its TTL is renewed;
 #        {2} when the key was gone (Redis restarted empty, or it expired and nobody took
-#        it): the lease is written again with the same value and the counter is raised to
-#        at least the token, so the next acquisition still gets a higher one;
+#        it): the lease is written again with the same value and both counters are raised
+#        to at least the token, so the next acquisition still gets a higher one;
 #        {0, value} when another holder has it
 RENEW_LEASE = """
 local current = redis.call('GET', KEYS[1])
@@ -106,9 +130,11 @@ if current then
   return {0, current}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local fence = tonumber(redis.call('GET', KEYS[2]))
-if not fence or fence < tonumber(ARGV[3]) then
-  redis.call('SET', KEYS[2], ARGV[3])
+for i = 2, 3 do
+  local fence = tonumber(redis.call('GET', KEYS[i]))
+  if not fence or fence < tonumber(ARGV[3]) then
+    redis.call('SET', KEYS[i], ARGV[3])
+  end
 end
 return {2}
 """
@@ -451,3 +477,108 @@ end
 return removed
 """
 )
+
+# Resharding across hosts (cluster/reshard_hosts.py). One reshard at a time, in the hash
+# reshard: id, from, to, hosts, phase (starting -> switching -> switched, or abandoned),
+# error. The sets reshard:ready and reshard:drained hold the indexes of the host ranges
+# whose new set is settled / whose old set stopped publishing; reshard:fp the old sets'
+# fingerprints (binary batches, see cluster.reshard.Fingerprints). Every key of a
+# reshard expires RESHARD_TTL_MS after its last change.
+#
+# KEYS[1] - reshard hash, KEYS[2] - layout hash, KEYS[3] ready set, KEYS[4] drained set,
+# KEYS[5] - fingerprint list
+# ARGV[1] - id, ARGV[2] - from, ARGV[3] - to, ARGV[4] - hosts, ARGV[5] - ttl ms
+# return {'started', id}; {'busy', id, to} when a reshard is starting or switching;
+#        {'layout', shards} when the layout does not run `from` shards
+RESHARD_BEGIN = """
+local r = redis.call('HMGET', KEYS[1], 'id', 'to', 'phase')
+if r[3] == 'starting' or r[3] == 'switching' then
+  return {'busy', r[1], tonumber(r[2])}
+end
+local shards = tonumber(redis.call('HGET', KEYS[2], 'shards'))
+if shards ~= tonumber(ARGV[2]) then
+  return {'layout', shards or 0}
+end
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5])
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'from', ARGV[2], 'to', ARGV[3], 'hosts', ARGV[4],
+           'phase', 'starting')
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {'started', ARGV[1]}
+"""
+
+# KEYS[1] - reshard hash, KEYS[2] - layout hash, KEYS[3] - ready set
+# ARGV[1] - id, ARGV[2] - the caller's range index, ARGV[3] - ttl ms
+# return the phase after the call ('' when the id is not the reshard's any more). The
+#        last range to be ready moves the phase to switching and the layout to the new
+#        count (resharded_from = the old): from then on no lease of the old layout can be
+#        taken, and a host that starts runs the new one.
+RESHARD_READY = """
+local r = redis.call('HMGET', KEYS[1], 'id', 'from', 'to', 'hosts', 'phase')
+if r[1] ~= ARGV[1] then
+  return ''
+end
+if r[5] ~= 'starting' then
+  return r[5]
+end
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+if redis.call('SCARD', KEYS[3]) >= tonumber(r[4]) then
+  redis.call('HSET', KEYS[1], 'phase', 'switching')
+  redis.call('HSET', KEYS[2], 'shards', r[3], 'resharded_from', r[2])
+  return 'switching'
+end
+return 'starting'
+"""
+
+# KEYS[1] - reshard hash, KEYS[2] - ready set
+# ARGV[1] - id, ARGV[2] - the caller's range index
+# return the phase ('' when the id is not the reshard's any more). A host that takes part
+#        (again: it restarted, or took the range over) is not ready until it says so anew.
+RESHARD_JOIN = """
+local r = redis.call('HMGET', KEYS[1], 'id', 'phase')
+if r[1] ~= ARGV[1] then
+  return ''
+end
+if r[2] == 'starting' then
+  redis.call('SREM', KEYS[2], ARGV[2])
+end
+return r[2]
+"""
+
+# KEYS[1] - reshard hash, KEYS[2] - drained set
+# ARGV[1] - id, ARGV[2] - the caller's range index ('' to only force), ARGV[3] - ttl ms,
+# ARGV[4] - 1 to move to switched whoever has drained (a host that died mid-switch)
+# return the phase after the call ('' when the id is not the reshard's any more)
+RESHARD_DRAINED = """
+local r = redis.call('HMGET', KEYS[1], 'id', 'hosts', 'phase')
+if r[1] ~= ARGV[1] then
+  return ''
+end
+if r[3] ~= 'switching' then
+  return r[3]
+end
+if ARGV[2] ~= '' then
+  redis.call('SADD', KEYS[2], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+if ARGV[4] == '1' or redis.call('SCARD', KEYS[2]) >= tonumber(r[2]) then
+  redis.call('HSET', KEYS[1], 'phase', 'switched')
+  return 'switched'
+end
+return 'switching'
+"""
+
+# KEYS[1] - reshard hash
+# ARGV[1] - id, ARGV[2] - why
+# return the phase after the call: 'abandoned' unless the switch had begun already
+RESHARD_ABANDON = """
+local r = redis.call('HMGET', KEYS[1], 'id', 'phase')
+if r[1] ~= ARGV[1] then
+  return ''
+end
+if r[2] == 'starting' then
+  redis.call('HSET', KEYS[1], 'phase', 'abandoned', 'error', ARGV[2])
+  return 'abandoned'
+end
+return r[2]
+"""

@@ -4,7 +4,8 @@ Owns the client side of every key under ``tc:{<bot_id>}:`` (the braces are liter
 one bot's keys share a hash slot):
 
 ========================  ==========================================================
-``layout``                hash ``shards``, ``max_concurrency``: the first host's layout
+``layout``                hash ``shards``, ``max_concurrency``: the first host's layout,
+                          and ``resharded_from`` once a reshard switched it
 ``budget``                hash ``remaining``, ``total``, ``reset_at_ms`` (Redis time):
                           the daily identify budget (GET /gateway/bot)
 ``idb:<bucket>``          identify bucket ``shard_id % max_concurrency``, value
@@ -13,7 +14,10 @@ one bot's keys share a hash slot):
 ``boot``                  cold-start guard: Redis time of the first grant request since
                           Redis last came up empty (no TTL)
 ``lease:<A>-<B>``         the range's owner, value ``"<holder>|<token>"``, with a TTL
-``fence:<A>-<B>``         INCR counter handing out the range's fencing tokens
+``fence:<A>-<B>``         the range's last fencing token
+``fence``                 the bot's last fencing token: a new token is above both, so a
+                          range of a new layout outranks every range of the old one
+``reshard``, ``reshard:*``  a reshard across hosts (:mod:`cluster.state.redis_reshard`)
 ``sess:<shard>``          JSON of :class:`protocol.session.Session` plus ``"fence"``
 ========================  ==========================================================
 
@@ -35,7 +39,7 @@ import enum
 import time
 import urllib.parse
 from collections.abc import Awaitable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -98,6 +102,8 @@ class RedisUnavailableError(RedisStateError):
 class Layout:
     shards: int
     max_concurrency: int
+    #: the count a reshard replaced (0: none); not part of what hosts must agree on
+    resharded_from: int = field(default=0, compare=False)
 
 
 class LayoutMismatchError(RedisStateError):
@@ -113,6 +119,14 @@ class LayoutMismatchError(RedisStateError):
         )
         self.existing = existing
         self.wanted = wanted
+
+
+class LayoutChangedError(RedisStateError):
+    """A lease of a range the layout does not run any more (a reshard switched)."""
+
+    def __init__(self, shards: int) -> None:
+        super().__init__(f"the layout runs {shards} shards now")
+        self.shards = shards
 
 
 class LeaseLostError(RedisStateError):
@@ -242,7 +256,7 @@ def _text(raw: Any) -> str:
 def _parse_lease_value(raw: Any) -> tuple[str, int] | None:
     """``(holder, token)`` from ``"<holder>|<token>"``; None when malformed."""
     holder, sep, token = _text(raw).rpartition("|")
-    if not sep or not token.isdigit():
+    if not sep or not (token.isascii() and token.isdigit()):
         return None
     return holder, int(token)
 
@@ -417,31 +431,55 @@ class RedisState:
                 keys=[self.key("layout")], args=[layout.shards, layout.max_concurrency]
             )
         )
-        existing = Layout(int(raw[0]), int(raw[1]))
+        existing = Layout(int(raw[0]), int(raw[1]), int(raw[2]) if len(raw) > 2 else 0)
+        if existing == layout:
+            return existing
+        if existing.resharded_from == layout.shards and (
+            existing.max_concurrency == layout.max_concurrency
+        ):
+            return existing  # resharded: the caller runs the new count
         if existing != layout:
             raise LayoutMismatchError(existing, layout)
         return existing
 
     # -- leases --------------------------------------------------------------------
 
-    async def acquire_lease(self, shard_range: tuple[int, int], ttl_ms: int) -> Lease | None:
-        """Take the range's lease with a new fencing token (or keep ours); None if taken."""
+    async def acquire_lease(
+        self, shard_range: tuple[int, int], ttl_ms: int, *, shards: int = 0
+    ) -> Lease | None:
+        """Take the range's lease with a new fencing token (or keep ours); None if taken.
+
+        ``shards``: the count the range belongs to; when the layout runs another one
+        (a reshard switched) :class:`LayoutChangedError` says which.
+        """
         name = _range_key(shard_range)
         token = await self.call(
             self._acquire_lease(
-                keys=[self.key(f"lease:{name}"), self.key(f"fence:{name}")],
-                args=[self._holder, _positive_ms("ttl_ms", ttl_ms)],
+                keys=[
+                    self.key(f"lease:{name}"),
+                    self.key(f"fence:{name}"),
+                    self.key("fence"),
+                    self.key("layout"),
+                    self.key("reshard"),
+                ],
+                args=[self._holder, _positive_ms("ttl_ms", ttl_ms), shards],
             )
         )
         if token is None:
             return None
+        if int(token) < 0:
+            raise LayoutChangedError(-int(token))
         return Lease(shard_range, self._holder, int(token))
 
     async def renew_lease(self, lease: Lease, ttl_ms: int) -> None:
         """Extend our lease; re-assert it if its key is gone; LeaseLostError if taken."""
         raw = await self.call(
             self._renew_lease(
-                keys=[self.key(f"lease:{lease.key}"), self.key(f"fence:{lease.key}")],
+                keys=[
+                    self.key(f"lease:{lease.key}"),
+                    self.key(f"fence:{lease.key}"),
+                    self.key("fence"),
+                ],
                 args=[lease.value, _positive_ms("ttl_ms", ttl_ms), lease.token],
             )
         )

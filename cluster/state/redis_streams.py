@@ -165,6 +165,10 @@ class StreamStore:
             skipped += int(reply[2])
         return AppendResult(appended, skipped)
 
+    async def append_marker(self, stream: str, data: bytes) -> None:
+        """One entry that is no gateway event (a reshard's marker): a plain XADD."""
+        await self._state.call(self._state.bulk.xadd(stream, {"data": data}))
+
     async def _append_pipeline(
         self, lease: Lease, batches: Sequence[SinkBatch], ttl_ms: int
     ) -> list[Any]:
