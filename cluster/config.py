@@ -272,6 +272,10 @@ class SupervisorConfig:
     checkpoint_interval_s: float = 0.5
     #: How often ``GET /gateway/bot`` is fetched again for fresh session-start numbers.
     limit_refresh_s: float = 600.0
+    #: ``--auto-reshard``: reshard when ``GET /gateway/bot`` recommends more shards than run.
+    auto_reshard: bool = False
+    #: How often ``--auto-reshard`` asks Discord (``--auto-reshard-interval``).
+    auto_reshard_interval_s: float = 3600.0
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     #: How the supervisor talks to its workers: "ipc" (a private directory; falls
     #: back to tcp where ZeroMQ has no ipc) or "tcp" (loopback, port 0).
@@ -315,6 +319,11 @@ class SupervisorConfig:
             raise ConfigError("the checkpoint interval must be > 0 and at most 1 s")
         if not (math.isfinite(self.limit_refresh_s) and self.limit_refresh_s > 0):
             raise ConfigError("the session-limit refresh interval must be > 0 s")
+        if not (math.isfinite(self.auto_reshard_interval_s) and self.auto_reshard_interval_s > 0):
+            raise ConfigError(
+                "--auto-reshard-interval must be a number of seconds > 0, "
+                f"got {self.auto_reshard_interval_s!r}"
+            )
         if self.restart_policy.max_quick_deaths < 0:
             raise ConfigError("--max-quick-deaths must not be negative")
         if self.private_transport not in ("ipc", "tcp"):
@@ -382,7 +391,12 @@ def parse_health(text: str) -> tuple[str, int]:
     """``"host:port"`` (``[v6]:port`` for IPv6) -> (host, port)."""
     host, sep, port_text = text.strip().rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if (
+        not sep
+        or not host
+        or not (port_text.isascii() and port_text.isdigit())
+        or not 0 <= int(port_text) <= 65535
+    ):
         raise ConfigError(f"--health must be host:port, e.g. 127.0.0.1:8080, got {text[:60]!r}")
     return host, int(port_text)
 

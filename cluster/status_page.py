@@ -6,6 +6,11 @@ so the page also works behind a path prefix) every second and redraws:
 
 - the header: health, shards ready / total, events per second, session
   starts left, uptime;
+- ``#reshard`` (while ``/status`` has a ``reshard`` section): the reshard
+  running, or the last one, old -> new shard count, phase, new shards ready /
+  total (a bar), guilds complete, elapsed, the time left by the identify
+  schedule (``eta_s``), duplicates dropped at the switch, and an abandoned
+  reshard's reason; drawn by ``reshardHtml``, a pure function of that section;
 - a legend that counts the shards in each state;
 - ``#grid``: one ``.cell`` per shard whose second class is its state
   (``ready``, ``resuming``, ``fatal``, ...), with latency and event rate; past
@@ -39,6 +44,17 @@ STATUS_PAGE_HTML: Final = """<!doctype html>
  #legend{display:flex;flex-wrap:wrap;gap:6px 16px;color:var(--muted);margin-bottom:12px}
  #legend span{white-space:nowrap}#legend b{color:var(--text);font-weight:600}
  #legend i{display:inline-block;width:11px;height:11px;border-radius:3px;margin-right:5px;vertical-align:-1px}
+ #reshard{background:var(--panel);border:1px solid var(--line);border-radius:6px;padding:10px 14px;
+  margin-bottom:12px}
+ #reshard .phase{padding:1px 8px;border-radius:999px;font-size:12px;font-weight:600;margin-left:6px;
+  background:var(--line)}
+ #reshard .phase.starting{background:#1f6feb;color:#fff}#reshard .phase.switched{background:#238636;color:#fff}
+ #reshard .phase.abandoned{background:#da3633;color:#fff}
+ #reshard .bar{height:6px;background:var(--line);border-radius:3px;overflow:hidden;margin:8px 0}
+ #reshard .bar i{display:block;height:100%;background:#58a6ff}
+ #reshard .items{display:flex;flex-wrap:wrap;gap:4px 18px;color:var(--muted)}
+ #reshard .items b{color:var(--text);font-variant-numeric:tabular-nums}
+ #reshard .why{color:#ffa198;margin-top:6px}
  #problems:not(:empty){color:#ffa198;background:#3d1214;border:1px solid #8e1519;border-radius:6px;
   padding:8px 12px;margin-bottom:12px}
  #grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(88px,1fr));gap:6px}
@@ -74,6 +90,7 @@ STATUS_PAGE_HTML: Final = """<!doctype html>
 </header>
 <main>
  <div id="problems"></div>
+ <div id="reshard" hidden></div>
  <div id="legend"></div>
  <div id="grid" aria-label="shards"></div>
  <div id="hosts-panel" hidden>
@@ -100,6 +117,26 @@ function fmtRanges(ids){
 }
 function fmtUptime(s){s=Math.round(s);const h=Math.floor(s/3600),m=Math.floor(s%3600/60);
  return h?`${h}h ${m}m`:m?`${m}m ${s%60}s`:`${s} s`;}
+function fmtSecs(s){return s>=120?fmtUptime(s):`${s.toFixed(1)} s`;}
+function reshardHtml(r){
+ // the reshard section of /status (a running reshard, or the last one) -> the block; "" hides it
+ if(!r||!r.phase)return "";
+ const running=r.phase==="starting";
+ const items=[
+  ["new shards ready",`${r.new_ready??"?"} / ${r.new_shards??"?"}`],
+  ["guilds",r.guild_creates_complete?"complete":"not yet"],
+  [running?"elapsed":"took",typeof r.elapsed_s==="number"?fmtSecs(r.elapsed_s):"-"],
+ ];
+ if(running&&typeof r.eta_s==="number")items.push(["time left",`about ${fmtSecs(r.eta_s)}`]);
+ items.push(["duplicates dropped",r.deduplicated??0]);
+ const pct=r.new_shards?Math.min(100,100*(r.new_ready||0)/r.new_shards):0;
+ return `<div class="title"><b>${running?"Reshard in progress":"Last reshard"}: `+
+  `${esc(r.old_shards??"?")} &rarr; ${esc(r.new_shards??"?")} shards</b>`+
+  `<span class="phase ${esc(r.phase)}">${esc(r.phase)}</span></div>`+
+  `<div class="bar"><i style="width:${pct.toFixed(1)}%"></i></div>`+
+  `<div class="items">${items.map(([k,v])=>`<span>${k} <b>${esc(v)}</b></span>`).join("")}</div>`+
+  (r.error?`<div class="why">${r.phase==="abandoned"?"abandoned: ":""}${esc(r.error)}</div>`:"");
+}
 function fmtRate(r){return r>=10000?`${(r/1000).toFixed(0)}k`:r>=1000?`${(r/1000).toFixed(1)}k`:r.toFixed(0);}
 async function refresh(){
  try{
@@ -135,6 +172,8 @@ async function refresh(){
    `<tr><td>${w.worker_id}</td><td>${w.pid??"-"}</td><td>${fmtRanges(w.shard_ids)}</td>`+
    `<td>${esc(w.state??(w.alive?"alive":"dead"))}</td><td>${w.restarts}</td></tr>`).join("");
   $("role").textContent=st.role??"-";
+  const reshard=reshardHtml(st.reshard);
+  $("reshard").innerHTML=reshard;$("reshard").hidden=!reshard;
   const ranges=st.redis&&st.redis.ranges;
   $("hosts-panel").hidden=!ranges;
   if(ranges){

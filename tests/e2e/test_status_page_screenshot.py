@@ -90,6 +90,21 @@ async def page_url() -> AsyncIterator[str]:
             "64-127": {"holder": "host-b:77:bb", "token": 1, "ttl_ms": 8100},
         },
     }
+    # a reshard under way (the reshard section of /status)
+    status.sections["reshard"] = lambda: {
+        "switched_total": 0,
+        "abandoned_total": 0,
+        "deduplicated_total": 0,
+        "phase": "starting",
+        "old_shards": 64,
+        "new_shards": 128,
+        "new_ready": 32,
+        "guild_creates_complete": False,
+        "deduplicated": 0,
+        "elapsed_s": 2.5,
+        "eta_s": 1.8,
+        "error": None,
+    }
     server = HealthServer(status, "127.0.0.1", 0)
     await server.start()
     try:
@@ -222,6 +237,11 @@ async def test_the_status_page_renders_the_shard_grid_in_chromium(
     panel = dom[dom.find('id="hosts-panel"') : dom.find("<h2>Workers")]
     hosts = re.findall(r"<td>(\d+-\d+)</td><td>([^<]+)</td><td>(\d+)</td>", panel)
     assert hosts == [("0-63", "host-a:41:aa", "3"), ("64-127", "host-b:77:bb", "1")], panel
+    block = dom[dom.find('<div id="reshard"') : dom.find('<div id="legend"')]
+    assert "hidden" not in block.split(">", 1)[0], block
+    assert "Reshard in progress: 64 \u2192 128 shards" in block, block
+    assert "<span>new shards ready <b>32 / 128</b></span>" in block
+    assert "<span>time left <b>about 1.8 s</b></span>" in block
 
     shot = tmp_path / "page.png"
     await chromium(binary, tmp_path / "profile-shot", f"--screenshot={shot}", page_url)

@@ -209,6 +209,36 @@ def test_a_boolean_flag_from_each_source(
     assert (option["value"], option["source"]) == (expected, source)
 
 
+def test_auto_reshard_and_its_interval_from_each_source(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    options = effective(capsys, "--simulate")
+    assert options["auto-reshard"] == {"value": False, "source": "default", "from": None}
+    assert options["auto-reshard-interval"]["value"] == 3600.0
+    path = write(tmp_path / "c.toml", "auto-reshard = true\nauto-reshard-interval = 60\n")
+    options = effective(capsys, "--simulate", "--config", path)
+    assert options["auto-reshard"] == {
+        "value": True,
+        "source": "file",
+        "from": f"{path}, key auto-reshard",
+    }
+    assert options["auto-reshard-interval"]["value"] == 60.0
+    monkeypatch.setenv("CLUSTER_AUTO_RESHARD", "false")
+    option = effective(capsys, "--simulate", "--config", path)["auto-reshard"]
+    assert (option["value"], option["source"], option["from"]) == (
+        False,
+        "env",
+        "CLUSTER_AUTO_RESHARD",
+    )
+    option = effective(capsys, "--simulate", "--config", path, "--auto-reshard")["auto-reshard"]
+    assert (option["value"], option["source"]) == (True, "flag")
+    bad = write(tmp_path / "bad.toml", "auto-reshard-interval = 0\n")
+    assert error_line(capsys, "up", "--simulate", "--config", bad) == (
+        f"--auto-reshard-interval must be a number of seconds > 0, got 0.0 "
+        f"(from {bad}, key auto-reshard-interval)"
+    )
+
+
 @pytest.mark.parametrize(
     ("in_file", "env", "flag", "source", "origin"),
     [
@@ -263,10 +293,12 @@ def test_every_option_of_up_has_a_variable(capsys: pytest.CaptureFixture[str]) -
         "CLUSTER_SHARDS",
         "CLUSTER_SIMULATE",
         "CLUSTER_SINK_RETENTION",
+        "CLUSTER_AUTO_RESHARD",
     ):
         assert name in out, name
     options = effective(capsys, "--simulate")
     assert {"pub-hwm", "lease-ttl", "simulate-shards", "log-level"} <= set(options)
+    assert {"auto-reshard", "auto-reshard-interval"} <= set(options)
     assert "config" not in options and "config-file" not in options
 
 
