@@ -289,6 +289,16 @@ def up(
     shards: Annotated[
         str, typer.Option(help="Total shard count, or 'auto' (Discord's recommendation).")
     ] = "auto",
+    auto_reshard: Annotated[
+        bool,
+        typer.Option(
+            "--auto-reshard",
+            envvar="CLUSTER_AUTO_RESHARD",
+            help="Ask Discord (GET /gateway/bot) every hour and, when it recommends more shards "
+            "than the cluster runs, reshard to that count without downtime, as `cluster "
+            "reshard` does.",
+        ),
+    ] = False,
     shard_ids: Annotated[
         str | None,
         typer.Option(
@@ -478,6 +488,7 @@ def up(
     pub_hwm: Annotated[int, typer.Option(hidden=True)] = 10_000,
     stop_timeout: Annotated[float, typer.Option(hidden=True)] = 7.0,
     limit_refresh: Annotated[float, typer.Option(hidden=True)] = 600.0,
+    auto_reshard_interval: Annotated[float, typer.Option(hidden=True)] = 3600.0,
     max_quick_deaths: Annotated[int, typer.Option(hidden=True)] = 5,
     lease_ttl: Annotated[float, typer.Option(hidden=True)] = 10.0,
     lease_renew: Annotated[float, typer.Option(hidden=True)] = 2.0,
@@ -488,6 +499,7 @@ def up(
     gateway_replay_bytes: Annotated[int, typer.Option(hidden=True)] = 8 * 1024 * 1024,
     gateway_resume_window: Annotated[float, typer.Option(hidden=True)] = 120.0,
     gateway_high_water: Annotated[int, typer.Option(hidden=True)] = 4 * 1024 * 1024,
+    gateway_cache_save_interval: Annotated[float, typer.Option(hidden=True)] = 30.0,
     simulate_shards: Annotated[int, typer.Option(hidden=True)] = 4,
     simulate_max_concurrency: Annotated[int, typer.Option(hidden=True)] = 4,
     simulate_event_rate: Annotated[float, typer.Option(hidden=True)] = 5.0,
@@ -562,6 +574,7 @@ def up(
                 replay_bytes=gateway_replay_bytes,
                 resume_window_s=gateway_resume_window,
                 write_high_water=gateway_high_water,
+                cache_save_interval_s=gateway_cache_save_interval,
             ),
             presence=parse_presence(status, activity),
             large_threshold=parse_large_threshold(large_threshold),
@@ -593,6 +606,8 @@ def up(
             pub_hwm=pub_hwm,
             stop_timeout_s=stop_timeout,
             limit_refresh_s=limit_refresh,
+            auto_reshard=auto_reshard,
+            auto_reshard_interval_s=auto_reshard_interval,
             restart_policy=RestartPolicy(max_quick_deaths=max_quick_deaths),
             checkpoint_interval_s=checkpoint_interval,
         )

@@ -48,6 +48,7 @@ import contextlib
 import enum
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import Mapping
@@ -57,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Final
 import zmq
 import zmq.asyncio
 
+from cluster import reshard_hosts
 from cluster.command_stream import CommandReader
 from cluster.config import LogFormat, SupervisorConfig
 from cluster.control import ControlServer
@@ -83,12 +85,14 @@ from cluster.sessions import SessionStore
 from cluster.sink import StreamSink
 from cluster.state.arbiter import RedisArbiter
 from cluster.state.checkpoint import Checkpointer, RemoteWriter
-from cluster.state.lease import LeaseKeeper
+from cluster.state.lease import LeaseKeeper, ShardRange
+from cluster.state.redis_reshard import ReshardBusyError, ReshardStore
 from cluster.state.redis_state import Lease, RedisState, RedisStateError
 from cluster.state.redis_streams import StreamStore
 from cluster.status import ClusterStatus
 from cluster.workers import ShardNotRunningError, WorkerPool, WorkerSlot, WorkerState, unwatched
 from protocol import ipc
+from protocol.brokerformat import dispatch_encoder
 from protocol.errors import WireFormatError
 from protocol.exitcodes import ExitCode
 from protocol.gateway import explain_fatal
@@ -158,6 +162,8 @@ class Shared:
     streams: StreamStore | None = None
     #: The gateway endpoint (--gateway): a relay tap, given the range's shards and commands
     endpoint: GatewayEndpoint | None = None
+    #: A reshard across hosts (with --redis): its record in Redis
+    reshards: ReshardStore | None = None
 
 
 class _Shutdown(enum.Enum):
@@ -199,12 +205,23 @@ class _Generation:
     started_at: float
     deadline: float
     ready: set[int] = field(default_factory=set)
+    #: each new shard's last report (the status takes them over at the switch)
+    reports: dict[int, ipc.ShardReport] = field(default_factory=dict)
     phase: ReshardPhase = ReshardPhase.STARTING
     error: str | None = None
     switched_at: float | None = None
 
     def status_json(self, now: float) -> dict[str, Any]:
         elapsed = (self.switched_at or now) - self.started_at
+        # time left by the identify schedule: the fullest bucket's new shards not READY
+        # yet, one interval each (None once the reshard has ended)
+        eta: float | None = None
+        if self.phase is ReshardPhase.STARTING:
+            waiting = [0] * self.plan.max_concurrency
+            for shard_id in self.plan.shard_ids:
+                if shard_id not in self.ready:
+                    waiting[shard_id % len(waiting)] += 1
+            eta = round(max(waiting) * self.spec.identify_interval_s, 3)
         return {
             "phase": self.phase.value,
             "old_shards": self.old_total,
@@ -215,6 +232,7 @@ class _Generation:
             "fingerprints": len(self.fingerprints),
             "deduplicated": self.fingerprints.matched,
             "elapsed_s": round(elapsed, 3),
+            "eta_s": eta,
             "error": self.error,
         }
 
@@ -268,6 +286,21 @@ class RangeOwner:
         self._reshard_deduplicated = 0
         #: the sockets closed when the range ends (a reshard adds its channel)
         self._sockets: list[zmq.Socket[Any]] = []
+        #: the running set's checkpointer and gateway_send reader (a reshard's switch
+        #: replaces them)
+        self._checkpointing: asyncio.Task[None] | None = None
+        self._commanding: asyncio.Task[None] | None = None
+        #: a reshard across hosts: what /status says before this host's new set exists
+        self._shared_request: dict[str, Any] | None = None
+
+    @property
+    def total_shards(self) -> int:
+        """The shard count this range belongs to (a reshard's switch changes it)."""
+        return self._plan.total_shards
+
+    @property
+    def plan(self) -> ClusterPlan:
+        return self._plan
 
     # -- what the supervisor calls ------------------------------------------------------------
 
@@ -311,7 +344,9 @@ class RangeOwner:
             self._tasks.append(asyncio.create_task(self._gate_coordinator(), name="gate"))
             self._tasks.append(asyncio.create_task(self._refresh_limit(), name="limit"))
             self._tasks.append(asyncio.create_task(self._liveness_loop(), name="liveness"))
-            self._tasks.append(asyncio.create_task(run.checkpointer.run(), name="checkpoint"))
+            self._checkpointing = asyncio.create_task(run.checkpointer.run(), name="checkpoint")
+            self._tasks.append(self._checkpointing)
+            self._follow_shared_reshards()
             outcome = await self._main_loop()
         finally:
             try:
@@ -332,12 +367,14 @@ class RangeOwner:
         )
         book = SessionBook()
         saved = await self._saved_sessions(store)
-        if shared.endpoint is not None:  # only shards whose guild cache is at their resume point
+        if shared.endpoint is not None:  # only shards whose guild cache is of their session
             saved = shared.endpoint.adopt(
                 config.state_dir, saved, plan.shard_ids, plan.total_shards
             )
         for shard_id, session in saved.items():
             book.seed(shard_id, session)
+        if shared.endpoint is not None:  # a cache saved before the resume point: its seq
+            shared.endpoint.rewind(book)
         use_ipc = config.private_transport == "ipc" and zmq.has("ipc")
         pull: zmq.Socket[bytes] = shared.sync_context.socket(zmq.PULL)
         sockets.append(pull)
@@ -430,6 +467,8 @@ class RangeOwner:
             interval_s=config.checkpoint_interval_s,
         )
         status.sections["checkpoint"] = checkpointer.status_json
+        # from the start (zeros), so /metrics has the reshard series before the first one
+        status.sections["reshard"] = self._reshard_status
         publisher = shared.publisher
         status.sections["refused"] = lambda: {
             # CURVE handshakes refused (a client key not let in, a bad handshake)
@@ -484,7 +523,8 @@ class RangeOwner:
         commands = self._make_command_reader(plan) if sink is not None else None
         if commands is not None:
             status.sections["commands"] = commands.status_json
-            self._tasks.append(asyncio.create_task(commands.run(), name="gateway-send"))
+            self._commanding = asyncio.create_task(commands.run(), name="gateway-send")
+            self._tasks.append(self._commanding)
         return _Running(
             plan=plan,
             lease=self._lease,
@@ -727,9 +767,9 @@ class RangeOwner:
         """The control socket's ``{"reshard": ...}``: start one, or say how it goes."""
         value = request.get("reshard")
         if value == "status":
-            gen = self._reshard
-            if gen is None:
-                return {"ok": True, "reshard": None}
+            gen, asked = self._reshard, self._shared_request
+            if gen is None or (asked is not None and gen.plan.total_shards != asked["new_shards"]):
+                return {"ok": True, "reshard": asked}
             return {"ok": True, "reshard": gen.status_json(time.monotonic())}
         shards = value.get("shards") if isinstance(value, dict) else None
         try:
@@ -741,55 +781,191 @@ class RangeOwner:
                     'a reshard request is {"reshard": {"shards": N}} (or "auto"), '
                     'or {"reshard": "status"}'
                 )
+            if self._shared.reshards is not None:
+                return {"ok": True, "reshard": await self.start_shared_reshard(shards)}
             gen = self.start_reshard(shards)
         except (ReshardRefusedError, DiscordApiError) as exc:
             return {"ok": False, "error": str(exc)}
         return {"ok": True, "reshard": gen.status_json(time.monotonic())}
 
-    def start_reshard(self, new_total: int) -> _Generation:
-        """Bring up ``new_total`` shards beside the running ones; the switch comes by itself."""
-        run, shared, config = self._run, self._shared, self._config
+    def _check_reshard(self, new_total: int) -> _Running:
+        run = self._run
         if run is None or self._stopping:
             raise ReshardRefusedError("the cluster is not running")
         if self._reshard is not None and self._reshard.phase is ReshardPhase.STARTING:
             raise ReshardRefusedError(
                 f"a reshard to {self._reshard.plan.total_shards} shards is already running"
             )
-        if shared.redis is not None:
+        if new_total == run.plan.total_shards:
+            raise ReshardRefusedError(f"the cluster already runs {new_total} shards")
+        return run
+
+    def start_reshard(self, new_total: int) -> _Generation:
+        """Bring up ``new_total`` shards beside the running ones; the switch comes by itself.
+
+        One host without Redis (with Redis: :meth:`start_shared_reshard`).
+        """
+        run = self._check_reshard(new_total)
+        if self._shared.reshards is not None:
             raise ReshardRefusedError(
-                "resharding with --redis is not supported yet: stop every host and start "
-                "them with the new --shards"
+                "with --redis a reshard goes through Redis: use the control request "
+                "(`cluster reshard`)"
             )
         old = run.plan
         if old.shard_ids != tuple(range(old.total_shards)):
             raise ReshardRefusedError("only a supervisor that runs every shard can reshard")
-        if new_total == old.total_shards:
-            raise ReshardRefusedError(f"the cluster already runs {new_total} shards")
-        try:
-            plan = plan_cluster(
-                new_total, None, config.workers, old.max_concurrency, os.cpu_count() or 1
-            )
-        except PlanError as exc:
-            raise ReshardRefusedError(str(exc)) from None
         budget = run.coordinator.snapshot()
         # The reserve is the old set's size: a reshard abandoned later must still be
         # able to identify the old set again.
         if budget.remaining < new_total + old.total_shards:
             raise ReshardRefusedError(
-                f"identify budget: {budget.remaining} session starts left, the new set "
-                f"needs {new_total} plus a reserve of {old.total_shards} (the running set); "
-                "try again after the daily reset"
+                _budget_refusal(budget.remaining, new_total, old.total_shards)
             )
+        gen = self._begin(new_total, None, shared=False)
+        self._tasks.append(asyncio.create_task(self._watch_reshard(gen), name="reshard"))
+        return gen
+
+    async def start_shared_reshard(self, new_total: int) -> dict[str, Any]:
+        """With Redis: write the reshard's record; every owner (this one too) takes part."""
+        run = self._check_reshard(new_total)
+        shared = self._shared
+        store, redis = shared.reshards, shared.redis
+        assert store is not None and redis is not None
+        hosts, index = self._host_slot(run)
+        if index is None:
+            raise ReshardRefusedError(
+                "with --redis, resharding needs every host started with --shard-ids auto "
+                "--hosts H (this one runs a range of its own)"
+            )
+        if new_total < hosts:
+            raise ReshardRefusedError(f"{new_total} shards cannot cover {hosts} hosts")
+        old = run.plan.total_shards
+        try:
+            budget = await redis.budget()
+            if budget is not None and budget.remaining < new_total + old:
+                raise ReshardRefusedError(_budget_refusal(budget.remaining, new_total, old))
+            await store.begin(secrets.token_hex(4), old, new_total, hosts)
+        except ReshardBusyError as exc:
+            raise ReshardRefusedError(str(exc)) from None
+        except RedisStateError as exc:
+            raise ReshardRefusedError(f"Redis: {exc}") from None
+        log.info("reshard %d -> %d shards over %d hosts: recorded in Redis", old, new_total, hosts)
+        self._shared_request = {
+            "phase": "starting",
+            "old_shards": old,
+            "new_shards": new_total,
+            "new_ready": 0,
+            "hosts": hosts,
+        }
+        return self._shared_request
+
+    def _host_slot(self, run: _Running) -> tuple[int, int | None]:
+        """(H, which of the layout's H ranges this owner runs) for a reshard across hosts."""
+        settings = self._config.redis
+        plan = run.plan
+        own = (plan.shard_ids[0], plan.shard_ids[-1])
+        hosts = settings.hosts if settings is not None and settings.hosts is not None else 1
+        return hosts, reshard_hosts.own_index(own, plan.total_shards, hosts)
+
+    def _follow_shared_reshards(self) -> None:
+        """With Redis: take part in every reshard recorded there (cluster/reshard_hosts.py)."""
+        shared, run = self._shared, self._run
+        if shared.reshards is None or shared.leases is None or run is None:
+            return
+        hosts, index = self._host_slot(run)
+        if index is None:
+            return
+        interval = self._config.identify_interval_s
+        max_concurrency = run.plan.max_concurrency
+
+        def deadline_s(new_total: int, new_range: ShardRange) -> float:
+            size = new_range[1] - new_range[0] + 1
+            windows = -(-size // max_concurrency) if size else 0
+            # the identify schedule of the whole new set (the buckets are shared)
+            windows = max(windows, -(-new_total // max_concurrency) // hosts)
+            return 2 * windows * interval + RESHARD_GRACE_S
+
+        self._tasks.append(
+            asyncio.create_task(
+                reshard_hosts.follow_reshards(
+                    self, shared.reshards, shared.leases, index, hosts, deadline_s
+                ),
+                name="reshard-hosts",
+            )
+        )
+
+    # -- a reshard across hosts: this owner's part (cluster.reshard_hosts.ReshardHost) ---------
+
+    def begin_generation(self, new_total: int, new_range: ShardRange) -> Fingerprints:
+        gen = self._begin(new_total, new_range, shared=True)
+        return gen.fingerprints
+
+    def generation_state(self) -> tuple[bool, str | None]:
+        gen = self._reshard
+        if gen is None:
+            return False, "the new set is gone"
+        if gen.phase is ReshardPhase.ABANDONED:
+            return False, gen.error or "abandoned"
+        if self._stopping:
+            return False, "the host is stopping"
+        shard_ids = gen.plan.shard_ids
+        return len(gen.ready) == len(shard_ids) and gen.held.settled(shard_ids), None
+
+    def abandon_generation(self, why: str) -> None:
+        gen = self._reshard
+        if gen is not None:
+            self._abandon(gen, why)
+        self._shared_request = None
+
+    async def stop_old_set(self) -> None:
+        run = self._run
+        if run is None:
+            return
+        self._stop_old(run)
+        if run.commands is not None and self._commanding is not None:
+            self._commanding.cancel()  # the new range's reader starts at the switch
+        if run.sink is not None and not await run.sink.close(SINK_CLOSE_S):
+            log.error(
+                "reshard: the old set's sink could not append %d events",
+                run.sink.pending_events + run.sink.in_flight,
+            )
+
+    def take_over(self) -> None:
+        run, gen = self._run, self._reshard
+        if run is None or gen is None or gen.phase is not ReshardPhase.STARTING:
+            return
+        shared = self._shared
+        if shared.leases is not None and shared.leases.lease is not None:
+            self._lease = shared.leases.lease
+        self._take_over(run, gen)
+        self._shared_request = None
+        self._tasks.append(asyncio.create_task(self._retire(run), name="reshard-retire"))
+
+    # -- the new set --------------------------------------------------------------------------
+
+    def _begin(self, new_total: int, new_range: ShardRange | None, *, shared: bool) -> _Generation:
+        run = self._run
+        assert run is not None
+        config, owner_shared = self._config, self._shared
+        old = run.plan
+        try:
+            plan = plan_cluster(
+                new_total, new_range, config.workers, old.max_concurrency, os.cpu_count() or 1
+            )
+        except PlanError as exc:
+            raise ReshardRefusedError(str(exc)) from None
         use_ipc = config.private_transport == "ipc" and zmq.has("ipc")
-        pull: zmq.Socket[bytes] = shared.sync_context.socket(zmq.PULL)
+        pull: zmq.Socket[bytes] = owner_shared.sync_context.socket(zmq.PULL)
         self._sockets.append(pull)
         pull.setsockopt(zmq.LINGER, 0)
         pull.setsockopt(zmq.RCVHWM, 10_000)
-        endpoint = _bind_private(pull, shared.runtime_dir, f"events-{new_total}", use_ipc)
+        endpoint = _bind_private(pull, owner_shared.runtime_dir, f"events-{new_total}", use_ipc)
         book = SessionBook()
         held = HeldRuns()
-        fingerprints = Fingerprints()
-        relay = Relay(pull, shared.publisher, book, shared.status.relay, self._on_reshard_report)
+        fingerprints = Fingerprints(shared=shared)
+        relay = Relay(
+            pull, owner_shared.publisher, book, owner_shared.status.relay, self._on_reshard_report
+        )
         relay.hold(held)
         base = max(run.pool.slots) + 1
         pool = WorkerPool(
@@ -811,13 +987,14 @@ class RangeOwner:
         relay.start()
         for slot in pool.slots.values():
             _spawn_into(pool, spec, book, slot)
-        self._shared.status.sections["reshard"] = self._reshard_status
-        self._tasks.append(asyncio.create_task(self._watch_reshard(gen), name="reshard"))
+        owner_shared.status.sections["reshard"] = self._reshard_status
         log.info(
-            "resharding %d -> %d shards: the new set identifies beside the running one "
+            "resharding %d -> %d shards: shards %d-%d identify beside the running ones "
             "(about %.0f s by the identify schedule)",
             old.total_shards,
             new_total,
+            plan.shard_ids[0],
+            plan.shard_ids[-1],
             identify_duration(plan, config.identify_interval_s),
         )
         return gen
@@ -838,11 +1015,15 @@ class RangeOwner:
         gen = self._reshard
         if gen is None:
             return
+        if gen.phase is ReshardPhase.SWITCHED:
+            self._on_report(message)  # the new set is the running one now
+            return
         if isinstance(message, ipc.ShardReport):
             slot = gen.pool.slot_of(message.shard_id)
             if slot is None:
                 return
             _heard_from(slot)
+            gen.reports[message.shard_id] = message
             gen.book.on_session(message.shard_id, message.session_id, message.resume_url)
             if ShardPhase.parse(message.phase) is ShardPhase.READY:
                 gen.ready.add(message.shard_id)
@@ -909,10 +1090,20 @@ class RangeOwner:
         )
 
     def _switch(self, run: _Running, gen: _Generation) -> None:
-        """The new set takes over, in one step of the event loop (see cluster/reshard.py)."""
-        shared, config, status = self._shared, self._config, self._shared.status
+        """One host: the new set takes over, in one step of the event loop (cluster/reshard.py)."""
+        self._stop_old(run)
+        self._take_over(run, gen)
+
+    def _stop_old(self, run: _Running) -> None:
+        """The old set publishes nothing more (its workers are ended by :meth:`_retire`)."""
         run.relay.drain()  # everything the old set sent until now is published
         run.relay.discard()
+        if self._checkpointing is not None:
+            self._checkpointing.cancel()  # its sessions end: nothing to resume from
+
+    def _take_over(self, run: _Running, gen: _Generation) -> None:
+        """The marker, the held events not published yet, then the new set publishes."""
+        shared, config, status = self._shared, self._config, self._shared.status
         held = gen.held.take_all()
         contiguous: dict[int, int] = {}
         for h in held:
@@ -923,11 +1114,9 @@ class RangeOwner:
             session = None if point is None else point.session_id
             shards[shard_id] = (session, contiguous.get(shard_id, 1))
         switched_at = time.time()
-        shared.publisher.publish(
-            MARKER_TOPIC,
-            MARKER_HEADER,
-            marker_payload(gen.old_total, gen.plan.total_shards, switched_at, shards),
-        )
+        marker = marker_payload(gen.old_total, gen.plan.total_shards, switched_at, shards)
+        shared.publisher.publish(MARKER_TOPIC, MARKER_HEADER, marker)
+        sink = self._switch_sink(gen, marker)
         gen.relay.publish_with(event_filter=gen.fingerprints.take)
         for h in held:
             gen.relay.publish_run(h.shard_id, h.epoch, h.first_seq, h.events)
@@ -937,9 +1126,15 @@ class RangeOwner:
             SWITCH_WINDOW_S,
             lambda: relay.publish_with() if relay.mode is RelayMode.PUBLISH else None,
         )
-        store = SessionStore(config.state_dir, config.token, gen.plan.total_shards, None)
+        store = SessionStore(
+            config.state_dir, config.token, gen.plan.total_shards, _range_of(gen.plan, config)
+        )
         checkpointer = Checkpointer(
-            gen.book, gen.plan.shard_ids, store, None, interval_s=config.checkpoint_interval_s
+            gen.book,
+            gen.plan.shard_ids,
+            store,
+            None if sink is not None else self._remote_checkpoints(),
+            interval_s=config.checkpoint_interval_s,
         )
         status.assign(
             gen.plan.total_shards,
@@ -951,11 +1146,21 @@ class RangeOwner:
         for slot in gen.pool.slots.values():
             slot.on_change = status.apply_worker
             status.apply_worker(slot)
+        for report in gen.reports.values():
+            status.apply_report(report)
         status.sections["checkpoint"] = checkpointer.status_json
         run.control.total_shards = gen.plan.total_shards
         run.control.local_shard_ids = frozenset(gen.plan.shard_ids)
+        commands = self._make_command_reader(gen.plan) if sink is not None else None
+        if commands is not None:
+            status.sections["commands"] = commands.status_json
+            self._commanding = asyncio.create_task(commands.run(), name="gateway-send")
+            self._tasks.append(self._commanding)
         self._run = replace(
             run,
+            lease=self._lease,
+            sink=sink,
+            commands=commands,
             plan=gen.plan,
             book=gen.book,
             store=store,
@@ -966,15 +1171,17 @@ class RangeOwner:
             spec=gen.spec,
         )
         self._plan = gen.plan
-        self._tasks.append(asyncio.create_task(checkpointer.run(), name="checkpoint"))
+        self._checkpointing = asyncio.create_task(checkpointer.run(), name="checkpoint")
+        self._tasks.append(self._checkpointing)
         checkpointer.soon()
         gen.phase = ReshardPhase.SWITCHED
         gen.switched_at = time.monotonic()
         self._reshards["switched"] += 1
-        try:
-            save_layout(config.state_dir, Layout(gen.plan.total_shards, gen.old_total))
-        except OSError as exc:
-            log.error("reshard: cannot save the new layout to %s: %s", config.state_dir, exc)
+        if shared.redis is None:  # with Redis, its layout key says it for every host
+            try:
+                save_layout(config.state_dir, Layout(gen.plan.total_shards, gen.old_total))
+            except OSError as exc:
+                log.error("reshard: cannot save the new layout to %s: %s", config.state_dir, exc)
         log.info(
             "reshard: switched from %d to %d shards after %.1f s (%d held events published, "
             "%d duplicates dropped so far)",
@@ -984,6 +1191,30 @@ class RangeOwner:
             sum(len(h.events) for h in held),
             gen.relay.filtered,
         )
+
+    def _switch_sink(self, gen: _Generation, marker: bytes) -> StreamSink | None:
+        """With --sink redis: the new set's sink (the new lease), and the marker appended."""
+        shared, settings = self._shared, self._config.sink
+        if settings is None or shared.streams is None or self._lease is None:
+            return None
+        self._plan = gen.plan  # the sink's shards
+        sink = self._make_sink(gen.book)
+        if sink is None:
+            return None
+        gen.relay.attach_sink(sink)
+        sink.start()
+        shared.status.sections["sink"] = sink.status_json
+        streams = shared.streams
+        data = dispatch_encoder(settings.encoding)(0, marker)
+
+        async def append_marker() -> None:
+            try:
+                await streams.append_marker(MARKER_TOPIC.decode(), data)
+            except RedisStateError as exc:
+                log.error("reshard: the marker did not reach the sink: %s", exc)
+
+        self._tasks.append(asyncio.create_task(append_marker(), name="reshard-marker"))
+        return sink
 
     async def _retire(self, old: _Running) -> None:
         """After the switch: the old set's sessions end (close 1000), its channel goes."""
@@ -1193,6 +1424,14 @@ def _bind_private(sock: zmq.Socket[Any], runtime_dir: str, name: str, ipc: bool)
     sock.bind(f"ipc://{runtime_dir}/{name}" if ipc else "tcp://127.0.0.1:0")
     endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     return endpoint
+
+
+def _budget_refusal(remaining: int, new_total: int, old_total: int) -> str:
+    return (
+        f"identify budget: {remaining} session starts left, the new set "
+        f"needs {new_total} plus a reserve of {old_total} (the running set); "
+        "try again after the daily reset"
+    )
 
 
 def describe_exit(code: int | None) -> str:

@@ -35,6 +35,16 @@ a shard's recent epochs (what the PUB header says). A replacement worker
 RESUMEs from ``resume_point(shard)`` (a :class:`protocol.session.Session`):
 the last seq the supervisor *published*, so every ``(shard_id, seq)`` reaches
 the PUB socket exactly once, across a SIGKILL.
+
+One exception (``--gateway``): a shard whose endpoint cache was saved before its
+last published seq RESUMEs from the cache's seq (:meth:`SessionBook.resume_from`),
+so the cache gets the events it lacks without an IDENTIFY. Its replay is deduped as
+usual (nothing is published twice); the duplicates go, instead of nowhere, to the
+taps that take replays (:class:`ReplayConsumer`: the endpoint's cache), before the
+run's new events. Until the replay reaches the published seq, :meth:`SessionBook.resume_point`
+says the seq handed on so far (a replacement worker goes on from there; a checkpoint
+written meanwhile does too, so a second crash inside those seconds publishes the
+rest of the replay again: at least once, as rule 8 allows across a SIGKILL).
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 import zmq
 import zmq.backend
@@ -88,7 +98,7 @@ class SessionBook:
     the version it last wrote instead of rebuilding the sessions to find out.
     """
 
-    __slots__ = ("_current", "_names", "_older", "_sessions", "version")
+    __slots__ = ("_current", "_names", "_older", "_sessions", "resuming", "version")
 
     def __init__(self) -> None:
         #: shard -> [epoch, last published seq] of the newest epoch seen on the PUB socket
@@ -101,6 +111,9 @@ class SessionBook:
         #: shard -> {epoch: session id} of the newest few sessions named by a report
         #: (or the saved file): what the PUB header says for a run of that epoch.
         self._names: dict[int, dict[int, str]] = {}
+        #: shard -> the seq its already published events have been handed on up to, for a
+        #: shard RESUMEd below its published seq (:meth:`resume_from`); gone once caught up
+        self.resuming: dict[int, int] = {}
         #: Bumped on every change of a published seq or of a session.
         self.version = 0
 
@@ -182,10 +195,13 @@ class SessionBook:
         known = self._sessions.get(shard_id)
         if session_id and resume_url:
             if known is None or known.session_id != session_id or known.resume_url != resume_url:
+                if known is None or known.session_id != session_id:
+                    self.resuming.pop(shard_id, None)  # another session: nothing to replay
                 self._sessions[shard_id] = Session(session_id, 0, resume_url)
                 self.version += 1
         elif known is not None:
             del self._sessions[shard_id]
+            self.resuming.pop(shard_id, None)
             self.version += 1
 
     def seed(self, shard_id: int, session: Session) -> None:
@@ -198,17 +214,57 @@ class SessionBook:
             self.admit(shard_id, epoch, 1, session.seq)
 
     def resume_point(self, shard_id: int) -> Session | None:
-        """The shard's session at the last seq published: where a RESUME starts."""
+        """The shard's session at the last seq published: where a RESUME starts
+        (or below it, while a :meth:`resume_from` replay is handed on)."""
         session = self._sessions.get(shard_id)
         if session is None:
             return None
         seq = self.published(shard_id, ipc.session_epoch(session.session_id))
+        floor = self.resuming.get(shard_id)
+        if floor is not None and floor < seq:
+            seq = floor
         return session if session.seq == seq else session.with_seq(seq)
+
+    def resume_from(self, shard_id: int, seq: int) -> None:
+        """RESUME ``shard_id``'s session from ``seq``, below its published seq: the events
+        up to the published seq are replayed, not published again, and handed to the
+        relay's :class:`ReplayConsumer` taps (a saved gateway cache catches up)."""
+        session = self._sessions.get(shard_id)
+        if session is None:
+            return
+        if 0 <= seq < self.published(shard_id, ipc.session_epoch(session.session_id)):
+            self.resuming[shard_id] = seq
+            self.version += 1
+
+    def replayed(self, shard_id: int, epoch: int, last: int, new_after: bool = False) -> None:
+        """Already published events of ``shard_id`` up to ``last`` were handed on again
+        (``new_after``: the run went on with new events, so the replay is over)."""
+        floor = self.resuming.get(shard_id)
+        session = self._sessions.get(shard_id)
+        if floor is None or session is None or ipc.session_epoch(session.session_id) != epoch:
+            return
+        if new_after or last >= self.published(shard_id, epoch):
+            del self.resuming[shard_id]
+        elif last > floor:
+            self.resuming[shard_id] = last
+        else:
+            return
+        self.version += 1
 
     def resume_points(self, shard_ids: Iterable[int]) -> dict[int, Session]:
         """:meth:`resume_point` of each of ``shard_ids`` that has a session."""
         points = {s: self.resume_point(s) for s in shard_ids}
         return {s: p for s, p in points.items() if p is not None}
+
+
+@runtime_checkable
+class ReplayConsumer(Protocol):
+    """A tap that also takes the already published events a :meth:`SessionBook.resume_from`
+    shard replays (never published again); must not block."""
+
+    def add_replayed(
+        self, shard_id: int, epoch: int, first_seq: int, events: list[EventSlices]
+    ) -> None: ...
 
 
 ReportHandler = Callable[[ipc.ShardReport | ipc.WorkerStatus], None]
@@ -264,6 +320,8 @@ class Relay:
         self._hooked = False
         #: who gets each published run besides the PUB socket: the sink, then the taps
         self._consumers: tuple[RunConsumer, ...] = (*((sink,) if sink else ()), *taps)
+        #: the taps that take a resume_from shard's replay (never the sink)
+        self._replays = tuple(t for t in taps if isinstance(t, ReplayConsumer))
         #: True while the sink is backlogged: the channel is not read (back pressure)
         self._paused = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -424,6 +482,14 @@ class Relay:
             self._realign()
             return 0, 0
         skip = self._book.admit(shard_id, epoch, seq, count)
+        if skip and self._replays and shard_id in self._book.resuming:
+            self._hand_replayed(
+                shard_id,
+                epoch,
+                seq,
+                [(frames[3 * i], frames[3 * i + 2]) for i in range(skip)],
+                skip < count,
+            )
         publish = self._publisher.publish
         for i in range(skip, count):
             publish(frames[3 * i], template % (seq + i), frames[3 * i + 2])
@@ -472,6 +538,8 @@ class Relay:
         publish = self._publisher.publish
         heads = self._heads
         consumers = self._consumers
+        replays = self._replays
+        resuming = self._book.resuming
         at = 0
         published = 0
         duplicates = 0
@@ -489,6 +557,10 @@ class Relay:
                 else:
                     template = self._head(shard_id, epoch)
                 events: list[EventSlices] | None = [] if consumers and skip < count else None
+                # a resume_from shard's replay: its duplicates go to the replay taps
+                replayed: list[EventSlices] | None = (
+                    [] if skip and replays and shard_id in resuming else None
+                )
                 for i in range(count):
                     topic_len, payload_len = _EVENT_UNPACK(view, at)
                     at += _EVENT_SIZE
@@ -503,7 +575,11 @@ class Relay:
                         if events is not None:
                             events.append((topic, payload))
                         published += 1
+                    elif replayed is not None:
+                        replayed.append((view[at:topic_end], view[topic_end:payload_end]))
                     at = payload_end
+                if replayed:
+                    self._hand_replayed(shard_id, epoch, seq, replayed, skip < count)
                 if events:
                     for consumer in consumers:
                         consumer.add(shard_id, epoch, seq + skip, events)
@@ -514,7 +590,26 @@ class Relay:
             self._counters.malformed_dropped += 1
         return published, duplicates
 
+    def _hand_replayed(
+        self,
+        shard_id: int,
+        epoch: int,
+        first_seq: int,
+        events: list[EventSlices],
+        new_after: bool,
+    ) -> None:
+        for tap in self._replays:
+            tap.add_replayed(shard_id, epoch, first_seq, events)
+        self._book.replayed(shard_id, epoch, first_seq + len(events) - 1, new_after)
+
     # -- resharding ---------------------------------------------------------------------------
+
+    def attach_sink(self, sink: StreamSink) -> None:
+        """From now on published runs also go to ``sink``, first (a reshard's switch)."""
+        self._sink = sink
+        self._consumers = (sink, *(c for c in self._consumers if c is not sink))
+        if self._loop is not None:
+            sink.on_drained(self._unpause)
 
     def hold(self, consumer: RunConsumer) -> None:
         """From now on new events go to ``consumer``, not to the PUB socket (a new shard set)."""
@@ -592,6 +687,14 @@ class Relay:
             count = len(batch.events)
             skip = admit(batch.shard_id, batch.epoch, batch.first_seq, count)
             duplicates += skip
+            if skip and self._replays and batch.shard_id in self._book.resuming:
+                self._hand_replayed(
+                    batch.shard_id,
+                    batch.epoch,
+                    batch.first_seq,
+                    [(topic, payload) for topic, _, payload in batch.events[:skip]],
+                    skip < count,
+                )
             if skip >= count:
                 continue
             events = [(topic, payload) for topic, _, payload in batch.events[skip:]]

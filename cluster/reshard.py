@@ -37,8 +37,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import os
+import struct
 import time
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +62,8 @@ MAX_HELD_EVENTS: Final = 200_000
 MARKER_TOPIC: Final = b"TITANIUM_RESHARD"
 #: The file in --state-dir holding a reshard's layout.
 LAYOUT_FILE: Final = "layout.json"
+#: How far hosts' clocks may differ when fingerprint batches are dated (across hosts).
+CLOCK_MARGIN_S: Final = 5.0
 
 _READY: Final = b"READY"
 _GUILD_CREATE: Final = b"GUILD_CREATE"
@@ -74,23 +79,39 @@ class ReshardPhase(enum.Enum):
 
 
 def fingerprint(topic: Any, payload: Any) -> int:
-    """Event name plus the content of ``d`` (keys sorted): the same event on two shard sets."""
+    """Event name plus the content of ``d`` (keys sorted): the same event on two shard sets.
+
+    A 64-bit BLAKE2b digest (signed), the same in every process: hosts compare
+    fingerprints through Redis during a reshard across hosts.
+    """
     try:
         d = orjson.loads(payload).get("d")
         canonical = orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
     except (orjson.JSONDecodeError, AttributeError, TypeError):
         canonical = bytes(payload)
-    return hash((bytes(topic), canonical))
+    digest = hashlib.blake2b(canonical, digest_size=8, person=bytes(topic)[:16])
+    return int.from_bytes(digest.digest(), "little", signed=True)
+
+
+_BATCH_TIME: Final = struct.Struct("<d")
 
 
 class Fingerprints:
-    """What the old set published during the overlap (a window of time and count)."""
+    """What the old set published during the overlap (a window of time and count).
 
-    def __init__(self, window_s: float = HOLD_WINDOW_S + SWITCH_WINDOW_S) -> None:
+    With ``shared`` (a reshard across hosts) every recorded fingerprint also waits in
+    an outbox, pushed to Redis in batches (:meth:`take_batch`); at the switch the
+    counts are replaced by every host's batches (:meth:`load_batches`).
+    """
+
+    def __init__(
+        self, window_s: float = HOLD_WINDOW_S + SWITCH_WINDOW_S, *, shared: bool = False
+    ) -> None:
         self.window_s = window_s
         self._counts: dict[int, int] = {}
         self._order: deque[tuple[float, int]] = deque()
         self.matched = 0
+        self._outbox: array[int] | None = array("q") if shared else None
 
     def __len__(self) -> int:
         return len(self._order)
@@ -100,7 +121,38 @@ class Fingerprints:
         now = time.monotonic()
         self._order.append((now, key))
         self._counts[key] = self._counts.get(key, 0) + 1
+        if self._outbox is not None:
+            self._outbox.append(key)
         self._expire(now)
+
+    def take_batch(self) -> bytes | None:
+        """The fingerprints recorded since the last call, as one batch (None: none)."""
+        outbox = self._outbox
+        if not outbox:
+            return None
+        self._outbox = array("q")
+        return _BATCH_TIME.pack(time.time()) + outbox.tobytes()
+
+    def load_batches(self, batches: list[bytes]) -> int:
+        """Count every host's fingerprints of the last :attr:`window_s` (wall clock, with
+        a margin for hosts' clocks) instead of this host's alone; how many."""
+        since = time.time() - self.window_s - CLOCK_MARGIN_S
+        counts: dict[int, int] = {}
+        loaded = 0
+        for batch in batches:
+            if len(batch) < _BATCH_TIME.size or (len(batch) - _BATCH_TIME.size) % 8:
+                continue
+            (at,) = _BATCH_TIME.unpack_from(batch)
+            if at < since:
+                continue
+            keys = array("q")
+            keys.frombytes(batch[_BATCH_TIME.size :])
+            for key in keys:
+                counts[key] = counts.get(key, 0) + 1
+            loaded += len(keys)
+        self._counts = counts
+        self._order.clear()
+        return loaded
 
     def take(self, topic: Any, payload: Any) -> bool:
         """True (and one match used up) if the old set published this event."""
@@ -267,6 +319,9 @@ def describe_progress(progress: dict[str, Any]) -> str:
     elapsed = get("elapsed_s")
     if isinstance(elapsed, int | float):
         line += f", {elapsed:.1f} s"
+    eta = get("eta_s")  # by the identify schedule, while the new set identifies
+    if isinstance(eta, int | float) and get("phase") == "starting":
+        line += f", about {eta:.1f} s left"
     if get("deduplicated"):
         line += f", {get('deduplicated')} duplicates dropped"
     if get("error"):

@@ -16,6 +16,10 @@ control socket, checkpoints) until a stop, a fatal close code or a fence:
   supervisor is a **spare**: ready when Redis answers, connecting nothing.
   A fenced owner (its lease lost) becomes a spare again.
 
+With ``--auto-reshard`` a task lives beside each owner (:mod:`cluster.auto_reshard`):
+when ``GET /gateway/bot`` recommends more shards than run, it asks the owner for a
+reshard as ``cluster reshard`` does.
+
 SIGINT/SIGTERM and :meth:`request_stop` are one command (STYLE.md 5): the
 owner drains, saves its sessions and the lease is released; a second signal
 SIGKILLs every worker and exits at once with status 130.
@@ -38,18 +42,28 @@ import zmq
 import zmq.asyncio
 
 from cluster import sd_notify
+from cluster.auto_reshard import AutoReshard
 from cluster.config import SupervisorConfig, host_ordinal
 from cluster.discord_api import DiscordApiError, GatewayBot, fetch_bot_user_id, fetch_gateway_bot
 from cluster.http import HealthServer
 from cluster.planner import ClusterPlan, PlanError, host_ranges, plan_cluster
 from cluster.publisher import Publisher
-from cluster.range_owner import FatalCloseError, Outcome, RangeOwner, Shared, SupervisorError
+from cluster.range_owner import (
+    FatalCloseError,
+    Outcome,
+    RangeOwner,
+    ReshardRefusedError,
+    Shared,
+    SupervisorError,
+)
 from cluster.reshard import effective_shards, load_layout
 from cluster.sd_notify import SystemdNotifier
 from cluster.state.lease import LeaseKeeper
+from cluster.state.redis_reshard import ReshardStore
 from cluster.state.redis_state import (
     BudgetView,
     Layout,
+    LayoutChangedError,
     LayoutMismatchError,
     Lease,
     RedisState,
@@ -100,6 +114,8 @@ class Supervisor:
         self._redis_view: dict[str, Any] = {}
         #: the first claim of a spare waits SPARE_GRACE_S (see _own_one)
         self._claimed_once = False
+        #: the shard count run now (a reshard's switch changes it)
+        self._total = 0
         #: systemd's Type=notify (a no-op without NOTIFY_SOCKET)
         self._systemd = SystemdNotifier.from_env()
 
@@ -136,6 +152,7 @@ class Supervisor:
         redis: RedisState | None = None
         leases: LeaseKeeper | None = None
         streams: StreamStore | None = None
+        reshards: ReshardStore | None = None
         monitor: asyncio.Task[None] | None = None
         systemd: asyncio.Task[None] | None = None
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -148,10 +165,13 @@ class Supervisor:
             gateway = await self._fetch(api_url)
             total = self._shard_count(gateway.shards)
             max_concurrency = gateway.session_start_limit.max_concurrency
-            candidates = self._candidates(total)
             if self.config.redis is not None:
-                redis, streams = await self._connect_redis(api_url, Layout(total, max_concurrency))
+                redis, streams, reshards, total = await self._connect_redis(
+                    api_url, Layout(total, max_concurrency)
+                )
                 leases = LeaseKeeper(redis, self.config.redis)
+            self._total = total
+            self._candidates(total)  # a bad --hosts for this count fails here, at start
             status = ClusterStatus(total, [])
             self.status = status
             self.publisher = self._bind_publisher(sync_context)
@@ -168,7 +188,7 @@ class Supervisor:
                 status.sections["lease"] = leases.status_json
                 status.sections["redis"] = lambda: self._redis_view
                 monitor = asyncio.create_task(
-                    self._monitor_redis(redis, api_url, Layout(total, max_concurrency)),
+                    self._monitor_redis(redis, api_url, max_concurrency),
                     name="redis-monitor",
                 )
             self._log_listening(http, total, gateway)
@@ -185,14 +205,20 @@ class Supervisor:
                 leases=leases,
                 streams=streams,
                 endpoint=endpoint,
+                reshards=reshards,
             )
             while not self._stop.is_set():
-                if (
-                    await self._own_one(shared, candidates, total, max_concurrency)
-                    is not Outcome.FENCED
-                ):
+                try:
+                    outcome = await self._own_one(
+                        shared, self._candidates(self._total), self._total, max_concurrency
+                    )
+                except LayoutChangedError as exc:  # a reshard switched while this one waited
+                    log.info("the cluster was resharded to %d shards: following", exc.shards)
+                    self._total = exc.shards
+                    continue
+                if outcome is not Outcome.FENCED:
                     break
-                status.assign(total, [], role=Role.SPARE)  # fenced: a spare again
+                status.assign(self._total, [], role=Role.SPARE)  # fenced: a spare again
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
@@ -240,7 +266,7 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), SPARE_GRACE_S)
             self._claimed_once = True
-            lease = await leases.claim(candidates, self._stop)
+            lease = await leases.claim(candidates, self._stop, total)
             shared.status.assign(total, [])  # an owner, starting
             if lease is None:
                 return None
@@ -253,16 +279,49 @@ class Supervisor:
         holding: asyncio.Task[None] | None = None
         if leases is not None:
             holding = asyncio.create_task(leases.hold(owner.fence), name="lease")
+        auto: asyncio.Task[None] | None = None
+        if self.config.auto_reshard:
+            auto = asyncio.create_task(self._auto_reshard(shared, owner).run(), name="auto-reshard")
         try:
             if self._stop.is_set():
                 owner.request_stop()
             return await owner.run()
         finally:
             self._owner = None
-            if holding is not None:
-                holding.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await holding
+            self._total = owner.total_shards  # a reshard's switch changed it
+            for task in (auto, holding):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+
+    def _auto_reshard(self, shared: Shared, owner: RangeOwner) -> AutoReshard:
+        """``--auto-reshard`` for this range: Discord's recommendation, by the reshard path."""
+        status = shared.status
+
+        async def recommended() -> int:
+            return (await fetch_gateway_bot(shared.api_url, self.config.token)).shards
+
+        def can_start() -> bool:
+            # the running set whole, and no reshard under way (its /status section)
+            section = status.sections.get("reshard")
+            progress = None if section is None else section()
+            running = isinstance(progress, dict) and progress.get("phase") == "starting"
+            return status.health()[0] and not running
+
+        async def start(shards: int) -> None:
+            # the control request's path: what `cluster reshard --shards N` asks
+            answer = await owner.reshard_request({"reshard": {"shards": shards}})
+            if not answer.get("ok"):
+                raise ReshardRefusedError(str(answer.get("error")))
+
+        return AutoReshard(
+            recommended,
+            lambda: status.total_shards,
+            start,
+            self.config.auto_reshard_interval_s,
+            can_start=can_start,
+        )
 
     def _is_spare(self, candidates: tuple[ShardRange, ...], total: int) -> bool:
         """No range of its own: it may take any (no index, or one of H or more)."""
@@ -356,11 +415,15 @@ class Supervisor:
         )
         return gateway
 
-    async def _connect_redis(self, api_url: str, layout: Layout) -> tuple[RedisState, StreamStore]:
+    async def _connect_redis(
+        self, api_url: str, layout: Layout
+    ) -> tuple[RedisState, StreamStore, ReshardStore, int]:
         """Connect, name the bot's key space by its user id, and claim (or check) the layout.
 
-        The stream store (the sink, ``gateway_send``) registers its scripts before the
-        connect loads them all.
+        The stream store (the sink, ``gateway_send``) and the reshard store register
+        their scripts before the connect loads them all. Returns them and the shard
+        count to run: the layout's, which is a reshard's new count when this host asked
+        for the count it replaced.
         """
         settings = self.config.redis
         assert settings is not None
@@ -371,9 +434,10 @@ class Supervisor:
         holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         redis = RedisState(settings.url, bot_id, holder=holder)
         streams = StreamStore(redis)
+        reshards = ReshardStore(redis)
         try:
             await redis.connect()
-            await redis.claim_layout(layout)
+            claimed = await redis.claim_layout(layout)
         except LayoutMismatchError as exc:
             await redis.close()
             raise SupervisorError(str(exc)) from None
@@ -388,9 +452,15 @@ class Supervisor:
             layout.max_concurrency,
             holder,
         )
-        return redis, streams
+        if claimed.shards != layout.shards:
+            log.info(
+                "running %d shards: the cluster was resharded from %d (Redis's layout)",
+                claimed.shards,
+                claimed.resharded_from,
+            )
+        return redis, streams, reshards, claimed.shards
 
-    async def _monitor_redis(self, redis: RedisState, api_url: str, layout: Layout) -> None:
+    async def _monitor_redis(self, redis: RedisState, api_url: str, max_concurrency: int) -> None:
         """Ping Redis and read every host's lease and the shared budget, for /status.
 
         After Redis lost its data (restarted empty) it also puts back what every
@@ -404,7 +474,7 @@ class Supervisor:
                 rtt = await redis.ping()
                 ranges = await redis.leases()
                 budget = await redis.budget()
-                await redis.claim_layout(layout)
+                await redis.claim_layout(Layout(self._total, max_concurrency))
                 if budget is None:
                     budget = await self._resync_budget(redis, api_url)
             except LayoutMismatchError as exc:

@@ -435,6 +435,83 @@ def redis_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def reshard_section(data: dict[str, Any]) -> list[str]:
+    """``## Reshard``: the figures of scripts/bench/reshard_bench.py, with the command that made them."""
+    sz = data.get("sizes", {})
+    old, new = int(sz.get("old_shards", 0)), int(sz.get("new_shards", 0))
+    mc, interval = int(sz.get("max_concurrency", 1)), float(sz.get("interval", 0.0))
+    rate = float(sz.get("rate_per_shard", 0.0))
+    bound = float(data.get("bound_s", math.nan))
+    margin = float(data.get("margin_s", math.nan))
+    windows = math.ceil(new / mc) if mc else 0
+    runs: list[dict[str, Any]] = data.get("runs", [])
+    lines = [
+        f"## Reshard ({old:,} -> {new:,} shards)",
+        "",
+        f"Measured by `{data.get('command', 'python -m scripts.bench --only reshard')}`"
+        f" on {data.get('measured_at', '?')} ({data.get('machine', '?')}). `cluster up` runs"
+        f" {old:,} shards (max_concurrency {mc}, identify interval {interval:g} s, the"
+        f" startup benchmark's scaled-interval mode) against the full simulator (its identify"
+        f" rules enforced, {int(sz.get('guilds', 0)):,} guilds, {rate:g} dispatches/s per shard:"
+        f" about {rate * old:,.0f} events/s flowing throughout) and is asked for {new:,}"
+        " shards over its control socket (the request `cluster reshard` sends). Time to"
+        " switch: from the request to the `TITANIUM_RESHARD` marker at a SUB client of its PUB"
+        f" socket. Bound: the new set's identify schedule, ceil({new}/{mc}) = {windows} windows"
+        f" x {interval:g} s = {bound:.2f} s; the identify scheduler spaces every window"
+        f" {margin * 1000:.0f} ms more (its safety margin), {windows * (interval + margin):.2f} s"
+        " in all. Lost / duplicated: every event the simulator generated from before the"
+        f" request until {float(sz.get('settle_s', 0.0)):g} s after the switch, by its"
+        " `_sim_event_id`, against the SUB client; deduplicated: new-set events dropped at"
+        " the switch because the old set had published them (the switch's log line). Peak"
+        " RSS: the cluster's process tree (supervisor, both sets' workers) sampled every"
+        " 0.25 s from the request on.",
+        "",
+        "| time to switch s | bound s | switch / bound | lost | duplicated | markers"
+        " | deduplicated at the switch | events checked | peak RSS MB | RSS before MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    if not runs:
+        return [*lines, "", "No run finished (see the notes).", ""]
+    f = {key: _fig(runs, key) for key in runs[0]}
+
+    def count(key: str) -> str:
+        """A count over the runs: '0', or the lowest-highest seen."""
+        values = [float(r[key]) for r in runs if r.get(key) is not None]
+        values = [v for v in values if not math.isnan(v)]
+        return _counts(values) if values else "n/a"
+
+    span, rounds = f["identify_span_s"].median, max(windows - 1, 1)
+    lines += [
+        f"| {f['switch_s'].fmt(2)} | {bound:.2f} | {f['ratio'].fmt(2)} | {count('lost')}"
+        f" | {count('duplicated')} | {count('markers')}"
+        f" | {f['deduplicated_at_switch'].fmt(0)} | {f['events'].fmt(0)}"
+        f" | {f['peak_rss_mb'].fmt(0)} | {f['rss_before_mb'].fmt(0)} |",
+        "",
+        f"- Where the time went (simulator's record, medians): {f['spawn_s'].median:.2f} s from"
+        " the request to the new set's first IDENTIFY (its worker processes spawned and"
+        f" connected), {f['identify_span_s'].median:.2f} s from the first to the last of its"
+        f" {f['new_identifies'].median:.0f} IDENTIFYs (the schedule: {windows - 1} more"
+        f" window{'' if windows == 2 else 's'} after the first, with the margin"
+        f" {(windows - 1) * (interval + margin):.2f} s),"
+        f" {f['tail_s'].median:.2f} s from the last IDENTIFY to the marker (READY, every"
+        " GUILD_CREATE, the switch). The cluster's own figure (`/status` reshard"
+        f" `elapsed_s`): {f['cluster_elapsed_s'].fmt(2)} s.",
+        f"- The schedule is what is over the bound: {span / rounds * 1000:.0f} ms per window"
+        f" instead of {(interval + margin) * 1000:.0f} ms, while the old set's {old:,}"
+        " connections and the event flow share the 2 cores with the new set's"
+        f" {new:,} handshakes; the simulator refused {count('rate_limited')} of the new set's"
+        " IDENTIFYs with op 9 as too early for their bucket (it measures the spacing when it"
+        " reads them, and a busy simulator reads some late; each such shard reconnects and"
+        " takes a later slot of its bucket).",
+        f"- The old set published until the switch; {f['held_published'].fmt(0)} held events"
+        " of the new set were published at the switch (the dedupe dropped those the old set"
+        f" had published; {f['deduplicated_total'].fmt(0)} with the switch window after it),"
+        f" shards after the switch: {count('shards_after')}." + _load(runs),
+        "",
+    ]
+    return lines
+
+
 def markdown(res: Results, elapsed_s: float, generated_at: str | None = None) -> str:
     s = res.sizes
     when = generated_at or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -660,6 +737,12 @@ def markdown(res: Results, elapsed_s: float, generated_at: str | None = None) ->
         lines.append("")
     if res.redis:
         lines += redis_section(res.redis)
+    if res.reshard:
+        lines += reshard_section(res.reshard)
+    if res.gateway:
+        from scripts.bench.gateway_cost import gateway_section
+
+        lines += gateway_section(res.gateway)
     if not res.quick:
         lines += [HISTORY]
     if res.skipped or res.errors or res.notes:
@@ -680,6 +763,8 @@ def to_json(res: Results, elapsed_s: float = 0.0) -> str:
         "memory": res.memory,
         "recovery": res.recovery,
         "redis": res.redis,
+        "reshard": res.reshard,
+        "gateway": res.gateway,
         "skipped": res.skipped,
         "errors": res.errors,
         "load": res.load,

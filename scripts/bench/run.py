@@ -19,6 +19,14 @@ Benchmarks (``--only`` takes these names):
   has RESUMED every shard of its range; the Redis Streams sink (``--sink
   redis``, msgpack and JSON): CPU per event and the most it appends
   (scripts/bench/sink_bench.py). ``--redis-parts`` picks some of these.
+- ``reshard``: ``cluster up`` on 1,024 shards (max_concurrency 16, identify
+  interval 0.05 s, events flowing) asked to reshard to 2,048
+  (scripts/bench/reshard_bench.py): time to the switch against the new set's
+  identify schedule, events lost and duplicated across it, the peak RSS of the overlap.
+- ``gateway``: the gateway endpoint (``cluster up --gateway``,
+  scripts/bench/gateway_cost.py): the supervisor's CPU per event per connected
+  client (1 and 4 clients, zlib-stream and none), cache memory per guild, and
+  what a cache save costs.
 
 Each figure is measured ``--repeat`` times, the receivers interleaved so a
 change of machine load hits all of them alike; the report gives the median,
@@ -65,7 +73,16 @@ TOKEN = discord_shaped_token(1_234_567_890_123_456_789)
 INTENTS = 1 | 512 | 256 | 32768
 NODE_DIR = REPO / "scripts" / "bench" / "node"
 RECEIVERS = ("floor", "worker", "cluster", "discord.py", "hikari", "discordjs-ws")
-BENCHMARKS = ("throughput", "latency", "startup", "memory", "recovery", "redis")
+BENCHMARKS = (
+    "throughput",
+    "latency",
+    "startup",
+    "memory",
+    "recovery",
+    "redis",
+    "reshard",
+    "gateway",
+)
 #: receiver -> py-spy output file (``--profile DIR``); the CPU figures include py-spy then.
 PROFILE: dict[str, Path] = {}
 
@@ -112,6 +129,10 @@ class Results:
     recovery: list[dict[str, float]] = field(default_factory=list)
     #: the ``redis`` benchmark (scripts/bench/redis_bench.py): sizes, command, samples by part
     redis: dict[str, Any] = field(default_factory=dict)
+    #: the ``reshard`` benchmark (scripts/bench/reshard_bench.py): sizes, command, runs
+    reshard: dict[str, Any] = field(default_factory=dict)
+    #: the ``gateway`` benchmark (scripts/bench/gateway_cost.py): CPU, cache memory, saves
+    gateway: dict[str, Any] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     load: list[tuple[str, tuple[float, float, float]]] = field(default_factory=list)
@@ -940,6 +961,20 @@ async def run(args: argparse.Namespace) -> Results:
             )
             parts = getattr(args, "redis_parts", None)
             steps.append(("redis", lambda: redis_bench.bench_redis(res, http, command, parts)))
+        if "reshard" in only:
+            from scripts.bench import reshard_bench
+
+            line = "python -m scripts.bench " + " ".join(
+                map(shlex.quote, getattr(args, "argv", []))
+            )
+            steps.append(("reshard", lambda: reshard_bench.bench_reshard(res, http, line)))
+        if "gateway" in only:
+            from scripts.bench import gateway_cost
+
+            gateway_line = "python -m scripts.bench " + " ".join(
+                map(shlex.quote, getattr(args, "argv", []))
+            )
+            steps.append(("gateway", lambda: gateway_cost.bench_gateway(res, gateway_line)))
         try:
             for name, step in steps:
                 res.load.append((f"before {name}", os.getloadavg()))
@@ -966,7 +1001,7 @@ def merge(res: Results, old: dict[str, Any]) -> None:
     """
     measured = {key for key in BENCHMARKS if getattr(res, key)}
     taken = []
-    for key in ("throughput", "startup", "memory", "recovery", "redis"):
+    for key in ("throughput", "startup", "memory", "recovery", "redis", "reshard", "gateway"):
         if not getattr(res, key) and old.get(key):
             setattr(res, key, old[key])
             taken.append(key)

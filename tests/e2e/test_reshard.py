@@ -24,7 +24,14 @@ import pytest
 
 from simulator.record import ResumeOutcome, ViolationKind
 from tests.conftest import SimFactory
-from tests.e2e.cluster_process import ClusterProcess, Subscriber, clusters, http_get, subscribers
+from tests.e2e.cluster_process import (
+    ClusterProcess,
+    Subscriber,
+    clusters,
+    http_get,
+    subscribers,
+    wait_http,
+)
 from tests.e2e.test_up import all_ready, args_for, short_dir
 
 __all__ = ["clusters", "short_dir", "subscribers"]
@@ -92,6 +99,10 @@ async def test_one_host_reshards_8_to_16_with_every_event_once(
     _, status = await http_get(f"{url}/status")
     assert len(status["shards"]) == 16
     assert status["reshard"]["switched_total"] == 1
+    # /health follows the new set: 200 with all 16 ready
+    await wait_http(
+        f"{url}/health", lambda code, body: code == 200 and body["shards_ready"] == 16, 10
+    )
     _, metrics = await http_get(f"{url}/metrics")
     assert 'titanium_reshards_total{outcome="switched"} 1.0' in metrics
     assert "titanium_reshard_deduplicated_total" in metrics

@@ -7,7 +7,8 @@ markdown report names the machine and each section, and that receivers which
 are not installed are skipped with a reason rather than failing the run. The
 ``redis`` benchmark (``cluster up --redis`` against a local redis-server, and its
 ``--sink redis`` part) runs its parts at once in this mode; where redis-server is
-missing it is skipped.
+missing it is skipped. The ``reshard`` benchmark reshards a 16-shard cluster to 32
+with events flowing: every event once and the marker once are checked.
 """
 
 from __future__ import annotations
@@ -75,9 +76,16 @@ def test_quick_bench_runs_every_benchmark(tmp_path: Path) -> None:
                 assert group[f"{c}_entries"] == group[f"{c}_events"] > 0
                 assert flood[f"{c}_entries"] == flood[f"{c}_events"] > 0
                 assert flood[f"{c}_sink_eps"] > 0
+    if "reshard" not in skipped:  # cluster up 16 -> 32 shards, events flowing
+        [reshard] = data["reshard"]["runs"]
+        assert reshard["switch_s"] > 0 and reshard["markers"] == 1
+        assert reshard["events"] > 0 and reshard["lost"] == 0 and reshard["duplicated"] == 0
+        assert reshard["shards_after"] == 32 and reshard["peak_rss_mb"] > 0
     text = out.read_text()
     for heading in ("## Machine", "## CPU per event", "## Latency", "## Startup", "## Memory"):
         assert heading in text
+    if "reshard" not in skipped:
+        assert "## Reshard (16 -> 32 shards)" in text
     if "redis" not in skipped:
         assert "## Redis" in text
         if "redis sink" not in skipped:
