@@ -10,20 +10,21 @@ manager are never starved.
 
 Workers send EVENT_RUNS messages (protocol/ipc.py): one binary frame and one
 body per event-loop iteration, holding runs of consecutive events per shard.
-Per run the relay reads its 20-byte head, dedupes it as a whole and looks up
-the PUB header template of the run's ``(shard_id, epoch)``: the session id is
+The body is read by protocol/ipc.py's one EVENT_RUNS reader
+(:class:`protocol.ipc.EventRunsReader`, wired to the relay once): each run is
+deduped as a whole by its head (:meth:`SessionBook.admit`) and gets the
+PUB header template of its ``(shard_id, epoch)``: the session id is
 JSON-encoded into it once per shard and session (:meth:`Relay._head`), so per
 event only the seq is formatted (``template % seq``, as cheap as the header
-without the session id was). Per event it reads a 6-byte head and hands the
-publisher three frames: the topic and the payload as memoryview slices of the
-body and that header; the publisher queues them per subscriber and the relay
-flushes it after every batch (cluster/publisher.py). The older EVENTS kind
-(three PUB frames per event) is still read; its header frame is checked and
-replaced by the relay's own. With ``--sink redis`` the same slices of every
-published run also go to :class:`cluster.sink.StreamSink` (one list append per
-event; the encoding happens in the sink's own task), and while the sink is
-backlogged the relay stops reading the channel, so back pressure reaches the
-workers instead of this process's memory. In-process taps get the same runs
+without the session id was). Per event the reader reads a 6-byte head and hands
+the publisher three frames: the topic and the payload as memoryview slices of
+the body and that header; the publisher queues them per subscriber and the
+relay flushes it after every batch (cluster/publisher.py). With ``--sink
+redis`` the same slices of every published run also go to
+:class:`cluster.sink.StreamSink` (one list append per event; the encoding
+happens in the sink's own task), and while the sink is backlogged the relay
+stops reading the channel, so back pressure reaches the workers instead of
+this process's memory. In-process taps get the same runs
 (:class:`cluster.runs.RunConsumer`), after the sink. Reports (SHARD_STATE, WORKER_STATUS: a few per
 shard per second) are decoded and handed to the supervisor's callback; a
 report that names a session also names it in the book first.
@@ -53,7 +54,6 @@ import asyncio
 import enum
 import functools
 import logging
-import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
@@ -67,7 +67,7 @@ from cluster.sink import StreamSink
 from cluster.status import RelayCounters
 from protocol import ipc
 from protocol.errors import WireFormatError
-from protocol.pubframe import HEADER_TEMPLATE, header_template
+from protocol.pubframe import header_template
 from protocol.session import Session
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,7 @@ _OLD_EPOCHS_PER_SHARD: Final = 4
 
 _HEADER_UNPACK: Final = ipc.HEADER.unpack
 _HEADER_SIZE: Final = ipc.HEADER_SIZE
-_EVENTS: Final = int(ipc.MessageKind.EVENTS)
 _RUNS: Final = int(ipc.MessageKind.EVENT_RUNS)
-_RUN_UNPACK: Final = ipc.RUN_HEAD.unpack_from
-_RUN_SIZE: Final = ipc.RUN_HEAD.size
-_EVENT_UNPACK: Final = ipc.EVENT_HEAD.unpack_from
-_EVENT_SIZE: Final = ipc.EVENT_HEAD.size
 _VERSION: Final = ipc.IPC_VERSION
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _RCVMORE: Final = int(zmq.RCVMORE)
@@ -333,6 +328,14 @@ class Relay:
         self._unnamed_logged = False
         #: monotonic time the channel was last seen empty (the relay is caught up)
         self.caught_up_at = time.monotonic()
+        #: protocol/ipc.py's EVENT_RUNS reader, wired to the book, the header templates
+        #: and the publisher once (see :meth:`_runs`)
+        self._reader = ipc.EventRunsReader(
+            book.admit, self._heads, self._head, publisher.publish, self._ran
+        )
+        self._reader.keep = bool(self._consumers)
+        # a resume_from shard's replay: its duplicates go to the replay taps
+        self._reader.replaying = book.resuming if self._replays else ()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -404,8 +407,9 @@ class Relay:
         # Frames are read one by one through the backend: pyzmq's recv_multipart
         # asks RCVMORE after every frame, and that getsockopt costs about as much as
         # the rest of a small message. An EVENT_RUNS message is a header and one body
-        # (RCVMORE is asked once, so the body is surely this message's); an EVENTS
-        # header says how many frames follow (see :meth:`_events`).
+        # (RCVMORE is asked once, so the body is surely this message's). Any other
+        # kind (a report; or a kind no longer in use, refused as malformed) is read
+        # whole by _rest_of.
         recv = self._recv
         more = self._more
         counters = self._counters
@@ -422,25 +426,19 @@ class Relay:
                     break
                 handled += 1
                 if len(head) == _HEADER_SIZE:
-                    version, kind, count, shard_id, epoch, seq = _HEADER_UNPACK(head)
-                    if version == _VERSION and count >= 1:
-                        if kind == _RUNS:
-                            if not more(_RCVMORE):
-                                counters.malformed_dropped += 1
-                                continue
-                            runs = self._runs if self._hooked is False else self._runs_hooked
-                            done, skipped = runs(count, recv(_NOBLOCK))
-                            published += done
-                            duplicates += skipped
-                            if sink is not None and sink.backlogged:
-                                self._paused = True  # the sink's drain callback reads on
-                                break
+                    version, kind, count, _, _, _ = _HEADER_UNPACK(head)
+                    if version == _VERSION and count >= 1 and kind == _RUNS:
+                        if not more(_RCVMORE):
+                            counters.malformed_dropped += 1
                             continue
-                        if kind == _EVENTS:
-                            done, skipped = self._events(shard_id, epoch, seq, count)
-                            published += done
-                            duplicates += skipped
-                            continue
+                        runs = self._runs if self._hooked is False else self._runs_hooked
+                        done, skipped = runs(count, recv(_NOBLOCK))
+                        published += done
+                        duplicates += skipped
+                        if sink is not None and sink.backlogged:
+                            self._paused = True  # the sink's drain callback reads on
+                            break
+                        continue
                 self._other(self._rest_of(head))
         finally:
             counters.published += published
@@ -456,48 +454,6 @@ class Relay:
         counters.subscribers = publisher.subscribers
         counters.pub_queued = publisher.queued
         return handled
-
-    def _events(self, shard_id: int, epoch: int, seq: int, count: int) -> tuple[int, int]:
-        """Publish an EVENTS message (three PUB frames per event); (published, duplicates).
-
-        Each event's PUB header frame must be exactly the one its ipc header
-        implies (cheap, and it is the contract): a message that lies about its
-        size fails that check, is counted, and the channel realigns at the end
-        of the message it ran into (which is lost with it).
-        """
-        recv = self._recv
-        try:
-            frames = [recv(_NOBLOCK) for _ in range(3 * count)]
-        except zmq.Again:
-            self._counters.malformed_dropped += 1  # shorter than its header says
-            return 0, 0
-        head = self._heads.get(shard_id)
-        template = head[1] if head is not None and head[0] == epoch else self._head(shard_id, epoch)
-        # The producer's header is checked as it wrote it (with or without the
-        # session id) and the header published is the relay's own, like EVENT_RUNS'.
-        if any(
-            frames[3 * i + 1] not in (HEADER_TEMPLATE % (shard_id, seq + i), template % (seq + i))
-            for i in range(count)
-        ):
-            self._realign()
-            return 0, 0
-        skip = self._book.admit(shard_id, epoch, seq, count)
-        if skip and self._replays and shard_id in self._book.resuming:
-            self._hand_replayed(
-                shard_id,
-                epoch,
-                seq,
-                [(frames[3 * i], frames[3 * i + 2]) for i in range(skip)],
-                skip < count,
-            )
-        publish = self._publisher.publish
-        for i in range(skip, count):
-            publish(frames[3 * i], template % (seq + i), frames[3 * i + 2])
-        if self._consumers and skip < count:
-            events = [(frames[3 * i], frames[3 * i + 2]) for i in range(skip, count)]
-            for consumer in self._consumers:
-                consumer.add(shard_id, epoch, seq + skip, events)
-        return count - skip, skip
 
     def _head(self, shard_id: int, epoch: int) -> bytes:
         """The PUB header template of ``shard_id``'s session ``epoch``, cached per shard.
@@ -527,68 +483,36 @@ class Relay:
     def _runs(self, runs: int, body: bytes) -> tuple[int, int]:
         """Publish the runs of an EVENT_RUNS body; (published, duplicates).
 
-        Slices of the body go to the PUB socket as memoryviews (one copy, into
-        the ZeroMQ message). A body that ends early or has bytes left over
-        (never sent by our workers) is counted as malformed; what came before
-        the fault in it was published.
+        protocol/ipc.py's reader dedupes each run through the book, gives it the
+        header template of :meth:`_head` and hands the publisher slices of the
+        body as memoryviews (one copy, into the ZeroMQ message); runs the sink,
+        the taps or the replay taps want go to :meth:`_ran`. A body that ends
+        early or has bytes left over (never sent by our workers) is counted as
+        malformed; what came before the fault in it was published.
         """
-        view = memoryview(body)
-        end = len(view)
-        admit = self._book.admit
-        publish = self._publisher.publish
-        heads = self._heads
-        consumers = self._consumers
-        replays = self._replays
-        resuming = self._book.resuming
-        at = 0
-        published = 0
-        duplicates = 0
-        try:
-            for _ in range(runs):
-                shard_id, epoch, seq, count = _RUN_UNPACK(view, at)
-                at += _RUN_SIZE
-                if count < 1:
-                    raise ValueError("a run without events")
-                skip = admit(shard_id, epoch, seq, count)
-                duplicates += skip
-                head = heads.get(shard_id)
-                if head is not None and head[0] == epoch:
-                    template = head[1]
-                else:
-                    template = self._head(shard_id, epoch)
-                events: list[EventSlices] | None = [] if consumers and skip < count else None
-                # a resume_from shard's replay: its duplicates go to the replay taps
-                replayed: list[EventSlices] | None = (
-                    [] if skip and replays and shard_id in resuming else None
-                )
-                for i in range(count):
-                    topic_len, payload_len = _EVENT_UNPACK(view, at)
-                    at += _EVENT_SIZE
-                    topic_end = at + topic_len
-                    payload_end = topic_end + payload_len
-                    if payload_end > end:
-                        raise ValueError("an event runs past the body")
-                    if i >= skip:
-                        topic = view[at:topic_end]
-                        payload = view[topic_end:payload_end]
-                        publish(topic, template % (seq + i), payload)
-                        if events is not None:
-                            events.append((topic, payload))
-                        published += 1
-                    elif replayed is not None:
-                        replayed.append((view[at:topic_end], view[topic_end:payload_end]))
-                    at = payload_end
-                if replayed:
-                    self._hand_replayed(shard_id, epoch, seq, replayed, skip < count)
-                if events:
-                    for consumer in consumers:
-                        consumer.add(shard_id, epoch, seq + skip, events)
-        except (ValueError, struct.error):
-            self._counters.malformed_dropped += 1
-            return published, duplicates
-        if at != end:
+        published, duplicates, fault = self._reader.read(runs, body)
+        if fault is not None:
             self._counters.malformed_dropped += 1
         return published, duplicates
+
+    def _ran(
+        self,
+        shard_id: int,
+        epoch: int,
+        seq: int,
+        count: int,
+        skip: int,
+        events: list[EventSlices] | None,
+        replayed: list[EventSlices] | None,
+    ) -> None:
+        """A run of :meth:`_runs` was read: its replay (the events of a resume_from shard
+        that were published before) to the replay taps, then its published events to
+        the sink and the taps."""
+        if replayed:
+            self._hand_replayed(shard_id, epoch, seq, replayed, skip < count)
+        if events:
+            for consumer in self._consumers:
+                consumer.add(shard_id, epoch, seq + skip, events)
 
     def _hand_replayed(
         self,
@@ -608,6 +532,7 @@ class Relay:
         """From now on published runs also go to ``sink``, first (a reshard's switch)."""
         self._sink = sink
         self._consumers = (sink, *(c for c in self._consumers if c is not sink))
+        self._reader.keep = True
         if self._loop is not None:
             sink.on_drained(self._unpause)
 
@@ -692,12 +617,12 @@ class Relay:
                     batch.shard_id,
                     batch.epoch,
                     batch.first_seq,
-                    [(topic, payload) for topic, _, payload in batch.events[:skip]],
+                    batch.events[:skip],
                     skip < count,
                 )
             if skip >= count:
                 continue
-            events = [(topic, payload) for topic, _, payload in batch.events[skip:]]
+            events = batch.events[skip:]
             first = batch.first_seq + skip
             if self.mode is RelayMode.HOLD:
                 assert self._hold is not None
@@ -705,11 +630,6 @@ class Relay:
             elif self.mode is RelayMode.PUBLISH:
                 published += self.publish_run(batch.shard_id, batch.epoch, first, events)
         return published, duplicates
-
-    def _realign(self) -> None:
-        self._counters.malformed_dropped += 1
-        while self._pull.getsockopt(zmq.RCVMORE):
-            self._recv(_NOBLOCK)
 
     def _rest_of(self, head: bytes) -> list[bytes]:
         frames = [head]

@@ -33,9 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
-
 from protocol.errors import WireFormatError
+from protocol.jsonframe import load_object
 
 PUB_FORMAT_VERSION: Final = 1
 FRAME_COUNT: Final = 3
@@ -110,12 +109,7 @@ def decode_event(frames: Sequence[bytes]) -> PubEvent:
         topic = bytes(raw_topic).decode("ascii")
     except UnicodeDecodeError:
         raise WireFormatError("PUB topic is not ASCII") from None
-    try:
-        header = orjson.loads(raw_header)
-    except orjson.JSONDecodeError as exc:
-        raise WireFormatError(f"PUB header is not JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise WireFormatError(f"PUB header must be a JSON object, not {type(header).__name__}")
+    header = load_object(raw_header, "PUB header")
     return PubEvent(
         topic=topic,
         shard_id=_header_int(header, "shard_id"),

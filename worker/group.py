@@ -44,14 +44,6 @@ log = logging.getLogger("worker.group")
 IDENTIFY_ROUNDS_AHEAD: Final = 2
 #: Messages queued towards the supervisor before shards wait.
 EVENT_HWM: Final = 200_000
-#: Most events in one run (one shard's consecutive events) of an EVENT_RUNS message.
-MAX_BATCH: Final = 256
-#: Most runs in one EVENT_RUNS message.
-MAX_RUNS: Final = 1024
-_RUNS: Final = int(ipc.MessageKind.EVENT_RUNS)
-_PACK: Final = ipc.HEADER.pack
-_RUN_PACK: Final = ipc.RUN_HEAD.pack
-_EVENT_PACK: Final = ipc.EVENT_HEAD.pack
 _MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
 _LAST: Final = int(zmq.NOBLOCK)
 
@@ -75,108 +67,65 @@ def shard_config(spec: WorkerSpec, shard_id: int) -> ShardConfig:
     )
 
 
-class _Batch:
-    """Consecutive events of one shard's session waiting for the end of the loop iteration."""
-
-    __slots__ = ("count", "epoch", "first_seq", "parts", "shard_id")
-
-    def __init__(self, shard_id: int, epoch: int, seq: int) -> None:
-        self.shard_id = shard_id
-        self.epoch = epoch
-        self.first_seq = seq
-        self.count = 0
-        #: the run head (filled in at flush), then event head, topic, payload per event
-        self.parts: list[bytes] = [b""]
-
-
-class ZmqOutput:
+class ZmqOutput(ipc.EventRunsEncoder):
     """The worker's ordered channel to the supervisor (a PUSH socket), events batched.
 
     Every event queued in one event-loop iteration (one read burst), of every
     shard, leaves as one EVENT_RUNS message (protocol/ipc.py: two ZeroMQ
     frames, whatever the number of events) when the iteration ends
-    (``loop.call_soon``), never later. Within it, each shard's consecutive
-    events form a run, cut at :data:`MAX_BATCH` events, at a gap in the
-    sequence or at a new session. libzmq's cost is per frame and per message,
+    (``loop.call_soon``), never later. The message is built by the one
+    EVENT_RUNS encoder, :class:`protocol.ipc.EventRunsEncoder`: each shard's
+    consecutive events form a run, cut at :data:`protocol.ipc.MAX_RUN_EVENTS`
+    events, at a gap in the sequence or at a new session. It is this class's
+    base, not a member, so ``event`` is the encoder's ``add`` itself: no
+    second call per event. libzmq's cost is per frame and per message,
     so this pays it once per iteration instead of three times per event, and
     the supervisor's reads shrink the same way. A report first flushes the
     events queued before it, so the channel keeps the order the shards
     produced per shard.
 
-    Back-pressure: a flush that meets the high-water mark keeps its batches,
+    Back-pressure: a flush that meets the high-water mark keeps its runs,
     ``event`` then refuses (False) until ``drain`` has flushed them.
     """
 
     def __init__(self, socket: zmq.Socket[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self._socket = socket
         # The backend's send skips the sugar layer's per-call Python checks
         # (copy thresholds, enum flags).
         self._send = functools.partial(zmq.backend.Socket.send, socket)
         self._loop = loop
-        self._batches: dict[int, _Batch] = {}
-        #: batches cut before their iteration ended, in order, not yet sent
-        self._ready: list[_Batch] = []
         self._scheduled = False
-        self._blocked = False
         self.send_blocked = 0
         self.messages = 0
 
-    def event(self, shard_id: int, epoch: int, seq: int, topic: bytes, payload: bytes) -> bool:
-        if self._blocked:
-            return False
-        batch = self._batches.get(shard_id)
-        if (
-            batch is None
-            or batch.first_seq + batch.count != seq
-            or batch.epoch != epoch
-            or batch.count >= MAX_BATCH
-        ):
-            if batch is not None:
-                self._ready.append(batch)
-            batch = self._batches[shard_id] = _Batch(shard_id, epoch, seq)
-            if not self._scheduled:
-                self._scheduled = True
-                self._loop.call_soon(self._flush_soon)
-        parts = batch.parts
-        parts.append(_EVENT_PACK(len(topic), len(payload)))
-        parts.append(topic)
-        parts.append(payload)
-        batch.count += 1
-        return True
+    #: Queue one dispatch (:class:`worker.shard.ShardOutput`): the encoder's ``add``.
+    event = ipc.EventRunsEncoder.add
+
+    def _first_event(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_soon)
 
     def _flush_soon(self) -> None:
         self._scheduled = False
         self.flush()
 
     def flush(self) -> bool:
-        """Send every queued batch; False (batches kept) when the high-water mark is met."""
-        ready = self._ready
-        if self._batches:
-            ready.extend(self._batches.values())
-            self._batches.clear()
+        """Send every queued run; False (runs kept) when the high-water mark is met."""
         send = self._send
-        while ready:
-            runs = ready[:MAX_RUNS]
-            events = sum(batch.count for batch in runs)
+        while (head := self.next_head()) is not None:
             # A multipart message is atomic: only its first frame can meet the
             # high-water mark, so a refused first frame means nothing was sent.
             try:
-                send(_PACK(ipc.IPC_VERSION, _RUNS, len(runs), 0, 0, events), _MORE)
+                send(head, _MORE)
             except zmq.Again:
                 self.send_blocked += 1
-                self._blocked = True
+                self.refusing = True
                 return False
-            for batch in runs:
-                batch.parts[0] = _RUN_PACK(
-                    batch.shard_id, batch.epoch, batch.first_seq, batch.count
-                )
-            if len(runs) == 1:
-                send(b"".join(runs[0].parts), _LAST)
-            else:
-                send(b"".join([part for batch in runs for part in batch.parts]), _LAST)
-            del ready[: len(runs)]
+            send(self.next_body(), _LAST)
             self.messages += 1
-        self._blocked = False
+        self.refusing = False
         return True
 
     async def drain(self) -> None:

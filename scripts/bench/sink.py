@@ -2,8 +2,8 @@
 
 ``python -m scripts.bench.sink MODE ENDPOINT EXPECT [--latency]``
 
-- ``ipc``: bind a PULL at ENDPOINT and read the worker's ipc messages
-  (protocol/ipc.py): EVENT_RUNS and EVENTS; other kinds are ignored.
+- ``ipc``: bind a PULL at ENDPOINT and read the worker's EVENT_RUNS messages
+  with protocol/ipc.py's decoder; other kinds are ignored.
 - ``floor``: bind a PULL; every message is one event.
 - ``sub``: connect a SUB (subscribed to everything) to a PUB at ENDPOINT;
   every message of three frames is one event.
@@ -35,7 +35,6 @@ import zmq
 from protocol.ipc import HEADER, HEADER_SIZE, MessageKind, decode_event_runs
 from simulator.firehose import read_key
 
-_EVENTS = int(MessageKind.EVENTS)
 _RUNS = int(MessageKind.EVENT_RUNS)
 #: Not part of a stream: without --topic these are not counted.
 _SESSION_TOPICS = frozenset((b"READY", b"RESUMED", b"GUILD_CREATE"))
@@ -105,21 +104,16 @@ def main() -> None:
             if len(head) != HEADER_SIZE:
                 continue
             _v, kind, count, _shard, _epoch, _seq = HEADER.unpack(head)
-            if kind == _RUNS:
-                events = [
-                    [topic, b"", payload]
-                    for batch in decode_event_runs(count, frames[1])
-                    for topic, _header, payload in batch.events
-                ]
-            elif kind == _EVENTS:
-                events = [frames[1 + 3 * i : 4 + 3 * i] for i in range(count)]
-            else:
+            if kind != _RUNS:
                 continue
+            # (topic, payload) per event; ev[-1] is the payload also where the
+            # decoder of an older checkout (--head) gives (topic, header, payload)
+            events = [ev for batch in decode_event_runs(count, frames[1]) for ev in batch.events]
         elif mode == "floor":
             payload = frames[-1]
-            events = [[b"READY" if payload.startswith(_READY) else b"", b"", payload]]
+            events = [(b"READY" if payload.startswith(_READY) else b"", payload)]
         else:
-            events = [frames]
+            events = [(frames[0], frames[-1])]
         if n == 0:
             print(f"FIRST {now()}", flush=True)
         for ev in events:
@@ -131,7 +125,7 @@ def main() -> None:
             n += 1
             last = now()
             if latency:
-                key = read_key(ev[2])
+                key = read_key(bytes(ev[-1]))
                 if key is not None:
                     keys.append(key)
                     times.append(last)

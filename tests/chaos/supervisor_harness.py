@@ -24,8 +24,8 @@ import zmq.asyncio
 
 from protocol import ipc
 from protocol.compression import Compression
+from protocol.envelope import peek
 from protocol.ipc import WorkerStatusKind, session_epoch
-from protocol.pubframe import decode_event
 from simulator import Simulator
 from worker.backoff import BackoffPolicy
 from worker.group import ShardGroup
@@ -34,8 +34,8 @@ from worker.spec import WorkerSpec
 
 @dataclass(slots=True)
 class Received:
-    #: (shard_id, epoch, seq) -> the three PUB frames, first copy only
-    events: dict[tuple[int, int, int], tuple[bytes, bytes, bytes]] = field(default_factory=dict)
+    #: (shard_id, epoch, seq) -> (topic, payload), first copy only
+    events: dict[tuple[int, int, int], tuple[bytes, bytes]] = field(default_factory=dict)
     order: list[tuple[int, int, int]] = field(default_factory=list)
     duplicates: list[tuple[int, int, int]] = field(default_factory=list)
     reports: list[ipc.ShardReport] = field(default_factory=list)
@@ -88,25 +88,25 @@ class SupervisorHarness:
 
     def _events(self, batch: ipc.EventBatch) -> None:
         got = self.got
-        for i, pub in enumerate(batch.events):
+        for i, (topic_view, payload_view) in enumerate(batch.events):
             key = (batch.shard_id, batch.epoch, batch.first_seq + i)
-            event = decode_event(list(pub))
-            if (event.shard_id, event.seq) != (key[0], key[2]):
-                got.problems.append(f"PUB header {event.shard_id}/{event.seq} != ipc {key}")
-            if event.topic == "READY" and batch.epoch not in got.started_epochs.get(key[0], set()):
+            topic, payload = bytes(topic_view), bytes(payload_view)
+            _, t, s = peek(payload)  # what the worker routed the payload by
+            if t is None or (t.encode("ascii", "replace"), s) != (topic, key[2]):
+                got.problems.append(f"payload {t}/{s} != ipc {topic!r}/{key}")
+            if topic == b"READY" and batch.epoch not in got.started_epochs.get(key[0], set()):
                 got.problems.append(f"READY of shard {key[0]} before its session-started report")
             if key in got.events:
                 got.duplicates.append(key)
             else:
-                got.events[key] = pub
+                got.events[key] = (topic, payload)
                 got.order.append(key)
 
     def _handle(self, frames: list[bytes]) -> None:
         got = self.got
         message = ipc.decode(frames)
-        if isinstance(message, ipc.EventBatch | ipc.EventRuns):
-            batches = message.batches if isinstance(message, ipc.EventRuns) else [message]
-            for batch in batches:
+        if isinstance(message, ipc.EventRuns):
+            for batch in message.batches:
                 self._events(batch)
         elif isinstance(message, ipc.ShardReport):
             got.reports.append(message)

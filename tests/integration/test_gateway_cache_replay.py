@@ -39,6 +39,7 @@ from protocol import ipc
 from protocol.intents import NON_PRIVILEGED_INTENTS, Intent
 from protocol.session import Session
 from tests.conftest import RawClient
+from tests.unit.test_ipc import encode_runs
 
 TOKEN = "bot-token-for-the-test"
 BOT = "1234567890123456789"
@@ -128,7 +129,7 @@ def start_range(
 def deliver(relay: Relay, server: GatewayEndpoint, events: list[tuple[bytes, bytes]]) -> None:
     """One worker message: a run of shard 0 starting at the first event's seq."""
     first = orjson.loads(events[0][1])["s"]
-    _, body = ipc.encode_event_runs([(0, EPOCH, first, events)])
+    _, body = encode_runs([(0, EPOCH, first, events)])
     relay._runs(1, body)
     server.tap.flush()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from protocol import ipc
 from protocol.pubframe import decode_event, encode_header
 from protocol.session import Session
 from tests.integration.test_publisher import SlowReader, missed_by_gaps
+from tests.unit.test_ipc import encode_runs
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -46,8 +48,9 @@ class Rig:
 
 
 def event(shard: int, epoch: int, seq: int, topic: bytes = b"MESSAGE_CREATE") -> list[bytes]:
+    """An EVENT_RUNS message of one event."""
     payload = b'{"op":0,"s":%d,"t":"%s","d":{}}' % (seq, topic)
-    return ipc.event_message(shard, epoch, seq, topic, encode_header(shard, seq), payload)
+    return encode_runs([(shard, epoch, seq, [(topic, payload)])])
 
 
 @contextlib.asynccontextmanager
@@ -93,7 +96,7 @@ async def rig() -> AsyncIterator[Rig]:
         yield r
 
 
-async def test_events_are_published_once_in_order_with_their_frames_untouched(rig: Rig) -> None:
+async def test_events_are_published_once_in_order(rig: Rig) -> None:
     for seq in (1, 2, 3, 2, 3, 4):  # 2 and 3 replayed (a RESUME after a crash)
         rig.push.send_multipart(event(0, 11, seq))
     rig.push.send_multipart(event(1, 5, 1, b"READY"))
@@ -109,13 +112,10 @@ async def test_events_are_published_once_in_order_with_their_frames_untouched(ri
     assert rig.counters.duplicates_dropped == 2
 
 
-async def test_a_batched_events_message_is_relayed_skipping_what_was_published(rig: Rig) -> None:
+async def test_a_run_is_relayed_skipping_what_was_published(rig: Rig) -> None:
     rig.push.send_multipart(event(0, 3, 1))
     rig.push.send_multipart(event(0, 3, 2))
-    frames = [ipc.pack_header(ipc.MessageKind.EVENTS, 0, 3, 1, count=4)]
-    for seq in range(1, 5):
-        frames += event(0, 3, seq)[1:]
-    rig.push.send_multipart(frames)
+    rig.push.send_multipart(runs((0, 3, 1, 4)))
     got = await rig.received(4)
     assert [seq for _, _, seq in got] == [1, 2, 3, 4]
     assert rig.counters.published == 4
@@ -128,7 +128,7 @@ def run_payload(seq: int) -> bytes:
 
 def runs(*spans: tuple[int, int, int, int]) -> list[bytes]:
     """An EVENT_RUNS message of (shard, epoch, first seq, count) runs."""
-    return ipc.encode_event_runs(
+    return encode_runs(
         [
             (shard, epoch, first, [(b"T", run_payload(first + i)) for i in range(n)])
             for shard, epoch, first, n in spans
@@ -184,25 +184,18 @@ async def test_reports_go_to_the_supervisor_and_malformed_messages_are_counted(r
     assert rig.counters.published == 1
 
 
-async def test_an_events_message_that_lies_about_its_size_is_dropped_and_the_channel_realigns(
+async def test_a_message_of_the_withdrawn_events_kind_is_counted_and_the_channel_stays_aligned(
     rig: Rig,
 ) -> None:
-    rig.push.send_multipart([event(0, 1, 1)[0]])  # says 1 event, carries none
-    rig.push.send_multipart(event(0, 1, 2))  # read as its frames (lost with it) if queued already
+    # kind 1 was EVENTS: binary frame + three PUB frames per event; now refused whole
+    old = struct.pack("<BBHIIQ", ipc.IPC_VERSION, 1, 2, 0, 1, 1)
+    payload = b'{"op":0,"s":1,"t":"T","d":{}}'
+    rig.push.send_multipart([old, *[b"T", encode_header(0, 1), payload] * 2])
     rig.push.send_multipart(event(0, 1, 3))
-    batch = ipc.pack_header(ipc.MessageKind.EVENTS, 0, 1, 4, count=2)
-    rig.push.send_multipart([batch, *event(0, 1, 4)[1:]])  # says 2, carries 1
-    rig.push.send_multipart(event(0, 1, 6))
-    rig.push.send_multipart(event(0, 1, 7))
-    got: list[int] = []
-    async with asyncio.timeout(5):
-        while 7 not in got:
-            got += [seq for _, _, seq in await rig.received(1)]
-    # only whole, true events went out (which neighbours were lost depends on timing)
-    assert {3, 7} <= set(got) <= {2, 3, 6, 7}
-    assert got == sorted(got)
-    assert rig.counters.malformed_dropped == 2
-    assert rig.counters.published == len(got)
+    assert await rig.received(1) == [("MESSAGE_CREATE", 0, 3)]
+    assert rig.counters.malformed_dropped == 1
+    assert rig.counters.published == 1
+    assert rig.book.published(0, 1) == 3
 
 
 async def test_a_busy_relay_yields_to_the_event_loop_between_batches() -> None:
@@ -263,7 +256,7 @@ async def test_headers_carry_the_session_id_named_by_the_report_ahead_of_the_eve
     rig.push.send_multipart(runs((0, new, 1, 2)))
     rig.push.send_multipart(runs((0, old, 3, 1)))  # a straggler of the replaced session
     rig.push.send_multipart(runs((1, 77, 1, 1), (2, 0, 1, 1)))  # never named; no session
-    rig.push.send_multipart(event(0, new, 3))  # the older EVENTS kind gets the same header
+    rig.push.send_multipart(event(0, new, 3))
     assert await headers(rig, 8) == [
         (0, 1, "s-old"),
         (0, 2, "s-old"),
@@ -331,7 +324,7 @@ async def test_the_pub_hwm_metric_equals_the_events_a_slow_subscriber_missed() -
         try:
             for first in range(1, total + 1, per_message):
                 message = [(b"MESSAGE_CREATE", payload)] * per_message
-                rig.push.send_multipart(ipc.encode_event_runs([(0, epoch, first, message)]))
+                rig.push.send_multipart(encode_runs([(0, epoch, first, message)]))
                 async with asyncio.timeout(5):
                     while len(fast) < first + per_message - 1:
                         fast.append(decode_event(await rig.sub.recv_multipart()).seq)

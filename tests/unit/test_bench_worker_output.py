@@ -16,8 +16,8 @@ import pytest
 import zmq
 
 from protocol import ipc
-from protocol.pubframe import decode_event
-from worker.group import MAX_BATCH, ZmqOutput
+from protocol.ipc import MAX_RUN_EVENTS
+from worker.group import ZmqOutput
 
 
 @pytest.fixture
@@ -64,10 +64,7 @@ async def test_one_iteration_of_one_shard_is_one_message(
     [message] = receive_all(pull, 1)
     [batch] = runs(message)
     assert (batch.shard_id, batch.epoch, batch.first_seq, len(batch.events)) == (3, 77, 5, 10)
-    for i, frames in enumerate(batch.events):
-        event = decode_event(list(frames))
-        assert (event.topic, event.shard_id, event.seq) == ("MESSAGE_CREATE", 3, 5 + i)
-        assert event.payload == payload(5 + i)
+    assert batch.events == [(b"MESSAGE_CREATE", payload(5 + i)) for i in range(10)]
 
 
 async def test_cuts_at_gaps_new_sessions_shards_and_the_cap(
@@ -76,7 +73,7 @@ async def test_cuts_at_gaps_new_sessions_shards_and_the_cap(
     push, pull = pair
     out = ZmqOutput(push, asyncio.get_running_loop())
     events = [(0, 1, s) for s in (1, 2, 3)] + [(0, 1, 5), (0, 2, 1), (1, 9, 1)]
-    events += [(2, 4, s) for s in range(1, MAX_BATCH + 2)]
+    events += [(2, 4, s) for s in range(1, MAX_RUN_EVENTS + 2)]
     for shard, epoch, seq in events:
         assert out.event(shard, epoch, seq, b"T", payload(seq))
     await asyncio.sleep(0)
@@ -90,8 +87,8 @@ async def test_cuts_at_gaps_new_sessions_shards_and_the_cap(
             (0, 1, 5, 1),
             (0, 2, 1, 1),
             (1, 9, 1, 1),
-            (2, 4, 1, MAX_BATCH),
-            (2, 4, MAX_BATCH + 1, 1),
+            (2, 4, 1, MAX_RUN_EVENTS),
+            (2, 4, MAX_RUN_EVENTS + 1, 1),
         ]
     )
     # per shard, the order is the order of production

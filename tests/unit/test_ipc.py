@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
@@ -13,10 +14,15 @@ from protocol.errors import WireFormatError
 from protocol.ipc import (
     HEADER_SIZE,
     IPC_VERSION,
+    MAX_RUN_EVENTS,
+    MAX_RUNS,
     Command,
     DispatchDrop,
     EventBatch,
     EventRuns,
+    EventRunsEncoder,
+    EventRunsReader,
+    EventSlices,
     Hello,
     MessageKind,
     ShardReport,
@@ -24,37 +30,45 @@ from protocol.ipc import (
     WorkerStatus,
     decode,
     encode_command,
-    encode_event_runs,
     encode_hello,
     encode_shard_report,
     encode_stop,
     encode_worker_status,
-    event_message,
     read_header,
     session_epoch,
 )
-from protocol.pubframe import encode_header as encode_pub_header
+from protocol.jsonframe import load_object
 
 u32 = st.integers(0, 2**32 - 1)
 opt_text = st.none() | st.text(max_size=30)
 
+Runs = Sequence[tuple[int, int, int, Sequence[tuple[bytes, bytes]]]]
 
-@given(u32, u32, st.integers(0, 2**64 - 1), st.binary(max_size=30), st.binary(), st.binary())
-def test_event_round_trip(
-    shard: int, epoch: int, seq: int, topic: bytes, hdr: bytes, payload: bytes
+
+def encode_runs(runs: Runs) -> list[bytes]:
+    """One EVENT_RUNS message of ``(shard, epoch, first_seq, [(topic, payload), ...])``
+    runs, each a run of its own, built by the one encoder (the worker's)."""
+    encoder = EventRunsEncoder()
+    for shard, epoch, first, events in runs:
+        for i, (topic, payload) in enumerate(events):
+            assert encoder.add(shard, epoch, first + i, topic, payload)
+        encoder.close_runs()
+    head = encoder.next_head()
+    assert head is not None
+    body = encoder.next_body()
+    assert encoder.next_head() is None, "more than one message"
+    return [head, body]
+
+
+@given(u32, u32, st.integers(0, 2**64 - 1), st.lists(st.binary(max_size=40), max_size=4))
+def test_the_withdrawn_events_kind_is_refused_not_misread(
+    shard: int, epoch: int, seq: int, rest: list[bytes]
 ) -> None:
-    frames = event_message(shard, epoch, seq, topic, hdr, payload)
-    assert len(frames[0]) == HEADER_SIZE
-    h = read_header(frames[0])
-    assert (h.kind, h.count, h.shard_id, h.epoch, h.seq) == (
-        MessageKind.EVENTS,
-        1,
-        shard,
-        epoch,
-        seq,
-    )
-    assert decode(frames) == EventBatch(shard, epoch, seq, [(topic, hdr, payload)])
-    assert frames[1:] == [topic, hdr, payload]  # untouched
+    # kind 1 was EVENTS (binary frame + three PUB frames per event); it stays reserved
+    head = struct.pack("<BBHIIQ", IPC_VERSION, 1, 1, shard, epoch, seq)
+    assert 1 not in set(MessageKind)
+    with pytest.raises(WireFormatError, match="unknown ipc message kind 1"):
+        decode([head, *rest])
 
 
 reports = st.builds(
@@ -125,6 +139,7 @@ def test_a_report_without_drop_counts_reads_as_none_dropped_and_bad_counts_are_r
         "seq_invalid",
         "seq_missing",
         "t_missing",
+        "t_invalid",
     ]
 
 
@@ -149,34 +164,25 @@ def test_any_header_with_garbage_frames_decodes_or_raises_wire_format_error(
 
 
 def test_specific_malformations() -> None:
-    good = event_message(1, 2, 3, b"T", b"{}", b"{}")
+    good = encode_runs([(1, 2, 3, [(b"T", b"{}")])])
+    assert len(good[0]) == HEADER_SIZE
     with pytest.raises(WireFormatError, match="version"):
         decode([b"\x02" + good[0][1:], *good[1:]])
-    with pytest.raises(WireFormatError, match="frames"):
-        decode(good[:3])
+    with pytest.raises(WireFormatError, match="exactly one frame"):
+        decode([*good, good[1]])
     with pytest.raises(WireFormatError, match="unknown"):
         decode([good[0][:1] + b"\x63" + good[0][2:]])
     with pytest.raises(WireFormatError):
         decode([])
     report = encode_shard_report(ShardReport(1, "ready", 5, "s", "u"))
-    with pytest.raises(WireFormatError, match="JSON"):
+    with pytest.raises(WireFormatError, match="SHARD_STATE body is not JSON"):
         decode([report[0], b"{not json"])
+    with pytest.raises(WireFormatError, match="SHARD_STATE body must be a JSON object, not list"):
+        decode([report[0], b"[1]"])
     with pytest.raises(WireFormatError, match="fields"):
         decode([report[0], b'{"shard_id":1,"seq":2,"bogus":1}'])
     with pytest.raises(WireFormatError, match="disagree"):
         decode([report[0], encode_shard_report(ShardReport(9, "ready", 5, "s", "u"))[1]])
-
-
-def test_a_batch_of_consecutive_events_decodes_with_consecutive_seqs() -> None:
-    # Version 1 workers send one event per message; readers already accept batches.
-    from protocol.ipc import pack_header
-
-    events = [(b"T%d" % i, b'{"shard_id":3,"seq":%d}' % (10 + i), b"{}") for i in range(3)]
-    frames = [pack_header(MessageKind.EVENTS, 3, 77, 10, count=3)]
-    for e in events:
-        frames.extend(e)
-    batch = decode(frames)
-    assert batch == EventBatch(3, 77, 10, events)
 
 
 run_events = st.lists(
@@ -189,7 +195,7 @@ event_runs = st.lists(
 
 @given(event_runs)
 def test_event_runs_round_trip(runs: list[tuple[int, int, int, list[tuple[bytes, bytes]]]]) -> None:
-    frames = encode_event_runs(runs)
+    frames = encode_runs(runs)
     assert len(frames) == 2
     h = read_header(frames[0])
     assert (h.kind, h.count, h.seq) == (
@@ -200,12 +206,7 @@ def test_event_runs_round_trip(runs: list[tuple[int, int, int, list[tuple[bytes,
     message = decode(frames)
     assert message == EventRuns(
         [
-            EventBatch(
-                shard,
-                epoch,
-                first,
-                [(t, encode_pub_header(shard, first + i), p) for i, (t, p) in enumerate(events)],
-            )
+            EventBatch(shard, epoch, first, events)  # slices of the body equal the bytes
             for shard, epoch, first, events in runs
         ]
     )
@@ -215,7 +216,7 @@ def test_event_runs_round_trip(runs: list[tuple[int, int, int, list[tuple[bytes,
 def test_a_cut_or_padded_event_runs_body_is_refused_and_a_garbled_one_never_crashes(
     runs: list[tuple[int, int, int, list[tuple[bytes, bytes]]]], data: st.DataObject
 ) -> None:
-    head, body = encode_event_runs(runs)
+    head, body = encode_runs(runs)
     cut = data.draw(st.integers(0, len(body) - 1))
     for damaged in (body[:cut], body + data.draw(st.binary(min_size=1, max_size=8))):
         with pytest.raises(WireFormatError):
@@ -226,7 +227,7 @@ def test_a_cut_or_padded_event_runs_body_is_refused_and_a_garbled_one_never_cras
 
 
 def test_event_runs_specific_malformations() -> None:
-    head, body = encode_event_runs([(1, 2, 3, [(b"T", b"{}")])])
+    head, body = encode_runs([(1, 2, 3, [(b"T", b"{}")])])
     with pytest.raises(WireFormatError, match="at least one run"):
         decode([head])
     with pytest.raises(WireFormatError, match="disagree"):
@@ -234,7 +235,100 @@ def test_event_runs_specific_malformations() -> None:
     no_events = struct.pack("<IIQI", 1, 2, 3, 0)
     with pytest.raises(WireFormatError, match="no events"):
         decode([struct.pack("<BBHIIQ", IPC_VERSION, MessageKind.EVENT_RUNS, 1, 0, 0, 0), no_events])
-    with pytest.raises(WireFormatError):
-        encode_event_runs([(1, 2, 3, [(b"", b"{}")])])  # a topic is never empty
-    with pytest.raises(WireFormatError):
-        encode_event_runs([])
+    with pytest.raises(WireFormatError, match="ends inside a head"):
+        decode([head, body[: struct.calcsize("<IIQI") + 2]])
+    with pytest.raises(WireFormatError, match="bytes after"):
+        decode([head, body + b"x"])
+
+
+def test_the_encoder_cuts_runs_and_splits_messages() -> None:
+    encoder = EventRunsEncoder()
+    assert encoder.next_head() is None
+    for seq in range(1, MAX_RUN_EVENTS + 2):  # one more than a run holds
+        assert encoder.add(0, 7, seq, b"T", b"%d" % seq)
+    assert encoder.add(0, 7, MAX_RUN_EVENTS + 3, b"T", b"gap")  # a gap in the seqs
+    assert encoder.add(0, 8, MAX_RUN_EVENTS + 4, b"T", b"session")  # another session
+    assert encoder.add(1, 7, 1, b"U", b"other shard")
+    head = encoder.next_head()
+    assert head is not None
+    message = decode([head, encoder.next_body()])
+    assert isinstance(message, EventRuns)
+    assert [(b.shard_id, b.epoch, b.first_seq, len(b.events)) for b in message.batches] == [
+        (0, 7, 1, MAX_RUN_EVENTS),
+        (0, 7, MAX_RUN_EVENTS + 1, 1),
+        (0, 7, MAX_RUN_EVENTS + 3, 1),
+        (0, 8, MAX_RUN_EVENTS + 4, 1),
+        (1, 7, 1, 1),
+    ]
+    # more runs than one message holds: the rest go in the next message, in order
+    for shard in range(MAX_RUNS + 3):
+        encoder.add(shard, 1, 1, b"T", b"{}")
+    firsts: list[list[int]] = []
+    while (head := encoder.next_head()) is not None:
+        message = decode([head, encoder.next_body()])
+        assert isinstance(message, EventRuns)
+        firsts.append([b.shard_id for b in message.batches])
+    assert firsts == [list(range(MAX_RUNS)), [MAX_RUNS, MAX_RUNS + 1, MAX_RUNS + 2]]
+    encoder.refusing = True
+    assert not encoder.add(0, 1, 2, b"T", b"{}")
+    assert encoder.next_head() is None
+
+
+def test_the_reader_dedupes_by_admit_heads_by_template_and_fills_the_lists() -> None:
+    _, body = encode_runs(
+        [(3, 9, 10, [(b"A", b"a10"), (b"B", b"b11"), (b"C", b"c12")]), (4, 1, 1, [(b"D", b"d1")])]
+    )
+    published: list[tuple[bytes, bytes, bytes]] = []
+    after: list[tuple[int, int, int, int, int, list[EventSlices] | None, list[EventSlices] | None]]
+    after = []
+    asked: list[tuple[int, int]] = []
+
+    def admit(shard_id: int, epoch: int, first_seq: int, count: int) -> int:
+        return 2 if shard_id == 3 else 0  # 10 and 11 of shard 3 seen already
+
+    def template_of(shard_id: int, epoch: int) -> bytes:
+        asked.append((shard_id, epoch))
+        return b"[%d]"
+
+    def publish(topic: memoryview, header: bytes, payload: memoryview) -> None:
+        published.append((bytes(topic), header, bytes(payload)))
+
+    def ran(
+        shard_id: int,
+        epoch: int,
+        first_seq: int,
+        count: int,
+        skip: int,
+        kept: list[EventSlices] | None,
+        skipped: list[EventSlices] | None,
+    ) -> None:
+        after.append((shard_id, epoch, first_seq, count, skip, kept, skipped))
+
+    # shard 3's template is known for epoch 9; shard 4's only for another epoch
+    reader = EventRunsReader(admit, {3: (9, b"<%d>"), 4: (2, b"x")}, template_of, publish, ran)
+    assert reader.read(2, body) == (2, 2, None)
+    assert published == [(b"C", b"<12>", b"c12"), (b"D", b"[1]", b"d1")]
+    assert asked == [(4, 1)]
+    assert after == []  # nothing collected: no list wanted
+    published.clear()
+    reader.keep = True
+    reader.replaying = {3}
+    assert reader.read(2, body) == (2, 2, None)
+    assert after == [
+        (3, 9, 10, 3, 2, [(b"C", b"c12")], [(b"A", b"a10"), (b"B", b"b11")]),
+        (4, 1, 1, 1, 0, [(b"D", b"d1")], None),
+    ]
+    published.clear()
+    # a fault: what came before it was handed out, and the fault is said
+    got = reader.read(2, body[:-1])
+    assert got[:2] == (1, 2) and got[2] is not None and "past the body" in got[2]
+    assert published == [(b"C", b"<12>", b"c12")]
+    assert reader.read(2, body + b"!")[2] == "EVENT_RUNS body has 1 bytes after its runs"
+
+
+def test_a_json_frame_must_hold_an_object() -> None:
+    assert load_object(b'{"a":1}', "X") == {"a": 1}
+    with pytest.raises(WireFormatError, match=r"^X is not JSON"):
+        load_object(b"{", "X")
+    with pytest.raises(WireFormatError, match=r"^X must be a JSON object, not int"):
+        load_object(b"3", "X")
