@@ -61,7 +61,7 @@ class ClusterCollector(Collector):
         shard_dropped = CounterMetricFamily(
             "titanium_shard_dropped",
             "Dispatches a worker dropped instead of relaying, per shard and reason "
-            "(seq_not_increasing, seq_invalid, seq_missing, t_missing); only reasons seen",
+            "(seq_not_increasing, seq_invalid, seq_missing, t_missing, t_invalid); only reasons seen",
             labels=["shard", "reason"],
         )
         for shard in shards:

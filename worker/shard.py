@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from protocol.errors import (
     MalformedPayloadError,
 )
 from protocol.gateway import API_VERSION, CLIENT_PAYLOAD_LIMIT, RESUMABLE_CLOSE_CODE, SEND_WINDOW_S
-from protocol.ipc import DispatchDrop, ShardReport, session_epoch
+from protocol.ipc import MAX_TOPIC_BYTES, DispatchDrop, ShardReport, session_epoch
 from protocol.session import Session, ShardPhase
 from worker import state as sm
 from worker.backoff import Backoff, BackoffPolicy
@@ -556,11 +557,14 @@ class Shard:
                     self._drop(t, s)
                     continue
                 self._seq = s
-                counters.events += 1
-                by_type[t] = by_type.get(t, 0) + 1
                 topic = topics.get(t)
                 if topic is None:
                     topic = self._topic(t)
+                    if len(topic) > MAX_TOPIC_BYTES:
+                        self._drop(t, s, DispatchDrop.T_INVALID)
+                        continue
+                counters.events += 1
+                by_type[t] = by_type.get(t, 0) + 1
                 if not emit(shard_id, self._epoch, s, topic, data):
                     await output.drain()
                     while not emit(shard_id, self._epoch, s, topic, data):
@@ -598,7 +602,7 @@ class Shard:
                     self._unknown_ops_logged = True
                     log.warning("shard %d: ignoring unknown opcode %r", shard_id, op)
 
-    def _drop(self, t: str | None, s: int | None) -> None:
+    def _drop(self, t: str | None, s: int | None, reason: DispatchDrop | None = None) -> None:
         """Count a dispatch that is not relayed; log the first of each reason per connection.
 
         What is right for a dispatch Discord would never send (``s`` null, 0 or
@@ -616,7 +620,9 @@ class Shard:
         the log once per connection, in ``/status`` and in ``/metrics``. A
         dropped event leaves the shard's seq (heartbeats, RESUME) as it was.
         """
-        if t is None:
+        if reason is not None:
+            pass  # the caller knows (an event name too long to relay: its seq stands)
+        elif t is None:
             reason = DispatchDrop.T_MISSING
         elif s is None:
             reason = DispatchDrop.SEQ_MISSING
@@ -632,7 +638,7 @@ class Shard:
                 "shard %d: dropped dispatch %s with s=%s (%s; last relayed seq %d); "
                 "further %s drops on this connection are only counted",
                 self.shard_id,
-                t,
+                t if t is None or len(t) <= 64 else f"{t[:64]}... ({len(t)} characters)",
                 "null" if s is None else s,
                 reason.value,
                 self._seq,
@@ -641,7 +647,7 @@ class Shard:
 
     def _topic(self, t: str) -> bytes:
         topic = t.encode("ascii", "replace")
-        if len(self._topics) < _TOPIC_CACHE_MAX:
+        if len(self._topics) < _TOPIC_CACHE_MAX and len(topic) <= MAX_TOPIC_BYTES:
             self._topics[t] = topic
         return topic
 
@@ -755,10 +761,13 @@ class Shard:
                     presence=self._presence,
                 )
             )
-            await self._permits.acquire(cfg.shard_id)
+            not_before = await self._permits.acquire(cfg.shard_id)
             # The server measures identify spacing when the IDENTIFY arrives, so it
-            # goes out right after the grant, and the bucket's spacing counts from
-            # the write (``sent``); the phase report can wait.
+            # goes out right after the grant (or at its not_before: an early grant),
+            # and the bucket's spacing counts from the write (``sent``); the phase
+            # report can wait.
+            if not_before is not None:
+                await _until(not_before)
             await limiter.acquire_priority()
             await self._send(ws, data)
             self._permits.sent(cfg.shard_id)
@@ -783,6 +792,17 @@ class Shard:
             if payload.startswith(_PRESENCE_PREFIX):
                 # The shard's presence now: a new session (op 9, a resume refused) keeps it.
                 self._presence = orjson.loads(payload)["d"]
+
+
+async def _until(at: float) -> None:
+    """Sleep until ``time.monotonic()`` reaches ``at`` (not the loop's clock: uvloop caches
+    it per iteration, and it lags after a long one); at most 1 s (a bad value)."""
+    deadline = min(at, time.monotonic() + 1.0)
+    for _ in range(100):  # a timer may fire early by the loop's clock: look again
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        await asyncio.sleep(left)
 
 
 __all__ = [

@@ -131,3 +131,50 @@ async def test_a_server_numbering_dispatches_zero_loses_nothing_unseen(
     ), lines
     assert any("READY with s=0" in line for line in lines), lines
     assert any("RESUMED with s=0" in line for line in lines), lines
+
+
+class LongNameGateway(ScriptedGateway):
+    """IDENTIFY: READY, a dispatch whose ``t`` is 70,000 characters, then a good event."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoclose=False, max_msg_size=0)
+        await ws.prepare(request)
+        self.connections += 1
+        await ws.send_str('{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":45000}}')
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                break
+            if orjson.loads(msg.data)["op"] == 2:
+                ready = {"session_id": "long-1", "resume_gateway_url": self.url, "v": 10}
+                await ws.send_str(dispatch("READY", 1, ready))
+                await ws.send_str(dispatch("X" * 70_000, 2))
+                await ws.send_str(dispatch("MESSAGE_CREATE", 3))
+        return ws
+
+
+async def test_an_event_name_too_long_to_relay_is_a_counted_drop_not_a_dead_worker(
+    sim_factory: SimFactory,
+    harness: SupervisorHarness,
+    start_group: StartGroup,
+) -> None:
+    """The run format holds names up to 65,535 bytes; a longer one used to raise in the
+    worker's read loop. Now: dropped and counted (``t_invalid``), its seq stands, the
+    connection and the worker go on."""
+    gateway = LongNameGateway()
+    await gateway.start()
+    try:
+        sim = await sim_factory(shards=1)  # only for the fixture's parameters
+        await start_group(sim, (0,), gateway_url=gateway.url)
+        epoch = session_epoch("long-1")
+        await harness.wait_for(lambda got: (0, epoch, 3) in got.events, 10)
+        await harness.wait_for(
+            lambda got: 0 in got.latest and got.latest[0].dropped == {"t_invalid": 1}, 10
+        )
+        assert sorted(harness.got.events) == [(0, epoch, 1), (0, epoch, 3)]
+        assert gateway.connections == 1
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(gateway.stop(), 5)
