@@ -43,6 +43,7 @@ from cluster.identify_scheduler import (
     Grant,
     IdentifyScheduler,
     SchedulerSnapshot,
+    default_grant_lead,
 )
 from cluster.router_service import RouterService
 from protocol.coordination import (
@@ -119,6 +120,7 @@ class Coordinator(RouterService):
         reset_after_s: float,
         safety_margin_s: float | None = None,
         sent_hold_s: float | None = None,
+        grant_lead_s: float | None = None,
         context: zmq.asyncio.Context | None = None,
         clock: Clock = time.monotonic,
         on_grant: Callable[[Grant[Requester]], None] | None = None,
@@ -129,6 +131,11 @@ class Coordinator(RouterService):
         #: Reports to the arbiter in flight (sent, release): never awaited by the serving loop.
         self._reports: set[asyncio.Task[None]] = set()
         self._clock = clock
+        if grant_lead_s is None:
+            # Early grants (not_before) need the workers' clock: time.monotonic, this host.
+            # With an arbiter the bucket is Redis's: asked early it says "busy" (no lead).
+            early = sent_hold_s is not None and arbiter is None and clock is time.monotonic
+            grant_lead_s = default_grant_lead(interval_s) if early else 0.0
         self.scheduler: IdentifyScheduler[Requester] = IdentifyScheduler(
             max_concurrency,
             interval_s,
@@ -137,6 +144,7 @@ class Coordinator(RouterService):
             session_remaining=session_remaining,
             reset_at=clock() + reset_after_s,
             sent_hold_s=sent_hold_s,
+            lead_s=grant_lead_s,
         )
         self._wake: asyncio.Future[None] | None = None
         self._on_grant = on_grant
@@ -259,7 +267,7 @@ class Coordinator(RouterService):
             if (
                 grant is not None
                 and grant.requester == Requester(identity, message.nonce)
-                and self.scheduler.sent(grant, now)
+                and self.scheduler.sent(grant, now, message.written_at)
             ):
                 self.stats.sent_reports += 1
                 self._report(message.shard_id, sent=True)
@@ -292,7 +300,10 @@ class Coordinator(RouterService):
             if self._arbiter is not None:
                 grants = await self._arbitrate(grants)
             for grant in grants:
-                frame = GrantMessage(grant.shard_id, grant.requester.nonce).encode()
+                early = grant.not_before > now
+                frame = GrantMessage(
+                    grant.shard_id, grant.requester.nonce, grant.not_before if early else None
+                ).encode()
                 try:
                     await sock.send_multipart([grant.requester.identity, frame], flags=zmq.DONTWAIT)
                 except zmq.ZMQError as exc:

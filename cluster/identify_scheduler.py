@@ -16,6 +16,15 @@ milliseconds after its grant; counted from the grant, the next IDENTIFY of
 the bucket could arrive at Discord less than an interval after it (measured:
 93 of 1,024 IDENTIFYs refused at a 0.05 s interval on 2 cores).
 
+With ``lead_s`` (only with ``sent_hold_s``) a bucket's next grant goes out up to
+``lead_s`` *before* the bucket opens, carrying ``not_before``: the time the
+bucket opens, on the host's monotonic clock (the coordinator and its workers
+share it). The worker writes the IDENTIFY at that time, not when the grant
+arrives, so the grant's trip to the worker is off the schedule's critical
+path; and its ``sent`` report says when it wrote (``written_at``), so the
+report's trip back is off it too. The bucket is spaced from the write, never
+from before the grant's ``not_before``.
+
 No asyncio, no sockets, no ``time`` calls: every method takes ``now`` (seconds
 on any monotonic clock), so the whole policy is testable with a fake clock.
 The ZeroMQ server around it is :mod:`cluster.coordinator`.
@@ -74,6 +83,12 @@ def default_sent_hold(interval_s: float) -> float:
     return max(interval_s, 1.0)
 
 
+def default_grant_lead(interval_s: float) -> float:
+    """How early a bucket's next grant may go out (with ``not_before``): half an interval,
+    at most 0.5 s: the grant reaches a busy worker in well under that."""
+    return min(interval_s / 2, 0.5)
+
+
 class SchedulerConfigError(ValueError):
     """The scheduler was configured with numbers that make no sense."""
 
@@ -88,6 +103,9 @@ class Grant(Generic[R]):
     granted_at: float
     #: Identifies this grant; used to give it back exactly once.
     serial: int
+    #: Write the IDENTIFY no earlier than this (the bucket opens then); ``granted_at``
+    #: when the bucket is open already
+    not_before: float = -math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +197,7 @@ class IdentifyScheduler(Generic[R]):
         reset_at: float,
         reset_period_s: float = DEFAULT_RESET_PERIOD_S,
         sent_hold_s: float | None = None,
+        lead_s: float = 0.0,
     ) -> None:
         if (
             isinstance(max_concurrency, bool)
@@ -199,8 +218,12 @@ class IdentifyScheduler(Generic[R]):
             raise SchedulerConfigError(f"reset period must be > 0 s, got {reset_period_s!r}")
         if sent_hold_s is not None and not (math.isfinite(sent_hold_s) and sent_hold_s >= 0):
             raise SchedulerConfigError(f"sent hold must be >= 0 s, got {sent_hold_s!r}")
+        if not (math.isfinite(lead_s) and lead_s >= 0):
+            raise SchedulerConfigError(f"grant lead must be >= 0 s, got {lead_s!r}")
         #: How long a bucket waits for a grant's ``sent`` report (None: it does not wait).
         self.sent_hold_s = sent_hold_s
+        #: How long before a bucket opens its next grant may go out (with ``not_before``).
+        self.lead_s = float(lead_s) if sent_hold_s is not None else 0.0
         self.max_concurrency = max_concurrency
         self.interval_s = float(interval_s)
         self.safety_margin_s = float(margin)
@@ -269,10 +292,11 @@ class IdentifyScheduler(Generic[R]):
         self._roll_over(now)
         if self._remaining <= 0:
             return []
+        lead = self.lead_s
         ready = [
             (next(iter(bucket.queue.values())).order, index)
             for index, bucket in enumerate(self._buckets)
-            if bucket.queue and bucket.opens_at() <= now
+            if bucket.queue and bucket.opens_at() - lead <= now
         ]
         if not ready:
             return []
@@ -283,19 +307,20 @@ class IdentifyScheduler(Generic[R]):
             shard_id, pending = bucket.queue.popitem(last=False)
             serial = next(self._serials)
             self._issued[serial] = _Issued(index, bucket.free_at, self._epoch)
-            bucket.free_at = now + self.spacing_s
+            not_before = max(now, bucket.free_at)
+            bucket.free_at = not_before + self.spacing_s
             bucket.last_serial = serial
             if self.sent_hold_s is not None:
                 bucket.awaiting = serial
                 bucket.hold_until = bucket.free_at + self.sent_hold_s
-            grants.append(Grant(shard_id, pending.requester, index, now, serial))
+            grants.append(Grant(shard_id, pending.requester, index, now, serial, not_before))
         self._remaining -= len(grants)
         self._granted += len(grants)
         return grants
 
     def next_deadline(self, now: float) -> float | None:
         """When :meth:`poll` could next grant (``now`` if it could grant now); None if nothing is queued."""
-        waiting = [bucket.opens_at() for bucket in self._buckets if bucket.queue]
+        waiting = [bucket.opens_at() - self.lead_s for bucket in self._buckets if bucket.queue]
         if not waiting:
             return None
         earliest = min(waiting)
@@ -323,21 +348,23 @@ class IdentifyScheduler(Generic[R]):
             bucket.awaiting = 0
         return True
 
-    def sent(self, grant: Grant[R], now: float) -> bool:
-        """The IDENTIFY under ``grant`` was sent (reported at ``now``): space the bucket from here.
+    def sent(self, grant: Grant[R], now: float, written_at: float | None = None) -> bool:
+        """The IDENTIFY under ``grant`` was sent (reported at ``now``): space the bucket from it.
 
-        The bucket opens ``spacing_s`` after ``now`` (never earlier than it
-        already would). A report for anything but the bucket's latest grant, or
-        a repeated one, changes nothing and returns False.
+        The bucket opens ``spacing_s`` after the write: ``written_at`` when the
+        client said (taken within [the grant's ``not_before``, ``now``]), else
+        ``now``; never earlier than the grant's own slot. A report for anything
+        but the bucket's latest grant, or a repeated one, changes nothing and
+        returns False.
         """
         bucket = self._buckets[grant.bucket]
         if bucket.last_serial != grant.serial or bucket.sent_serial == grant.serial:
             return False
         bucket.sent_serial = grant.serial
         bucket.awaiting = 0
-        opens = now + self.spacing_s
-        if opens > bucket.free_at:
-            bucket.free_at = opens
+        wrote = now if written_at is None else min(now, written_at)
+        opens = max(wrote, grant.not_before, grant.granted_at) + self.spacing_s
+        bucket.free_at = max(bucket.free_at, opens)
         return True
 
     def deferred(self, grant: Grant[R], until: float) -> bool:

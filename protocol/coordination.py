@@ -18,8 +18,8 @@ bare frame (no empty delimiter frame).
 | ``acquire`` | client -> coordinator | ``shard_id``, ``nonce`` |
 | ``cancel`` | client -> coordinator | ``shard_id``, ``nonce`` |
 | ``release`` | client -> coordinator | ``shard_id``, ``nonce`` |
-| ``sent`` | client -> coordinator | ``shard_id``, ``nonce`` |
-| ``grant`` | coordinator -> client | ``shard_id``, ``nonce`` |
+| ``sent`` | client -> coordinator | ``shard_id``, ``nonce``, ``written_at`` (optional) |
+| ``grant`` | coordinator -> client | ``shard_id``, ``nonce``, ``not_before`` (optional) |
 | ``status`` | client -> coordinator | (none) |
 | ``status_reply`` | coordinator -> client | ``remaining``, ``total``, ``exhausted``, ``reset_after_s``, ``max_concurrency``, ``interval_s``, ``queued`` |
 | ``error`` | coordinator -> client | ``reason``, ``shard_id`` (int or null) |
@@ -35,6 +35,13 @@ with that nonce was written just now; a coordinator that counts the bucket's
 spacing from it (``cluster/identify_scheduler.py``, ``sent_hold_s``) waits for
 it, for a while, before the bucket's next grant. ``grant`` echoes the acquire's nonce so a
 client can tell a current grant from a stale one.
+
+``not_before`` and ``written_at`` are seconds on the host's monotonic clock
+(``time.monotonic()``; the coordinator runs in the supervisor, on the same host
+as its workers). A grant with ``not_before`` came early: the client writes the
+IDENTIFY at that time, not before. ``written_at`` says when the client wrote it,
+so the coordinator spaces the bucket from the write rather than from the
+report's arrival. A client or coordinator that ignores them is merely slower.
 """
 
 from __future__ import annotations
@@ -153,16 +160,50 @@ class Release(_ShardMessage):
 
 @dataclass(frozen=True, slots=True)
 class Sent(_ShardMessage):
-    """The IDENTIFY under the grant with this nonce was just written to the gateway."""
+    """The IDENTIFY under the grant with this nonce was written to the gateway (at ``written_at``)."""
 
     TYPE: ClassVar[str] = "sent"
+    written_at: float | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return _with_time(_ShardMessage.fields(self), "written_at", self.written_at)
+
+    @classmethod
+    def from_fields(cls, obj: dict[str, Any]) -> Self:
+        return cls(
+            _int(obj, "shard_id", 0, MAX_SHARD_ID),
+            _int(obj, "nonce", 0, MAX_NONCE),
+            _optional_float(obj, "written_at"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Grant(_ShardMessage):
-    """Permission to send one IDENTIFY for ``shard_id`` now."""
+    """Permission to send one IDENTIFY for ``shard_id``: now, or at ``not_before``."""
 
     TYPE: ClassVar[str] = "grant"
+    not_before: float | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return _with_time(_ShardMessage.fields(self), "not_before", self.not_before)
+
+    @classmethod
+    def from_fields(cls, obj: dict[str, Any]) -> Self:
+        return cls(
+            _int(obj, "shard_id", 0, MAX_SHARD_ID),
+            _int(obj, "nonce", 0, MAX_NONCE),
+            _optional_float(obj, "not_before"),
+        )
+
+
+def _with_time(fields: dict[str, Any], key: str, value: float | None) -> dict[str, Any]:
+    if value is not None:
+        fields[key] = value
+    return fields
+
+
+def _optional_float(obj: dict[str, Any], key: str) -> float | None:
+    return None if obj.get(key) is None else _float(obj, key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -67,7 +68,8 @@ class IdentifyClientClosedError(IdentifyClientError):
 @dataclass(slots=True)
 class _Waiter:
     nonce: int
-    future: asyncio.Future[None]
+    #: the grant's not_before (None: at once)
+    future: asyncio.Future[float | None]
 
 
 class IdentifyClient:
@@ -103,8 +105,9 @@ class IdentifyClient:
 
     # -- public API -----------------------------------------------------------------------
 
-    async def acquire(self, shard_id: int) -> None:
-        """Wait until the coordinator allows ``shard_id`` one IDENTIFY.
+    async def acquire(self, shard_id: int) -> float | None:
+        """Wait until the coordinator allows ``shard_id`` one IDENTIFY; returns the grant's
+        ``not_before`` (``time.monotonic()`` seconds: write the IDENTIFY no earlier), or None.
 
         Cancelling the waiting task withdraws the request. Raises
         :class:`IdentifyClientError` if an acquire for ``shard_id`` is already
@@ -122,7 +125,7 @@ class IdentifyClient:
         self._abandoned.pop(shard_id, None)
         self._send(Acquire(shard_id, nonce))
         try:
-            await waiter.future
+            return await waiter.future
         except asyncio.CancelledError:
             future = waiter.future
             if future.done() and not future.cancelled() and future.exception() is None:
@@ -141,7 +144,7 @@ class IdentifyClient:
         """
         nonce = self._granted.pop(shard_id, None)
         if nonce is not None and not self._closed:
-            self._send(Sent(shard_id, nonce))
+            self._send(Sent(shard_id, nonce, time.monotonic()))
 
     async def cancel(self, shard_id: int) -> bool:
         """Withdraw a waiting acquire for ``shard_id``; it raises :class:`IdentifyRequestCancelledError`."""
@@ -263,7 +266,7 @@ class IdentifyClient:
             del self._waiters[grant.shard_id]
             if not waiter.future.done():
                 self._granted[grant.shard_id] = grant.nonce
-                waiter.future.set_result(None)
+                waiter.future.set_result(grant.not_before)
         elif self._abandoned.get(grant.shard_id) == grant.nonce:
             del self._abandoned[grant.shard_id]
             self._send(Release(grant.shard_id, grant.nonce))

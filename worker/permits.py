@@ -18,8 +18,9 @@ from typing import Protocol
 
 
 class PermitSource(Protocol):
-    async def acquire(self, shard_id: int) -> None:
-        """Wait until ``shard_id`` may send one IDENTIFY."""
+    async def acquire(self, shard_id: int) -> float | None:
+        """Wait until ``shard_id`` may send one IDENTIFY; the ``time.monotonic()`` before
+        which it must not be written (an early grant), or None."""
         ...
 
     async def cancel(self, shard_id: int) -> object:

@@ -146,6 +146,42 @@ first windows. Now a shard that will IDENTIFY takes one of
 at READY (a shard that RESUMEs needs none). `cluster up`, 1,024 shards at
 0.05 s (two single runs each, quiet machine): time before the first READY
 2.2 -> 1.4 s, all READY 6.9 -> 6.4-6.6 s, no refusals.
+
+**One EVENT_RUNS codec** (protocol/ipc.py): the worker's output is the
+encoder (`ZmqOutput` subclasses `EventRunsEncoder`, so a shard's `event` is
+the encoder's `add`, no second call per event) and the relay's loop is the
+reader (`EventRunsReader`, wired once to the book, the header templates and
+the publisher, so a run costs no call beyond `admit` as before); the
+reference encoder and decoder and the unused EVENTS kind are gone. Interleaved
+runs of the committed tree (`--head`) and the change, `--only throughput
+--receivers floor worker cluster --repeat 3`, three runs each (9 samples),
+2026-12-06 10:20-10:33 UTC, load average 0.3-1.6 (shared machine): worker
+12.2 µs per event before (9.7-16.1), 11.4 after (9.5-15.5), 79,872 and 87,874
+events/s; cluster 17.8 (13.9-20.1) and 16.6 (15.3-16.9), 60,331 and 66,470
+events/s; against the floor of the same run 0.74x and 1.02x on both sides: no
+change beyond the noise. In one process, old loop against new on the same
+bodies (16 shards, ~1 KB payloads, 1 to 64 events per run): the relay's
+`_runs` within 1 % at every run length; the worker's `event` + `flush` within
+2 % from 4 events per run, +2-3 % (~30 ns per event) at one. A first reader
+that asked the relay through a callback per run cost ~240 ns per run (+7 % at
+one event per run) and was not kept.
+**Early identify grants** (cluster/identify_scheduler.py `lead_s`,
+protocol/coordination.py `not_before` / `written_at`): a bucket's next grant
+goes out up to half an interval before the bucket opens and says when it
+opens (`not_before`, on the host's monotonic clock); the worker writes the
+IDENTIFY at that time, and its `sent` report says when it wrote, so the
+bucket is spaced from the write. The grant's trip to the worker and the
+report's trip back were on every round's critical path (14 ms per round in
+the Startup figures above). Not with Redis (its bucket, asked early, says
+busy). `--only startup --receivers cluster --repeat 1`, six interleaved runs
+(the change, then `--head`), 2026-12-06 10:42 UTC, load average 1.0-1.2
+(shared machine): all READY 8.06, 7.21, 6.93 s after against 8.42, 8.47,
+8.36 s before; first..last READY 5.93, 5.84, 5.60 s against 6.98, 6.77,
+6.92 s (median -1.08 s, -16 %); the simulator refused 1, 3 and 0 IDENTIFYs as
+too early for their bucket after, 0 before: without the report's delay the
+20 ms margin is all that absorbs a busy simulator reading an IDENTIFY late.
+The bound (3.15 s) is still far: the 20 ms margin is 1.26 s of the schedule
+and the rest is the two cores opening 1,024 connections.
 """
 
 

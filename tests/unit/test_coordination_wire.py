@@ -19,6 +19,7 @@ from protocol.coordination import (
     ErrorReply,
     Grant,
     Release,
+    Sent,
     StatusReply,
     StatusRequest,
     decode_message,
@@ -34,7 +35,8 @@ messages: st.SearchStrategy[CoordinationMessage] = st.one_of(
     st.builds(Acquire, shard_ids, nonces),
     st.builds(Cancel, shard_ids, nonces),
     st.builds(Release, shard_ids, nonces),
-    st.builds(Grant, shard_ids, nonces),
+    st.builds(Grant, shard_ids, nonces, st.none() | seconds),
+    st.builds(Sent, shard_ids, nonces, st.none() | seconds),
     st.just(StatusRequest()),
     st.builds(
         StatusReply,
@@ -67,6 +69,9 @@ def test_the_documented_layout() -> None:
         "nonce": 42,
     }
     assert decode_message(b'{"v":1,"type":"grant","shard_id":3,"nonce":9}') == Grant(3, 9)
+    # the optional times: absent when None, and a peer that does not know them ignores them
+    assert orjson.loads(Grant(3, 9, 12.5).encode())["not_before"] == 12.5
+    assert "written_at" not in orjson.loads(Sent(3, 9).encode())
     # Fields added later within version 1 are ignored.
     assert decode_message(b'{"v":1,"type":"status","future":true}') == StatusRequest()
 

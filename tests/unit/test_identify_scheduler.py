@@ -339,7 +339,7 @@ def test_buckets_are_independent_and_a_full_queue_takes_exactly_its_windows(
     assert now - start == pytest.approx((per_bucket - 1) * INTERVAL)
 
 
-def held(mc: int = 1, hold: float = 2.0) -> IdentifyScheduler[str]:
+def held(mc: int = 1, hold: float = 2.0, lead: float = 0.0) -> IdentifyScheduler[str]:
     return IdentifyScheduler(
         mc,
         INTERVAL,
@@ -348,7 +348,70 @@ def held(mc: int = 1, hold: float = 2.0) -> IdentifyScheduler[str]:
         session_remaining=1000,
         reset_at=1e9,
         sent_hold_s=hold,
+        lead_s=lead,
     )
+
+
+def test_an_early_grant_carries_the_time_its_bucket_opens_and_spacing_counts_from_the_write() -> (
+    None
+):
+    s = held(lead=1.0)
+    for shard in range(3):
+        s.request(shard, "w", 0.0)
+    [first] = s.poll(0.0)
+    assert first.not_before == 0.0  # the bucket was open: at once
+    assert s.poll(INTERVAL - 1.0) == [], "no early grant before the report"
+    # written at 0.2 (the report arrives at 0.5): the bucket opens at 0.2 + the interval
+    assert s.sent(first, 0.5, written_at=0.2)
+    assert s.next_deadline(1.0) == INTERVAL + 0.2 - 1.0
+    assert s.poll(INTERVAL + 0.2 - 1.0 - 1e-6) == []
+    [second] = s.poll(INTERVAL + 0.2 - 1.0)
+    assert second.not_before == INTERVAL + 0.2, "early: written no sooner than the bucket opens"
+    # a write claimed before the grant's slot counts from the slot
+    assert s.sent(second, INTERVAL + 0.3, written_at=0.0)
+    [third] = s.poll(2 * INTERVAL + 0.2 - 1.0)
+    assert third.not_before == 2 * INTERVAL + 0.2
+
+
+def test_without_a_sent_hold_there_is_no_early_grant() -> None:
+    s = IdentifyScheduler(
+        1, INTERVAL, 0.0, session_total=10, session_remaining=10, reset_at=1e9, lead_s=1.0
+    )
+    s.request(0, "w", 0.0)
+    s.request(1, "w", 0.0)
+    assert shards(s.poll(0.0)) == [0]
+    assert s.poll(INTERVAL - 0.5) == []
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(st.floats(0.0, 3.0), st.floats(0.0, 1.5), st.floats(0.0, 0.5)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_writes_at_their_grants_not_before_are_always_an_interval_apart(
+    steps: list[tuple[float, float, float]],
+) -> None:
+    """Early grants: each IDENTIFY is written at or after its not_before (``late`` after it,
+    reported ``delay`` after the write); two writes of a bucket are never closer than the spacing."""
+    s = held(hold=1.0, lead=2.0)
+    for shard in range(len(steps)):
+        s.request(shard, "w", 0.0)
+    now = 0.0
+    writes: list[float] = []
+    for advance, delay, late in steps:
+        now += advance
+        for grant in s.poll(now):
+            wrote = max(now, grant.not_before) + late
+            writes.append(wrote)
+            s.sent(grant, wrote + delay, written_at=wrote)
+            now = max(now, wrote + delay)
+        deadline = s.next_deadline(now)
+        if deadline is not None:
+            now = max(now, deadline)
+    assert all(b - a >= INTERVAL - 1e-9 for a, b in itertools.pairwise(sorted(writes)))
 
 
 def test_with_a_sent_hold_the_spacing_counts_from_the_sent_report() -> None:
