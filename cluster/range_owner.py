@@ -668,8 +668,8 @@ class RangeOwner:
                 run.checkpointer.soon()
             if message.fatal_code is not None and slot.fatal_code is None:
                 slot.fatal_code = message.fatal_code
-            status.apply_report(message)
-            run.progress.update(status.shards_ready)
+            if status.apply_report(message):
+                run.progress.update(status.ready_reported)
             return
         slot = pool.slots.get(message.worker_id)
         if slot is None or slot.pid != message.pid:
