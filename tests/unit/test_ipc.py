@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import struct
 from collections.abc import Sequence
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -332,3 +334,35 @@ def test_a_json_frame_must_hold_an_object() -> None:
         load_object(b"{", "X")
     with pytest.raises(WireFormatError, match=r"^X must be a JSON object, not int"):
         load_object(b"3", "X")
+
+
+def _text(size: int) -> st.SearchStrategy[str]:
+    return st.text(
+        st.characters(exclude_categories=("Cs",)), max_size=size
+    )  # JSON: no lone surrogates
+
+
+@given(
+    st.builds(
+        ShardReport,
+        shard_id=st.integers(0, 2**31 - 1),
+        phase=st.sampled_from(["ready", "resuming", "identifying"]),
+        seq=st.integers(0, 2**40),
+        session_id=st.none() | _text(20),
+        resume_url=st.none() | _text(40),
+        latency_ms=st.none() | st.floats(0, 1e6),
+        events=st.integers(0, 2**40),
+        events_by_type=st.dictionaries(_text(20), st.integers(0, 2**40), max_size=5),
+        dropped=st.dictionaries(
+            st.sampled_from([d.value for d in DispatchDrop]), st.integers(0, 9)
+        ),
+        fatal_code=st.none() | st.integers(4000, 4999),
+    )
+)
+def test_a_report_is_the_json_of_its_fields_as_dataclasses_asdict_wrote_it(
+    report: ShardReport,
+) -> None:
+    body = encode_shard_report(report)[1]
+    assert body == orjson.dumps(dataclasses.asdict(report))
+    decoded = decode(encode_shard_report(report))
+    assert decoded == report
