@@ -39,6 +39,7 @@ from protocol.compression import (
 )
 from protocol.gateway import CLIENT_OPCODES, CloseCode, Opcode
 from protocol.intents import ALL_INTENTS, PRIVILEGED_INTENTS
+from protocol.wsframe import server_frame_header
 from simulator.config import SimulatorConfig
 from simulator.record import (
     ClosedBy,
@@ -59,15 +60,6 @@ if TYPE_CHECKING:
 
 _HEARTBEAT_ACK: Final = b'{"t":null,"s":null,"op":11,"d":null}'
 _TRACE: Final = ['["gateway-prd-sim-1",{"micros":0.0}]']
-
-
-def _frame_header(first_byte: int, length: int) -> bytes:
-    """An unmasked server websocket frame header (RFC 6455 section 5.2)."""
-    if length < 126:
-        return bytes((first_byte, length))
-    if length < 65536:
-        return bytes((first_byte, 126)) + length.to_bytes(2, "big")
-    return bytes((first_byte, 127)) + length.to_bytes(8, "big")
 
 
 def _compressor(compression: Compression, config: SimulatorConfig) -> Compressor | None:
@@ -251,7 +243,7 @@ class Connection(Sink):
                         data = item if compressor is None else compressor.compress(item)
                     else:
                         data = item.data
-                    parts.append(_frame_header(first_byte, len(data)))
+                    parts.append(server_frame_header(first_byte, len(data)))
                     parts.append(data)
                     size += len(data)
                     if size >= _BATCH_BYTES or not queue:

@@ -50,6 +50,7 @@ from protocol.gateway import (
     Opcode,
 )
 from protocol.intents import ALL_INTENTS, PRIVILEGED_INTENTS, intent_names
+from protocol.wsframe import server_frame_header
 
 if TYPE_CHECKING:
     from cluster.endpoint.server import GatewayEndpoint
@@ -221,15 +222,6 @@ def control(op: int, d: Any) -> bytes:
     return orjson.dumps({"t": None, "s": None, "op": op, "d": d})
 
 
-def _frame_header(first_byte: int, length: int) -> bytes:
-    """An unmasked server websocket frame header (RFC 6455 section 5.2)."""
-    if length < 126:
-        return bytes((first_byte, length))
-    if length < 65536:
-        return bytes((first_byte, 126)) + length.to_bytes(2, "big")
-    return bytes((first_byte, 127)) + length.to_bytes(8, "big")
-
-
 def _compressor(compression: Compression) -> Compressor | None:
     # Level 1: the endpoint compresses every dispatch once per client; on loopback
     # the bytes matter less than the CPU.
@@ -291,7 +283,7 @@ class Connection:
         parts: list[bytes] = []
         for frame in frames:
             data = frame if compressor is None else compressor.compress(frame)
-            parts.append(_frame_header(self._first_byte, len(data)))
+            parts.append(server_frame_header(self._first_byte, len(data)))
             parts.append(data)
         out = b"".join(parts)
         self.bytes_written += len(out)
@@ -320,7 +312,7 @@ class Connection:
         for seq, t, d in session.unsent():
             frame = _FRAME % (t, seq, d)
             data = frame if compressor is None else compressor.compress(frame)
-            parts.append(_frame_header(first_byte, len(data)))
+            parts.append(server_frame_header(first_byte, len(data)))
             parts.append(data)
             size += len(data)
             last = seq
