@@ -940,6 +940,7 @@ class RangeOwner:
         self._take_over(run, gen)
         self._shared_request = None
         self._tasks.append(asyncio.create_task(self._retire(run), name="reshard-retire"))
+        self._follow_shared_reshards()  # the next reshard, as range i of the new layout
 
     # -- the new set --------------------------------------------------------------------------
 

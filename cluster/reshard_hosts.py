@@ -117,7 +117,7 @@ async def follow_reshards(
             continue
         await take_part(host, store, leases, record, index, hosts, deadline_s)
         if host.total_shards == record.new_shards:
-            return  # switched: the range owner runs the new layout's range from now on
+            return  # switched: the owner follows on as range `index` of the new layout
 
 
 async def take_part(

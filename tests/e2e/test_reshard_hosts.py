@@ -282,6 +282,21 @@ async def test_a_host_killed_mid_reshard_rejoins_it_when_restarted(
     resumed = {r.shard_id for r in record.resumes_for(outcome=ResumeOutcome.ACCEPTED, num_shards=4)}
     assert {2, 3} <= resumed, "the restarted host took its old range back by RESUME"
 
+    # a second reshard: the hosts that switched follow it as ranges of the new layout
+    again = await clusters(
+        "--shards", "16", "--control", f"ipc://{short_dir}/h1/control", command="reshard"
+    )
+    assert await again.wait(90) == 0, again.text() + "\n".join(hosts[0].raw[-30:])
+    for url in urls:
+        await wait_http(
+            f"{url}/status",
+            lambda code, body: (body.get("reshard") or {}).get("switched_total") == 2,
+            30,
+        )
+    assert sorted(r.shard_id or 0 for r in record.accepted_identifies(num_shards=16)) == list(
+        range(16)
+    )
+
 
 def identify_history(sim: Any) -> str:
     """Every IDENTIFY by bucket and time (what a bucket violation needs to be read)."""
