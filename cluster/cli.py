@@ -31,7 +31,7 @@ import typer
 from typer._click import exceptions as click_exceptions
 from typer._click.core import Context, ParameterSource
 
-from cluster import cli_client, cli_reshard  # noqa: F401 (register status, tail, reshard)
+from cluster import cli_client, cli_presence, cli_reshard  # noqa: F401 (register their commands)
 from cluster.cli_app import CommandFailed, app, run_async, usage_error, wait_for_signal
 from cluster.config import (
     DEFAULT_API_URL,

@@ -1,4 +1,5 @@
-"""The ``cluster`` typer app and what every command shares: one-line failures, the event loop.
+"""The ``cluster`` typer app and what every command shares: one-line failures, the event
+loop, one request to a running cluster's control socket.
 
 :mod:`cluster.cli` (``simulate``, ``up``, ``config``, ``keys``, the entry point) and
 :mod:`cluster.cli_client` (``status``, ``tail``) both register their commands on
@@ -11,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Coroutine
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
+import orjson
 import typer
+import zmq
 from typer._click import exceptions as click_exceptions
 
 from protocol.exitcodes import ExitCode
@@ -25,6 +28,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+#: How long one control request may take.
+CONTROL_TIMEOUT_S: Final = 10.0
 
 
 class CommandFailed(Exception):
@@ -77,6 +84,39 @@ def client_curve_keys(
         )
     except ValueError as exc:
         usage_error(str(exc))
+
+
+def control_request(
+    endpoint: str, request: dict[str, Any], curve: tuple[bytes, bytes] | None
+) -> Any:
+    """One request to a cluster's control socket and its JSON reply (CURVE when ``curve``)."""
+    from protocol.curvezmq import public_key_of
+
+    context = zmq.Context()
+    sock = context.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(CONTROL_TIMEOUT_S * 1000))
+    if curve is not None:
+        server_key, secret_key = curve
+        sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public_key_of(secret_key))
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key)
+    try:
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            usage_error(f"--control {endpoint!r} is not a ZeroMQ endpoint ({exc})")
+        sock.send(orjson.dumps(request))
+        try:
+            return orjson.loads(sock.recv())
+        except zmq.Again:
+            raise CommandFailed(
+                f"no answer from the cluster's control socket {endpoint} within "
+                f"{CONTROL_TIMEOUT_S:g} s"
+            ) from None
+    finally:
+        sock.close(0)
+        context.term()
 
 
 async def wait_for_signal(*signums: signal.Signals) -> signal.Signals:

@@ -10,49 +10,15 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
-import orjson
 import typer
-import zmq
 
-from cluster.cli_app import CommandFailed, app, client_curve_keys, usage_error
+from cluster.cli_app import CommandFailed, app, client_curve_keys, control_request, usage_error
 from cluster.config import DEFAULT_CONTROL
 from cluster.reshard import describe_progress
 
-#: How long one control request may take.
-REQUEST_TIMEOUT_S: Final = 10.0
 POLL_S: Final = 0.5
-
-
-def _ask(endpoint: str, request: dict[str, Any], curve: tuple[bytes, bytes] | None) -> Any:
-    from protocol.curvezmq import public_key_of
-
-    context = zmq.Context()
-    sock = context.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, int(REQUEST_TIMEOUT_S * 1000))
-    if curve is not None:
-        server_key, secret_key = curve
-        sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, public_key_of(secret_key))
-        sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key)
-    try:
-        try:
-            sock.connect(endpoint)
-        except zmq.ZMQError as exc:
-            usage_error(f"--control {endpoint!r} is not a ZeroMQ endpoint ({exc})")
-        sock.send(orjson.dumps(request))
-        try:
-            return orjson.loads(sock.recv())
-        except zmq.Again:
-            raise CommandFailed(
-                f"no answer from the cluster's control socket {endpoint} within "
-                f"{REQUEST_TIMEOUT_S:g} s"
-            ) from None
-    finally:
-        sock.close(0)
-        context.term()
 
 
 @app.command()
@@ -87,7 +53,7 @@ def reshard(
     else:
         usage_error(f"--shards must be a positive integer or 'auto', got {shards[:40]!r}")
     curve = client_curve_keys(curve_server_key, curve_secret)
-    reply = _ask(control, {"reshard": {"shards": wanted}}, curve)
+    reply = control_request(control, {"reshard": {"shards": wanted}}, curve)
     if not reply.get("ok"):
         raise CommandFailed(f"reshard refused: {reply.get('error')}")
     last = ""
@@ -103,6 +69,6 @@ def reshard(
         if phase != "starting":
             raise CommandFailed(f"reshard {phase}: {progress.get('error')}")
         time.sleep(POLL_S)
-        reply = _ask(control, {"reshard": "status"}, curve)
+        reply = control_request(control, {"reshard": "status"}, curve)
         if not reply.get("ok"):
             print(f"cluster reshard: {reply.get('error')}", file=sys.stderr)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,34 @@ async def test_every_identify_carries_the_presence_and_one_request_changes_every
         return {c.shard_id for c in record.commands if c.op == 3 and c.d == idle} == {0, 1, 2, 3}
 
     await sim.record.wait_for(all_idle, timeout=10)
+
+    # the same from the command line: `cluster presence`
+    chess = {
+        "since": None,
+        "activities": [{"name": "chess", "type": 0}],
+        "status": "online",
+        "afk": False,
+    }
+    command = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cluster",
+        "presence",
+        "--activity",
+        "playing:chess",
+        "--control",
+        f"ipc://{short_dir}/control",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(command.communicate(), 30)
+    assert command.returncode == 0, output
+    assert output.decode().strip() == f"cluster presence: ipc://{short_dir}/control: 4 shards"
+
+    def all_chess(record: Any) -> bool:
+        return {c.shard_id for c in record.commands if c.op == 3 and c.d == chess} == {0, 1, 2, 3}
+
+    await sim.record.wait_for(all_chess, timeout=10)
     run.signal(signal.SIGTERM)
     assert await run.wait(15) == 0
 
@@ -79,3 +109,16 @@ async def test_a_bad_activity_is_one_line_before_anything_starts(
     assert run.raw[-1].startswith("cluster: error: --activity: an activity is playing:NAME"), (
         run.raw
     )
+
+
+def test_cluster_presence_refuses_a_bad_status_in_one_line() -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster", "presence", "--status", "sleepy"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2, done
+    assert "--status" in done.stderr and "sleepy" in done.stderr, done.stderr
