@@ -38,6 +38,7 @@ from cluster.config import (
     DEFAULT_CONTROL,
     DEFAULT_HEALTH,
     DEFAULT_PUB,
+    DEFAULT_PUB_HWM,
     DEFAULT_STATE_DIR,
     SIMULATED_TOKEN,
 )
@@ -485,7 +486,7 @@ def up(
     report_interval: Annotated[float, typer.Option(hidden=True)] = 1.0,
     identify_margin: Annotated[float | None, typer.Option(hidden=True)] = None,
     liveness_intervals: Annotated[int, typer.Option(hidden=True)] = 10,
-    pub_hwm: Annotated[int, typer.Option(hidden=True)] = 10_000,
+    pub_hwm: Annotated[int, typer.Option(hidden=True)] = DEFAULT_PUB_HWM,
     stop_timeout: Annotated[float, typer.Option(hidden=True)] = 7.0,
     limit_refresh: Annotated[float, typer.Option(hidden=True)] = 600.0,
     auto_reshard_interval: Annotated[float, typer.Option(hidden=True)] = 3600.0,

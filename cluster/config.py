@@ -42,6 +42,8 @@ from protocol.payloads import LARGE_THRESHOLD_MAX, LARGE_THRESHOLD_MIN
 DEFAULT_API_URL: Final = "https://discord.com/api/v10"
 DEFAULT_PUB: Final = "tcp://127.0.0.1:5555"
 DEFAULT_CONTROL: Final = "tcp://127.0.0.1:5556"
+#: Each PUB subscriber's queue, in events (``--pub-hwm``); beyond it events are dropped and counted.
+DEFAULT_PUB_HWM: Final = 10_000
 DEFAULT_HEALTH: Final = "127.0.0.1:8080"
 DEFAULT_STATE_DIR: Final = "./.cluster-state"
 #: The token ``cluster up --simulate`` uses against its embedded simulator.
@@ -265,7 +267,7 @@ class SupervisorConfig:
     #: A worker silent for this many report intervals is killed and replaced.
     liveness_intervals: int = 10
     #: Per-subscriber queue of the PUB socket, in messages; beyond it events are dropped (counted).
-    pub_hwm: int = 10_000
+    pub_hwm: int = DEFAULT_PUB_HWM
     #: Graceful stop: how long workers get to drain before SIGKILL.
     stop_timeout_s: float = 7.0
     #: Sessions (last published seq) are checkpointed at most this long after they change.

@@ -16,7 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from cluster.config import DEFAULT_PUB_HWM
 from scripts.bench.stats import Figure
+
+#: The paced rate of the throughput benchmark's second figure: 1,000 events/s per shard.
+PACED_RATE_PER_SHARD = 1_000
 
 if TYPE_CHECKING:
     from scripts.bench.run import Results
@@ -573,6 +577,11 @@ def markdown(res: Results, elapsed_s: float, generated_at: str | None = None) ->
         lines += ["**Smoke mode (`--quick`): tiny sizes, the numbers mean nothing.**", ""]
     if res.throughput:
         total = s.shards * s.events_per_shard
+        paced = (
+            PACED_RATE_PER_SHARD * s.shards
+            if any("paced_cpu_us" in fig for fig in res.throughput.values())
+            else 0
+        )
         lines += [
             "## CPU per event and throughput",
             "",
@@ -582,20 +591,54 @@ def markdown(res: Results, elapsed_s: float, generated_at: str | None = None) ->
             " stream, per event; events/s counted where the events arrive (the sink's PULL/SUB for"
             " floor, worker and cluster; the library's own event callback otherwise).",
             "",
-            "| receiver | µs CPU/event | events/s | CPU vs floor |",
-            "|---|---|---|---|",
+            "| receiver | µs CPU/event | events/s | CPU vs floor |"
+            + (" µs CPU/event paced | events/s paced | peak RSS MB |" if paced else ""),
+            "|---|---|---|---|" + ("---|---|---|" if paced else ""),
         ]
         floor = Figure(tuple(res.throughput.get("floor", {}).get("cpu_us", []))).median
         for name, fig in res.throughput.items():
             cpu = Figure(tuple(fig["cpu_us"]))
             eps = Figure(tuple(fig["eps"]))
-            lines.append(f"| {name} | {cpu.fmt(1)} | {eps.fmt(0)} | {_ratio(cpu.median, floor)} |")
+            row = f"| {name} | {cpu.fmt(1)} | {eps.fmt(0)} | {_ratio(cpu.median, floor)} |"
+            if paced:
+                row += "".join(
+                    f" {Figure(tuple(fig.get(key, []))).fmt(digits)} |"
+                    for key, digits in (("paced_cpu_us", 1), ("paced_eps", 0), ("rss_mb", 0))
+                )
+            lines.append(row)
+        lines.append("")
+        if paced:
+            lines.append(
+                f"- Paced: the same stream at {paced:,} events/s ({paced // s.shards:,} per"
+                f" shard) for {s.latency_seconds:g} s; CPU per event of the same tree. Peak RSS:"
+                " the receiving tree's, sampled every 0.1 s during the flat-out stream."
+            )
+        lines.append(
+            f"- cluster: `cluster up` with `--pub-hwm {res.pub_hwm:,}` (each subscriber's queue,"
+            " in events"
+            + (
+                ", the default users get"
+                if res.pub_hwm == DEFAULT_PUB_HWM
+                else f"; the default is {DEFAULT_PUB_HWM:,}"
+            )
+            + "); events a subscriber misses beyond it are dropped and counted (see notes)."
+        )
         ours = Figure(tuple(res.throughput.get("worker", {}).get("cpu_us", []))).median
         for other in ("discord.py", "hikari", "discordjs-ws"):
             if other in res.throughput:
                 o = Figure(tuple(res.throughput[other]["cpu_us"])).median
-                lines.append("")
                 lines.append(f"- {other} uses {_ratio(o, ours)} the CPU per event of our worker.")
+        if "discordjs-ws" in res.throughput and "cluster" in res.throughput:
+            ws, cl = res.throughput["discordjs-ws"], res.throughput["cluster"]
+            for key, what in (("cpu_us", "flat out"), ("paced_cpu_us", f"at {paced:,}/s")):
+                c = Figure(tuple(cl.get(key, []))).median
+                w = Figure(tuple(ws.get(key, []))).median
+                if math.isfinite(c) and math.isfinite(w):
+                    lines.append(
+                        f"- {what}: the cluster (workers + supervisor) uses {_ratio(c, w)} the CPU"
+                        " per event of @discordjs/ws"
+                        + (" (at or below it)." if c <= w else " (above it).")
+                    )
         lines.append("")
     if res.latency:
         lines += [
@@ -794,6 +837,7 @@ def to_json(res: Results, elapsed_s: float = 0.0) -> str:
     data: dict[str, Any] = {
         "sizes": asdict(res.sizes),
         "throughput": res.throughput,
+        "pub_hwm": res.pub_hwm,
         "latency": {k: {str(r): v for r, v in d.items()} for k, d in res.latency.items()},
         "startup": res.startup,
         "memory": res.memory,

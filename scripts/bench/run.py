@@ -112,8 +112,9 @@ MEMORY_MC = 8
 #: Added to the identify interval of the lone worker's in-process permits: the
 #: simulator measures spacing on arrival, so exact spacing gets op 9 on a loaded machine.
 WORKER_PERMIT_MARGIN_S = 0.01
-#: The cluster's PUB high-water mark in the benchmarks (messages).
-PUB_HWM = 400_000
+#: The cluster's PUB high-water mark in the benchmarks (events per subscriber);
+#: BENCH_PUB_HWM overrides it.
+PUB_HWM = int(os.environ.get("BENCH_PUB_HWM", "400000"))
 
 
 @dataclass
@@ -121,8 +122,10 @@ class Results:
     sizes: Sizes
     quick: bool
     repeat: int
-    #: receiver -> {"cpu_us": Figure samples, "eps": ...}
+    #: receiver -> {"cpu_us": Figure samples, "eps": ..., "rss_mb": ..., "paced_cpu_us": ...}
     throughput: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    #: the cluster's ``--pub-hwm`` in the throughput and latency runs (events per subscriber)
+    pub_hwm: int = PUB_HWM
     latency: dict[str, dict[int, list[dict[str, float]]]] = field(default_factory=dict)
     startup: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     memory: dict[str, list[dict[str, float]]] = field(default_factory=dict)
@@ -367,10 +370,34 @@ SINK_MODE = {"floor": "floor", "worker": "ipc", "cluster": "sub"}
 STATE_DIRS: list[str] = []
 
 
-async def throughput_once(name: str, fh: Firehose, sizes: Sizes) -> tuple[float, float]:
-    """(µs of CPU per event, events/s) of one receiver on the whole pre-generated stream."""
+PACED_RATE_PER_SHARD = report.PACED_RATE_PER_SHARD
+
+
+@dataclass
+class Streamed:
+    """One receiver's run of a stream: CPU per event, its rate, its tree's peak RSS."""
+
+    cpu_us: float
+    eps: float
+    peak_rss: int
+
+
+async def _peak_rss(pid: int, peak: list[int]) -> None:
+    """Sample the tree's RSS every 0.1 s into ``peak[0]`` until cancelled."""
+    while True:
+        with contextlib.suppress(psutil.Error):
+            peak[0] = max(peak[0], tree_rss(pid))
+        await asyncio.sleep(0.1)
+
+
+async def throughput_once(name: str, fh: Firehose, sizes: Sizes, paced: bool = False) -> Streamed:
+    """One receiver on the whole pre-generated stream (flat out), or ``paced`` at
+    :data:`PACED_RATE_PER_SHARD` per shard for ``sizes.latency_seconds``."""
     shards = sizes.shards
-    total = shards * sizes.events_per_shard
+    per_shard = (
+        int(PACED_RATE_PER_SHARD * sizes.latency_seconds) if paced else sizes.events_per_shard
+    )
+    total = shards * per_shard
     await fh.wait(lambda s: s["ready"] == 0 and s["streaming"] == 0, 30, "idle")
     sink: Child | None = None
     receiver: Child | None = None
@@ -389,21 +416,30 @@ async def throughput_once(name: str, fh: Firehose, sizes: Sizes) -> tuple[float,
         spy = await Child.py_spy(receiver.pid, PROFILE[name]) if name in PROFILE else None
         if spy is not None:
             await asyncio.sleep(1.0)  # attached (its CPU is not in the receiver's tree)
+        peak = [tree_rss(receiver.pid)]
+        sampler = asyncio.create_task(_peak_rss(receiver.pid, peak))
         cpu0 = tree_cpu(receiver.pid)
         t0 = time.monotonic_ns()
-        await fh.go()
+        if paced:
+            await fh.go(rate=PACED_RATE_PER_SHARD * shards, count=per_shard)
+        else:
+            await fh.go()
         timeout = 60 + total * 300e-6
-        line = await (sink or receiver).expect("DONE ", timeout)
-        cpu1 = tree_cpu(receiver.pid)
+        try:
+            line = await (sink or receiver).expect("DONE ", timeout)
+            cpu1 = tree_cpu(receiver.pid)
+        finally:
+            sampler.cancel()
         if spy is not None:
             await spy.interrupt()
         n, t1 = (int(x) for x in line.split()[:2])
         if n < total:
             if name != "cluster":
                 raise ChildError(f"{name}: {n} of {total} events")
-            DROPPED.setdefault(f"throughput, {name}", []).append(total - n)
+            key = f"throughput{' paced' if paced else ''}, {name}"
+            DROPPED.setdefault(key, []).append(total - n)
         # CPU per event relayed (all of them); events/s as received
-        return (cpu1 - cpu0) / total * 1e6, n / ((t1 - t0) / 1e9)
+        return Streamed((cpu1 - cpu0) / total * 1e6, n / ((t1 - t0) / 1e9), peak[0])
     finally:
         for child in (receiver, sink):
             if child is not None:
@@ -423,18 +459,25 @@ async def bench_throughput(res: Results, receivers: list[str], http: aiohttp.Cli
     fh = await Firehose.start(sizes.shards, sizes.events_per_shard, http)
     try:
         for rep in range(res.repeat):
-            for name in receivers:
-                try:
-                    cpu_us, eps = await throughput_once(name, fh, sizes)
-                except ChildError as exc:
-                    exc.add_note(LAST_STDERR.get(name, ""))
-                    res.errors.append(f"throughput/{name}: {exc}")
-                    log(f"throughput {name}: FAILED {exc}\n{LAST_STDERR.get(name, '')}")
-                    continue
-                fig = res.throughput.setdefault(name, {"cpu_us": [], "eps": []})
-                fig["cpu_us"].append(cpu_us)
-                fig["eps"].append(eps)
-                log(f"throughput {name} #{rep + 1}: {cpu_us:.1f} µs/event, {eps:,.0f} events/s")
+            for paced in (False, True):
+                mode = f"paced {PACED_RATE_PER_SHARD * sizes.shards:,}/s" if paced else "flat out"
+                for name in receivers:
+                    try:
+                        run = await throughput_once(name, fh, sizes, paced)
+                    except ChildError as exc:
+                        exc.add_note(LAST_STDERR.get(name, ""))
+                        res.errors.append(f"throughput/{name} ({mode}): {exc}")
+                        log(f"throughput {name} {mode}: FAILED {exc}\n{LAST_STDERR.get(name, '')}")
+                        continue
+                    fig = res.throughput.setdefault(name, {"cpu_us": [], "eps": []})
+                    prefix = "paced_" if paced else ""
+                    fig.setdefault(f"{prefix}cpu_us", []).append(run.cpu_us)
+                    fig.setdefault(f"{prefix}eps", []).append(run.eps)
+                    fig.setdefault(f"{prefix}rss_mb", []).append(run.peak_rss / 2**20)
+                    log(
+                        f"throughput {name} {mode} #{rep + 1}: {run.cpu_us:.1f} µs/event,"
+                        f" {run.eps:,.0f} events/s, peak RSS {run.peak_rss / 2**20:.0f} MB"
+                    )
     finally:
         await fh.child.stop()
 
@@ -1005,6 +1048,8 @@ def merge(res: Results, old: dict[str, Any]) -> None:
         if not getattr(res, key) and old.get(key):
             setattr(res, key, old[key])
             taken.append(key)
+    if "throughput" in taken or not (res.throughput or res.latency):
+        res.pub_hwm = int(old.get("pub_hwm", 400_000))  # runs before it was recorded: 400,000
     if not res.latency and old.get("latency"):
         res.latency = {k: {int(r): v for r, v in d.items()} for k, d in old["latency"].items()}
         taken.append("latency")
