@@ -418,11 +418,11 @@ async def throughput_once(name: str, fh: Firehose, sizes: Sizes, paced: bool = F
             await asyncio.sleep(1.0)  # attached (its CPU is not in the receiver's tree)
         peak = [tree_rss(receiver.pid)]
         sampler = asyncio.create_task(_peak_rss(receiver.pid, peak))
+        if paced:  # answers once the paced frames are ready: the stream starts then
+            await fh.go(rate=PACED_RATE_PER_SHARD * shards, count=per_shard)
         cpu0 = tree_cpu(receiver.pid)
         t0 = time.monotonic_ns()
-        if paced:
-            await fh.go(rate=PACED_RATE_PER_SHARD * shards, count=per_shard)
-        else:
+        if not paced:
             await fh.go()
         timeout = 60 + total * 300e-6
         try:
