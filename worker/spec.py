@@ -42,8 +42,12 @@ class WorkerSpec:
     presence: Mapping[str, Any] | None = None
     report_interval_s: float = 1.0
     parent_check_interval_s: float = 1.0
-    #: Random wait before a new session (op 9 false, 4003/4007/4009); Discord's old docs: 1-5 s.
-    new_session_delay_s: tuple[float, float] = (1.0, 5.0)
+    #: Random wait before a new session (op 9 false, 4003/4007/4009). Discord's old docs
+    #: said 1-5 s "and respect the identify bucket"; every IDENTIFY of a worker waits for
+    #: its bucket's turn in the identify coordinator (or the in-process permits) anyway,
+    #: so none of its own: a shard refused as too early (op 9 at startup) takes the next
+    #: free slot of its bucket instead of idling 1-5 s, which made it the last to be READY.
+    new_session_delay_s: tuple[float, float] = (0.0, 0.0)
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     #: Used only without a coordinator.
