@@ -4,7 +4,8 @@
   the exit codes the supervisor reads (``protocol.exitcodes.ExitCode``; FATAL = 78: do not respawn).
 - :mod:`worker.spec`: the frozen ``WorkerSpec``, all a worker process is given.
 - :mod:`worker.group`: ``ShardGroup`` (shards + the ZeroMQ channels of ``protocol.ipc``).
-- :mod:`worker.shard`: the async runner of one shard (aiohttp websocket client).
+- :mod:`worker.shard`: the async runner of one shard: its reconnect loop and identify slots;
+  :mod:`worker.connection`: one websocket of it (aiohttp client): read, heartbeat, commands.
 - :mod:`worker.state`: the pure shard state machine; :mod:`worker.backoff`,
   :mod:`worker.ratelimit`: pure policies with an injected clock.
 - :mod:`worker.permits`: the ``PermitSource`` protocol; :mod:`worker.identify_client`

@@ -6,8 +6,9 @@ supervisor, so they live in ``protocol``). What survives a disconnect (the
 session, the resume URL), whether the next connection RESUMEs or IDENTIFYs,
 how long it waits, which close code the shard sends, and when it stops for
 good are decided here and only here, by one pure function per kind of event
-(twilight's ``disconnect(initiator)`` and ``process()``). The async runner in
-:mod:`worker.shard` does the I/O and applies the :class:`Decision`.
+(twilight's ``disconnect(initiator)`` and ``process()``). The async runners,
+:mod:`worker.shard` (the reconnect loop) and :mod:`worker.connection` (one
+websocket), do the I/O and apply the :class:`Decision`.
 
 Rules (shared/PROTOCOL.md sections 2-4):
 
@@ -165,6 +166,11 @@ def on_connect_failed(state: ShardState, url: GatewayUrl) -> Decision:
     else:
         plan = Reconnect(ConnectMode.RESUME, GatewayUrl.MAIN, Wait.BACKOFF)
     return Decision(ShardState(ShardPhase.DISCONNECTED, session, failures), None, plan)
+
+
+def on_connecting(state: ShardState) -> ShardState:
+    """A connection attempt starts; the session and the count of failed connects stay."""
+    return ShardState(ShardPhase.CONNECTING, state.session, state.connect_failures)
 
 
 def on_connected(state: ShardState, mode: ConnectMode) -> ShardState:

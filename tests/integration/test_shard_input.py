@@ -103,6 +103,30 @@ async def test_unknown_opcode_is_ignored_not_worth_a_reconnect(
     assert_neighbour_untouched(sim)
 
 
+async def test_an_unknown_opcode_is_logged_once_per_connection(
+    sim_factory: SimFactory,
+    harness: SupervisorHarness,
+    start_group: StartGroup,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sim = await ready_pair(sim_factory, harness, start_group)
+
+    def unknown_op_lines() -> list[str]:
+        return [m for r in caplog.records if "unknown opcode" in (m := r.getMessage())]
+
+    for connection in (1, 2):
+        sim.inject(0, "unknown_opcode")
+        sim.inject(0, "unknown_opcode")
+        sim.emit(0, 2)  # read after the two unknown opcodes: they were seen once delivered
+        await wait_delivered(sim, harness)
+        assert len(unknown_op_lines()) == connection, unknown_op_lines()
+        if connection == 1:
+            sim.inject(0, "reconnect")
+            await sim.record.wait_for(lambda r: len(r.accepted_resumes(0)) == 1, 10)
+    assert len(sim.record.connections_for(0)) == 2
+    assert all(line.startswith("shard 0:") for line in unknown_op_lines())
+
+
 async def test_a_flood_of_commands_never_earns_a_4008(
     sim_factory: SimFactory, harness: SupervisorHarness, start_group: StartGroup
 ) -> None:

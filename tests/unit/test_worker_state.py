@@ -21,6 +21,7 @@ from worker.state import (
     on_bad_input,
     on_connect_failed,
     on_connected,
+    on_connecting,
     on_hello,
     on_invalid_session,
     on_missed_ack,
@@ -191,6 +192,12 @@ def test_the_happy_paths() -> None:
     r = on_hello(on_connected(initial_state(SESSION), ConnectMode.RESUME), ConnectMode.RESUME)
     assert r.phase is ShardPhase.RESUMING and r.session == SESSION
     assert on_resumed(r).phase is ShardPhase.READY
+
+
+def test_connecting_keeps_the_session_and_the_failed_connects() -> None:
+    s = on_connecting(ShardState(ShardPhase.DISCONNECTED, SESSION, 2))
+    assert s == ShardState(ShardPhase.CONNECTING, SESSION, 2)
+    assert on_connecting(initial_state(None)) == ShardState(ShardPhase.CONNECTING, None, 0)
 
 
 def test_stop_keeps_the_session_and_closes_resumably() -> None:
