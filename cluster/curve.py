@@ -263,7 +263,7 @@ class ZapHandler:
     """Answers libzmq's ZAP requests in one context, from the event loop (no thread, no task).
 
     A ROUTER bound on :data:`ZAP_ENDPOINT` of ``context``, read whenever its
-    descriptor signals, as :class:`cluster.publisher.Publisher` reads its socket.
+    ZeroMQ descriptor signals (``loop.add_reader``), drained at each wake-up.
     Only one handler can be bound per context; :meth:`close` unbinds at once so a
     new one may follow.
     """

@@ -445,7 +445,6 @@ class Relay:
             counters.duplicates_dropped += duplicates
         publisher = self._publisher
         publisher.flush()
-        publisher.drain_subscriptions()
         for consumer in self._consumers:
             consumer.flush()
         counters.pub_dropped = publisher.dropped
