@@ -55,6 +55,18 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def tree_pss(pid: int) -> int:
+    """Proportional set size in bytes of a process and all its living children: each
+    page shared by several processes (a forkserver's imports, shared libraries) counted
+    once in all, split among them, where :func:`tree_rss` counts it once per process."""
+    proc = psutil.Process(pid)
+    total: int = proc.memory_full_info().pss
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += child.memory_full_info().pss
+    return total
+
+
 #: Every child still running, so the command can end them all when it ends.
 LIVE: set[Child] = set()
 

@@ -592,7 +592,7 @@ def markdown(res: Results, elapsed_s: float, generated_at: str | None = None) ->
             " floor, worker and cluster; the library's own event callback otherwise).",
             "",
             "| receiver | µs CPU/event | events/s | CPU vs floor |"
-            + (" µs CPU/event paced | events/s paced | peak RSS MB |" if paced else ""),
+            + (" µs CPU/event paced | events/s paced | peak PSS MB |" if paced else ""),
             "|---|---|---|---|" + ("---|---|---|" if paced else ""),
         ]
         floor = Figure(tuple(res.throughput.get("floor", {}).get("cpu_us", []))).median
@@ -603,15 +603,15 @@ def markdown(res: Results, elapsed_s: float, generated_at: str | None = None) ->
             if paced:
                 row += "".join(
                     f" {Figure(tuple(fig.get(key, []))).fmt(digits)} |"
-                    for key, digits in (("paced_cpu_us", 1), ("paced_eps", 0), ("rss_mb", 0))
+                    for key, digits in (("paced_cpu_us", 1), ("paced_eps", 0), ("pss_mb", 0))
                 )
             lines.append(row)
         lines.append("")
         if paced:
             lines.append(
                 f"- Paced: the same stream at {paced:,} events/s ({paced // s.shards:,} per"
-                f" shard) for {s.latency_seconds:g} s; CPU per event of the same tree. Peak RSS:"
-                " the receiving tree's, sampled every 0.1 s during the flat-out stream."
+                f" shard) for {s.latency_seconds:g} s; CPU per event of the same tree. Peak PSS:"
+                " the receiving tree's (see Memory), sampled every 0.1 s during the flat-out stream."
             )
         lines.append(
             f"- cluster: `cluster up` with `--pub-hwm {res.pub_hwm:,}` (each subscriber's queue,"
@@ -746,26 +746,35 @@ def markdown(res: Results, elapsed_s: float, generated_at: str | None = None) ->
         lines += [
             "## Memory",
             "",
-            f"RSS of the receiving process tree with {s.memory_shards} idle connected shards"
-            f" (zlib-stream, full simulator), per shard: marginal = (RSS at {s.memory_shards}"
-            f" - RSS at {s.memory_baseline_shards}) / {s.memory_shards - s.memory_baseline_shards};"
-            " total = RSS / shards. **cluster** is `cluster up` with its default worker count:"
-            " the RSS of the supervisor, its worker processes and multiprocessing's resource"
-            " tracker together; **worker** is our worker process alone.",
+            f"PSS of the receiving process tree with {s.memory_shards} idle connected shards"
+            f" (zlib-stream, full simulator), per shard: marginal = (PSS at {s.memory_shards}"
+            f" - PSS at {s.memory_baseline_shards}) / {s.memory_shards - s.memory_baseline_shards};"
+            " total = PSS / shards. PSS (proportional set size) is RSS with each page that"
+            " several processes share counted once, split among them; the sum of the"
+            " processes' RSS (last column) counts a shared page once per process, which"
+            " overstates a tree whose workers fork from one parent. **cluster** is `cluster up`"
+            " with its default worker count: the supervisor, its worker processes, the"
+            " forkserver they fork from and multiprocessing's resource tracker together;"
+            " **worker** is our worker process alone.",
             "",
-            "| receiver | KB per shard (marginal) | KB per shard (total) | RSS MB |",
-            "|---|---|---|---|",
+            "| receiver | KB per shard (marginal) | KB per shard (total) | PSS MB | RSS MB (sum) |",
+            "|---|---|---|---|---|",
         ]
         notes = []
         big, small = s.memory_shards, s.memory_baseline_shards
         for name, runs in res.memory.items():
             f = {
-                k: Figure(tuple(r[k] for r in runs))
-                for k in ("kb_per_shard_marginal", "kb_per_shard_total", "rss_mb")
+                k: Figure(tuple(r.get(k, math.nan) for r in runs))
+                for k in (
+                    "kb_per_shard_marginal",
+                    "kb_per_shard_total",
+                    "pss_mb",
+                    f"rss_sum_mb_{big}",
+                )
             }
             lines.append(
                 f"| {name} | {f['kb_per_shard_marginal'].fmt(1)} | {f['kb_per_shard_total'].fmt(1)}"
-                f" | {f['rss_mb'].fmt(0)} |"
+                f" | {f['pss_mb'].fmt(0)} | {f[f'rss_sum_mb_{big}'].fmt(0)} |"
             )
             sizes = [n for n in (small, big) if any(r.get(f"processes_{n}") for r in runs)]
             if name != "cluster" or not sizes:

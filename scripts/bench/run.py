@@ -10,7 +10,7 @@ Benchmarks (``--only`` takes these names):
   consumer's receive at 1k, 10k and 50k events/s.
 - ``startup``: 1,024 shards, max_concurrency 16, identify interval 0.05 s,
   against the full simulator: time to all READY vs ``(ceil(N/mc) - 1) * interval``.
-- ``memory``: RSS per idle connected shard at 1,000 shards (zlib-stream).
+- ``memory``: memory (PSS) per idle connected shard at 1,000 shards (zlib-stream).
 - ``recovery``: a worker SIGKILLed, time until every shard RESUMED.
 - ``redis``: ``cluster up --redis`` (scripts/bench/redis_bench.py): CPU per
   event with and without ``--redis`` at a paced 16,000 events/s (runs
@@ -63,7 +63,7 @@ import psutil
 
 from protocol.intents import PRIVILEGED_INTENTS
 from scripts.bench import report
-from scripts.bench.procs import REPO, Child, ChildError, stop_all, tree_cpu, tree_rss
+from scripts.bench.procs import REPO, Child, ChildError, stop_all, tree_cpu, tree_pss, tree_rss
 from scripts.bench.stats import percentile
 from simulator import discord_shaped_token
 
@@ -122,7 +122,7 @@ class Results:
     sizes: Sizes
     quick: bool
     repeat: int
-    #: receiver -> {"cpu_us": Figure samples, "eps": ..., "rss_mb": ..., "paced_cpu_us": ...}
+    #: receiver -> {"cpu_us": Figure samples, "eps": ..., "pss_mb": ..., "paced_cpu_us": ...}
     throughput: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     #: the cluster's ``--pub-hwm`` in the throughput and latency runs (events per subscriber)
     pub_hwm: int = PUB_HWM
@@ -375,18 +375,18 @@ PACED_RATE_PER_SHARD = report.PACED_RATE_PER_SHARD
 
 @dataclass
 class Streamed:
-    """One receiver's run of a stream: CPU per event, its rate, its tree's peak RSS."""
+    """One receiver's run of a stream: CPU per event, its rate, its tree's peak PSS."""
 
     cpu_us: float
     eps: float
-    peak_rss: int
+    peak_pss: int
 
 
-async def _peak_rss(pid: int, peak: list[int]) -> None:
-    """Sample the tree's RSS every 0.1 s into ``peak[0]`` until cancelled."""
+async def _peak_pss(pid: int, peak: list[int]) -> None:
+    """Sample the tree's PSS every 0.1 s into ``peak[0]`` until cancelled."""
     while True:
         with contextlib.suppress(psutil.Error):
-            peak[0] = max(peak[0], tree_rss(pid))
+            peak[0] = max(peak[0], tree_pss(pid))
         await asyncio.sleep(0.1)
 
 
@@ -416,8 +416,8 @@ async def throughput_once(name: str, fh: Firehose, sizes: Sizes, paced: bool = F
         spy = await Child.py_spy(receiver.pid, PROFILE[name]) if name in PROFILE else None
         if spy is not None:
             await asyncio.sleep(1.0)  # attached (its CPU is not in the receiver's tree)
-        peak = [tree_rss(receiver.pid)]
-        sampler = asyncio.create_task(_peak_rss(receiver.pid, peak))
+        peak = [tree_pss(receiver.pid)]
+        sampler = asyncio.create_task(_peak_pss(receiver.pid, peak))
         if paced:  # answers once the paced frames are ready: the stream starts then
             await fh.go(rate=PACED_RATE_PER_SHARD * shards, count=per_shard)
         cpu0 = tree_cpu(receiver.pid)
@@ -473,10 +473,10 @@ async def bench_throughput(res: Results, receivers: list[str], http: aiohttp.Cli
                     prefix = "paced_" if paced else ""
                     fig.setdefault(f"{prefix}cpu_us", []).append(run.cpu_us)
                     fig.setdefault(f"{prefix}eps", []).append(run.eps)
-                    fig.setdefault(f"{prefix}rss_mb", []).append(run.peak_rss / 2**20)
+                    fig.setdefault(f"{prefix}pss_mb", []).append(run.peak_pss / 2**20)
                     log(
                         f"throughput {name} {mode} #{rep + 1}: {run.cpu_us:.1f} µs/event,"
-                        f" {run.eps:,.0f} events/s, peak RSS {run.peak_rss / 2**20:.0f} MB"
+                        f" {run.eps:,.0f} events/s, peak PSS {run.peak_pss / 2**20:.0f} MB"
                     )
     finally:
         await fh.child.stop()
@@ -814,7 +814,8 @@ async def bench_memory(res: Results, receivers: list[str]) -> None:
                     try:
                         # idle: handshakes done, buffers settled
                         await asyncio.sleep(0.3 if res.quick else 2.0)
-                        rss[shards] = float(tree_rss(conn.receiver.pid))
+                        rss[shards] = float(tree_pss(conn.receiver.pid))
+                        extra[f"rss_sum_mb_{shards}"] = tree_rss(conn.receiver.pid) / 2**20
                         extra[f"processes_{shards}"] = float(tree_size(conn.receiver.pid))
                         if conn.workers is not None:
                             extra[f"workers_{shards}"] = float(conn.workers)
@@ -834,7 +835,7 @@ async def bench_memory(res: Results, receivers: list[str]) -> None:
                     conn = await connect_all(name, small, MEMORY_MC, 0.005, int(n_big))
                     try:
                         await asyncio.sleep(2.0)
-                        same = float(tree_rss(conn.receiver.pid))
+                        same = float(tree_pss(conn.receiver.pid))
                     finally:
                         await conn.stop()
                     extra["kb_per_shard_marginal_same_workers"] = (
@@ -850,13 +851,13 @@ async def bench_memory(res: Results, receivers: list[str]) -> None:
                 {
                     "kb_per_shard_marginal": marginal,
                     "kb_per_shard_total": per_total,
-                    "rss_mb": rss[big] / 2**20,
-                    "rss_small_mb": rss[small] / 2**20 if small in rss else math.nan,
+                    "pss_mb": rss[big] / 2**20,
+                    "pss_small_mb": rss[small] / 2**20 if small in rss else math.nan,
                     **extra,
                 }
             )
             log(
-                f"memory {name} #{rep + 1}: {marginal:.1f} KB per extra shard, RSS {rss[big] / 2**20:.0f} MB at {big}"
+                f"memory {name} #{rep + 1}: {marginal:.1f} KB per extra shard, PSS {rss[big] / 2**20:.0f} MB at {big}"
                 + "".join(f", {k} {v:.0f}" for k, v in extra.items())
             )
 
