@@ -45,14 +45,15 @@ def test_quick_bench_runs_every_benchmark(tmp_path: Path) -> None:
     for name, fig in data["throughput"].items():
         assert len(fig["cpu_us"]) == 1 and fig["cpu_us"][0] > 0, name
         assert fig["eps"][0] > 0, name
+        assert fig["paced_cpu_us"][0] > 0 and fig["pss_mb"][0] > 0, name
     assert "1000" in data["latency"]["worker"]
     [lat] = data["latency"]["worker"]["1000"]
     assert lat["n"] > 0 and 0 < lat["p50"] <= lat["p99"] <= lat["p999"]
     assert data["startup"]["worker"][0]["total_s"] > 0
-    assert data["memory"]["worker"][0]["rss_mb"] > 0
+    assert data["memory"]["worker"][0]["pss_mb"] > 0
     if "cluster" not in skipped:  # `cluster up` itself: supervisor + workers
         assert data["startup"]["cluster"][0]["total_s"] > 0
-        assert data["memory"]["cluster"][0]["rss_mb"] > data["memory"]["worker"][0]["rss_mb"]
+        assert data["memory"]["cluster"][0]["pss_mb"] > data["memory"]["worker"][0]["pss_mb"]
     if "redis" not in skipped:  # cluster up --redis: every part ran, tiny
         redis = data["redis"]
         [cpu] = redis["cpu"]
