@@ -52,7 +52,7 @@ from protocol.brokerformat import COMMAND_STREAM, dispatch_encoder
 
 log = logging.getLogger(__name__)
 
-#: Events in one script call (one Redis command; its arguments are two per event).
+#: Events in one script call (one Redis command; its arguments are about one per event).
 EVENTS_PER_CALL: Final = 1000
 #: Events taken into one round (one pipeline): small enough that encoding a round and
 #: writing it to Redis never holds the event loop for long.
@@ -120,7 +120,8 @@ class StreamSink:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopped = False
-        self._streams: dict[bytes, str] = {}
+        #: every stream appended to (trimmed and shown by the maintenance)
+        self._streams: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._resume_relay: Callable[[], None] | None = None
         self.stats = SinkStats()
@@ -249,32 +250,43 @@ class StreamSink:
         del pending[:runs]
         self.pending_events -= taken
         encode = self._encode
-        streams = self._streams
         names = self._names
+        store = self._store
         batches: list[SinkBatch] = []
-        batch = self._store.batch()
+        batch = store.batch()
         for shard_id, epoch, first_seq, events in round_runs:
             session_id = names.session_id(shard_id, epoch) or f"epoch:{epoch}"
             resume_url = names.resume_url(shard_id, session_id) or ""
-            encoded: list[tuple[str, bytes]] = []
+            encoded: list[tuple[Any, bytes]] = []
+            put = encoded.append
             for topic, payload in events:
-                key = bytes(topic)
-                stream = streams.get(key)
-                if stream is None:
-                    stream = streams[key] = key.decode("ascii", "replace")
                 try:
-                    encoded.append((stream, encode(shard_id, payload)))
+                    put((topic, encode(shard_id, payload)))
                 except ValueError:
                     # Only a payload that is not JSON fails (never from Discord). Its seq
                     # is still appended, as an empty object, so the checkpoint moves on.
                     self.stats.unencodable += 1
-                    encoded.append((stream, b"\x80"))
-            batch.add_run(shard_id, session_id, resume_url, first_seq, encoded)
-            if batch.events >= EVENTS_PER_CALL:
-                batches.append(batch)
-                batch = self._store.batch()
+                    put((topic, b"\x80"))
+            at = 0
+            while True:
+                at += batch.add_run(
+                    shard_id,
+                    session_id,
+                    resume_url,
+                    first_seq + at,
+                    encoded[at:] if at else encoded,
+                )
+                if at < len(encoded) or batch.events >= EVENTS_PER_CALL:
+                    # full (events, or streams: the rest of the run goes into the next call)
+                    batches.append(batch)
+                    batch = store.batch()
+                if at >= len(encoded):
+                    break
         if batch.runs:
             batches.append(batch)
+        streams = self._streams
+        for batch in batches:
+            streams.update(batch.streams)
         return batches, taken
 
     def _fenced(self, events: int, why: str) -> None:
@@ -306,7 +318,7 @@ class StreamSink:
         while True:
             await asyncio.sleep(TRIM_INTERVAL_S)
             now = time.monotonic()
-            streams = sorted(self._streams.values())
+            streams = sorted(self._streams)
             try:
                 self.stats.trimmed += await self._store.trim(streams, retention_ms, settings.maxlen)
                 if now - last_view >= VIEW_INTERVAL_S:

@@ -342,24 +342,29 @@ return {1, skipped}
 """
 
 # The sink (DESIGN.md section 6, cluster/sink.py): one call appends a batch of runs, each
-# run a shard's consecutive events of one session, and moves that shard's checkpoint in
+# run a shard's consecutive events of one session, and moves those shards' checkpoints in
 # the same step. The streams are named by event only (the @discordjs/brokers layout), the
 # one exception to the key prefix; they still arrive in KEYS.
 #
 # KEYS[1] - lease key
-# KEYS[2..R+1] - for run r: the session key sess:<shard> of its shard
-# KEYS[R+2..] - the streams the batch appends to (each once)
+# KEYS[2..S+1] - the session keys sess:<shard> of the batch's shards (each once)
+# KEYS[S+2..S+1+M] - the streams the batch appends to (each once, M <= 255)
 # ARGV[1] - the caller's lease value "<holder>|<token>"
 # ARGV[2] - the caller's fencing token
 # ARGV[3] - ttl of each written session in milliseconds
-# ARGV[4] - R, the number of runs
-# then per run: session id, resume url ("" when unknown), first seq, count n, and n pairs
-#   (j, data): the event goes to the j-th stream, KEYS[R + 1 + j]
+# ARGV[4] - S, the number of session keys
+# ARGV[5] - R, the number of runs
+# then per run: k (its session key is KEYS[1 + k]), session id, resume url ("" when
+#   unknown), first seq, the run's streams (a string of n bytes: event i goes to stream
+#   byte i, KEYS[S + 1 + byte i]), then the n events' data
 # The session key holds the JSON of protocol.session.Session plus "fence" and the
 # session before it ("prev_session_id", "prev_seq"), whose late events still dedupe.
 # An event is appended when its seq is above the one its session's key holds, and the
 # key then holds the last appended seq: the checkpoint *is* what the streams have, so a
-# RESUME from it loses nothing and a replay appends nothing twice.
+# RESUME from it loses nothing and a replay appends nothing twice. A run's seqs are
+# consecutive, so the events at or below the checkpoint are a prefix of it, counted
+# once per run; nothing is compared per event. Each session key is read once and
+# written once per call (runs of one shard update one decoded copy in between).
 # return {1, appended, skipped} when applied; {0, value} when the lease is not the
 #        caller's (value: the current holder's lease value, nil when none); nothing is
 #        written then
@@ -370,28 +375,33 @@ if current ~= ARGV[1] then
 end
 local token = tonumber(ARGV[2])
 local ttl = ARGV[3]
-local runs = tonumber(ARGV[4])
-local a = 5
+local sessions = tonumber(ARGV[4])
+local runs = tonumber(ARGV[5])
+local byte = string.byte
+local docs, changed = {}, {}
+local a = 6
 local appended, skipped = 0, 0
 for r = 1, runs do
-  local key = KEYS[1 + r]
-  local sid, url = ARGV[a], ARGV[a + 1]
-  local first, count = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  a = a + 4
-  local doc = nil
-  local stored = redis.call('GET', key)
-  if stored then
-    local ok, decoded = pcall(cjson.decode, stored)
-    if ok and type(decoded) == 'table' then
-      doc = decoded
-    end
-  end
+  local k = tonumber(ARGV[a])
+  local sid, url, first, streams = ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4]
+  local count = #streams
+  a = a + 5
+  local doc = docs[k]
   if doc == nil then
-    doc = {}
+    local stored = redis.call('GET', KEYS[1 + k])
+    if stored then
+      local ok, decoded = pcall(cjson.decode, stored)
+      if ok and type(decoded) == 'table' then
+        doc = decoded
+      end
+    end
+    if doc == nil then
+      doc = {}
+    end
+    docs[k] = doc
   end
   local prev = false
   local done = 0
-  local changed = false
   if doc['session_id'] == sid then
     done = tonumber(doc['seq']) or 0
   elseif doc['prev_session_id'] == sid then
@@ -405,36 +415,38 @@ for r = 1, runs do
     doc['session_id'] = sid
     doc['seq'] = 0
     doc['resume_url'] = nil
-    changed = true
+    changed[k] = true
   end
-  local last = done
-  for i = 0, count - 1 do
-    local seq = first + i
-    if seq > done then
-      redis.call('XADD', KEYS[runs + 1 + tonumber(ARGV[a])], '*', 'data', ARGV[a + 1])
-      appended = appended + 1
-      last = seq
-    else
-      skipped = skipped + 1
-    end
-    a = a + 2
+  local skip = done - first + 1
+  if skip < 0 then
+    skip = 0
+  elseif skip > count then
+    skip = count
   end
-  if last > done then
-    changed = true
+  local base = sessions + 1
+  for i = skip + 1, count do
+    redis.call('XADD', KEYS[base + byte(streams, i)], '*', 'data', ARGV[a + i - 1])
+  end
+  a = a + count
+  appended = appended + count - skip
+  skipped = skipped + skip
+  if count > skip then
+    changed[k] = true
     if prev then
-      doc['prev_seq'] = last
+      doc['prev_seq'] = first + count - 1
     else
-      doc['seq'] = last
+      doc['seq'] = first + count - 1
     end
   end
   if not prev and url ~= '' and doc['resume_url'] ~= url then
     doc['resume_url'] = url
-    changed = true
+    changed[k] = true
   end
-  if changed then
-    doc['fence'] = token
-    redis.call('SET', key, cjson.encode(doc), 'PX', ttl)
-  end
+end
+for k in pairs(changed) do
+  local doc = docs[k]
+  doc['fence'] = token
+  redis.call('SET', KEYS[1 + k], cjson.encode(doc), 'PX', ttl)
 end
 return {1, appended, skipped}
 """

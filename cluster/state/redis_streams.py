@@ -4,10 +4,10 @@ Built on one :class:`cluster.state.redis_state.RedisState` (its client, its erro
 mapping, its script loading). The streams are the ``@discordjs/brokers`` layout
 (:mod:`protocol.brokerformat`): one stream per event name, field ``data``.
 
-- :class:`SinkBatch` collects runs (a shard's consecutive events of one session)
-  into the keys and arguments of one ``SINK_APPEND`` script call;
-  :meth:`StreamStore.append` runs a list of them in one pipeline, in order, on
-  one connection, fenced by the caller's lease.
+- :class:`SinkBatch` writes runs (a shard's consecutive events of one session)
+  straight into the RESP request of one ``SINK_APPEND`` script call;
+  :meth:`StreamStore.append` writes a list of them in one pipeline, in order, on
+  one connection of the bulk client, fenced by the caller's lease.
 - :meth:`StreamStore.touch` keeps an idle shard's checkpoint from expiring;
   :meth:`StreamStore.trim` bounds the streams by age and length;
   :meth:`StreamStore.groups` is what ``/metrics`` says of each stream and group.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import redis.exceptions
 
@@ -30,20 +30,60 @@ from cluster.state.redis_state import Lease, RedisState, RedisStateError
 _Entry = tuple[bytes, dict[bytes, bytes]]
 
 
-class SinkBatch:
-    """The keys and arguments of one ``SINK_APPEND`` call (see cluster/state/redis_scripts.py)."""
+#: Streams one ``SINK_APPEND`` call can name: a run says which stream each event goes to
+#: in one byte per event.
+MAX_STREAMS: Final = 255
 
-    __slots__ = ("_key", "_run_keys", "_stream_index", "_streams", "args", "events", "runs")
+_CRLF: Final = b"\r\n"
+
+
+def _bulk(arg: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(arg), arg)
+
+
+class SinkBatch:
+    """One ``SINK_APPEND`` call (see cluster/state/redis_scripts.py), written as RESP.
+
+    The events' data go straight into the request's bytes (a length line, the data, CRLF:
+    no per-argument conversion by redis-py, whose packing of thousands of arguments per
+    call cost more than the rest of the round). Runs of one shard share its session key
+    and the events of one stream its key, each named once per call.
+    """
+
+    __slots__ = (
+        "_body",
+        "_key",
+        "_nargs",
+        "_session_index",
+        "_sessions",
+        "_stream_index",
+        "_stream_of_name",
+        "_streams",
+        "events",
+        "runs",
+    )
 
     def __init__(self, state: RedisState) -> None:
         self._key = state.key
-        self._run_keys: list[str] = []
-        self._stream_index: dict[str, int] = {}
+        #: shard id -> k (its session key is KEYS[1 + k])
+        self._session_index: dict[int, int] = {}
+        self._sessions: list[bytes] = []
+        #: an event's topic (str, bytes or a read-only memoryview) -> j, its stream's byte
+        self._stream_index: dict[Any, int] = {}
+        self._stream_of_name: dict[str, int] = {}
         self._streams: list[str] = []
-        #: per run: session id, resume url, first seq, n, then n pairs (stream j, data)
-        self.args: list[Any] = []
+        #: per run: k, session id, resume url, first seq, streams (one byte per event), the
+        #: events' data; as RESP bulk strings
+        self._body: list[bytes] = []
+        self._nargs = 0
         self.runs = 0
         self.events = 0
+
+    @property
+    def streams(self) -> list[str]:
+        """The streams this call appends to."""
+        return self._streams
 
     def add_run(
         self,
@@ -51,25 +91,84 @@ class SinkBatch:
         session_id: str,
         resume_url: str,
         first_seq: int,
-        events: Sequence[tuple[str, bytes]],
-    ) -> None:
-        """A run of ``shard_id``: ``events`` are (stream, data) of seqs ``first_seq ..``."""
-        args = self.args
-        args += (session_id, resume_url, first_seq, len(events))
-        index = self._stream_index
-        for stream, data in events:
-            j = index.get(stream)
-            if j is None:
-                self._streams.append(stream)
-                j = index[stream] = len(self._streams)
-            args.append(j)
-            args.append(data)
-        self._run_keys.append(self._key(f"sess:{shard_id}"))
-        self.runs += 1
-        self.events += len(events)
+        events: Sequence[tuple[Any, bytes]],
+    ) -> int:
+        """A run of ``shard_id``: ``events`` are (topic, data) of seqs ``first_seq ..``.
 
-    def keys(self, lease_key: str) -> list[str]:
-        return [lease_key, *self._run_keys, *self._streams]
+        Returns how many it took from the front: all, unless the call would name more than
+        :data:`MAX_STREAMS` streams; the rest is a run from ``first_seq + taken`` for the
+        next call.
+        """
+        index = self._stream_index
+        streams = bytearray()
+        data: list[bytes] = []
+        put = data.append
+        mark = streams.append
+        taken = 0
+        for topic, value in events:
+            try:
+                j = index.get(topic)
+            except ValueError:  # a writable memoryview has no hash
+                topic = bytes(topic)
+                j = index.get(topic)
+            if j is None:
+                j = self._new_stream(topic)
+                if j == 0:
+                    break
+            mark(j)
+            put(b"$%d\r\n" % len(value))
+            put(value)
+            put(_CRLF)
+            taken += 1
+        if taken:
+            k = self._session_index.get(shard_id)
+            if k is None:
+                self._sessions.append(self._key(f"sess:{shard_id}").encode())
+                k = self._session_index[shard_id] = len(self._sessions)
+            self._body += (
+                _bulk(b"%d" % k),
+                _bulk(session_id.encode()),
+                _bulk(resume_url.encode()),
+                _bulk(b"%d" % first_seq),
+                _bulk(bytes(streams)),
+            )
+            self._body += data
+            self._nargs += 5 + taken
+            self.runs += 1
+            self.events += taken
+        return taken
+
+    def _new_stream(self, topic: Any) -> int:
+        """``topic``'s j in this call (0: a new stream, and the call names MAX_STREAMS)."""
+        raw = topic.encode() if isinstance(topic, str) else bytes(topic)
+        # As redis-py would write a str key; event names are ASCII.
+        name = raw.decode("ascii", "replace")
+        j = self._stream_of_name.get(name)
+        if j is None:
+            if len(self._streams) >= MAX_STREAMS:
+                return 0
+            self._streams.append(name)
+            j = self._stream_of_name[name] = len(self._streams)
+        self._stream_index[topic] = j
+        return j
+
+    def request(self, sha: str, lease_key: str, lease_value: str, token: int, ttl_ms: int) -> bytes:
+        """The EVALSHA command, as RESP."""
+        keys = [lease_key.encode(), *self._sessions, *(s.encode() for s in self._streams)]
+        head = [
+            b"EVALSHA",
+            sha.encode(),
+            b"%d" % len(keys),
+            *keys,
+            lease_value.encode(),
+            b"%d" % token,
+            b"%d" % ttl_ms,
+            b"%d" % len(self._sessions),
+            b"%d" % self.runs,
+        ]
+        first = b"*%d\r\n%b" % (len(head) + self._nargs, b"".join(map(_bulk, head)))
+        # one bytes object (one copy): a socket write of a few thousand small pieces costs more
+        return b"".join([first, *self._body])
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +214,22 @@ def _int_or_none(raw: Any) -> int | None:
     return None if raw is None else int(raw)
 
 
+async def _exchange(conn: Any, request: list[bytes], replies: int) -> list[Any]:
+    """Write ``request`` on ``conn`` and read ``replies`` replies (all of them, so the
+    connection stays in step, before the first error reply is raised)."""
+    await conn.send_packed_command(request)
+    out: list[Any] = []
+    error: redis.exceptions.ResponseError | None = None
+    for _ in range(replies):
+        try:
+            out.append(await conn.read_response())
+        except redis.exceptions.ResponseError as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+    return out
+
+
 def _commands(entries: Iterable[_Entry | None]) -> list[Command]:
     found: list[Command] = []
     for entry in entries:
@@ -147,8 +262,10 @@ class StreamStore:
         (they are refused the same way). Running a batch twice (a reply lost, then a
         retry) appends nothing twice: its seqs are at or below the checkpoint then.
         """
+        if not batches:
+            return AppendResult(0, 0)
         try:
-            replies = await self._append_pipeline(lease, batches, ttl_ms)
+            replies = await self._state.call(self._append_pipeline(lease, batches, ttl_ms))
         except RedisStateError as exc:
             if not isinstance(exc.__cause__, redis.exceptions.NoScriptError):
                 raise
@@ -156,7 +273,7 @@ class StreamStore:
             self._append.sha = await self._state.call(
                 self._state.client.script_load(self._append.script)
             )
-            replies = await self._append_pipeline(lease, batches, ttl_ms)
+            replies = await self._state.call(self._append_pipeline(lease, batches, ttl_ms))
         appended = skipped = 0
         for reply in replies:
             if int(reply[0]) == 0:
@@ -172,18 +289,30 @@ class StreamStore:
     async def _append_pipeline(
         self, lease: Lease, batches: Sequence[SinkBatch], ttl_ms: int
     ) -> list[Any]:
-        # EVALSHA straight on the pipeline: redis-py's script object would ask
-        # SCRIPT EXISTS before every pipeline (a second round trip per append).
+        # The batches' requests are already RESP: written on one connection of the bulk
+        # client's pool as they are, then one reply read per batch (redis-py's pipeline
+        # would pack every argument again, and its script object would ask SCRIPT EXISTS
+        # first). As redis-py does, a connection error is tried once more on a fresh
+        # connection (a pooled one that a Redis restart closed); a retried batch appends
+        # nothing twice.
         lease_key = self._lease_key(lease)
         sha = self._append.sha
-        async with self._state.bulk.pipeline(transaction=False) as pipe:
-            for batch in batches:
-                keys = batch.keys(lease_key)
-                pipe.evalsha(
-                    sha, len(keys), *keys, lease.value, lease.token, ttl_ms, batch.runs, *batch.args
-                )
-            replies: list[Any] = await self._state.call(pipe.execute())
-        return replies
+        request = [
+            batch.request(sha, lease_key, lease.value, lease.token, ttl_ms) for batch in batches
+        ]
+        pool = self._state.bulk.connection_pool
+        try:
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        except TypeError:  # redis-py before 5.3 wants a command name
+            conn = await pool.get_connection("EVALSHA")  # type: ignore[no-untyped-call]
+        try:
+            replies: list[Any] = await conn.retry.call_with_retry(
+                lambda: _exchange(conn, request, len(batches)),
+                lambda _error: conn.disconnect(),
+            )
+            return replies
+        finally:
+            await pool.release(conn)
 
     async def touch(self, lease: Lease, shard_ids: Iterable[int], ttl_ms: int) -> int:
         """Give the range's session keys ``ttl_ms`` again; how many exist."""

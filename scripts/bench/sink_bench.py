@@ -765,10 +765,10 @@ PROFILE_PARTS = (
     ("Publisher.publish", "  of which the PUB tap's queues"),
     ("StreamSink.add", "  of which handing the sink its runs"),
     ("StreamSink._take", "the sink: encode a round (`_take`)"),
-    ("_dispatch_msgpack", "  of which msgpack (orjson parse + pack)"),
-    ("_dispatch_json", "  of which JSON (wrapping the bytes)"),
-    ("SinkBatch.add_run", "  of which script arguments (`SinkBatch.add_run`)"),
-    ("StreamStore.append", "the sink: the pipeline (redis-py packs, sends, reads replies)"),
+    ("_dispatch_msgpack", "  of which msgpack (orjson parse + msgspec pack)"),
+    ("_json_writer", "  of which JSON (wrapping the bytes)"),
+    ("SinkBatch.add_run", "  of which script arguments, written as RESP (`SinkBatch.add_run`)"),
+    ("StreamStore.append", "the sink: the round's request sent, its replies read"),
     ("StreamSink._maintain_loop", "the sink: trims, views, touches"),
     ("RequestHandler", "HTTP (`/status` readings of the benchmark)"),
 )
@@ -1106,8 +1106,8 @@ def _paced_lines(
             f"{c} {_fig(groups, f'{c}_evalsha_us').median:.2f} µs per event inside the"
             f" script calls: XADD {xadd:.2f}, the checkpoint's GET + SET"
             f" {_fig(groups, f'{c}_get_us').median + _fig(groups, f'{c}_set_us').median:.2f}"
-            f" ({_fig(groups, f'{c}_set_calls').median:.2f} SET per event: one per run of a"
-            f" shard's consecutive events in a round), Lua itself and its arguments"
+            f" ({_fig(groups, f'{c}_set_calls').median:.2f} SET per event: one per shard"
+            f" a script call appends to), Lua itself and its arguments"
             f" {_fig(groups, f'{c}_script_own_us').median:.2f}"
         )
     if red_lines:

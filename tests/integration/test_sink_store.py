@@ -15,6 +15,8 @@ import msgpack
 import orjson
 import pytest
 import redis.asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cluster.config import SinkSettings
 from cluster.relay import SessionBook
@@ -229,3 +231,98 @@ async def test_the_sink_encodes_appends_and_applies_back_pressure(stand: Stand) 
         assert sink.status_json()["dropped_fenced"] == 1
     finally:
         await sink.stop()
+
+
+# -- the script against a model of its rule ------------------------------------------------
+
+#: (shard, session, resume url, first seq, streams of the run's events)
+ModelRun = tuple[int, str, str, int, list[str]]
+
+
+def model_append(
+    docs: dict[int, dict[str, object]], runs: list[ModelRun]
+) -> list[tuple[str, bytes]]:
+    """The rule SINK_APPEND keeps, one event at a time: what it appends, and the
+    checkpoints it leaves (``docs``, without ``fence``)."""
+    out = []
+    for shard_id, sid, url, first, streams in runs:
+        doc = docs.setdefault(shard_id, {})
+        prev = False
+        if doc.get("session_id") == sid:
+            done = int(doc["seq"])  # type: ignore[call-overload]
+        elif doc.get("prev_session_id") == sid:
+            prev = True
+            done = int(doc["prev_seq"])  # type: ignore[call-overload]
+        else:
+            if "session_id" in doc:
+                doc["prev_session_id"] = doc["session_id"]
+                doc["prev_seq"] = doc["seq"]
+            doc["session_id"], doc["seq"] = sid, 0
+            doc.pop("resume_url", None)
+            done = 0
+        last = done
+        for i, stream in enumerate(streams):
+            seq = first + i
+            if seq > done:
+                out.append((stream, model_data(shard_id, sid, seq)))
+                last = seq
+        if last > done:
+            doc["prev_seq" if prev else "seq"] = last
+        if not prev and url and doc.get("resume_url") != url:
+            doc["resume_url"] = url
+    return out
+
+
+def model_data(shard_id: int, sid: str, seq: int) -> bytes:
+    return b"%d/%s/%d" % (shard_id, sid.encode(), seq)
+
+
+model_runs = st.lists(
+    st.tuples(
+        st.integers(0, 2),
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from(["", "wss://one/", "wss://two/"]),
+        st.integers(1, 12),
+        st.lists(
+            st.sampled_from(["MESSAGE_CREATE", "TYPING_START", "GUILD_CREATE"]),
+            min_size=1,
+            max_size=6,
+        ),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(rounds=st.lists(st.tuples(model_runs, st.integers(1, 4)), min_size=1, max_size=4))
+async def test_the_script_appends_and_checkpoints_as_the_rule_says(
+    stand: Stand, rounds: list[tuple[list[ModelRun], int]]
+) -> None:
+    await stand.client.flushdb()
+    lease = await stand.lease()
+    docs: dict[int, dict[str, object]] = {}
+    expected: list[tuple[str, bytes]] = []
+    for runs, calls in rounds:
+        # the round's runs spread over `calls` script calls of one pipeline
+        batches = [stand.store.batch() for _ in range(calls)]
+        for n, (shard_id, sid, url, first, streams) in enumerate(runs):
+            events = [(s, model_data(shard_id, sid, first + i)) for i, s in enumerate(streams)]
+            batch = batches[min(n * calls // len(runs), calls - 1)]
+            assert batch.add_run(shard_id, sid, url, first, events) == len(events)
+        want = model_append(docs, runs)
+        result = await stand.store.append(lease, [b for b in batches if b.runs], TTL_MS)
+        assert (result.appended, result.skipped) == (
+            len(want),
+            sum(len(r[4]) for r in runs) - len(want),
+        )
+        expected += want
+    for stream in ("MESSAGE_CREATE", "TYPING_START", "GUILD_CREATE"):
+        got = [f[b"data"] for _, f in await stand.client.xrange(stream)]
+        assert got == [d for s, d in expected if s == stream]
+    for shard_id, doc in docs.items():
+        stored = await stand.checkpoint(shard_id)
+        assert stored.pop("fence") == lease.token
+        assert stored == doc

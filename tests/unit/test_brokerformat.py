@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
 
 import msgpack
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cluster.command_stream import (
@@ -42,6 +43,50 @@ def test_both_writers_hold_the_object_discordjs_brokers_reads(
     assert msgpack.unpackb(as_msgpack, raw=False) == expected
     assert decode_object(as_json) == (expected, Encoding.JSON)
     assert decode_object(as_msgpack) == (expected, Encoding.MSGPACK)
+
+
+# Every kind of JSON value, wider than Discord sends: the msgpack writer (msgspec) must write
+# the very bytes msgpack's Packer(use_bin_type=True) writes, the encoder the sink used before
+# (so what @discordjs/brokers' msgpackr reads is unchanged): every int width and sign
+# (orjson reads integers past 64 bits as floats), floats, str8/16/32 lengths, non-ASCII.
+wide_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.sampled_from([0, -1, -32, -33, 127, 128, 255, 256, 65535, 65536, 2**32, 2**63, 2**64 - 1])
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+    | st.integers(0, 70_000).map(lambda n: "x" * n)
+    | st.text(alphabet=st.characters(codec="utf-8"), min_size=30, max_size=300),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(st.text(max_size=40), inner, max_size=5)
+        | st.integers(0, 20).map(lambda n: {str(i): i for i in range(n)})
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300)
+@given(shard_id=st.integers(0, 2**31 - 1), d=wide_json_values)
+def test_the_msgpack_writer_writes_the_bytes_msgpacks_packer_writes(shard_id: int, d: Any) -> None:
+    # the stdlib writes integers of any size (orjson refuses those past 64 bits)
+    payload = json.dumps({"t": "MESSAGE_CREATE", "s": 5, "op": 0, "d": d}).encode()
+    reference = msgpack.packb(
+        {"shardId": shard_id, "payload": orjson.loads(payload)}, use_bin_type=True
+    )
+    written = dispatch_encoder(Encoding.MSGPACK)(shard_id, payload)
+    assert written == reference
+    # and from the relay's memoryview slices too
+    assert dispatch_encoder(Encoding.MSGPACK)(shard_id, memoryview(payload)) == reference  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "payload", [b"not json", b'{"t":"X","d":' + b"[" * 1010 + b"]" * 1010 + b"}"]
+)
+def test_the_msgpack_writer_raises_value_error_for_what_it_cannot_encode(payload: bytes) -> None:
+    with pytest.raises(ValueError):
+        dispatch_encoder(Encoding.MSGPACK)(1, payload)
 
 
 def test_the_json_writer_wraps_the_gateway_bytes_as_they_are() -> None:
