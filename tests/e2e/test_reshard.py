@@ -145,17 +145,25 @@ async def test_a_reshard_the_budget_cannot_cover_is_refused_and_the_old_set_runs
     assert await run.wait(20) == 0
 
 
-def worker_children(supervisor_pid: int) -> set[int]:
-    """The supervisor's worker processes (multiprocessing spawn children), by /proc."""
+def _children(pid: int) -> set[int]:
     children: set[int] = set()
-    for task in Path(f"/proc/{supervisor_pid}/task").iterdir():
+    for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
             children.update(int(p) for p in (task / "children").read_text().split())
+    return children
+
+
+def worker_children(supervisor_pid: int) -> set[int]:
+    """The supervisor's worker processes, by /proc: the forks of its forkserver
+    (cluster/forkserver.py), or its multiprocessing spawn children where there is none."""
     workers = set()
-    for pid in children:
+    for pid in _children(supervisor_pid):
         with contextlib.suppress(OSError):
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:
                 workers.add(pid)
+            elif b"forkserver" in cmdline:
+                workers.update(_children(pid))
     return workers
 
 
