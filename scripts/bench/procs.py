@@ -57,7 +57,7 @@ def tree_rss(pid: int) -> int:
 
 def tree_pss(pid: int) -> int:
     """Proportional set size in bytes of a process and all its living children: each
-    page shared by several processes (a forkserver's imports, shared libraries) counted
+    page shared by several processes (shared libraries, pages a fork shares with its parent) counted
     once in all, split among them, where :func:`tree_rss` counts it once per process."""
     proc = psutil.Process(pid)
     total: int = proc.memory_full_info().pss

@@ -197,17 +197,15 @@ three interleaved pairs on two `git archive` copies, load average 4-5 (other
 benchmarks running): first..last READY 9.29, 8.79, 9.46 s before against
 7.16, 5.58, 6.55 s after, with 35, 44, 34 and 22, 24, 31 refusals.
 
-**Workers fork from a forkserver** (cluster/forkserver.py): a spawned worker
-imported aiohttp, ZeroMQ and uvloop itself, ~0.6 s, at startup and after
-every crash; the forkserver, started as `cluster up` begins, imports
-`worker.main` once beside the supervisor's own start-up and each worker is a
-fork of it. `--only recovery startup --receivers cluster --repeat 1` on two
-`git archive` copies (before, after, after), 2026-12-06 12:51 UTC: a worker
-SIGKILL to all 64 shards RESUMED 0.50 s before, 0.10 and 0.15 s after;
-`cluster up --simulate` all 4 shards READY 1.2 s -> 0.4 s. The tree's summed
-RSS grew by the forkserver's (219 -> 244 MB at 1,000 idle shards), which
-counts the imports it shares with its forks once per process: the Memory
-section reports PSS since.
+**Workers forked from a forkserver: measured, then reverted.** A forkserver
+started as `cluster up` begins, importing `worker.main` once, so each worker
+is a fork with its imports done (a spawned worker imports aiohttp, ZeroMQ and
+uvloop itself, ~0.6 s, at startup and after every crash). `--only recovery
+startup --receivers cluster --repeat 1` on two `git archive` copies,
+2026-12-06 12:51 UTC: a worker SIGKILL to all 64 shards RESUMED 0.50 s
+before, 0.10 and 0.15 s after. Reverted the same day: with it the multi-host
+reshard test published 2 events twice in 2 of 4 runs (0 of 4 without it), a
+race in the shared switch that faster worker starts expose, not found yet.
 
 **The PUB socket written from the event loop** (cluster/publisher.py): `--pub`
 was a ZMQ_STREAM socket carrying our ZMTP, and libzmq writes a STREAM
@@ -793,10 +791,10 @@ def markdown(res: Results, elapsed_s: float, generated_at: str | None = None) ->
             " total = PSS / shards. PSS (proportional set size) is RSS with each page that"
             " several processes share counted once, split among them; the sum of the"
             " processes' RSS (last column) counts a shared page once per process, which"
-            " overstates a tree whose workers fork from one parent. **cluster** is `cluster up`"
-            " with its default worker count: the supervisor, its worker processes, the"
-            " forkserver they fork from and multiprocessing's resource tracker together;"
-            " **worker** is our worker process alone.",
+            " overstates a tree whose processes share pages. **cluster** is `cluster up`"
+            " with its default worker count: the supervisor, its worker processes and"
+            " multiprocessing's resource tracker together; **worker** is our worker process"
+            " alone.",
             "",
             "| receiver | KB per shard (marginal) | KB per shard (total) | PSS MB | RSS MB (sum) |",
             "|---|---|---|---|---|",
