@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Coroutine
-from typing import Any, Final, NoReturn
+from typing import Annotated, Any, Final, NoReturn
 
 import orjson
 import typer
@@ -65,6 +65,40 @@ def run_async(coro: Coroutine[Any, Any, None]) -> None:
     uvloop.run(coro)
 
 
+#: ``--curve-server-key FILE`` of a client command (read by :func:`client_curve_keys`).
+CurveServerKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="FILE",
+        help="CURVE (a cluster off loopback): the cluster's public key file (server.key).",
+        show_default=False,
+    ),
+]
+#: ``--curve-secret FILE`` of a client command (read by :func:`client_curve_keys`).
+CurveSecretOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="FILE",
+        help="CURVE: this client's secret key file (`cluster keys --name NAME` makes "
+        "NAME.key_secret; the cluster must list NAME.key in its --curve-clients).",
+        show_default=False,
+    ),
+]
+
+
+def use_client_curve(sock: zmq.Socket[bytes], curve: tuple[bytes, bytes] | None) -> None:
+    """Make ``sock`` a CURVE client of the server key with this client's secret key (from
+    :func:`client_curve_keys`); nothing when ``curve`` is None. Before ``connect``."""
+    if curve is None:
+        return
+    from protocol.curvezmq import public_key_of
+
+    server_key, secret_key = curve
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, public_key_of(secret_key))
+    sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key)
+
+
 def client_curve_keys(
     server_key_file: str | None, secret_file: str | None
 ) -> tuple[bytes, bytes] | None:
@@ -90,17 +124,11 @@ def control_request(
     endpoint: str, request: dict[str, Any], curve: tuple[bytes, bytes] | None
 ) -> Any:
     """One request to a cluster's control socket and its JSON reply (CURVE when ``curve``)."""
-    from protocol.curvezmq import public_key_of
-
     context = zmq.Context()
     sock = context.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(CONTROL_TIMEOUT_S * 1000))
-    if curve is not None:
-        server_key, secret_key = curve
-        sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, public_key_of(secret_key))
-        sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key)
+    use_client_curve(sock, curve)
     try:
         try:
             sock.connect(endpoint)

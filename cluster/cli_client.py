@@ -31,7 +31,15 @@ import orjson
 import typer
 import zmq
 
-from cluster.cli_app import CommandFailed, app, client_curve_keys, usage_error
+from cluster.cli_app import (
+    CommandFailed,
+    CurveSecretOption,
+    CurveServerKeyOption,
+    app,
+    client_curve_keys,
+    usage_error,
+    use_client_curve,
+)
 from cluster.config import DEFAULT_HEALTH, DEFAULT_PUB
 from cluster.reshard import describe_progress
 from protocol.errors import WireFormatError
@@ -421,26 +429,10 @@ def tail(
             metavar="S",
         ),
     ] = None,
-    curve_server_key: Annotated[
-        str | None,
-        typer.Option(
-            metavar="FILE",
-            help="CURVE (a cluster off loopback): the cluster's public key file (server.key).",
-            show_default=False,
-        ),
-    ] = None,
-    curve_secret: Annotated[
-        str | None,
-        typer.Option(
-            metavar="FILE",
-            help="CURVE: this client's secret key file (`cluster keys --name NAME` makes "
-            "NAME.key_secret; the cluster must list NAME.key in its --curve-clients).",
-            show_default=False,
-        ),
-    ] = None,
+    curve_server_key: CurveServerKeyOption = None,
+    curve_secret: CurveSecretOption = None,
 ) -> None:
     """Subscribe to a cluster's event stream and print one line per event (Ctrl-C stops)."""
-    from protocol.curvezmq import public_key_of
 
     if count is not None and count < 1:
         usage_error(f"--count must be at least 1, got {count}")
@@ -452,11 +444,7 @@ def tail(
     sock = context.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, TAIL_HWM)
-    if curve is not None:
-        server_key, secret_key = curve
-        sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, public_key_of(secret_key))
-        sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key)
+    use_client_curve(sock, curve)
     for prefix in prefixes:
         sock.setsockopt(zmq.SUBSCRIBE, prefix)
     try:

@@ -12,7 +12,15 @@ from typing import Annotated
 
 import typer
 
-from cluster.cli_app import CommandFailed, app, client_curve_keys, control_request, usage_error
+from cluster.cli_app import (
+    CommandFailed,
+    CurveSecretOption,
+    CurveServerKeyOption,
+    app,
+    client_curve_keys,
+    control_request,
+    usage_error,
+)
 from cluster.config import DEFAULT_CONTROL, ConfigError, parse_presence
 
 
@@ -36,18 +44,8 @@ def presence(
             show_default=False,
         ),
     ] = None,
-    curve_server_key: Annotated[
-        str | None,
-        typer.Option(
-            metavar="FILE", help="CURVE: the cluster's public key file.", show_default=False
-        ),
-    ] = None,
-    curve_secret: Annotated[
-        str | None,
-        typer.Option(
-            metavar="FILE", help="CURVE: this client's secret key file.", show_default=False
-        ),
-    ] = None,
+    curve_server_key: CurveServerKeyOption = None,
+    curve_secret: CurveSecretOption = None,
 ) -> None:
     """Set every shard's presence (op 3) on the running cluster; kept for later IDENTIFYs."""
     try:

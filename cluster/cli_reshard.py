@@ -14,7 +14,15 @@ from typing import Annotated, Final
 
 import typer
 
-from cluster.cli_app import CommandFailed, app, client_curve_keys, control_request, usage_error
+from cluster.cli_app import (
+    CommandFailed,
+    CurveSecretOption,
+    CurveServerKeyOption,
+    app,
+    client_curve_keys,
+    control_request,
+    usage_error,
+)
 from cluster.config import DEFAULT_CONTROL
 from cluster.reshard import describe_progress
 
@@ -30,18 +38,8 @@ def reshard(
         str,
         typer.Option(envvar="CLUSTER_CONTROL", help="The cluster's control socket."),
     ] = DEFAULT_CONTROL,
-    curve_server_key: Annotated[
-        str | None,
-        typer.Option(
-            metavar="FILE", help="CURVE: the cluster's public key file.", show_default=False
-        ),
-    ] = None,
-    curve_secret: Annotated[
-        str | None,
-        typer.Option(
-            metavar="FILE", help="CURVE: this client's secret key file.", show_default=False
-        ),
-    ] = None,
+    curve_server_key: CurveServerKeyOption = None,
+    curve_secret: CurveSecretOption = None,
 ) -> None:
     """Reshard a running cluster without downtime; print progress until the switch."""
 

@@ -93,7 +93,7 @@ import stat
 import struct
 import time
 from collections import deque
-from typing import Final
+from typing import Any, Final
 
 import zmq
 
@@ -762,15 +762,8 @@ def _listen(endpoint: str) -> tuple[socket.socket, str, str | None]:
         if sep and transport == "tcp":
             family, sockaddr = _tcp_address(address)
             sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                # as libzmq: a restarted supervisor binds again at once (TIME_WAIT)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(sockaddr)
-                sock.listen(LISTEN_BACKLOG)
-                sock.setblocking(False)
-            except OSError:
-                sock.close()
-                raise
+            # as libzmq: a restarted supervisor binds again at once (TIME_WAIT)
+            _bind_listening(sock, sockaddr, reuse_address=True)
             host, port = sock.getsockname()[:2]
             host = f"[{host}]" if family == socket.AF_INET6 else host
             return sock, f"tcp://{host}:{port}", None
@@ -780,13 +773,7 @@ def _listen(endpoint: str) -> tuple[socket.socket, str, str | None]:
             if not abstract:
                 _remove_stale_socket(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.bind(path)
-                sock.listen(LISTEN_BACKLOG)
-                sock.setblocking(False)
-            except OSError:
-                sock.close()
-                raise
+            _bind_listening(sock, path, reuse_address=False)
             return sock, f"ipc://{address}", None if abstract else path
     except OSError as exc:
         code = exc.errno if exc.errno is not None else errno.EINVAL
@@ -825,6 +812,19 @@ def _interface_address(name: str) -> str:
         request = struct.pack("256s", name.encode()[:15])
         answer = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)
     return socket.inet_ntoa(answer[20:24])
+
+
+def _bind_listening(sock: socket.socket, address: Any, *, reuse_address: bool) -> None:
+    """Bind ``sock`` to ``address`` and listen, non-blocking; closed if any step fails."""
+    try:
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
 
 
 def _remove_stale_socket(path: str) -> None:

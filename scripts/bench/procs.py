@@ -15,7 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
@@ -45,26 +45,26 @@ def tree_cpu(pid: int) -> float:
     return float(total)
 
 
-def tree_rss(pid: int) -> int:
-    """Resident set size in bytes of a process and all its living children."""
+def _tree_sum(pid: int, size: Callable[[psutil.Process], int]) -> int:
     proc = psutil.Process(pid)
-    total: int = proc.memory_info().rss
+    total = size(proc)
     for child in proc.children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            total += child.memory_info().rss
+            total += size(child)
     return total
+
+
+def tree_rss(pid: int) -> int:
+    """Resident set size in bytes of a process and all its living children."""
+    return _tree_sum(pid, lambda proc: int(proc.memory_info().rss))
 
 
 def tree_pss(pid: int) -> int:
     """Proportional set size in bytes of a process and all its living children: each
-    page shared by several processes (shared libraries, pages a fork shares with its parent) counted
-    once in all, split among them, where :func:`tree_rss` counts it once per process."""
-    proc = psutil.Process(pid)
-    total: int = proc.memory_full_info().pss
-    for child in proc.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            total += child.memory_full_info().pss
-    return total
+    page shared by several processes (shared libraries, pages a fork shares with its
+    parent) counted once in all, split among them, where :func:`tree_rss` counts it
+    once per process."""
+    return _tree_sum(pid, lambda proc: int(proc.memory_full_info().pss))
 
 
 #: Every child still running, so the command can end them all when it ends.
