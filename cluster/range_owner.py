@@ -86,7 +86,7 @@ from cluster.sink import StreamSink
 from cluster.state.arbiter import RedisArbiter
 from cluster.state.checkpoint import Checkpointer, RemoteWriter
 from cluster.state.lease import LeaseKeeper, ShardRange
-from cluster.state.redis_reshard import ReshardBusyError, ReshardStore
+from cluster.state.redis_reshard import ReshardBusyError, ReshardStore, SharedPhase
 from cluster.state.redis_state import Lease, RedisState, RedisStateError
 from cluster.state.redis_streams import StreamStore
 from cluster.status import ClusterStatus
@@ -292,6 +292,9 @@ class RangeOwner:
         self._commanding: asyncio.Task[None] | None = None
         #: a reshard across hosts: what /status says before this host's new set exists
         self._shared_request: dict[str, Any] | None = None
+        #: started while a reshard of this layout was starting: the old set's fingerprints
+        #: from its first event (the reshard's generation adopts them)
+        self._early_fingerprints: Fingerprints | None = None
 
     @property
     def total_shards(self) -> int:
@@ -339,6 +342,7 @@ class RangeOwner:
         try:
             run = await self._start(sockets)
             self._run = run
+            await self._record_early(run)
             for slot in run.pool.slots.values():
                 self._spawn(slot)
             self._tasks.append(asyncio.create_task(self._gate_coordinator(), name="gate"))
@@ -644,7 +648,11 @@ class RangeOwner:
         slot.transition(WorkerState.EXITED)
         self._exits.set()
         gen = self._reshard
-        if gen is not None and gen.pool.slots.get(slot.worker_id) is slot:
+        if (
+            gen is not None
+            and gen.phase is ReshardPhase.STARTING
+            and gen.pool.slots.get(slot.worker_id) is slot
+        ):
             self._reshard_worker_exited(gen, slot, code)
             return
         if self._run is None or self._run.pool.slots.get(slot.worker_id) is not slot:
@@ -896,9 +904,38 @@ class RangeOwner:
 
     # -- a reshard across hosts: this owner's part (cluster.reshard_hosts.ReshardHost) ---------
 
+    async def _record_early(self, run: _Running) -> None:
+        """A reshard of this layout is starting (this host restarted, or took a range over):
+        the old set records from its first event, the replay of what it missed included."""
+        store = self._shared.reshards
+        if store is None or self._host_slot(run)[1] is None:
+            return
+        try:
+            record = await store.read()
+        except RedisStateError:
+            return
+        if (
+            record is not None
+            and record.phase is SharedPhase.STARTING
+            and record.old_shards == run.plan.total_shards
+        ):
+            self._early_fingerprints = Fingerprints(shared=True)
+            run.relay.publish_with(recorder=self._early_fingerprints.record)
+            log.info("a reshard to %d shards is starting: recording from now", record.new_shards)
+
+    def stop_recording(self) -> None:
+        if self._early_fingerprints is not None and self._run is not None:
+            self._early_fingerprints = None
+            self._run.relay.publish_with()
+
     def begin_generation(self, new_total: int, new_range: ShardRange) -> Fingerprints:
-        gen = self._begin(new_total, new_range, shared=True)
+        gen = self._begin(new_total, new_range, shared=True, start=False)
         return gen.fingerprints
+
+    def start_generation(self) -> None:
+        gen = self._reshard
+        if gen is not None and gen.phase is ReshardPhase.STARTING:
+            self._start_generation(gen)
 
     def generation_state(self) -> tuple[bool, str | None]:
         gen = self._reshard
@@ -944,7 +981,9 @@ class RangeOwner:
 
     # -- the new set --------------------------------------------------------------------------
 
-    def _begin(self, new_total: int, new_range: ShardRange | None, *, shared: bool) -> _Generation:
+    def _begin(
+        self, new_total: int, new_range: ShardRange | None, *, shared: bool, start: bool = True
+    ) -> _Generation:
         run = self._run
         assert run is not None
         config, owner_shared = self._config, self._shared
@@ -964,9 +1003,15 @@ class RangeOwner:
         book = SessionBook()
         held = HeldRuns()
         fingerprints = Fingerprints(shared=shared)
-        relay = Relay(
-            pull, owner_shared.publisher, book, owner_shared.status.relay, self._on_reshard_report
-        )
+        if shared and self._early_fingerprints is not None:
+            fingerprints, self._early_fingerprints = self._early_fingerprints, None
+
+        def on_report(message: ipc.ShardReport | ipc.WorkerStatus) -> None:
+            # this set's reports (`gen` is bound below, before any worker starts); a
+            # later reshard's set has its own
+            self._on_generation_report(gen, message)
+
+        relay = Relay(pull, owner_shared.publisher, book, owner_shared.status.relay, on_report)
         relay.hold(held)
         base = max(run.pool.slots) + 1
         pool = WorkerPool(
@@ -986,19 +1031,25 @@ class RangeOwner:
         self._reshard = gen
         run.relay.publish_with(recorder=fingerprints.record)
         relay.start()
-        for slot in pool.slots.values():
-            _spawn_into(pool, spec, book, slot)
         owner_shared.status.sections["reshard"] = self._reshard_status
+        if start:
+            self._start_generation(gen)
+        return gen
+
+    def _start_generation(self, gen: _Generation) -> None:
+        """The new set's workers start (its relay holds their events)."""
+        for slot in gen.pool.slots.values():
+            _spawn_into(gen.pool, gen.spec, gen.book, slot)
+        plan = gen.plan
         log.info(
             "resharding %d -> %d shards: shards %d-%d identify beside the running ones "
             "(about %.0f s by the identify schedule)",
-            old.total_shards,
-            new_total,
+            gen.old_total,
+            plan.total_shards,
             plan.shard_ids[0],
             plan.shard_ids[-1],
-            identify_duration(plan, config.identify_interval_s),
+            identify_duration(plan, self._config.identify_interval_s),
         )
-        return gen
 
     def _reshard_status(self) -> dict[str, Any]:
         gen = self._reshard
@@ -1012,10 +1063,9 @@ class RangeOwner:
             body.update(gen.status_json(time.monotonic()))
         return body
 
-    def _on_reshard_report(self, message: ipc.ShardReport | ipc.WorkerStatus) -> None:
-        gen = self._reshard
-        if gen is None:
-            return
+    def _on_generation_report(
+        self, gen: _Generation, message: ipc.ShardReport | ipc.WorkerStatus
+    ) -> None:
         if gen.phase is ReshardPhase.SWITCHED:
             self._on_report(message)  # the new set is the running one now
             return

@@ -8,11 +8,14 @@ one, beside the old, under a second lease (:meth:`LeaseKeeper.acquire_next`).
 The hand-over rule is the one-host rule of :mod:`cluster.reshard`, made to hold
 across hosts (a guild's old shard and its new shard may run on different hosts):
 
-1. **starting**: the new sets identify and hold their events; the old sets
-   publish and push the fingerprints of what they publish to Redis (a batch
-   every :data:`PUSH_S`). A host whose new set is settled (every shard READY,
-   every listed guild's GUILD_CREATE seen) says so; the last one moves the
-   phase to *switching* and the layout key to the new count in one script.
+1. **starting**: the old sets publish and push the fingerprints of what they
+   publish to Redis (a batch every :data:`PUSH_S`). No host starts its new set
+   before every host's old set records: hosts read the record at different
+   times, and an event an old set published before it recorded could be held
+   by a new set already running elsewhere. Then the new sets identify and hold
+   their events. A host whose new set is settled (every shard READY, every
+   listed guild's GUILD_CREATE seen) says so; the last one moves the phase to
+   *switching* and the layout key to the new count in one script.
 2. **switching**: every host stops publishing its old set (drains its channel,
    then discards), pushes its last fingerprints, makes the new lease the one
    it holds and says it drained; the last one moves the phase to *switched*.
@@ -25,6 +28,10 @@ With ``--sink redis`` the old set's sink appends everything it was given before
 its host says it drained, and the new set's sink starts at the switch under the
 new lease (its fencing token is above every old one); the marker is appended
 to the stream ``TITANIUM_RESHARD`` by every host.
+
+A range owner that starts while a reshard of its layout is *starting* (a host
+restarted, or a spare that took a range over) records from its first event, as
+its old set replays what it missed (:meth:`ReshardHost.record_early`).
 
 A host that dies while switching never says it drained: after
 :data:`DRAIN_TIMEOUT_S` the others switch anyway (its fingerprints of the last
@@ -65,7 +72,14 @@ class ReshardHost(Protocol):
     def total_shards(self) -> int: ...
 
     def begin_generation(self, new_total: int, new_range: ShardRange) -> Fingerprints:
-        """Start the new set of ``new_range`` in HOLD; its fingerprints are shared."""
+        """The old set records what it publishes (shared fingerprints); the new set of
+        ``new_range`` is made, not started."""
+
+    def start_generation(self) -> None:
+        """The new set's workers start; its events are held."""
+
+    def stop_recording(self) -> None:
+        """No reshard to take part in: the old set stops recording (if it did from its start)."""
 
     def generation_state(self) -> tuple[bool, str | None]:
         """(settled, why it was given up locally or None)."""
@@ -111,11 +125,14 @@ async def follow_reshards(
         except RedisStateError:
             continue
         if record is None or record.id in seen:
+            host.stop_recording()
             continue
         seen.add(record.id)
         if record.phase is not SharedPhase.STARTING or record.old_shards != host.total_shards:
+            host.stop_recording()
             continue
         await take_part(host, store, leases, record, index, hosts, deadline_s)
+        host.stop_recording()
         if host.total_shards == record.new_shards:
             return  # switched: the owner follows on as range `index` of the new layout
 
@@ -216,10 +233,12 @@ async def _until_switching(
     index: int,
     deadline: float,
 ) -> SharedPhase | None:
-    """Phase 1: wait for every host's new set; SWITCHING, or how it ended otherwise."""
+    """Phase 1: wait for every host's old set to record, start the new set, wait for every
+    host's new set; SWITCHING, or how it ended otherwise."""
     said_ready = False
+    started = False
     while True:
-        await asyncio.sleep(POLL_S)
+        await asyncio.sleep(POLL_S if started else POLL_S / 5)
         settled, given_up = host.generation_state()
         why = given_up or leases.next_lost
         if why is None and time.monotonic() > deadline:
@@ -230,6 +249,11 @@ async def _until_switching(
                 if phase is SharedPhase.ABANDONED or phase is None:
                     host.abandon_generation(why)
                     return phase
+            elif not started:
+                phase, everyone = await store.recording(record.id, index)
+                if everyone and phase is SharedPhase.STARTING:
+                    host.start_generation()
+                    started = True
             elif settled and not said_ready:
                 phase = await store.ready(record.id, index)
                 said_ready = True

@@ -5,6 +5,7 @@ The keys (in the bot's namespace, see :mod:`cluster.state.redis_state`):
 ======================  ==============================================================
 ``reshard``             hash ``id``, ``from``, ``to``, ``hosts``, ``phase``, ``error``
 ``reshard:ready``       set of host range indexes whose new set is settled
+``reshard:recording``   set of host range indexes whose old set records its fingerprints
 ``reshard:drained``     set of host range indexes whose old set stopped publishing
 ``reshard:fp``          list of fingerprint batches of what the old sets published
 ======================  ==============================================================
@@ -78,6 +79,7 @@ class ReshardStore:
         register = state.register
         self._begin = register(redis_scripts.RESHARD_BEGIN)
         self._join = register(redis_scripts.RESHARD_JOIN)
+        self._recording = register(redis_scripts.RESHARD_RECORDING)
         self._ready = register(redis_scripts.RESHARD_READY)
         self._drained = register(redis_scripts.RESHARD_DRAINED)
         self._abandon = register(redis_scripts.RESHARD_ABANDON)
@@ -86,6 +88,7 @@ class ReshardStore:
         self._layout = key("layout")
         self._ready_set = key("reshard:ready")
         self._drained_set = key("reshard:drained")
+        self._recording_set = key("reshard:recording")
         self._fingerprints = key("reshard:fp")
 
     async def begin(self, reshard_id: str, old_shards: int, new_shards: int, hosts: int) -> None:
@@ -102,6 +105,7 @@ class ReshardStore:
                     self._ready_set,
                     self._drained_set,
                     self._fingerprints,
+                    self._recording_set,
                 ],
                 args=[reshard_id, old_shards, new_shards, hosts, RESHARD_TTL_MS],
             )
@@ -136,6 +140,15 @@ class ReshardStore:
             self._join(keys=[self._hash, self._ready_set], args=[reshard_id, index])
         )
         return _phase(raw)
+
+    async def recording(self, reshard_id: str, index: int) -> tuple[SharedPhase | None, bool]:
+        """This host's old set records what it publishes; (the phase, whether every host's does)."""
+        raw = await self._state.call(
+            self._recording(
+                keys=[self._hash, self._recording_set], args=[reshard_id, index, RESHARD_TTL_MS]
+            )
+        )
+        return _phase(raw[0]), bool(int(raw[1]))
 
     async def ready(self, reshard_id: str, index: int) -> SharedPhase | None:
         """This host's new set is settled; the phase after (None: another reshard now)."""

@@ -498,7 +498,7 @@ return removed
 # reshard expires RESHARD_TTL_MS after its last change.
 #
 # KEYS[1] - reshard hash, KEYS[2] - layout hash, KEYS[3] ready set, KEYS[4] drained set,
-# KEYS[5] - fingerprint list
+# KEYS[5] - fingerprint list, KEYS[6] - recording set
 # ARGV[1] - id, ARGV[2] - from, ARGV[3] - to, ARGV[4] - hosts, ARGV[5] - ttl ms
 # return {'started', id}; {'busy', id, to} when a reshard is starting or switching;
 #        {'layout', shards} when the layout does not run `from` shards
@@ -511,7 +511,7 @@ local shards = tonumber(redis.call('HGET', KEYS[2], 'shards'))
 if shards ~= tonumber(ARGV[2]) then
   return {'layout', shards or 0}
 end
-redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'from', ARGV[2], 'to', ARGV[3], 'hosts', ARGV[4],
            'phase', 'starting')
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
@@ -555,6 +555,26 @@ if r[2] == 'starting' then
   redis.call('SREM', KEYS[2], ARGV[2])
 end
 return r[2]
+"""
+
+# KEYS[1] - reshard hash, KEYS[2] - recording set
+# ARGV[1] - id, ARGV[2] - the caller's range index, ARGV[3] - ttl ms
+# return {phase, 1 when every range records its old set's fingerprints, else 0} (phase ''
+#        when the id is not the reshard's any more). No new set may start before every old
+#        set records: an event an old set published unrecorded could be held by a new one.
+RESHARD_RECORDING = """
+local r = redis.call('HMGET', KEYS[1], 'id', 'hosts', 'phase')
+if r[1] ~= ARGV[1] then
+  return {'', 0}
+end
+if r[3] == 'starting' then
+  redis.call('SADD', KEYS[2], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+if redis.call('SCARD', KEYS[2]) >= tonumber(r[2]) then
+  return {r[3], 1}
+end
+return {r[3], 0}
 """
 
 # KEYS[1] - reshard hash, KEYS[2] - drained set

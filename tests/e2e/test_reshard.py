@@ -32,6 +32,7 @@ from tests.e2e.cluster_process import (
     subscribers,
     wait_http,
 )
+from tests.e2e.test_reshard_hosts import eventually
 from tests.e2e.test_up import all_ready, args_for, short_dir
 
 __all__ = ["clusters", "short_dir", "subscribers"]
@@ -107,6 +108,24 @@ async def test_one_host_reshards_8_to_16_with_every_event_once(
     assert 'titanium_reshards_total{outcome="switched"} 1.0' in metrics
     assert "titanium_reshard_deduplicated_total" in metrics
 
+    # a worker of the new set killed after the switch is replaced, and its shards resume
+    identifies = len(record.accepted_identifies())
+    await wait_for_old_workers_gone(run)
+    victim = min(worker_children(run.process.pid))
+    os.kill(victim, signal.SIGKILL)
+
+    def resumed_after_kill() -> set[int]:
+        return {
+            r.shard_id or 0
+            for r in record.resumes_for(outcome=ResumeOutcome.ACCEPTED, num_shards=16)
+        }
+
+    assert await eventually(lambda: bool(resumed_after_kill()), 30), "\n".join(run.raw[-30:])
+    await wait_http(
+        f"{url}/health", lambda code, body: code == 200 and body["shards_ready"] == 16, 20
+    )
+    assert len(record.accepted_identifies()) == identifies, "the replaced worker identified"
+
     # a restart with the same command runs the new layout, by RESUME
     run.signal(signal.SIGTERM)
     assert await run.wait(20) == 0
@@ -151,6 +170,13 @@ def _children(pid: int) -> set[int]:
         with contextlib.suppress(OSError):
             children.update(int(p) for p in (task / "children").read_text().split())
     return children
+
+
+async def wait_for_old_workers_gone(run: ClusterProcess) -> None:
+    """After a switch: until the retired set's workers have exited (only the new set's run)."""
+    _, status = await http_get(f"{(await run.listening())['http']}/status")
+    live = len(status["workers"])
+    assert await eventually(lambda: len(worker_children(run.process.pid)) == live, 20)
 
 
 def worker_children(supervisor_pid: int) -> set[int]:
