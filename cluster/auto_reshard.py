@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from cluster.discord_api import DiscordApiError
-from cluster.range_owner import ReshardRefusedError
+from cluster.reshard import ReshardRefusedError
 
 log = logging.getLogger("cluster.supervisor")
 

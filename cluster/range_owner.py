@@ -77,6 +77,7 @@ from cluster.reshard import (
     HeldRuns,
     Layout,
     ReshardPhase,
+    ReshardRefusedError,
     marker_payload,
     save_layout,
 )
@@ -119,10 +120,6 @@ SINK_CLOSE_S: Final = 5.0
 RESHARD_GRACE_S: Final = 60.0
 #: How often a running reshard looks whether the new set is ready to switch.
 RESHARD_POLL_S: Final = 0.1
-
-
-class ReshardRefusedError(Exception):
-    """A reshard cannot start; the message is the one line for the operator."""
 
 
 class SupervisorError(Exception):
@@ -806,7 +803,15 @@ class RangeOwner:
             )
         if new_total == run.plan.total_shards:
             raise ReshardRefusedError(f"the cluster already runs {new_total} shards")
+        self._check_endpoint()
         return run
+
+    def _check_endpoint(self) -> None:
+        if self._shared.endpoint is not None:
+            raise ReshardRefusedError(
+                "resharding is not supported with --gateway (its clients identify against the "
+                "shard count): restart the cluster with --shards N instead"
+            )
 
     def start_reshard(self, new_total: int) -> _Generation:
         """Bring up ``new_total`` shards beside the running ones; the switch comes by itself.
@@ -986,6 +991,7 @@ class RangeOwner:
     ) -> _Generation:
         run = self._run
         assert run is not None
+        self._check_endpoint()
         config, owner_shared = self._config, self._shared
         old = run.plan
         try:

@@ -69,6 +69,10 @@ _READY: Final = b"READY"
 _GUILD_CREATE: Final = b"GUILD_CREATE"
 
 
+class ReshardRefusedError(Exception):
+    """A reshard cannot start; the message is the one line for the operator."""
+
+
 class ReshardPhase(enum.Enum):
     #: the new set identifies; the old one publishes
     STARTING = "starting"

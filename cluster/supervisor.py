@@ -52,11 +52,10 @@ from cluster.range_owner import (
     FatalCloseError,
     Outcome,
     RangeOwner,
-    ReshardRefusedError,
     Shared,
     SupervisorError,
 )
-from cluster.reshard import effective_shards, load_layout
+from cluster.reshard import ReshardRefusedError, effective_shards, load_layout
 from cluster.sd_notify import SystemdNotifier
 from cluster.state.lease import LeaseKeeper
 from cluster.state.redis_reshard import ReshardStore

@@ -1,4 +1,5 @@
-"""``cluster up --gateway``: bad input, a client that never reads, commands and the REST routes.
+"""``cluster up --gateway``: bad input, a client that never reads, commands, the REST routes,
+and a reshard refused.
 
 Raw gateway clients (``tests.conftest.RawClient``: nothing hidden, every rule
 breakable) against a real ``cluster up`` connected to the simulator:
@@ -11,7 +12,9 @@ breakable) against a real ``cluster up`` connected to the simulator:
 - op 8 through the endpoint: the GUILD_MEMBERS_CHUNK goes only to the client
   that asked, with its own nonce;
 - ``GET /api/v10/gateway`` and ``/gateway/bot`` answer the endpoint's URL and
-  the cluster's shard count.
+  the cluster's shard count;
+- ``cluster reshard`` is refused in one line (the endpoint's clients identify against
+  the shard count).
 """
 
 from __future__ import annotations
@@ -309,3 +312,11 @@ async def test_member_chunks_go_to_the_client_that_asked_and_rest_routes_answer(
     commands = [c for c in sim.record.commands if c.op == 8]
     assert len(commands) == 2
     assert all(str(c.d.get("nonce", "")).startswith("tc") for c in commands)
+
+    # a reshard would leave the endpoint's clients on the old shard count: refused, in a line
+    command = await clusters(
+        "--shards", "4", "--control", f"ipc://{short_dir}/control", command="reshard"
+    )
+    assert await command.wait(30) == 1
+    assert "resharding is not supported with --gateway" in command.raw[-1], command.raw
+    assert len(sim.record.accepted_identifies(num_shards=4)) == 0

@@ -9,7 +9,7 @@ import pytest
 
 from cluster.auto_reshard import AutoReshard, reshard_target
 from cluster.discord_api import ApiUnreachableError
-from cluster.range_owner import ReshardRefusedError
+from cluster.reshard import ReshardRefusedError
 
 
 class FakeCluster:
