@@ -50,7 +50,7 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from cluster.planner import PlanError, host_ranges
-from cluster.reshard import Fingerprints
+from cluster.reshard import Fingerprints, ReshardRefusedError
 from cluster.state.lease import LeaseKeeper, ShardRange
 from cluster.state.redis_reshard import ReshardRecord, ReshardStore, SharedPhase
 from cluster.state.redis_state import RedisStateError
@@ -73,7 +73,7 @@ class ReshardHost(Protocol):
 
     def begin_generation(self, new_total: int, new_range: ShardRange) -> Fingerprints:
         """The old set records what it publishes (shared fingerprints); the new set of
-        ``new_range`` is made, not started."""
+        ``new_range`` is made, not started. Raises :class:`ReshardRefusedError`."""
 
     def start_generation(self) -> None:
         """The new set's workers start; its events are held."""
@@ -178,7 +178,15 @@ async def take_part(
             log.error("reshard %s: the new range's lease never came free", record.id)
             return
         await asyncio.sleep(POLL_S)
-    fingerprints = host.begin_generation(record.new_shards, new_range)
+    try:
+        fingerprints = host.begin_generation(record.new_shards, new_range)
+    except ReshardRefusedError as exc:
+        log.error("reshard %s: refused on this host: %s", record.id, exc)
+        with contextlib.suppress(RedisStateError):
+            await store.abandon(record.id, str(exc))
+        host.abandon_generation(str(exc))
+        await leases.drop_next()
+        return
     pushing = asyncio.Event()
     pushing.set()
     pusher = asyncio.create_task(
