@@ -197,15 +197,33 @@ three interleaved pairs on two `git archive` copies, load average 4-5 (other
 benchmarks running): first..last READY 9.29, 8.79, 9.46 s before against
 7.16, 5.58, 6.55 s after, with 35, 44, 34 and 22, 24, 31 refusals.
 
-**Workers forked from a forkserver: measured, then reverted.** A forkserver
-started as `cluster up` begins, importing `worker.main` once, so each worker
-is a fork with its imports done (a spawned worker imports aiohttp, ZeroMQ and
-uvloop itself, ~0.6 s, at startup and after every crash). `--only recovery
-startup --receivers cluster --repeat 1` on two `git archive` copies,
-2026-12-06 12:51 UTC: a worker SIGKILL to all 64 shards RESUMED 0.50 s
-before, 0.10 and 0.15 s after. Reverted the same day: with it the multi-host
-reshard test published 2 events twice in 2 of 4 runs (0 of 4 without it), a
-race in the shared switch that faster worker starts expose, not found yet.
+**Workers forked from a forkserver** (cluster/forkserver.py): started as
+`cluster up` begins, importing `worker.main` once, so each worker is a fork
+with its imports done (a spawned worker imports aiohttp, ZeroMQ and uvloop
+itself, ~0.6 s, at startup and after every crash). `--only recovery startup
+--receivers cluster --repeat 1` on two `git archive` copies, 2026-12-06 12:51
+UTC: a worker SIGKILL to all 64 shards RESUMED 0.50 s before, 0.10 and 0.15 s
+after. Reverted the same day: with it the multi-host reshard test published 2
+events twice in 2 of 4 runs. The race it exposed: hosts read the reshard's
+record up to a poll (0.25 s) apart, so a host whose new set started early
+could hold an event that another host's old set published before it recorded
+fingerprints. Now no new set starts before every old set records (a Redis
+set, `reshard:recording`), and the forkserver is back: 12 of 12 runs of the
+multi-host reshard tests without a duplicate.
+
+**picows measured, not adopted yet.** The issue names picows (a Cython
+websocket client with a callback per frame) against aiohttp's reader. A floor
+receiver written on picows, doing the same work per event as the aiohttp
+floor (inflate, `peek`, one ZeroMQ send), in one run with it, `--only
+throughput --repeat 3`, 2026-12-06 15:30 UTC, load 4-5 (shared machine): flat
+out 19.3 µs per event against 20.8 (-7 %), paced at 16,000/s 23.0 against 25.9
+(-11 %). A py-spy profile of our worker flat out puts ~10 % of its samples in
+aiohttp's Python code (`data_received`, `receive`) beside 39 % in native code
+under the event loop (uvloop, aiohttp's C frame reader, recv), 23 % in
+inflate and 11 % in the ZeroMQ send. So picows would take 1.5-3 µs per event
+off the worker; the shard's reader must become a frame callback (the
+awaits it makes for READY, back-pressure and heartbeats move out of the
+read path) to get it.
 
 **The PUB socket written from the event loop** (cluster/publisher.py): `--pub`
 was a ZMQ_STREAM socket carrying our ZMTP, and libzmq writes a STREAM
