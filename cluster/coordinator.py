@@ -22,6 +22,13 @@ time: every decision is :class:`cluster.identify_scheduler.IdentifyScheduler`'s.
   its bucket until the arbiter says to ask again. So only the head of each
   local bucket asks, once per identify; ``sent`` and unused grants are
   reported to the arbiter too.
+- With ``answer_opens`` the owner calls ``answered(shard_id)`` when it sees
+  the shard's READY (the server's answer to its IDENTIFY): without an
+  explicit margin and without an arbiter, the bucket then opens one interval
+  after that moment, and only falls back to the write plus the interval plus
+  the answer wait when no answer comes (see :mod:`cluster.identify_scheduler`).
+  Turn it on only where every READY is reported: unanswered, every bucket waits
+  for the fallback.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from protocol.coordination import (
 )
 from protocol.coordination import Grant as GrantMessage
 from protocol.errors import WireFormatError
+from worker.identify_client import routing_id_prefix
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +110,8 @@ class CoordinatorStats:
     sent_reports: int = 0
     #: Grants the arbiter (Redis) refused for now (the bucket busy on another host, ...).
     arbiter_deferred: int = 0
+    #: IDENTIFYs whose answer (READY) was reported: their bucket may open on it.
+    answer_reports: int = 0
 
 
 class Coordinator(RouterService):
@@ -121,6 +131,8 @@ class Coordinator(RouterService):
         safety_margin_s: float | None = None,
         sent_hold_s: float | None = None,
         grant_lead_s: float | None = None,
+        answer_opens: bool = False,
+        answer_wait_s: float | None = None,
         context: zmq.asyncio.Context | None = None,
         clock: Clock = time.monotonic,
         on_grant: Callable[[Grant[Requester]], None] | None = None,
@@ -145,6 +157,9 @@ class Coordinator(RouterService):
             reset_at=clock() + reset_after_s,
             sent_hold_s=sent_hold_s,
             lead_s=grant_lead_s,
+            # A bucket shared through Redis is spaced there, by the margin: no earlier local grant.
+            answer_opens=answer_opens and arbiter is None,
+            answer_wait_s=answer_wait_s,
         )
         self._wake: asyncio.Future[None] | None = None
         self._on_grant = on_grant
@@ -188,6 +203,26 @@ class Coordinator(RouterService):
         """Fresh ``session_start_limit`` numbers from ``GET /gateway/bot``."""
         self.scheduler.update_limit(remaining, reset_after_s, self._clock(), total)
         self._poke()
+
+    def answered(self, shard_id: int, pid: int | None = None) -> bool:
+        """The server answered ``shard_id``'s latest IDENTIFY (its READY reached the supervisor now).
+
+        Call it as soon as the READY (or the report of the session it started)
+        is read: any delay only opens the bucket later. ``pid``: the worker
+        process that reported it; the answer counts only if the shard's latest
+        grant went to that process (during a reshard two shard sets share the
+        ids). True when the bucket's schedule took it into account.
+        """
+        grant = self._granted.get(shard_id)
+        if grant is None or (
+            pid is not None and not grant.requester.identity.startswith(routing_id_prefix(pid))
+        ):
+            return False
+        if not self.scheduler.answered(grant, self._clock()):
+            return False
+        self.stats.answer_reports += 1
+        self._poke()
+        return True
 
     def _poke(self) -> None:
         if self._wake is not None and not self._wake.done():

@@ -401,6 +401,7 @@ class RangeOwner:
             interval_s=config.identify_interval_s,
             safety_margin_s=config.identify_margin_s,
             sent_hold_s=default_sent_hold(config.identify_interval_s),
+            answer_opens=True,
             session_total=limit.total,
             session_remaining=limit.remaining,
             reset_after_s=limit.reset_after_s,
@@ -671,6 +672,8 @@ class RangeOwner:
             run.book.on_session(message.shard_id, message.session_id, message.resume_url)
             if message.session_started:
                 run.checkpointer.soon()
+                if ShardPhase.parse(message.phase) is ShardPhase.READY:
+                    run.coordinator.answered(message.shard_id, slot.pid)
             if message.fatal_code is not None and slot.fatal_code is None:
                 slot.fatal_code = message.fatal_code
             if status.apply_report(message):
@@ -1082,7 +1085,11 @@ class RangeOwner:
             _heard_from(slot)
             gen.reports[message.shard_id] = message
             gen.book.on_session(message.shard_id, message.session_id, message.resume_url)
-            if ShardPhase.parse(message.phase) is ShardPhase.READY:
+            ready = ShardPhase.parse(message.phase) is ShardPhase.READY
+            if message.session_started and ready and self._run is not None:
+                # the buckets are shared: the running set's coordinator spaces both sets
+                self._run.coordinator.answered(message.shard_id, slot.pid)
+            if ready:
                 gen.ready.add(message.shard_id)
             else:
                 gen.ready.discard(message.shard_id)

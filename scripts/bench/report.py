@@ -775,6 +775,27 @@ def markdown(res: Results, elapsed_s: float, generated_at: str | None = None) ->
                     f" process{'' if _counts(workers) == '1' else 'es'} (its default for"
                     f" {s.startup_shards} shards on {os.cpu_count()} cores: min(cores, ceil(N/16)))."
                 )
+            if any(r.get("answer_opens") for r in runs) and over > 0 and rounds > 0:
+                before_first = tot.median - span.median
+                rest = span.median - bound
+                notes.append(
+                    f"{name}: of the {over:.2f} s over the bound, {before_first:.2f} s pass before"
+                    f" the first READY (process start, imports, forking the workers, the first"
+                    f" connections) and {rest:.2f} s are the schedule's own overshoot,"
+                    f" {rest / rounds * 1000:.0f} ms per round. Each bucket opens one interval"
+                    " after the READY of its last IDENTIFY reached the supervisor"
+                    " (cluster/identify_scheduler.py `answer_opens`): the server counted that"
+                    " IDENTIFY before it answered, so the next one arrives at least an interval"
+                    " later whatever the network and the server's loop did, with no fixed margin."
+                    " Per round the overshoot is that answer's trip (the simulator's handling,"
+                    " the worker's read, the report to the supervisor) and the write's lateness."
+                    + (
+                        f" The simulator refused {Figure(tuple(refused)).median:.0f} IDENTIFYs"
+                        " (median) as too early for their bucket."
+                        if refused and Figure(tuple(refused)).median > 0
+                        else ""
+                    )
+                )
             margins = [r["margin_s"] for r in runs if r.get("margin_s")]
             if margins and over > 0 and rounds > 0:
                 margin = max(margins)

@@ -322,6 +322,33 @@ async def test_with_a_sent_hold_the_next_grant_of_a_bucket_waits_for_the_sent_re
         assert not_before == later.not_before or later.not_before <= later.granted_at
 
 
+async def test_with_answer_opens_the_bucket_opens_an_interval_after_the_answer() -> None:
+    interval = 0.1
+    async with running(
+        "tcp://127.0.0.1:0",
+        interval_s=interval,
+        safety_margin_s=None,
+        sent_hold_s=5.0,
+        answer_opens=True,
+        answer_wait_s=60.0,  # no fallback within the test: only the answer opens the bucket
+    ) as (coord, log):
+        async with IdentifyClient(coord.endpoint) as client, asyncio.timeout(TIMEOUT):
+            await client.acquire(0)
+            client.sent(0)
+            await wait_until(lambda: coord.stats.sent_reports == 1)
+            second = asyncio.create_task(client.acquire(1))
+            await asyncio.sleep(3 * interval)
+            assert not second.done(), "sent but not answered: the bucket waits"
+            assert not coord.answered(0, pid=os.getpid() + 1), "another process's answer"
+            assert not coord.answered(1), "shard 1 holds no grant"
+            answered_at = time.monotonic()
+            assert coord.answered(0, pid=os.getpid())
+            assert not coord.answered(0), "one answer per grant"
+            await second
+        assert coord.stats.answer_reports == 1
+        assert log.grants[1].not_before >= answered_at + interval
+
+
 # -- one client, many shards; the wire rules -----------------------------------------------------
 
 
@@ -383,6 +410,23 @@ async def test_a_client_survives_a_coordinator_restart(tmp_path: Path) -> None:
             async with asyncio.timeout(TIMEOUT):
                 await waiting
             assert log2.shard_ids() == [1]
+
+
+async def test_an_acquire_made_before_the_coordinator_binds_is_granted_without_a_resend(
+    tmp_path: Path,
+) -> None:
+    # The supervisor binds the coordinator only after its workers said hello, so their
+    # clients connect first: the acquire waits in the DEALER's queue and goes out when the
+    # socket's own reconnect finds the coordinator (no resend in this test's time).
+    endpoint = f"ipc://{tmp_path}/late-bind.sock"
+    async with IdentifyClient(endpoint, resend_interval_s=3600.0) as client:
+        waiting = asyncio.create_task(client.acquire(0))
+        await asyncio.sleep(0.05)  # the client's connect has failed at least once
+        assert not waiting.done()
+        async with running(endpoint, interval_s=60.0) as (_, log):
+            async with asyncio.timeout(TIMEOUT):
+                assert await waiting is None
+            assert log.shard_ids() == [0]
 
 
 @asynccontextmanager
