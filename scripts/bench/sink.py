@@ -67,6 +67,10 @@ def main() -> None:
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
+        # Started before `cluster up` binds its PUB: retry the connect every ms, not every
+        # 100 ms (ZeroMQ's default), or a cluster whose first READYs come within 0.1 s of
+        # the bind publishes them before this client is subscribed (PUB drops them).
+        sock.setsockopt(zmq.RECONNECT_IVL, 1)
         sock.connect(args.endpoint)
         bound = args.endpoint
     else:
