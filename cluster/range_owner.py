@@ -122,6 +122,13 @@ RESHARD_GRACE_S: Final = 60.0
 RESHARD_POLL_S: Final = 0.1
 
 
+#: Messages of a set's event channel queued in the supervisor (ZeroMQ's count, not bytes):
+#: a worker sends up to about a MiB per message (worker/group.py FLUSH_BYTES) and queues
+#: EVENT_HWM of its own, so a relay that waits (a sink's backlog) holds at most about
+#: this many MiB here; above a worker's burst of shard reports, which are small.
+CHANNEL_RCVHWM: Final = 256
+
+
 class SupervisorError(Exception):
     """The cluster cannot run or had to stop; the message is the one line for the operator."""
 
@@ -380,7 +387,7 @@ class RangeOwner:
         pull: zmq.Socket[bytes] = shared.sync_context.socket(zmq.PULL)
         sockets.append(pull)
         pull.setsockopt(zmq.LINGER, 0)
-        pull.setsockopt(zmq.RCVHWM, 10_000)
+        pull.setsockopt(zmq.RCVHWM, CHANNEL_RCVHWM)
         event_endpoint = _bind_private(pull, shared.runtime_dir, "events", use_ipc)
         router = shared.async_context.socket(zmq.ROUTER)
         sockets.append(router)
@@ -1007,7 +1014,7 @@ class RangeOwner:
         pull: zmq.Socket[bytes] = owner_shared.sync_context.socket(zmq.PULL)
         self._sockets.append(pull)
         pull.setsockopt(zmq.LINGER, 0)
-        pull.setsockopt(zmq.RCVHWM, 10_000)
+        pull.setsockopt(zmq.RCVHWM, CHANNEL_RCVHWM)
         endpoint = _bind_private(pull, owner_shared.runtime_dir, f"events-{new_total}", use_ipc)
         book = SessionBook()
         held = HeldRuns()

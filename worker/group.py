@@ -23,7 +23,7 @@ import functools
 import logging
 import multiprocessing
 import os
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import zmq
@@ -42,8 +42,14 @@ log = logging.getLogger("worker.group")
 
 #: Shards of a group connected ahead of their IDENTIFY, in rounds of max_concurrency.
 IDENTIFY_ROUNDS_AHEAD: Final = 2
-#: Messages queued towards the supervisor before shards wait.
-EVENT_HWM: Final = 200_000
+#: Messages queued towards the supervisor before shards wait. With
+#: :data:`FLUSH_BYTES` this is also a bound in bytes (see :class:`ZmqOutput`).
+EVENT_HWM: Final = 64
+#: Bytes of cut runs (full or broken runs) an iteration queues before they are sent at
+#: once, without waiting for the iteration to end.
+FLUSH_BYTES: Final = 1 << 20
+#: The longest wait for the channel's descriptor before its state is looked at anyway.
+DRAIN_RECHECK_S: Final = 0.05
 _MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
 _LAST: Final = int(zmq.NOBLOCK)
 
@@ -67,6 +73,30 @@ def shard_config(spec: WorkerSpec, shard_id: int) -> ShardConfig:
     )
 
 
+class _CutRuns(list[Any]):
+    """The encoder's closed runs, as a list that sends them once they reach FLUSH_BYTES.
+
+    :meth:`protocol.ipc.EventRunsEncoder.add` appends a run here when it cuts it (at
+    :data:`protocol.ipc.MAX_RUN_EVENTS` events, a gap or a new session): once per cut
+    run, not per event (gaps and new sessions are rare), so the count costs the hot path
+    nothing per event.
+    """
+
+    __slots__ = ("_output", "bytes")
+
+    def __init__(self, output: ZmqOutput) -> None:
+        super().__init__()
+        self._output = output
+        #: bytes of the runs cut since the last send
+        self.bytes = 0
+
+    def append(self, run: Any) -> None:
+        list.append(self, run)
+        self.bytes += sum(map(len, run.parts))
+        if self.bytes >= FLUSH_BYTES:
+            self._output.flush_cut()
+
+
 class ZmqOutput(ipc.EventRunsEncoder):
     """The worker's ordered channel to the supervisor (a PUSH socket), events batched.
 
@@ -84,8 +114,17 @@ class ZmqOutput(ipc.EventRunsEncoder):
     events queued before it, so the channel keeps the order the shards
     produced per shard.
 
+    Memory is bounded in bytes, not only in messages: one iteration can take
+    thousands of events (every shard's socket buffer, read flat out), and the
+    runs cut in it are sent as soon as they hold :data:`FLUSH_BYTES`, mid-iteration;
+    what is left at its end is the shards' open runs (at most
+    ``MAX_RUN_EVENTS - 1`` events each). So a message holds about FLUSH_BYTES
+    (plus the open runs), and the channel at most :data:`EVENT_HWM` of them.
+
     Back-pressure: a flush that meets the high-water mark keeps its runs,
-    ``event`` then refuses (False) until ``drain`` has flushed them.
+    ``event`` then refuses (False) until ``drain`` has flushed them; ``drain``
+    waits on the socket's descriptor (ZMQ_FD, edge-triggered: ZMQ_EVENTS is
+    read after every wake-up), with a :data:`DRAIN_RECHECK_S` recheck as a fallback.
     """
 
     def __init__(self, socket: zmq.Socket[bytes], loop: asyncio.AbstractEventLoop) -> None:
@@ -98,6 +137,11 @@ class ZmqOutput(ipc.EventRunsEncoder):
         self._scheduled = False
         self.send_blocked = 0
         self.messages = 0
+        self._cut = self._closed = _CutRuns(self)
+        self._fd: int | None = None
+        #: resolved when the socket may take a message again (shared by every waiting shard)
+        self._writable: asyncio.Future[None] | None = None
+        self._recheck: asyncio.TimerHandle | None = None
 
     #: Queue one dispatch (:class:`worker.shard.ShardOutput`): the encoder's ``add``.
     event = ipc.EventRunsEncoder.add
@@ -125,16 +169,66 @@ class ZmqOutput(ipc.EventRunsEncoder):
                 return False
             send(self.next_body(), _LAST)
             self.messages += 1
+        self._cut.bytes = 0
         self.refusing = False
         return True
 
+    def flush_cut(self) -> None:
+        """Send the cut runs now, the open ones stay (called from inside ``add``).
+
+        Every shard's cut runs precede its open run, so the order per shard holds.
+        A refusal keeps them (``add`` then refuses, as after any refused flush).
+        """
+        open_runs = self._open
+        self._open = {}  # next_head closes every open run: none here
+        try:
+            self.flush()
+        finally:
+            self._open = open_runs
+
     async def drain(self) -> None:
-        delay = 0.001
+        """Return once every queued run is sent (the shard may queue again)."""
         while True:
             if int(self._socket.getsockopt(zmq.EVENTS)) & zmq.POLLOUT and self.flush():
                 return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            # Shielded: one shard cancelled while waiting must not cancel the others' wait.
+            await asyncio.shield(self._until_writable())
+
+    def _until_writable(self) -> asyncio.Future[None]:
+        waiter = self._writable
+        if waiter is None or waiter.done():
+            waiter = self._writable = self._loop.create_future()
+            if self._fd is None:
+                fd = self._socket.getsockopt(zmq.FD)
+                assert isinstance(fd, int)
+                self._fd = fd
+            self._loop.add_reader(self._fd, self._on_fd)
+            self._recheck = self._loop.call_later(DRAIN_RECHECK_S, self._wake)
+            # Edge-triggered: a change before add_reader would never signal.
+            self._on_fd()
+        return waiter
+
+    def _on_fd(self) -> None:
+        # Reading ZMQ_EVENTS also re-arms the descriptor.
+        if int(self._socket.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._writable
+        if waiter is None:
+            return
+        self._writable = None
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        """Stop watching the socket (before it is closed); waiting drains wake."""
+        self._wake()
 
     async def send(self, frames: list[bytes]) -> None:
         """Send a non-event message after every event queued before it."""
@@ -248,6 +342,7 @@ class ShardGroup:
                     output.send(ipc.encode_worker_status(self._status(result))), 2.0
                 )
             # With the supervisor gone nobody will read what is queued: exit at once.
+            output.close()
             push.close(linger=0 if self._parent_gone else 5000)
             if dealer is not None:
                 dealer.close(linger=0)
