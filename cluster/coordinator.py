@@ -22,11 +22,19 @@ time: every decision is :class:`cluster.identify_scheduler.IdentifyScheduler`'s.
   its bucket until the arbiter says to ask again. So only the head of each
   local bucket asks, once per identify; ``sent`` and unused grants are
   reported to the arbiter too.
-- With ``answer_opens`` the owner calls ``answered(shard_id)`` when it sees
-  the shard's READY (the server's answer to its IDENTIFY): without an
-  explicit margin and without an arbiter, the bucket then opens one interval
-  after that moment, and only falls back to the write plus the interval plus
-  the answer wait when no answer comes (see :mod:`cluster.identify_scheduler`).
+- With ``answer_opens`` the server's answer to an IDENTIFY (its READY) opens
+  the bucket one interval after it (without an explicit margin and without an
+  arbiter), and only the write plus the interval plus the answer wait when no
+  answer comes (see :mod:`cluster.identify_scheduler`). The worker that read
+  the READY says so itself, on its DEALER, as soon as it reads it: an
+  ``answered`` message with the time it read it (``answered_at``, the host's
+  monotonic clock, as ``written_at``). The server counted the IDENTIFY before
+  it sent the READY and the worker read the READY after that, so the worker's
+  read time bounds the server's count from above; the coordinator takes the
+  earlier of it and its own now, and the bucket no longer waits for the
+  message's trip. The owner also calls ``answered(shard_id)`` when the READY's
+  report reaches the supervisor (the fallback; the two arrive in either order,
+  measured mostly the report first, and the scheduler keeps the earlier time).
   Turn it on only where every READY is reported: unanswered, every bucket waits
   for the fallback.
 """
@@ -55,6 +63,7 @@ from cluster.identify_scheduler import (
 from cluster.router_service import RouterService
 from protocol.coordination import (
     Acquire,
+    Answered,
     Cancel,
     CoordinationMessage,
     ErrorReply,
@@ -110,8 +119,10 @@ class CoordinatorStats:
     sent_reports: int = 0
     #: Grants the arbiter (Redis) refused for now (the bucket busy on another host, ...).
     arbiter_deferred: int = 0
-    #: IDENTIFYs whose answer (READY) was reported: their bucket may open on it.
+    #: Answers (READY) to IDENTIFYs the schedule took: the first for a grant, or an earlier one.
     answer_reports: int = 0
+    #: Of those, the answers the worker reported itself with the time it read them.
+    stamped_answers: int = 0
 
 
 class Coordinator(RouterService):
@@ -208,7 +219,10 @@ class Coordinator(RouterService):
         """The server answered ``shard_id``'s latest IDENTIFY (its READY reached the supervisor now).
 
         Call it as soon as the READY (or the report of the session it started)
-        is read: any delay only opens the bucket later. ``pid``: the worker
+        is read: any delay only opens the bucket later. The worker's own
+        ``answered`` message, stamped when it read the READY, is earlier
+        whichever arrives first (the scheduler keeps the earliest answer);
+        this is the fallback when that message is lost. ``pid``: the worker
         process that reported it; the answer counts only if the shard's latest
         grant went to that process (during a reshard two shard sets share the
         ids). True when the bucket's schedule took it into account.
@@ -218,7 +232,10 @@ class Coordinator(RouterService):
             pid is not None and not grant.requester.identity.startswith(routing_id_prefix(pid))
         ):
             return False
-        if not self.scheduler.answered(grant, self._clock()):
+        return self._answered(grant, self._clock())
+
+    def _answered(self, grant: Grant[Requester], at: float) -> bool:
+        if not self.scheduler.answered(grant, at):
             return False
         self.stats.answer_reports += 1
         self._poke()
@@ -306,6 +323,14 @@ class Coordinator(RouterService):
             ):
                 self.stats.sent_reports += 1
                 self._report(message.shard_id, sent=True)
+        elif isinstance(message, Answered):
+            # The worker read the READY at answered_at (after the server counted the
+            # IDENTIFY): no later than now. One before the write is ignored by the scheduler.
+            grant = self._granted.get(message.shard_id)
+            if grant is not None and grant.requester == Requester(identity, message.nonce):
+                at = now if message.answered_at is None else min(now, message.answered_at)
+                if self._answered(grant, at):
+                    self.stats.stamped_answers += 1
         elif isinstance(message, StatusRequest):
             await self._send(sock, identity, self._status_reply(now))
         else:

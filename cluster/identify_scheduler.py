@@ -36,6 +36,12 @@ fallback when no answer comes: a refused or lost IDENTIFY; at least the
 margin; see :func:`default_answer_wait`). A server that stalls before it takes
 an IDENTIFY answers late, which is exactly when a fixed margin is too short.
 Off when the margin is given explicitly (it is then honoured exactly).
+The answer's time ``r`` need not be when the coordinator heard of it: the
+worker that read the READY stamps the read (``time.monotonic()``, the clock
+the coordinator shares) and reports it directly. The server counted the
+IDENTIFY before it sent the READY, and the worker read the READY after the
+server sent it, so the worker's read time bounds the server's count time
+from above just as well, without the report's trip to the supervisor.
 
 No asyncio, no sockets, no ``time`` calls: every method takes ``now`` (seconds
 on any monotonic clock), so the whole policy is testable with a fake clock.
@@ -432,22 +438,37 @@ class IdentifyScheduler(Generic[R]):
         return True
 
     def answered(self, grant: Grant[R], now: float) -> bool:
-        """The server answered the IDENTIFY under ``grant`` (its READY reached us at ``now``).
+        """The server answered the IDENTIFY under ``grant``: its READY was read at ``now``.
 
-        The server took the IDENTIFY no later than ``now``, so the bucket may
+        ``now`` is the earliest moment known to follow the server's count: when
+        the worker read the READY (its stamp, never later than the caller's
+        clock), or when the READY's report reached us. The server took the
+        IDENTIFY no later than ``now``, so the bucket may
         open ``interval_s`` after ``now`` if that is sooner than the fallback
         (the write plus ``interval_s`` plus ``answer_wait_s``; see the module
         docstring). An answer that comes before the
         grant's ``sent`` report is kept until the report says when the
         IDENTIFY was written; one that seems to precede the write (a stale
-        answer) is ignored. False when nothing may change: ``answer_opens`` is
-        off, the grant is not the bucket's latest, or it was answered already.
+        answer) is ignored. A second answer for the grant (the worker's stamp
+        and the READY's report reach the coordinator in either order) counts
+        only if it is earlier: every answer's time bounds the server's count
+        from above, so the earliest does too. False when nothing may change:
+        ``answer_opens`` is off, the grant is not the bucket's latest, or it
+        was answered as early already.
         """
         if not self.answer_opens:
             return False
         bucket = self._buckets[grant.bucket]
-        if bucket.last_serial != grant.serial or bucket.answered_serial == grant.serial:
+        if bucket.last_serial != grant.serial:
             return False
+        if bucket.answered_serial == grant.serial:
+            if bucket.sent_serial == grant.serial:
+                if now < bucket.wrote_at:
+                    return False  # before the write: not this IDENTIFY's
+                if bucket.wrote_at <= bucket.answered_at <= now:
+                    return False  # no earlier than the answer taken
+            elif now >= bucket.answered_at:
+                return False
         bucket.answered_serial = grant.serial
         bucket.answered_at = now
         if bucket.sent_serial == grant.serial:

@@ -19,6 +19,7 @@ bare frame (no empty delimiter frame).
 | ``cancel`` | client -> coordinator | ``shard_id``, ``nonce`` |
 | ``release`` | client -> coordinator | ``shard_id``, ``nonce`` |
 | ``sent`` | client -> coordinator | ``shard_id``, ``nonce``, ``written_at`` (optional) |
+| ``answered`` | client -> coordinator | ``shard_id``, ``nonce``, ``answered_at`` (optional) |
 | ``grant`` | coordinator -> client | ``shard_id``, ``nonce``, ``not_before`` (optional) |
 | ``status`` | client -> coordinator | (none) |
 | ``status_reply`` | coordinator -> client | ``remaining``, ``total``, ``exhausted``, ``reset_after_s``, ``max_concurrency``, ``interval_s``, ``queued`` |
@@ -33,15 +34,23 @@ grant the client will not use (its shard stopped before it could IDENTIFY):
 the session start is refunded. ``sent`` says the IDENTIFY under the grant
 with that nonce was written just now; a coordinator that counts the bucket's
 spacing from it (``cluster/identify_scheduler.py``, ``sent_hold_s``) waits for
-it, for a while, before the bucket's next grant. ``grant`` echoes the acquire's nonce so a
+it, for a while, before the bucket's next grant. ``answered`` says the server
+answered that IDENTIFY (the client read its READY, at ``answered_at``); a
+coordinator that opens buckets on answers (``answer_opens``) may then open the
+bucket one interval after it. ``grant`` echoes the acquire's nonce so a
 client can tell a current grant from a stale one.
 
-``not_before`` and ``written_at`` are seconds on the host's monotonic clock
-(``time.monotonic()``; the coordinator runs in the supervisor, on the same host
-as its workers). A grant with ``not_before`` came early: the client writes the
-IDENTIFY at that time, not before. ``written_at`` says when the client wrote it,
-so the coordinator spaces the bucket from the write rather than from the
-report's arrival. A client or coordinator that ignores them is merely slower.
+``not_before``, ``written_at`` and ``answered_at`` are seconds on the host's
+monotonic clock (``time.monotonic()``; the coordinator runs in the supervisor,
+on the same host as its workers). A grant with ``not_before`` came early: the
+client writes the IDENTIFY at that time, not before. ``written_at`` says when
+the client wrote it, so the coordinator spaces the bucket from the write rather
+than from the report's arrival. ``answered_at`` says when the client read the
+READY: the server counted the IDENTIFY before it sent the READY, and the client
+read the READY after it was sent, so that time bounds the server's count from
+above whatever the report's trip to the coordinator costs (the coordinator takes
+no time later than its own now). A client or coordinator that ignores them is
+merely slower.
 """
 
 from __future__ import annotations
@@ -178,6 +187,26 @@ class Sent(_ShardMessage):
 
 
 @dataclass(frozen=True, slots=True)
+class Answered(_ShardMessage):
+    """The server answered (READY) the IDENTIFY under the grant with this nonce; the client
+    read the answer at ``answered_at`` (None: when this message arrives)."""
+
+    TYPE: ClassVar[str] = "answered"
+    answered_at: float | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return _with_time(_ShardMessage.fields(self), "answered_at", self.answered_at)
+
+    @classmethod
+    def from_fields(cls, obj: dict[str, Any]) -> Self:
+        return cls(
+            _int(obj, "shard_id", 0, MAX_SHARD_ID),
+            _int(obj, "nonce", 0, MAX_NONCE),
+            _optional_float(obj, "answered_at"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Grant(_ShardMessage):
     """Permission to send one IDENTIFY for ``shard_id``: now, or at ``not_before``."""
 
@@ -280,12 +309,22 @@ class ErrorReply(_Message):
 
 
 CoordinationMessage = (
-    Acquire | Cancel | Release | Sent | Grant | StatusRequest | StatusReply | ErrorReply
+    Acquire | Cancel | Release | Sent | Answered | Grant | StatusRequest | StatusReply | ErrorReply
 )
 
 _TYPES: Final[dict[str, type[_Message]]] = {
     cls.TYPE: cls
-    for cls in (Acquire, Cancel, Release, Sent, Grant, StatusRequest, StatusReply, ErrorReply)
+    for cls in (
+        Acquire,
+        Cancel,
+        Release,
+        Sent,
+        Answered,
+        Grant,
+        StatusRequest,
+        StatusReply,
+        ErrorReply,
+    )
 }
 
 

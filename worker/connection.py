@@ -334,6 +334,10 @@ class Connection:
     async def _on_session_event(self, t: str, s: int | None, data: bytes) -> None:
         shard = self._shard
         if t == _READY:
+            # When we read the server's answer to our IDENTIFY: it counted the IDENTIFY
+            # before it sent this, so the bucket may open an interval after now. Told to
+            # the permit source straight away, not through the report to the supervisor.
+            answered_at = time.monotonic()
             try:
                 d = orjson.loads(data)["d"]
                 seq = s if s is not None and s > 0 else 0
@@ -342,6 +346,7 @@ class Connection:
                 raise MalformedPayloadError(
                     f"READY without session_id/resume_gateway_url: {exc}"
                 ) from None
+            shard.permits.answered(shard.shard_id, answered_at)
             shard.seq = 0  # a new session numbers from 1 again
             shard.epoch = session_epoch(session.session_id)
             shard.give_back_identify_slot()

@@ -13,6 +13,11 @@ the supervisor or standalone), speaking :mod:`protocol.coordination`.
 - An acquire that is cancelled (``cancel(shard_id)``, task cancellation, or
   ``close()``) withdraws its request; a grant that arrives for it anyway is
   released, so the coordinator refunds the session start.
+- After the IDENTIFY is written, ``sent(shard_id)`` says so (with the write's
+  time), and ``answered(shard_id, at)`` when its READY is read (with the read's
+  time): the server counted the IDENTIFY before it sent the READY, so the
+  coordinator may open the bucket an interval after ``at``, without waiting
+  for the READY's report to reach the supervisor.
 - The DEALER uses its own random routing id, so a reconnect keeps the
   coordinator's picture of who asked.
 
@@ -36,6 +41,7 @@ import zmq.asyncio
 
 from protocol.coordination import (
     Acquire,
+    Answered,
     Cancel,
     CoordinationMessage,
     ErrorReply,
@@ -114,6 +120,8 @@ class IdentifyClient:
         self._waiters: dict[int, _Waiter] = {}
         #: shard -> nonce of its latest grant, until the IDENTIFY under it is reported sent
         self._granted: dict[int, int] = {}
+        #: shard -> nonce of the grant whose IDENTIFY was sent, until its answer is reported
+        self._answering: dict[int, int] = {}
         #: shard -> nonce of an acquire given up before its grant came: release that grant.
         self._abandoned: dict[int, int] = {}
         self._status_waiters: list[asyncio.Future[StatusReply]] = []
@@ -140,6 +148,7 @@ class IdentifyClient:
         waiter = _Waiter(nonce, asyncio.get_running_loop().create_future())
         self._waiters[shard_id] = waiter
         self._abandoned.pop(shard_id, None)
+        self._answering.pop(shard_id, None)  # a new IDENTIFY: the old one's answer is moot
         self._send(Acquire(shard_id, nonce))
         try:
             return await waiter.future
@@ -162,6 +171,20 @@ class IdentifyClient:
         nonce = self._granted.pop(shard_id, None)
         if nonce is not None and not self._closed:
             self._send(Sent(shard_id, nonce, time.monotonic()))
+            self._answering[shard_id] = nonce
+
+    def answered(self, shard_id: int, answered_at: float) -> None:
+        """Report that the server answered (READY) the IDENTIFY ``shard_id`` last reported sent.
+
+        ``answered_at``: when the READY was read (``time.monotonic()``), taken
+        as soon as it was read. The server counted the IDENTIFY before it sent
+        the READY, and we read the READY after that, so the coordinator may
+        open the bucket one interval after ``answered_at``. Once per IDENTIFY;
+        a READY after no reported IDENTIFY sends nothing.
+        """
+        nonce = self._answering.pop(shard_id, None)
+        if nonce is not None and not self._closed:
+            self._send(Answered(shard_id, nonce, answered_at))
 
     async def cancel(self, shard_id: int) -> bool:
         """Withdraw a waiting acquire for ``shard_id``; it raises :class:`IdentifyRequestCancelledError`."""

@@ -6,7 +6,11 @@ implements it against the cluster's coordinator. :class:`LocalPermits` is a
 real in-process implementation for a worker running alone (and for tests):
 one grant per bucket (``shard_id % max_concurrency``) per interval, FIFO.
 After the IDENTIFY is written the shard calls ``sent``: the bucket's spacing
-then counts from the write, not from the grant.
+then counts from the write, not from the grant. When the server's answer
+(READY) is read the shard calls ``answered`` with the time it read it: the
+server counted the IDENTIFY before it sent the READY, so a source that opens
+buckets on answers (the coordinator's ``answer_opens``) may open the bucket an
+interval after that time.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ class PermitSource(Protocol):
 
     def sent(self, shard_id: int) -> None:
         """The IDENTIFY under the latest permit was just written: space the bucket from now."""
+        ...
+
+    def answered(self, shard_id: int, answered_at: float) -> None:
+        """The server answered (READY) that IDENTIFY; the READY was read at ``answered_at``
+        (``time.monotonic()``). Called once per READY, never per dispatch."""
         ...
 
     async def close(self) -> None: ...
@@ -76,6 +85,10 @@ class LocalPermits:
         opens = self._now() + self._interval
         if opens > self._next_free.get(bucket, 0.0):
             self._next_free[bucket] = opens
+
+    def answered(self, shard_id: int, answered_at: float) -> None:
+        # Spaced by the interval from the write alone: nothing to open sooner.
+        return None
 
     async def close(self) -> None:
         return None

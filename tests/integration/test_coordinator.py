@@ -29,8 +29,10 @@ from cluster.coordinator import Coordinator, Requester
 from cluster.identify_scheduler import Grant
 from protocol.coordination import (
     Acquire,
+    Answered,
     ErrorReply,
     Release,
+    Sent,
     StatusReply,
     StatusRequest,
     decode_message,
@@ -347,6 +349,150 @@ async def test_with_answer_opens_the_bucket_opens_an_interval_after_the_answer()
             await second
         assert coord.stats.answer_reports == 1
         assert log.grants[1].not_before >= answered_at + interval
+
+
+class FakeClock:
+    """The coordinator's clock, moved by the test (the workers' stamps are passed explicitly)."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+ANSWER_OPENS: dict[str, Any] = {
+    "safety_margin_s": None,
+    "sent_hold_s": 5.0,
+    "answer_opens": True,
+    "answer_wait_s": 60.0,  # no fallback within the test: only the answer opens the bucket
+}
+
+
+async def test_the_bucket_opens_an_interval_after_the_workers_stamped_answer() -> None:
+    interval = 0.1
+    clock = FakeClock()
+    params = {"interval_s": interval, "clock": clock, **ANSWER_OPENS}
+    async with running("tcp://127.0.0.1:0", **params) as (coord, log):
+        async with IdentifyClient(coord.endpoint) as client, asyncio.timeout(TIMEOUT):
+            await client.acquire(0)  # granted at 0.0
+            client.sent(0)  # its real written_at is later than the fake now: taken as 0.0
+            await wait_until(lambda: coord.stats.sent_reports == 1)
+            second = asyncio.create_task(client.acquire(1))
+            # The worker read the READY at 0.02; its message reaches the coordinator at 0.05.
+            clock.now = 0.05
+            client.answered(0, 0.02)
+            client.answered(0, 0.03)  # one answer per IDENTIFY: nothing is sent
+            await wait_until(lambda: coord.stats.stamped_answers == 1)
+            # The READY's report through the supervisor comes later still: already taken.
+            assert not coord.answered(0, pid=os.getpid())
+            clock.now = 0.02 + interval - 0.01
+            await asyncio.sleep(3 * interval)
+            assert not second.done(), "not yet an interval after the read"
+            clock.now = 0.02 + interval
+            await second
+        assert coord.stats.answer_reports == 1 and coord.stats.bad_messages == 0
+        granted = log.grants[1].granted_at
+        assert granted == 0.02 + interval, "an interval after the worker read the READY"
+        assert granted < 0.05 + interval, "not an interval after its message arrived"
+
+
+async def test_a_stamped_answer_after_the_readys_report_still_opens_the_bucket_sooner() -> None:
+    interval = 0.1
+    clock = FakeClock()
+    params = {"interval_s": interval, "clock": clock, **ANSWER_OPENS}
+    async with running("tcp://127.0.0.1:0", **params) as (coord, log):
+        async with IdentifyClient(coord.endpoint) as client, asyncio.timeout(TIMEOUT):
+            await client.acquire(0)
+            client.sent(0)
+            await wait_until(lambda: coord.stats.sent_reports == 1)
+            second = asyncio.create_task(client.acquire(1))
+            clock.now = 0.04
+            assert coord.answered(0, pid=os.getpid())  # the READY's report came first
+            clock.now = 0.05
+            client.answered(0, 0.02)  # the worker read it at 0.02
+            await wait_until(lambda: coord.stats.stamped_answers == 1)
+            clock.now = 0.02 + interval
+            await second
+        assert coord.stats.answer_reports == 2
+        assert log.grants[1].granted_at == 0.02 + interval
+
+
+async def test_an_answer_stamped_later_than_its_arrival_counts_from_the_arrival() -> None:
+    interval = 0.1
+    clock = FakeClock()
+    params = {"interval_s": interval, "clock": clock, **ANSWER_OPENS}
+    async with running("tcp://127.0.0.1:0", **params) as (coord, log):
+        async with IdentifyClient(coord.endpoint) as client, asyncio.timeout(TIMEOUT):
+            await client.acquire(0)
+            client.sent(0)
+            await wait_until(lambda: coord.stats.sent_reports == 1)
+            second = asyncio.create_task(client.acquire(1))
+            clock.now = 0.05
+            client.answered(0, 1000.0)  # a clock that cannot be: no later than now
+            await wait_until(lambda: coord.stats.stamped_answers == 1)
+            clock.now = 0.05 + interval - 0.01
+            await asyncio.sleep(3 * interval)
+            assert not second.done()
+            clock.now = 0.05 + interval
+            await second
+        assert log.grants[1].granted_at == 0.05 + interval
+
+
+async def test_an_answer_is_taken_only_from_whom_the_grant_went_to_and_after_the_write() -> None:
+    interval = 0.1
+    clock = FakeClock(10.0)
+    async with (
+        running("tcp://127.0.0.1:0", interval_s=interval, clock=clock, **ANSWER_OPENS) as (
+            coord,
+            log,
+        ),
+        raw_dealer(coord.endpoint) as sock,
+        raw_dealer(coord.endpoint) as other,
+    ):
+        await sock.send(Acquire(0, 7).encode())
+        assert await recv(sock) == GrantMessage(0, 7)
+        await sock.send(Sent(0, 7, 10.0).encode())
+        await wait_until(lambda: coord.stats.sent_reports == 1)
+        await sock.send(Acquire(1, 8).encode())
+        clock.now = 10.05
+        await other.send(Answered(0, 7, 10.01).encode())  # another peer
+        await sock.send(Answered(0, 6, 10.01).encode())  # another grant's nonce
+        await sock.send(Answered(1, 8, 10.01).encode())  # a shard without a grant yet
+        await sock.send(Answered(0, 7, 9.99).encode())  # before the write: not this IDENTIFY's
+        await sock.send(StatusRequest().encode())
+        assert isinstance(await recv(sock), StatusReply)  # everything before it was handled
+        # Only the holder's answer was taken (the last one), and it precedes the write.
+        assert coord.stats.bad_messages == 0 and coord.stats.stamped_answers == 1
+        clock.now = 20.0  # past every answer + interval, long before the fallback (write + 60 s)
+        # malformed answers are refused and counted, and change nothing
+        for frame in (
+            b'{"v":1,"type":"answered","shard_id":0,"nonce":7,"answered_at":-1}',
+            b'{"v":1,"type":"answered","shard_id":0,"nonce":7,"answered_at":"soon"}',
+            b'{"v":1,"type":"answered","shard_id":0}',
+        ):
+            await sock.send(frame)
+            reply = await recv(sock)
+            assert isinstance(reply, ErrorReply) and reply.reason
+        assert coord.stats.bad_messages == 3 and coord.stats.stamped_answers == 1
+        assert len(log.grants) == 1, "no answer after the write: the bucket waits for the fallback"
+
+
+async def test_with_an_arbiter_answers_open_nothing() -> None:
+    arbiter = RefusingOnce(0.0)
+    async with (
+        running("tcp://127.0.0.1:0", arbiter=arbiter, **ANSWER_OPENS) as (coord, _),
+        IdentifyClient(coord.endpoint, resend_interval_s=0.1) as client,
+        asyncio.timeout(TIMEOUT),
+    ):
+        assert not coord.scheduler.answer_opens
+        await client.acquire(0)
+        client.sent(0)
+        client.answered(0, time.monotonic())
+        await wait_until(lambda: arbiter.sent_ids == [0])
+        reply = await client.status()  # the answer, sent before it, was handled
+        assert reply.total == 1000
+        assert coord.stats.answer_reports == 0 and coord.stats.bad_messages == 0
 
 
 # -- one client, many shards; the wire rules -----------------------------------------------------

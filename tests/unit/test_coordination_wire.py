@@ -14,6 +14,7 @@ from protocol.coordination import (
     MAX_NONCE,
     MAX_SHARD_ID,
     Acquire,
+    Answered,
     Cancel,
     CoordinationMessage,
     ErrorReply,
@@ -37,6 +38,7 @@ messages: st.SearchStrategy[CoordinationMessage] = st.one_of(
     st.builds(Release, shard_ids, nonces),
     st.builds(Grant, shard_ids, nonces, st.none() | seconds),
     st.builds(Sent, shard_ids, nonces, st.none() | seconds),
+    st.builds(Answered, shard_ids, nonces, st.none() | seconds),
     st.just(StatusRequest()),
     st.builds(
         StatusReply,
@@ -72,6 +74,14 @@ def test_the_documented_layout() -> None:
     # the optional times: absent when None, and a peer that does not know them ignores them
     assert orjson.loads(Grant(3, 9, 12.5).encode())["not_before"] == 12.5
     assert "written_at" not in orjson.loads(Sent(3, 9).encode())
+    assert orjson.loads(Answered(3, 9, 7.25).encode()) == {
+        "v": 1,
+        "type": "answered",
+        "shard_id": 3,
+        "nonce": 9,
+        "answered_at": 7.25,
+    }
+    assert decode_message(b'{"v":1,"type":"answered","shard_id":3,"nonce":9}') == Answered(3, 9)
     # Fields added later within version 1 are ignored.
     assert decode_message(b'{"v":1,"type":"status","future":true}') == StatusRequest()
 
@@ -103,6 +113,11 @@ BAD_FRAMES: list[Any] = [
     b'{"v":1,"type":"status_reply","remaining":1}',
     b'{"v":1,"type":"status_reply","remaining":1,"total":1,"exhausted":1,"reset_after_s":1,'
     b'"max_concurrency":1,"interval_s":1,"queued":0}',
+    b'{"v":1,"type":"answered","shard_id":1}',
+    b'{"v":1,"type":"answered","shard_id":1,"nonce":1,"answered_at":-1.0}',
+    b'{"v":1,"type":"answered","shard_id":1,"nonce":1,"answered_at":"now"}',
+    b'{"v":1,"type":"answered","shard_id":1,"nonce":1,"answered_at":true}',
+    b'{"v":1,"type":"answered","shard_id":1,"nonce":1,"answered_at":1e999}',
     b'{"v":1,"type":"error"}',
     b'{"v":1,"type":"error","reason":"x","shard_id":"0"}',
     b'{"v":1,"type":"acquire","shard_id":1,"nonce":1,"pad":"' + b"x" * MAX_MESSAGE_BYTES + b'"}',
@@ -126,14 +141,16 @@ def test_arbitrary_bytes_decode_or_raise_the_typed_error(data: bytes) -> None:
 
 @given(
     st.dictionaries(
-        st.sampled_from(["v", "type", "shard_id", "nonce", "reason", "remaining", "exhausted"]),
+        st.sampled_from(
+            ["v", "type", "shard_id", "nonce", "reason", "remaining", "exhausted", "answered_at"]
+        ),
         st.one_of(
             st.none(),
             st.booleans(),
             st.integers(),
             st.floats(),
             st.text(max_size=10),
-            st.sampled_from(["acquire", "grant", "status_reply", "error", "cancel"]),
+            st.sampled_from(["acquire", "grant", "status_reply", "error", "cancel", "answered"]),
         ),
     )
 )
