@@ -211,6 +211,30 @@ fingerprints. Now no new set starts before every old set records (a Redis
 set, `reshard:recording`), and the forkserver is back: 12 of 12 runs of the
 multi-host reshard tests without a duplicate.
 
+**Identify buckets opened by the server's answer** (cluster/identify_scheduler.py
+`answer_opens`): the server counts an IDENTIFY between its arrival and its
+READY, so an IDENTIFY written one interval after the previous one's READY was
+read arrives at least an interval later, whatever the network and the
+server's loop did; the worker stamps the READY's read and tells the
+coordinator itself. A fixed margin below 20 ms had the simulator refuse many
+(0 ms: 301 of 1,024; 10 ms: 47) and 20 ms still 0-40 per startup.
+`--only startup --receivers cluster --repeat 1`, 12 interleaved pairs under
+load 2-6: total 7.47 -> 7.13 s, first..last READY 4.92 -> 4.63 s, refusals
+0-34 -> 0; the worker's own READY stamp, 8 more pairs: 4.80 -> 4.56 s and
+3.70 -> 3.52 s. With the forkserver, the table above: 6.34 -> 4.98 s total,
+4.54 -> 3.53 s first..last READY (bound 3.15 s), no refusal.
+
+**The worker's channel bounded in bytes** (worker/group.py `FLUSH_BYTES`):
+flat out, one loop iteration read every shard's socket buffer, ~45,000
+events, into one 46 MB message held three times (the queued runs, the joined
+body, ZeroMQ's copy), and the supervisor published it in one burst past the
+PUB high-water mark. Cut runs now leave at 1 MiB, mid-iteration (the encoder
+appends a run to a list once per run, nothing per event), the worker queues
+64 messages and the supervisor 256. `--only throughput --receivers worker
+cluster --repeat 1` against `--head`, 3 interleaved pairs: peak PSS worker
+alone 180 -> 52 MB, cluster 256 -> 131 MB, PUB drops at the default hwm
+15,000-30,000 per run -> 0, CPU per event within the noise.
+
 **picows measured, not adopted yet.** The issue names picows (a Cython
 websocket client with a callback per frame) against aiohttp's reader. A floor
 receiver written on picows, doing the same work per event as the aiohttp
