@@ -616,9 +616,6 @@ def up(
         usage_error(str(exc))
     if ctx.meta.get(_META_CHECK_ONLY):  # `cluster config`: checked, not run
         return
-    from cluster.forkserver import start_early
-
-    start_early()  # the workers' imports, beside the supervisor's start-up
     run_async(_up(config))
 
 

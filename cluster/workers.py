@@ -10,10 +10,8 @@ points it at the /status view)::
 A worker may exit from spawning or running too (a crash, a kill), and an
 exited one may be given up instead of backing off.
 
-Workers start from the top-level entry point :func:`worker.main.run_worker` with
-a frozen :class:`WorkerSpec` (STYLE.md 9), forked by multiprocessing's forkserver
-with the worker's modules imported once (:mod:`cluster.forkserver`; spawn where
-there is no forkserver).
+Workers start with multiprocessing's *spawn* method from the top-level entry
+point :func:`worker.main.run_worker` with a frozen :class:`WorkerSpec` (STYLE.md 9).
 
 - **Exit** is seen at once: the process sentinel is registered with
   ``loop.add_reader``; the callback reaps the process and hands
@@ -31,6 +29,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import multiprocessing
 import multiprocessing.process
 import os
 import signal
@@ -42,7 +41,6 @@ from typing import Final
 import zmq
 import zmq.asyncio
 
-from cluster.forkserver import worker_context
 from cluster.restart_policy import RestartPolicy, RestartTracker
 from protocol import ipc
 from worker.main import run_worker
@@ -50,7 +48,7 @@ from worker.spec import WorkerSpec
 
 log = logging.getLogger(__name__)
 
-_spawn = worker_context()
+_spawn = multiprocessing.get_context("spawn")
 
 
 class CommandRoutingError(LookupError):

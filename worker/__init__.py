@@ -1,6 +1,6 @@
 """A worker process: one uvloop event loop running a group of gateway shards.
 
-- :mod:`worker.main`: ``run_worker(spec)``, the multiprocessing target (forkserver or spawn), and
+- :mod:`worker.main`: ``run_worker(spec)``, the multiprocessing *spawn* target, and
   the exit codes the supervisor reads (``protocol.exitcodes.ExitCode``; FATAL = 78: do not respawn).
 - :mod:`worker.spec`: the frozen ``WorkerSpec``, all a worker process is given.
 - :mod:`worker.group`: ``ShardGroup`` (shards + the ZeroMQ channels of ``protocol.ipc``).
