@@ -23,6 +23,7 @@ import functools
 import logging
 import multiprocessing
 import os
+from collections.abc import Callable
 from typing import Any, Final
 
 import aiohttp
@@ -48,6 +49,9 @@ EVENT_HWM: Final = 64
 #: Bytes of cut runs (full or broken runs) an iteration queues before they are sent at
 #: once, without waiting for the iteration to end.
 FLUSH_BYTES: Final = 1 << 20
+#: How long a stopping worker may wait, in all, to send its final reports (the sessions
+#: to resume) through a full channel.
+FINAL_REPORTS_S: Final = 3.0
 #: The longest wait for the channel's descriptor before its state is looked at anyway.
 DRAIN_RECHECK_S: Final = 0.05
 _MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
@@ -71,6 +75,10 @@ def shard_config(spec: WorkerSpec, shard_id: int) -> ShardConfig:
         new_session_delay_s=spec.new_session_delay_s,
         send_window_s=spec.send_window_s,
     )
+
+
+def _dropped(frame: Any, flags: int = 0) -> None:
+    """The channel's send once it is abandoned: nothing is sent, nothing waits."""
 
 
 class _CutRuns(list[Any]):
@@ -132,7 +140,9 @@ class ZmqOutput(ipc.EventRunsEncoder):
         self._socket = socket
         # The backend's send skips the sugar layer's per-call Python checks
         # (copy thresholds, enum flags).
-        self._send = functools.partial(zmq.backend.Socket.send, socket)
+        self._send: Callable[..., None] = functools.partial(zmq.backend.Socket.send, socket)
+        #: True once the supervisor is gone: everything is dropped (:meth:`abandon`)
+        self.abandoned = False
         self._loop = loop
         self._scheduled = False
         self.send_blocked = 0
@@ -186,9 +196,21 @@ class ZmqOutput(ipc.EventRunsEncoder):
         finally:
             self._open = open_runs
 
+    def abandon(self) -> None:
+        """Nobody reads the channel any more (the supervisor is gone): what is queued and
+        what comes next is dropped, so no shard and no report waits for a reader."""
+        self.abandoned = True
+        self._send = _dropped
+        self.flush()
+        self._wake()
+
     async def drain(self) -> None:
         """Return once every queued run is sent (the shard may queue again)."""
         while True:
+            if self.abandoned:
+                self.flush()
+                await asyncio.sleep(0)  # a stopping shard's cancellation gets in
+                return
             if int(self._socket.getsockopt(zmq.EVENTS)) & zmq.POLLOUT and self.flush():
                 return
             # Shielded: one shard cancelled while waiting must not cancel the others' wait.
@@ -232,7 +254,7 @@ class ZmqOutput(ipc.EventRunsEncoder):
 
     async def send(self, frames: list[bytes]) -> None:
         """Send a non-event message after every event queued before it."""
-        while True:
+        while not self.abandoned:
             if self.flush():
                 try:
                     self._socket.send_multipart(frames, zmq.NOBLOCK)
@@ -305,7 +327,7 @@ class ShardGroup:
                 for sid, shard in self.shards.items():
                     runs[asyncio.create_task(shard.run(), name=f"shard-{sid}")] = sid
                 helpers.append(asyncio.create_task(self._report_loop(output)))
-                helpers.append(asyncio.create_task(self._parent_watch()))
+                helpers.append(asyncio.create_task(self._parent_watch(output)))
                 if dealer is not None:
                     helpers.append(asyncio.create_task(self._command_loop(dealer)))
                 pending = set(runs)
@@ -331,16 +353,10 @@ class ShardGroup:
                     await task
             with contextlib.suppress(Exception):
                 await permits.close()
-            # Final reports (sessions to resume), then the worker's last word.
-            for shard in self.shards.values():
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(
-                        output.report(shard.snapshot(reason=self.stop_reason)), 2.0
-                    )
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    output.send(ipc.encode_worker_status(self._status(result))), 2.0
-                )
+            # Final reports (sessions to resume), then the worker's last word: within one
+            # deadline for all of them (a channel that stays full must not hold the exit
+            # for seconds per shard: it did, for 2 s a shard).
+            await self._last_words(output, result)
             # With the supervisor gone nobody will read what is queued: exit at once.
             output.close()
             push.close(linger=0 if self._parent_gone else 5000)
@@ -370,6 +386,27 @@ class ShardGroup:
         client: PermitSource = IdentifyClient(spec.coordinator_endpoint, self._context)
         return client
 
+    async def _last_words(self, output: ZmqOutput, result: WorkerStatusKind) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FINAL_REPORTS_S
+        messages = [
+            *(
+                ipc.encode_shard_report(s.snapshot(reason=self.stop_reason))
+                for s in self.shards.values()
+            ),
+            ipc.encode_worker_status(self._status(result)),
+        ]
+        for frames in messages:
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning(
+                    "worker %d: the channel stayed full: final reports not sent",
+                    self.spec.worker_id,
+                )
+                return
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(output.send(frames), left)
+
     async def _report_loop(self, output: ZmqOutput) -> None:
         # Liveness from the event loop itself: a stuck loop stops these reports.
         while True:
@@ -385,13 +422,16 @@ class ShardGroup:
             return False
         return os.getppid() == self._parent_pid
 
-    async def _parent_watch(self) -> None:
+    async def _parent_watch(self, output: ZmqOutput) -> None:
         while True:
             await asyncio.sleep(self.spec.parent_check_interval_s)
             if not self._parent_alive():
                 self._parent_gone = True
                 log.warning("worker %d: the supervisor is gone; draining", self.spec.worker_id)
                 self.stop("parent gone")
+                # What is queued may still be read (the channel outlives its writer's
+                # parent); a channel that stays full must not hold the stop for good.
+                asyncio.get_running_loop().call_later(FINAL_REPORTS_S, output.abandon)
                 return
 
     async def _command_loop(self, dealer: zmq.asyncio.Socket) -> None:

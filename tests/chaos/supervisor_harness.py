@@ -139,12 +139,19 @@ class SupervisorHarness:
                 self._changed.clear()
                 await self._changed.wait()
 
+    async def _said_hello(self, worker_id: int) -> None:
+        """As the supervisor does: route to a worker only once its hello came (before it, the
+        ROUTER may not know the peer yet: EHOSTUNREACH under ROUTER_MANDATORY)."""
+        await self.wait_for(lambda got: any(h.worker_id == worker_id for h in got.hellos))
+
     async def send_command(self, worker_id: int, shard_id: int, payload: bytes) -> None:
+        await self._said_hello(worker_id)
         await self.router.send_multipart(
             [ipc.worker_routing_id(worker_id), *ipc.encode_command(shard_id, payload)]
         )
 
     async def stop_worker(self, worker_id: int) -> None:
+        await self._said_hello(worker_id)
         await self.router.send_multipart([ipc.worker_routing_id(worker_id), *ipc.encode_stop()])
 
 
