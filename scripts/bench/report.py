@@ -208,8 +208,16 @@ events twice in 2 of 4 runs. The race it exposed: hosts read the reshard's
 record up to a poll (0.25 s) apart, so a host whose new set started early
 could hold an event that another host's old set published before it recorded
 fingerprints. Now no new set starts before every old set records (a Redis
-set, `reshard:recording`), and the forkserver is back: 12 of 12 runs of the
-multi-host reshard tests without a duplicate.
+set, `reshard:recording`): 12 of 12 runs of the multi-host reshard tests
+without a duplicate with the forkserver. It came back (a246af4) and was
+reverted a second time (28492da): with it a worker sometimes never left its
+event loop after its supervisor's SIGKILL (2 of 8 tries with 64 shards, 0 with
+spawn; the worker had closed every websocket, cause not found), and a CI run
+timed out on two supervisors' SIGTERM shutdowns with Redis. The throughput
+and latency sections above ran with it (workers forked instead of spawned;
+the same code per event); the Startup, Memory and Recovery sections were
+measured again after the revert (with it: 4.98 s to all READY, 0.17 s to
+recover).
 
 **Identify buckets opened by the server's answer** (cluster/identify_scheduler.py
 `answer_opens`): the server counts an IDENTIFY between its arrival and its
@@ -221,8 +229,7 @@ coordinator itself. A fixed margin below 20 ms had the simulator refuse many
 `--only startup --receivers cluster --repeat 1`, 12 interleaved pairs under
 load 2-6: total 7.47 -> 7.13 s, first..last READY 4.92 -> 4.63 s, refusals
 0-34 -> 0; the worker's own READY stamp, 8 more pairs: 4.80 -> 4.56 s and
-3.70 -> 3.52 s. With the forkserver, the table above: 6.34 -> 4.98 s total,
-4.54 -> 3.53 s first..last READY (bound 3.15 s), no refusal.
+3.70 -> 3.52 s.
 
 **The worker's channel bounded in bytes** (worker/group.py `FLUSH_BYTES`):
 flat out, one loop iteration read every shard's socket buffer, ~45,000
