@@ -72,10 +72,10 @@ from protocol.coordination import (
     StatusReply,
     StatusRequest,
     decode_message,
+    routing_id_prefix,
 )
 from protocol.coordination import Grant as GrantMessage
 from protocol.errors import WireFormatError
-from worker.identify_client import routing_id_prefix
 
 log = logging.getLogger(__name__)
 

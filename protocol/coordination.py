@@ -129,6 +129,12 @@ class _Message:
         return message
 
 
+def routing_id_prefix(pid: int) -> bytes:
+    """How the routing id of a client in process ``pid`` begins (the coordinator can tell
+    which worker process a grant went to)."""
+    return b"ic-%d-" % pid
+
+
 @dataclass(frozen=True, slots=True)
 class _ShardMessage(_Message):
     shard_id: int

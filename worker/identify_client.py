@@ -51,6 +51,7 @@ from protocol.coordination import (
     StatusReply,
     StatusRequest,
     decode_message,
+    routing_id_prefix,
 )
 from protocol.errors import WireFormatError
 
@@ -65,12 +66,6 @@ DEFAULT_RESEND_INTERVAL_S: Final = 2.0
 #: loopback or ipc:// on this host, so retrying a failed connect every 10 ms costs
 #: nothing worth counting, and only until it binds.
 RECONNECT_INTERVAL_MS: Final = 10
-
-
-def routing_id_prefix(pid: int) -> bytes:
-    """How the routing id of a client in process ``pid`` begins (the coordinator can tell
-    which worker process a grant went to)."""
-    return b"ic-%d-" % pid
 
 
 class IdentifyClientError(Exception):

@@ -10,29 +10,12 @@ goes out after the events queued before it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
-import pytest
 import zmq
 
 from protocol import ipc
 from protocol.ipc import MAX_RUN_EVENTS
 from worker.group import ZmqOutput
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    port = pull.bind_to_random_port("tcp://127.0.0.1")
-    push = ctx.socket(zmq.PUSH)
-    push.connect(f"tcp://127.0.0.1:{port}")
-    try:
-        yield push, pull
-    finally:
-        push.close(linger=0)
-        pull.close(linger=0)
-        ctx.term()
 
 
 def receive_all(pull: zmq.Socket[bytes], n: int) -> list[ipc.Message]:

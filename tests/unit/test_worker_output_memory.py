@@ -12,6 +12,7 @@ is woken by the socket's descriptor, not a timer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -26,14 +27,17 @@ from worker.group import ZmqOutput
 FLUSH = 16 * 1024
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
+@contextlib.contextmanager
+def tight_pair(name: str) -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
+    """PUSH -> PULL over inproc with high-water marks of 1: the channel fills at once."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    port = pull.bind_to_random_port("tcp://127.0.0.1")
     push = ctx.socket(zmq.PUSH)
-    push.connect(f"tcp://127.0.0.1:{port}")
+    push.setsockopt(zmq.SNDHWM, 1)
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 1)
     try:
+        pull.bind(f"inproc://{name}")
+        push.connect(f"inproc://{name}")
         yield push, pull
     finally:
         push.close(linger=0)
@@ -104,14 +108,7 @@ async def test_a_full_channel_refuses_mid_iteration_and_loses_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(group, "FLUSH_BYTES", FLUSH)
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 1)
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.RCVHWM, 1)
-    try:
-        pull.bind("inproc://memory-refuse")
-        push.connect("inproc://memory-refuse")
+    with tight_pair("memory-refuse") as (push, pull):
         out = ZmqOutput(push, asyncio.get_running_loop())
         shards, n = 3, 4 * MAX_RUN_EVENTS
         got: list[tuple[int, int, bytes]] = []
@@ -144,10 +141,6 @@ async def test_a_full_channel_refuses_mid_iteration_and_loses_nothing(
             reader.cancel()
         assert out.send_blocked >= 1, "the channel never refused: the test proves nothing"
         check_exactly_once_in_order(got, shards, n)
-    finally:
-        push.close(linger=0)
-        pull.close(linger=0)
-        ctx.term()
 
 
 async def test_drain_is_woken_by_the_socket_not_a_timer(
@@ -155,14 +148,7 @@ async def test_drain_is_woken_by_the_socket_not_a_timer(
 ) -> None:
     # The timer fallback is set far beyond the test's timeout: only the descriptor can wake.
     monkeypatch.setattr(group, "DRAIN_RECHECK_S", 3600.0)
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 1)
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.RCVHWM, 1)
-    try:
-        pull.bind("inproc://memory-drain")
-        push.connect("inproc://memory-drain")
+    with tight_pair("memory-drain") as (push, pull):
         out = ZmqOutput(push, asyncio.get_running_loop())
         epoch = 1
         while out.event(0, epoch, 1, b"T", payload(0, 1)):  # a new session: a message each
@@ -189,7 +175,3 @@ async def test_drain_is_woken_by_the_socket_not_a_timer(
         assert received == epoch - 1
         assert out.event(0, epoch, 1, b"T", payload(0, 1)), "accepts again after the drain"
         out.close()
-    finally:
-        push.close(linger=0)
-        pull.close(linger=0)
-        ctx.term()
