@@ -107,7 +107,7 @@ class Sizes:
 
 
 FULL = Sizes(16, 20_000, (1_000, 10_000, 50_000), 5.0, 1024, 16, 0.05, 1000, 16, 0.5, 64, 20.0)
-QUICK = Sizes(4, 300, (1_000,), 0.3, 16, 16, 0.05, 32, 16, 0.1, 16, 20.0)
+QUICK = Sizes(4, 2_000, (1_000,), 0.3, 16, 16, 0.05, 32, 16, 0.1, 16, 20.0)
 #: max_concurrency of the memory benchmark (a divisor of both of its shard counts)
 MEMORY_MC = 8
 #: Added to the identify interval of the lone worker's in-process permits: the
