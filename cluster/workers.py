@@ -11,7 +11,8 @@ A worker may exit from spawning or running too (a crash, a kill), and an
 exited one may be given up instead of backing off.
 
 Workers start with multiprocessing's *spawn* method from the top-level entry
-point :func:`worker.main.run_worker` with a frozen :class:`WorkerSpec` (STYLE.md 9).
+point :func:`worker.main.run_worker` with a frozen :class:`WorkerSpec` (STYLE.md 9),
+or take one that ``cluster up`` started before the plan (:mod:`cluster.warm_start`).
 
 - **Exit** is seen at once: the process sentinel is registered with
   ``loop.add_reader``; the callback reaps the process and hands
@@ -36,7 +37,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import zmq
 import zmq.asyncio
@@ -45,6 +46,9 @@ from cluster.restart_policy import RestartPolicy, RestartTracker
 from protocol import ipc
 from worker.main import run_worker
 from worker.spec import WorkerSpec
+
+if TYPE_CHECKING:
+    from cluster.warm_start import WarmStarts
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +158,7 @@ class WorkerPool:
         on_exit: ExitHandler,
         router: zmq.asyncio.Socket,
         on_change: SlotHook = unwatched,
+        warm: WarmStarts | None = None,
     ) -> None:
         self.slots: dict[int, WorkerSlot] = {
             worker_id: WorkerSlot(worker_id, shard_ids, RestartTracker(policy), on_change=on_change)
@@ -163,6 +168,8 @@ class WorkerPool:
         self._on_exit = on_exit
         self._router = router
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: processes started before the plan (cluster up's first step), taken first
+        self._warm = warm
 
     # -- processes ------------------------------------------------------------------------
 
@@ -174,10 +181,14 @@ class WorkerPool:
             )
         loop = asyncio.get_running_loop()
         self._loop = loop
-        process = _spawn.Process(
-            target=run_worker, args=(spec,), name=f"titanium-worker-{slot.worker_id}", daemon=True
-        )
-        process.start()
+        warm = None if self._warm is None else self._warm.take()
+        process: multiprocessing.process.BaseProcess
+        if warm is None:
+            process = _spawn.Process(target=run_worker, args=(spec,), daemon=True)
+            process.start()
+        else:
+            process = warm.hand(spec, loop)
+        process.name = f"titanium-worker-{slot.worker_id}"
         slot.generation += 1
         slot.process = process
         slot.hello = False
@@ -188,9 +199,10 @@ class WorkerPool:
         loop.add_reader(sentinel, self._exited, slot, generation)
         slot.transition(WorkerState.SPAWNING)
         log.info(
-            "worker %d started (pid %s): shards %d-%d",
+            "worker %d started (pid %s%s): shards %d-%d",
             slot.worker_id,
             process.pid,
+            "" if warm is None else ", started early",
             slot.shard_ids[0],
             slot.shard_ids[-1],
         )
