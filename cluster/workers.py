@@ -44,7 +44,6 @@ import zmq.asyncio
 
 from cluster.restart_policy import RestartPolicy, RestartTracker
 from protocol import ipc
-from worker.main import run_worker
 from worker.spec import WorkerSpec
 
 if TYPE_CHECKING:
@@ -184,6 +183,8 @@ class WorkerPool:
         warm = None if self._warm is None else self._warm.take()
         process: multiprocessing.process.BaseProcess
         if warm is None:
+            from worker.main import run_worker  # only the children run it: not at import
+
             process = _spawn.Process(target=run_worker, args=(spec,), daemon=True)
             process.start()
         else:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
-
-import redis.exceptions
+from typing import TYPE_CHECKING, Any, Final
 
 from cluster.state import redis_scripts
 from cluster.state.redis_state import Lease, RedisState, RedisStateError
+
+if TYPE_CHECKING:
+    import redis.exceptions
 
 #: One stream entry as redis-py returns it: (id, {field: value}).
 _Entry = tuple[bytes, dict[bytes, bytes]]
@@ -217,6 +218,8 @@ def _int_or_none(raw: Any) -> int | None:
 async def _exchange(conn: Any, request: list[bytes], replies: int) -> list[Any]:
     """Write ``request`` on ``conn`` and read ``replies`` replies (all of them, so the
     connection stays in step, before the first error reply is raised)."""
+    import redis.exceptions  # loaded with the client (cluster.state.redis_state): no cost
+
     await conn.send_packed_command(request)
     out: list[Any] = []
     error: redis.exceptions.ResponseError | None = None
@@ -267,6 +270,8 @@ class StreamStore:
         try:
             replies = await self._state.call(self._append_pipeline(lease, batches, ttl_ms))
         except RedisStateError as exc:
+            import redis.exceptions
+
             if not isinstance(exc.__cause__, redis.exceptions.NoScriptError):
                 raise
             # Redis lost its script cache (a restart, a failover): load it, run again.
@@ -372,6 +377,8 @@ class StreamStore:
                 self._state.bulk.xgroup_create(stream, group, id="$", mkstream=True)
             )
         except RedisStateError as exc:
+            import redis.exceptions
+
             if isinstance(exc.__cause__, redis.exceptions.ResponseError) and "BUSYGROUP" in str(
                 exc.__cause__
             ):
