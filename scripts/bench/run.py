@@ -1067,10 +1067,14 @@ def merge(res: Results, old: dict[str, Any]) -> None:
         # notes of runs before notes named their benchmark: drops at the PUB
         return "the SUB client missed" not in note or not {"throughput", "latency"} & measured
 
-    res.notes = [n for n in old.get("notes", []) if current(n)] + res.notes
+    merged_note = "figures of an earlier run (`--merge`)"
+    kept = [n for n in old.get("notes", []) if current(n)]
+    if taken and measured:  # this run says which figures are older: the earlier say drops
+        kept = [n for n in kept if merged_note not in n]
+    res.notes = kept + res.notes
     if taken and measured:
         res.notes.append(
-            f"{', '.join(taken)}: figures of an earlier run (`--merge`); this run measured"
+            f"{', '.join(taken)}: {merged_note}; this run measured"
             f" {', '.join(sorted(measured))}. The Machine section describes the machine of"
             " this run: the earlier run's JSON does not record its own (the redis section"
             " names the machine it was measured on)."
