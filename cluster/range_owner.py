@@ -59,6 +59,7 @@ import zmq
 import zmq.asyncio
 
 from cluster import reshard_hosts
+from cluster.cancelling import cancel_and_wait
 from cluster.command_stream import CommandReader
 from cluster.config import LogFormat, SupervisorConfig
 from cluster.control import ControlServer
@@ -1406,11 +1407,7 @@ class RangeOwner:
                 await self._wait_exits(run.pool, time.monotonic() + 2.0)
             else:
                 await self._stop_workers(run.pool)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         if run is None:
             return
         run.relay.drain()

@@ -43,6 +43,7 @@ import zmq.asyncio
 
 from cluster import sd_notify
 from cluster.auto_reshard import AutoReshard
+from cluster.cancelling import cancel_and_wait
 from cluster.config import SupervisorConfig, host_ordinal
 from cluster.discord_api import DiscordApiError, GatewayBot, fetch_bot_user_id, fetch_gateway_bot
 from cluster.http import HealthServer
@@ -231,14 +232,7 @@ class Supervisor:
                 loop.remove_signal_handler(signum)
             if warm is not None:
                 warm.close()
-            if systemd is not None:
-                systemd.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await systemd
-            if monitor is not None:
-                monitor.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await monitor
+            await cancel_and_wait((systemd, monitor))
             if leases is not None:
                 await leases.release()
             if redis is not None:
@@ -298,11 +292,7 @@ class Supervisor:
         finally:
             self._owner = None
             self._total = owner.total_shards  # a reshard's switch changed it
-            for task in (auto, holding):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+            await cancel_and_wait((auto, holding))
 
     def _auto_reshard(self, shared: Shared, owner: RangeOwner) -> AutoReshard:
         """``--auto-reshard`` for this range: Discord's recommendation, by the reshard path."""

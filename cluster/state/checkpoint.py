@@ -99,8 +99,12 @@ class Checkpointer:
     async def run(self) -> None:
         """Checkpoint until cancelled."""
         while True:
+            # Not asyncio.wait_for: on Python 3.11 it returns the result, dropping a
+            # cancellation that comes after soon() woke it but before it resumed, and this
+            # loop then never ended (the range's stop waited for it for good).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._soon.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):
+                    await self._soon.wait()
             self._soon.clear()
             last = self.stats.last_write_at
             stale = last is None or time.monotonic() - last >= self.refresh_s

@@ -68,6 +68,20 @@ async def test_a_new_session_is_written_at_once_not_at_the_next_tick(tmp_path: P
         task.cancel()
 
 
+async def test_a_cancel_right_after_soon_ends_the_loop(tmp_path: Path) -> None:
+    # A worker's last READY report (soon) handled right after its exit: the stop cancels
+    # the loop while the wake-up is on its way. asyncio.wait_for (3.11) lost that cancel.
+    checkpointer = Checkpointer(SessionBook(), (0,), SessionStore(tmp_path, "token", 1))
+    task = asyncio.create_task(checkpointer.run())
+    await asyncio.sleep(0.05)
+    checkpointer.soon()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 2.0)
+
+
 async def test_a_failing_target_is_counted_and_retried(tmp_path: Path) -> None:
     book = SessionBook()
     blocker = tmp_path / "not-a-dir"
