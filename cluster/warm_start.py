@@ -1,22 +1,26 @@
-"""Worker processes started before the plan exists: the first thing ``cluster up`` does.
+"""How worker processes start, and starting them before the plan exists (``cluster up``'s first step).
 
-A worker started with multiprocessing's *spawn* method is a new interpreter that
-imports aiohttp, ZeroMQ, uvloop and the worker package before it can open a
-connection (about 0.3 s), and the supervisor imports its own modules and asks
-``GET /gateway/bot`` before it knows how many workers to start. Run one after
-the other, the two are most of the time before the first IDENTIFY.
-:class:`WarmStarts` starts the workers as ``cluster up`` begins
-(:func:`worker.warm.run_when_told`): each imports the worker and waits on a
-pipe. :meth:`cluster.workers.WorkerPool.spawn` then :meth:`~WarmStarts.take`s
-one and hands it its :class:`worker.spec.WorkerSpec` instead of starting a
-process. They are still spawned, fresh interpreters (no fork of a running loop,
-STYLE.md 9); only the spec comes later.
+A worker is a fresh process that runs :func:`worker.entry.run_spec` (STYLE.md 9:
+never a fork of a running loop). Before it can open a connection it needs
+aiohttp, ZeroMQ, uvloop and the worker package imported (about 0.3 s), while
+the supervisor imports its own modules and asks ``GET /gateway/bot`` before it
+knows how many workers to start. Run one after the other, the two are most of
+the time before the first IDENTIFY, and every replacement of a crashed worker
+pays the imports again. So:
 
-How many: :func:`warm_count` from what the configuration already says (``--workers``,
-``--shards``, ``--shard-ids``, ``--hosts``, ``--simulate``), else one. Those the
-plan does not need are closed (:meth:`WarmStarts.close`: the pipe closes, the
-process exits 0) once the range's workers are running, and at the latest
-:data:`WARM_TTL_S` after the start, so a spare does not keep them.
+- **forkserver** (:func:`worker_context`, where the platform has it): workers
+  are forks of multiprocessing's forkserver, a small process that imported
+  :data:`PRELOAD` once and has no loop, thread or ZeroMQ context of the
+  supervisor's. :class:`WarmStarts` starts it as ``cluster up`` begins, so its
+  imports run beside the supervisor's; a worker (a first one or a replacement)
+  is then a fork of a few milliseconds, and the workers share its pages.
+- **spawn** elsewhere: :class:`WarmStarts` starts :func:`warm_count` processes
+  at once (:func:`worker.entry.run_when_told`), each importing the worker and
+  waiting on a pipe; :meth:`cluster.workers.WorkerPool.spawn` :meth:`~WarmStarts.take`s
+  one and hands it its :class:`worker.spec.WorkerSpec` instead of starting a process.
+  Those the plan does not need are closed (:meth:`WarmStarts.close`: the pipe
+  closes, the process exits 0) once the range's workers are running, and at the
+  latest :data:`WARM_TTL_S` after the start, so a spare does not keep them.
 """
 
 from __future__ import annotations
@@ -32,16 +36,29 @@ from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Final
 
 from cluster.planner import default_worker_count
-from worker.warm import run_when_told
+from worker.entry import run_when_told
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # ForkServerContext does not exist on Windows
+    from multiprocessing.context import ForkServerContext, SpawnContext
+
     from cluster.config import SupervisorConfig
     from worker.spec import WorkerSpec
 
+    WorkerContext = ForkServerContext | SpawnContext
+
 #: Unused warm workers are closed this long after the start at the latest.
 WARM_TTL_S: Final = 30.0
+#: What the forkserver imports before its first fork.
+PRELOAD: Final = ("worker.main",)
 
-_spawn = multiprocessing.get_context("spawn")
+
+def worker_context() -> WorkerContext:
+    """The multiprocessing context workers start with: forkserver where available, else spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOAD))
+    return context
 
 
 def warm_count(config: SupervisorConfig, cpu_count: int) -> int:
@@ -107,13 +124,23 @@ class WarmProcess:
 
 
 class WarmStarts:
-    """Workers started early, taken one by one by the pool; the rest closed."""
+    """Workers started early (spawn), taken one by one by the pool; the rest closed.
 
-    def __init__(self, count: int) -> None:
+    With a forkserver ``context`` it starts the forkserver and no process: a fork
+    of it is ready as fast as a warm process would be, and :meth:`take` answers None.
+    """
+
+    def __init__(self, count: int, context: WorkerContext | None = None) -> None:
         self._waiting: list[WarmProcess] = []
+        context = worker_context() if context is None else context
+        if context.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()  # returns at once: its imports run beside ours
+            return
         for _ in range(count):
-            reader, writer = _spawn.Pipe(duplex=False)
-            process = _spawn.Process(
+            reader, writer = context.Pipe(duplex=False)
+            process = context.Process(
                 target=run_when_told, args=(reader,), name="titanium-worker", daemon=True
             )
             process.start()

@@ -10,9 +10,10 @@ points it at the /status view)::
 A worker may exit from spawning or running too (a crash, a kill), and an
 exited one may be given up instead of backing off.
 
-Workers start with multiprocessing's *spawn* method from the top-level entry
-point :func:`worker.main.run_worker` with a frozen :class:`WorkerSpec` (STYLE.md 9),
-or take one that ``cluster up`` started before the plan (:mod:`cluster.warm_start`).
+Workers start from the top-level entry point :func:`worker.entry.run_spec` with a
+frozen :class:`WorkerSpec` (STYLE.md 9), forked by multiprocessing's forkserver
+where there is one, else spawned, or take a process ``cluster up`` started
+before the plan (:mod:`cluster.warm_start` owns both).
 
 - **Exit** is seen at once: the process sentinel is registered with
   ``loop.add_reader``; the callback reaps the process and hands
@@ -43,7 +44,9 @@ import zmq
 import zmq.asyncio
 
 from cluster.restart_policy import RestartPolicy, RestartTracker
+from cluster.warm_start import worker_context
 from protocol import ipc
+from worker.entry import run_spec
 from worker.spec import WorkerSpec
 
 if TYPE_CHECKING:
@@ -51,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_spawn = multiprocessing.get_context("spawn")
+_start = worker_context()
 
 
 class CommandRoutingError(LookupError):
@@ -183,9 +186,7 @@ class WorkerPool:
         warm = None if self._warm is None else self._warm.take()
         process: multiprocessing.process.BaseProcess
         if warm is None:
-            from worker.main import run_worker  # only the children run it: not at import
-
-            process = _spawn.Process(target=run_worker, args=(spec,), daemon=True)
+            process = _start.Process(target=run_spec, args=(spec,), daemon=True)
             process.start()
         else:
             process = warm.hand(spec, loop)

@@ -1,7 +1,9 @@
 """A worker process: one uvloop event loop running a group of gateway shards.
 
-- :mod:`worker.main`: ``run_worker(spec)``, the multiprocessing *spawn* target, and
+- :mod:`worker.main`: ``run_worker(spec)``, the multiprocessing target (worker.entry names it), and
   the exit codes the supervisor reads (``protocol.exitcodes.ExitCode``; FATAL = 78: do not respawn).
+- :mod:`worker.entry`: the process targets the supervisor names (``run_spec``, and
+  ``run_when_told`` for a process started before its spec), light to import.
 - :mod:`worker.spec`: the frozen ``WorkerSpec``, all a worker process is given.
 - :mod:`worker.group`: ``ShardGroup`` (shards + the ZeroMQ channels of ``protocol.ipc``).
 - :mod:`worker.shard`: the async runner of one shard: its reconnect loop and identify slots;

@@ -1,4 +1,4 @@
-"""The worker process entry point: ``run_worker(spec)``, a multiprocessing *spawn* target.
+"""The worker process entry point: ``run_worker(spec)``, in a fresh process (spawned or forked).
 
 Everything with a thread or a file descriptor (the uvloop loop, the ZeroMQ
 context, the HTTP session) is created here, in the child, never inherited.
@@ -78,7 +78,7 @@ def configure_logging(spec: WorkerSpec) -> None:
 
 
 def run_worker(spec: WorkerSpec) -> None:
-    """Spawn target: run ``spec`` in this (fresh) process and exit with a documented code."""
+    """Process target: run ``spec`` in this (fresh) process and exit with a documented code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(spec)
     _install_loop()

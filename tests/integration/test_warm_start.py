@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psutil
 import pytest
 
-from cluster.warm_start import WarmStarts
+from cluster.warm_start import WarmStarts, worker_context
 from protocol.session import Session
 from tests.chaos.supervisor_harness import (
     SupervisorHarness,
@@ -23,6 +25,8 @@ __all__ = ["harness"]
 pytestmark = pytest.mark.timeout(60)
 
 SimFactory = Any
+#: Warm processes are what a platform without a forkserver gets: tested as such here.
+SPAWN = multiprocessing.get_context("spawn")
 
 
 @pytest.fixture
@@ -43,7 +47,7 @@ async def exited(process: Any, within_s: float = 15.0) -> int | None:
 async def test_a_warm_worker_runs_the_spec_it_is_handed(
     sim_factory: SimFactory, harness: SupervisorHarness, warm_starts: list[WarmStarts]
 ) -> None:
-    warm = WarmStarts(1)
+    warm = WarmStarts(1, SPAWN)
     warm_starts.append(warm)
     sim = await sim_factory(shards=2, identify_window_s=0.05)
     taken = warm.take()
@@ -68,7 +72,7 @@ async def test_a_warm_worker_runs_the_spec_it_is_handed(
 
 
 async def test_warm_workers_not_taken_exit_0_when_closed() -> None:
-    warm = WarmStarts(2)
+    warm = WarmStarts(2, SPAWN)
     processes = warm.processes
     warm.close()
     assert len(warm) == 0
@@ -76,7 +80,7 @@ async def test_warm_workers_not_taken_exit_0_when_closed() -> None:
 
 
 async def test_a_dead_warm_worker_is_skipped() -> None:
-    warm = WarmStarts(2)
+    warm = WarmStarts(2, SPAWN)
     try:
         first, second = warm.processes
         first.kill()
@@ -88,3 +92,13 @@ async def test_a_dead_warm_worker_is_skipped() -> None:
         assert await exited(second) == 0
     finally:
         warm.close()
+
+
+async def test_with_a_forkserver_nothing_waits_the_server_starts() -> None:
+    context = worker_context()
+    if context.get_start_method() != "forkserver":
+        pytest.skip("this platform has no forkserver")
+    warm = WarmStarts(4, context)
+    assert len(warm) == 0 and warm.take() is None  # the pool forks: a few ms each
+    commands = [" ".join(child.cmdline()) for child in psutil.Process().children()]
+    assert any("forkserver" in command for command in commands)  # importing beside us
