@@ -23,6 +23,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -52,6 +53,10 @@ FLUSH_BYTES: Final = 1 << 20
 #: How long a stopping worker may wait, in all, to send its final reports (the sessions
 #: to resume) through a full channel.
 FINAL_REPORTS_S: Final = 3.0
+#: With the supervisor gone, the process ends by SIGALRM this long after it saw so,
+#: whatever its loop is doing: nobody reads it any more, and a worker that outlives
+#: its supervisor would hold its shards' sessions against the next one.
+ORPHAN_EXIT_S: Final = 10
 #: The longest wait for the channel's descriptor before its state is looked at anyway.
 DRAIN_RECHECK_S: Final = 0.05
 _MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
@@ -432,6 +437,7 @@ class ShardGroup:
                 # What is queued may still be read (the channel outlives its writer's
                 # parent); a channel that stays full must not hold the stop for good.
                 asyncio.get_running_loop().call_later(FINAL_REPORTS_S, output.abandon)
+                signal.alarm(ORPHAN_EXIT_S)  # the default action ends the process
                 return
 
     async def _command_loop(self, dealer: zmq.asyncio.Socket) -> None:
