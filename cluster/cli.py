@@ -767,11 +767,14 @@ def coordinator_command() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one-line errors, meaningful exit codes."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["up"] and "--help" not in args:
+        from cluster.warm_start import start_forkserver
+
+        start_forkserver()  # its imports (the workers') run while the options are parsed
     command = typer.main.get_command(app)
     try:
-        result = command.main(
-            args=sys.argv[1:] if argv is None else argv, prog_name="cluster", standalone_mode=False
-        )
+        result = command.main(args=args, prog_name="cluster", standalone_mode=False)
     except click_exceptions.NoArgsIsHelpError:
         sys.exit(ExitCode.USAGE)  # the help was printed
     except click_exceptions.UsageError as exc:

@@ -10,8 +10,8 @@ pays the imports again. So:
 
 - **forkserver** (:func:`worker_context`, where the platform has it): workers
   are forks of multiprocessing's forkserver, a small process that imported
-  :data:`PRELOAD` once and has no loop, thread or ZeroMQ context of the
-  supervisor's. :class:`WarmStarts` starts it as ``cluster up`` begins, so its
+  :data:`PRELOAD` once (:mod:`worker.forkserver`) and has no loop, thread or
+  ZeroMQ context of the supervisor's. :class:`WarmStarts` starts it as ``cluster up`` begins, so its
   imports run beside the supervisor's; a worker (a first one or a replacement)
   is then a fork of a few milliseconds, and the workers share its pages.
 - **spawn** elsewhere: :class:`WarmStarts` starts :func:`warm_count` processes
@@ -48,8 +48,8 @@ if TYPE_CHECKING:  # ForkServerContext does not exist on Windows
 
 #: Unused warm workers are closed this long after the start at the latest.
 WARM_TTL_S: Final = 30.0
-#: What the forkserver imports before its first fork.
-PRELOAD: Final = ("worker.main",)
+#: What the forkserver imports before its first fork (the worker; SIGTERM ignored).
+PRELOAD: Final = ("worker.forkserver",)
 
 
 def worker_context() -> WorkerContext:
@@ -80,6 +80,24 @@ def warm_count(config: SupervisorConfig, cpu_count: int) -> int:
         return 1
     hosts = config.redis.hosts if config.redis is not None else None
     return default_worker_count(-(-total // (hosts or 1)), cpu_count)
+
+
+def start_forkserver() -> bool:
+    """Start the forkserver now, if workers fork from one (False: they are spawned).
+
+    ``cluster up`` calls it before it even parses its options, so the server's imports
+    run beside all of the supervisor's start; it returns at once.
+    """
+    if worker_context().get_start_method() != "forkserver":
+        return False
+    _ensure_forkserver()
+    return True
+
+
+def _ensure_forkserver() -> None:
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()  # returns at once: its imports run beside ours
 
 
 class WarmProcess:
@@ -134,9 +152,7 @@ class WarmStarts:
         self._waiting: list[WarmProcess] = []
         context = worker_context() if context is None else context
         if context.get_start_method() == "forkserver":
-            from multiprocessing import forkserver
-
-            forkserver.ensure_running()  # returns at once: its imports run beside ours
+            _ensure_forkserver()
             return
         for _ in range(count):
             reader, writer = context.Pipe(duplex=False)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.conftest import SimFactory
@@ -209,3 +210,47 @@ async def test_an_address_in_use_is_one_line(
     assert pub_run.raw[-1].startswith("cluster: error: cannot bind --pub tcp://127.0.0.1:")
     assert "in use" in health_run.raw[-1] and "in use" in pub_run.raw[-1]
     assert not sim.record.identifies  # nothing started
+
+
+async def test_sigterm_to_the_whole_process_group_is_one_graceful_stop(
+    sim_factory: SimFactory, clusters: StartCluster, short_dir: Path
+) -> None:
+    # `kill -TERM -PGID`, `timeout`, a process manager that stops a group: the signal
+    # reaches the supervisor, its workers and the forkserver they fork from at once.
+    sim = await sim_factory(shards=4, identify_window_s=0.05)
+    run = await clusters(*args_for(sim, short_dir, "--workers", "2"))
+    await all_ready(run)
+    os.killpg(run.process.pid, signal.SIGTERM)  # the cluster runs in a session of its own
+    assert await run.wait(15) == 0
+    # no worker was read as dead (the server that forked it is still there) and restarted
+    text = run.text()
+    assert "exited (exit status" not in text and "restarting" not in text, text[-2000:]
+    saved = (short_dir / "state" / "sessions.json").read_text()
+    assert all(f'"{shard}"' in saved for shard in range(4))
+    assert len(sim.record.identifies) == 4
+
+
+async def test_the_forkserver_outlives_a_sigterm_of_its_own(
+    sim_factory: SimFactory, clusters: StartCluster, short_dir: Path
+) -> None:
+    # The supervisor learns a fork's exit through the forkserver: were the server to
+    # end on SIGTERM (as the group's, seen before the supervisor's own), every worker
+    # would be read as exited (255) and started again beside the running one.
+    sim = await sim_factory(shards=2, identify_window_s=0.05)
+    run = await clusters(*args_for(sim, short_dir))
+    await all_ready(run)
+    servers = [
+        child
+        for child in psutil.Process(run.process.pid).children()
+        if any("forkserver" in part for part in child.cmdline())
+    ]
+    if not servers:
+        pytest.skip("workers are spawned here (no forkserver)")
+    (server,) = servers
+    server.send_signal(signal.SIGTERM)
+    await asyncio.sleep(1.0)
+    assert server.is_running() and server.status() != psutil.STATUS_ZOMBIE
+    assert "exited (exit status" not in run.text()
+    run.signal(signal.SIGTERM)
+    assert await run.wait(15) == 0
+    assert len(sim.record.identifies) == 2
