@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _start = worker_context()
+#: The exit status multiprocessing reads for a fork whose forkserver died (its status
+#: pipe closed without one); no worker exits with it (protocol.exitcodes).
+FORKSERVER_LOST: Final = 255
 
 
 class CommandRoutingError(LookupError):
@@ -219,6 +222,18 @@ class WorkerPool:
         # reaped: a non-blocking wait could miss the exit status and leave a zombie.
         slot.process.join(1.0)
         code = slot.process.exitcode
+        if code == FORKSERVER_LOST and _start.get_start_method() == "forkserver":
+            # The forkserver died (SIGKILL, the OOM killer): this status is its, not the
+            # worker's, which may still run, unwatched. End it; its replacement resumes.
+            pid = slot.process.pid
+            log.warning(
+                "worker %d: the forkserver it was forked from is gone; ending it (pid %s)",
+                slot.worker_id,
+                pid,
+            )
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         slot.hello = False
         self._on_exit(slot, code)
 

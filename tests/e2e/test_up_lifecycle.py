@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import SimFactory
 from tests.e2e.cluster_process import clusters, http_get, wait_http
+from tests.e2e.test_reshard_hosts import eventually
 from tests.e2e.test_up import all_ready, args_for, short_dir
 
 __all__ = ["clusters", "short_dir"]
@@ -254,3 +255,40 @@ async def test_the_forkserver_outlives_a_sigterm_of_its_own(
     run.signal(signal.SIGTERM)
     assert await run.wait(15) == 0
     assert len(sim.record.identifies) == 2
+
+
+async def test_a_killed_forkserver_is_replaced_and_its_workers_with_it(
+    sim_factory: SimFactory, clusters: StartCluster, short_dir: Path
+) -> None:
+    # SIGKILL (the OOM killer) of the server the workers fork from: the supervisor
+    # reads their exits through it, so it must end them itself and start new ones,
+    # which RESUME; none of the old ones may keep running its shards unwatched.
+    sim = await sim_factory(shards=2, identify_window_s=0.05)
+    run = await clusters(*args_for(sim, short_dir, "--workers", "2"))
+    url = await all_ready(run)
+    supervisor = psutil.Process(run.process.pid)
+    servers = [c for c in supervisor.children() if any("forkserver" in p for p in c.cmdline())]
+    if not servers:
+        pytest.skip("workers are spawned here (no forkserver)")
+    (server,) = servers
+    old_workers = server.children()
+    assert len(old_workers) == 2
+    server.kill()
+    assert await eventually(lambda: not any(_alive(worker) for worker in old_workers), 10)
+    await sim.record.wait_for(lambda r: len(r.accepted_resumes()) == 2, 15)
+    await wait_http(
+        f"{url}/health", lambda status, body: status == 200 and body["shards_ready"] == 2, 15
+    )
+    assert len(sim.record.identifies) == 2  # resumed, not identified again
+    # ended by the supervisor at once, not left to notice their parent changed and drain
+    # beside the replacements resuming the same sessions
+    assert "the supervisor is gone" not in run.text()
+    run.signal(signal.SIGTERM)
+    assert await run.wait(15) == 0
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
