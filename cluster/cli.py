@@ -644,23 +644,16 @@ def _security_options(
 
 
 async def _up(config: SupervisorConfig) -> None:
-    from cluster.warm_start import WarmStarts, warm_count
+    from cluster import logging_setup
+    from cluster.supervisor import FatalCloseError, Supervisor, SupervisorError
 
-    # First, before the supervisor's own imports: the workers' imports run beside them.
-    warm = WarmStarts(warm_count(config, os.cpu_count() or 1))
+    logging_setup.configure(config.log_format, config.log_level, config.token)
     try:
-        from cluster import logging_setup
-        from cluster.supervisor import FatalCloseError, Supervisor, SupervisorError
-
-        logging_setup.configure(config.log_format, config.log_level, config.token)
-        try:
-            await Supervisor(config, warm).run()
-        except FatalCloseError as exc:
-            raise CommandFailed(str(exc), ExitCode.FATAL) from None
-        except SupervisorError as exc:
-            raise CommandFailed(str(exc)) from None
-    finally:
-        warm.close()
+        await Supervisor(config).run()
+    except FatalCloseError as exc:
+        raise CommandFailed(str(exc), ExitCode.FATAL) from None
+    except SupervisorError as exc:
+        raise CommandFailed(str(exc)) from None
 
 
 # -- cluster config ------------------------------------------------------------------------------

@@ -103,7 +103,6 @@ from worker.spec import WorkerSpec
 
 if TYPE_CHECKING:
     from cluster.endpoint.server import GatewayEndpoint
-    from cluster.warm_start import WarmStarts
 
 log = logging.getLogger("cluster.supervisor")
 
@@ -170,8 +169,6 @@ class Shared:
     endpoint: GatewayEndpoint | None = None
     #: A reshard across hosts (with --redis): its record in Redis
     reshards: ReshardStore | None = None
-    #: Worker processes ``cluster up`` started before the plan; the first range takes them
-    warm: WarmStarts | None = None
 
 
 class _Shutdown(enum.Enum):
@@ -353,8 +350,6 @@ class RangeOwner:
             await self._record_early(run)
             for slot in run.pool.slots.values():
                 self._spawn(slot)
-            if self._shared.warm is not None:  # what the plan did not take
-                self._shared.warm.close()
             self._tasks.append(asyncio.create_task(self._gate_coordinator(), name="gate"))
             self._tasks.append(asyncio.create_task(self._refresh_limit(), name="limit"))
             self._tasks.append(asyncio.create_task(self._liveness_loop(), name="liveness"))
@@ -453,7 +448,6 @@ class RangeOwner:
             self._on_exit,
             router,
             on_change=status.apply_worker,
-            warm=shared.warm,
         )
         self._tasks.append(asyncio.create_task(self._router_loop(router), name="router"))
         control = ControlServer(

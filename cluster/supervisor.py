@@ -71,14 +71,12 @@ from cluster.state.redis_state import (
 )
 from cluster.state.redis_streams import StreamStore
 from cluster.status import ClusterStatus, Role
-from cluster.warm_start import WARM_TTL_S
 from cluster.workers import CommandRoutingError, ShardNotRunningError, UnknownShardError
 from protocol.curvezmq import encode_key
 from protocol.exitcodes import ExitCode
 
 if TYPE_CHECKING:
     from cluster.endpoint.server import GatewayEndpoint
-    from cluster.warm_start import WarmStarts
 
 __all__ = [
     "CommandRoutingError",
@@ -103,10 +101,8 @@ ShardRange = tuple[int, int]
 class Supervisor:
     """One ``cluster up``: call :meth:`run` once; it returns after a graceful stop."""
 
-    def __init__(self, config: SupervisorConfig, warm: WarmStarts | None = None) -> None:
+    def __init__(self, config: SupervisorConfig) -> None:
         self.config = config
-        #: workers ``cluster up`` started before the plan (cluster/warm_start.py)
-        self._warm = warm
         #: The live picture (/health, /status, /metrics); set once :meth:`run` has fetched the gateway.
         self.status: ClusterStatus | None = None
         self.publisher: Publisher | None = None
@@ -161,9 +157,6 @@ class Supervisor:
         systemd: asyncio.Task[None] | None = None
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_signal, signum)
-        warm = self._warm
-        if warm is not None:  # a spare, or a start that failed, does not keep them
-            loop.call_later(WARM_TTL_S, warm.close)
         try:
             api_url = self.config.api_url
             if self.config.simulate is not None:
@@ -213,7 +206,6 @@ class Supervisor:
                 streams=streams,
                 endpoint=endpoint,
                 reshards=reshards,
-                warm=warm,
             )
             while not self._stop.is_set():
                 try:
@@ -230,8 +222,6 @@ class Supervisor:
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
-            if warm is not None:
-                warm.close()
             await cancel_and_wait((systemd, monitor))
             if leases is not None:
                 await leases.release()

@@ -12,8 +12,7 @@ exited one may be given up instead of backing off.
 
 Workers start from the top-level entry point :func:`worker.entry.run_spec` with a
 frozen :class:`WorkerSpec` (STYLE.md 9), forked by multiprocessing's forkserver
-where there is one, else spawned, or take a process ``cluster up`` started
-before the plan (:mod:`cluster.warm_start` owns both).
+where there is one, else spawned (:mod:`cluster.warm_start`).
 
 - **Exit** is seen at once: the process sentinel is registered with
   ``loop.add_reader``; the callback reaps the process and hands
@@ -38,7 +37,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import zmq
 import zmq.asyncio
@@ -48,9 +47,6 @@ from cluster.warm_start import worker_context
 from protocol import ipc
 from worker.entry import run_spec
 from worker.spec import WorkerSpec
-
-if TYPE_CHECKING:
-    from cluster.warm_start import WarmStarts
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +159,6 @@ class WorkerPool:
         on_exit: ExitHandler,
         router: zmq.asyncio.Socket,
         on_change: SlotHook = unwatched,
-        warm: WarmStarts | None = None,
     ) -> None:
         self.slots: dict[int, WorkerSlot] = {
             worker_id: WorkerSlot(worker_id, shard_ids, RestartTracker(policy), on_change=on_change)
@@ -173,8 +168,6 @@ class WorkerPool:
         self._on_exit = on_exit
         self._router = router
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: processes started before the plan (cluster up's first step), taken first
-        self._warm = warm
 
     # -- processes ------------------------------------------------------------------------
 
@@ -186,14 +179,10 @@ class WorkerPool:
             )
         loop = asyncio.get_running_loop()
         self._loop = loop
-        warm = None if self._warm is None else self._warm.take()
-        process: multiprocessing.process.BaseProcess
-        if warm is None:
-            process = _start.Process(target=run_spec, args=(spec,), daemon=True)
-            process.start()
-        else:
-            process = warm.hand(spec, loop)
-        process.name = f"titanium-worker-{slot.worker_id}"
+        process = _start.Process(
+            target=run_spec, args=(spec,), name=f"titanium-worker-{slot.worker_id}", daemon=True
+        )
+        process.start()
         slot.generation += 1
         slot.process = process
         slot.hello = False
@@ -204,10 +193,9 @@ class WorkerPool:
         loop.add_reader(sentinel, self._exited, slot, generation)
         slot.transition(WorkerState.SPAWNING)
         log.info(
-            "worker %d started (pid %s%s): shards %d-%d",
+            "worker %d started (pid %s): shards %d-%d",
             slot.worker_id,
             process.pid,
-            "" if warm is None else ", started early",
             slot.shard_ids[0],
             slot.shard_ids[-1],
         )

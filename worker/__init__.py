@@ -2,8 +2,8 @@
 
 - :mod:`worker.main`: ``run_worker(spec)``, the multiprocessing target (worker.entry names it), and
   the exit codes the supervisor reads (``protocol.exitcodes.ExitCode``; FATAL = 78: do not respawn).
-- :mod:`worker.entry`: the process targets the supervisor names (``run_spec``, and
-  ``run_when_told`` for a process started before its spec), light to import;
+- :mod:`worker.entry`: the process target the supervisor names (``run_spec``), light
+  to import;
   :mod:`worker.forkserver`: what the forkserver the workers fork from imports.
 - :mod:`worker.spec`: the frozen ``WorkerSpec``, all a worker process is given.
 - :mod:`worker.group`: ``ShardGroup`` (shards + the ZeroMQ channels of ``protocol.ipc``).

@@ -227,10 +227,11 @@ now in cluster/warm_start.py: the run of 2026-12-06 19:23-19:39 UTC (the
 tables above) has it: a worker SIGKILL to all 64 shards RESUMED 0.38 -> 0.12 s.
 
 **Workers started first** (cluster/warm_start.py): `cluster up` starts the
-forkserver (where there is none: the workers themselves, waiting on a pipe
-for their spec) before it imports the supervisor, and the supervisor no
-longer imports redis-py without `--redis` nor the worker package (the targets
-it names are in worker/entry.py): importing `cluster.cli` and
+forkserver before it imports the supervisor (first landed with spawned
+workers waiting on a pipe for their spec, removed once the forkserver, which
+every platform the cluster runs on has, was back), and the supervisor no
+longer imports redis-py without `--redis` nor the worker package (the target
+it names is in worker/entry.py): importing `cluster.cli` and
 `cluster.supervisor` 0.78 -> 0.52 s on the idle machine. Startup of 1,024
 shards, before (17:15 UTC) and after (19:33 UTC), medians of 3: all READY
 4.98 -> 4.38 s, of which before the first READY 1.59 -> 0.96 s; the schedule

@@ -240,14 +240,7 @@ async def test_the_forkserver_outlives_a_sigterm_of_its_own(
     sim = await sim_factory(shards=2, identify_window_s=0.05)
     run = await clusters(*args_for(sim, short_dir))
     await all_ready(run)
-    servers = [
-        child
-        for child in psutil.Process(run.process.pid).children()
-        if any("forkserver" in part for part in child.cmdline())
-    ]
-    if not servers:
-        pytest.skip("workers are spawned here (no forkserver)")
-    (server,) = servers
+    server = forkserver_of(run.process.pid)
     server.send_signal(signal.SIGTERM)
     await asyncio.sleep(1.0)
     assert server.is_running() and server.status() != psutil.STATUS_ZOMBIE
@@ -266,11 +259,7 @@ async def test_a_killed_forkserver_is_replaced_and_its_workers_with_it(
     sim = await sim_factory(shards=2, identify_window_s=0.05)
     run = await clusters(*args_for(sim, short_dir, "--workers", "2"))
     url = await all_ready(run)
-    supervisor = psutil.Process(run.process.pid)
-    servers = [c for c in supervisor.children() if any("forkserver" in p for p in c.cmdline())]
-    if not servers:
-        pytest.skip("workers are spawned here (no forkserver)")
-    (server,) = servers
+    server = forkserver_of(run.process.pid)
     old_workers = server.children()
     assert len(old_workers) == 2
     server.kill()
@@ -292,3 +281,16 @@ def _alive(process: psutil.Process) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def forkserver_of(supervisor_pid: int) -> psutil.Process:
+    """The forkserver the supervisor's workers fork from (skips where they are spawned)."""
+    servers = [
+        child
+        for child in psutil.Process(supervisor_pid).children()
+        if any("forkserver" in part for part in child.cmdline())
+    ]
+    if not servers:
+        pytest.skip("workers are spawned here (no forkserver)")
+    (server,) = servers
+    return server
