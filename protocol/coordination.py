@@ -174,71 +174,56 @@ class Release(_ShardMessage):
 
 
 @dataclass(frozen=True, slots=True)
-class Sent(_ShardMessage):
-    """The IDENTIFY under the grant with this nonce was written to the gateway (at ``written_at``)."""
+class _TimedShardMessage(_ShardMessage):
+    """A shard message with one optional monotonic time, named by ``TIME_FIELD`` (the
+    subclass declares that field, ``float | None = None``; absent from the frame when None)."""
 
-    TYPE: ClassVar[str] = "sent"
-    written_at: float | None = None
+    TIME_FIELD: ClassVar[str]
 
     def fields(self) -> dict[str, Any]:
-        return _with_time(_ShardMessage.fields(self), "written_at", self.written_at)
+        # not super(): slots=True makes a new class, which zero-argument super() misses
+        fields = _ShardMessage.fields(self)
+        value = getattr(self, self.TIME_FIELD)
+        if value is not None:
+            fields[self.TIME_FIELD] = value
+        return fields
 
     @classmethod
     def from_fields(cls, obj: dict[str, Any]) -> Self:
+        at = None if obj.get(cls.TIME_FIELD) is None else _float(obj, cls.TIME_FIELD)
         return cls(
-            _int(obj, "shard_id", 0, MAX_SHARD_ID),
-            _int(obj, "nonce", 0, MAX_NONCE),
-            _optional_float(obj, "written_at"),
+            shard_id=_int(obj, "shard_id", 0, MAX_SHARD_ID),
+            nonce=_int(obj, "nonce", 0, MAX_NONCE),
+            **{cls.TIME_FIELD: at},
         )
 
 
 @dataclass(frozen=True, slots=True)
-class Answered(_ShardMessage):
+class Sent(_TimedShardMessage):
+    """The IDENTIFY under the grant with this nonce was written to the gateway (at ``written_at``)."""
+
+    TYPE: ClassVar[str] = "sent"
+    TIME_FIELD: ClassVar[str] = "written_at"
+    written_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answered(_TimedShardMessage):
     """The server answered (READY) the IDENTIFY under the grant with this nonce; the client
     read the answer at ``answered_at`` (None: when this message arrives)."""
 
     TYPE: ClassVar[str] = "answered"
+    TIME_FIELD: ClassVar[str] = "answered_at"
     answered_at: float | None = None
-
-    def fields(self) -> dict[str, Any]:
-        return _with_time(_ShardMessage.fields(self), "answered_at", self.answered_at)
-
-    @classmethod
-    def from_fields(cls, obj: dict[str, Any]) -> Self:
-        return cls(
-            _int(obj, "shard_id", 0, MAX_SHARD_ID),
-            _int(obj, "nonce", 0, MAX_NONCE),
-            _optional_float(obj, "answered_at"),
-        )
 
 
 @dataclass(frozen=True, slots=True)
-class Grant(_ShardMessage):
+class Grant(_TimedShardMessage):
     """Permission to send one IDENTIFY for ``shard_id``: now, or at ``not_before``."""
 
     TYPE: ClassVar[str] = "grant"
+    TIME_FIELD: ClassVar[str] = "not_before"
     not_before: float | None = None
-
-    def fields(self) -> dict[str, Any]:
-        return _with_time(_ShardMessage.fields(self), "not_before", self.not_before)
-
-    @classmethod
-    def from_fields(cls, obj: dict[str, Any]) -> Self:
-        return cls(
-            _int(obj, "shard_id", 0, MAX_SHARD_ID),
-            _int(obj, "nonce", 0, MAX_NONCE),
-            _optional_float(obj, "not_before"),
-        )
-
-
-def _with_time(fields: dict[str, Any], key: str, value: float | None) -> dict[str, Any]:
-    if value is not None:
-        fields[key] = value
-    return fields
-
-
-def _optional_float(obj: dict[str, Any], key: str) -> float | None:
-    return None if obj.get(key) is None else _float(obj, key)
 
 
 @dataclass(frozen=True, slots=True)

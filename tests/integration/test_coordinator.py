@@ -369,74 +369,81 @@ ANSWER_OPENS: dict[str, Any] = {
 }
 
 
-async def test_the_bucket_opens_an_interval_after_the_workers_stamped_answer() -> None:
-    interval = 0.1
+@dataclass
+class WaitingOnAnAnswer:
+    """Shard 0 granted and reported sent on the fake clock; shard 1's acquire waits for its
+    answer (``second``)."""
+
+    coord: Coordinator
+    log: GrantLog
+    client: IdentifyClient
+    clock: FakeClock
+    second: asyncio.Task[float | None]
+
+
+@asynccontextmanager
+async def waiting_on_an_answer(interval: float) -> AsyncIterator[WaitingOnAnAnswer]:
     clock = FakeClock()
     params = {"interval_s": interval, "clock": clock, **ANSWER_OPENS}
-    async with running("tcp://127.0.0.1:0", **params) as (coord, log):
-        async with IdentifyClient(coord.endpoint) as client, asyncio.timeout(TIMEOUT):
-            await client.acquire(0)  # granted at 0.0
-            client.sent(0)  # its real written_at is later than the fake now: taken as 0.0
-            await wait_until(lambda: coord.stats.sent_reports == 1)
-            second = asyncio.create_task(client.acquire(1))
-            # The worker read the READY at 0.02; its message reaches the coordinator at 0.05.
-            clock.now = 0.05
-            client.answered(0, 0.02)
-            client.answered(0, 0.03)  # one answer per IDENTIFY: nothing is sent
-            await wait_until(lambda: coord.stats.stamped_answers == 1)
-            # The READY's report through the supervisor comes later still: already taken.
-            assert not coord.answered(0, pid=os.getpid())
-            clock.now = 0.02 + interval - 0.01
-            await asyncio.sleep(3 * interval)
-            assert not second.done(), "not yet an interval after the read"
-            clock.now = 0.02 + interval
-            await second
-        assert coord.stats.answer_reports == 1 and coord.stats.bad_messages == 0
-        granted = log.grants[1].granted_at
-        assert granted == 0.02 + interval, "an interval after the worker read the READY"
-        assert granted < 0.05 + interval, "not an interval after its message arrived"
+    async with (
+        running("tcp://127.0.0.1:0", **params) as (coord, log),
+        IdentifyClient(coord.endpoint) as client,
+        asyncio.timeout(TIMEOUT),
+    ):
+        await client.acquire(0)  # granted at 0.0
+        client.sent(0)  # its real written_at is later than the fake now: taken as 0.0
+        await wait_until(lambda: coord.stats.sent_reports == 1)
+        second = asyncio.create_task(client.acquire(1))
+        yield WaitingOnAnAnswer(coord, log, client, clock, second)
+
+
+async def test_the_bucket_opens_an_interval_after_the_workers_stamped_answer() -> None:
+    interval = 0.1
+    async with waiting_on_an_answer(interval) as w:
+        # The worker read the READY at 0.02; its message reaches the coordinator at 0.05.
+        w.clock.now = 0.05
+        w.client.answered(0, 0.02)
+        w.client.answered(0, 0.03)  # one answer per IDENTIFY: nothing is sent
+        await wait_until(lambda: w.coord.stats.stamped_answers == 1)
+        # The READY's report through the supervisor comes later still: already taken.
+        assert not w.coord.answered(0, pid=os.getpid())
+        w.clock.now = 0.02 + interval - 0.01
+        await asyncio.sleep(3 * interval)
+        assert not w.second.done(), "not yet an interval after the read"
+        w.clock.now = 0.02 + interval
+        await w.second
+    assert w.coord.stats.answer_reports == 1 and w.coord.stats.bad_messages == 0
+    granted = w.log.grants[1].granted_at
+    assert granted == 0.02 + interval, "an interval after the worker read the READY"
+    assert granted < 0.05 + interval, "not an interval after its message arrived"
 
 
 async def test_a_stamped_answer_after_the_readys_report_still_opens_the_bucket_sooner() -> None:
     interval = 0.1
-    clock = FakeClock()
-    params = {"interval_s": interval, "clock": clock, **ANSWER_OPENS}
-    async with running("tcp://127.0.0.1:0", **params) as (coord, log):
-        async with IdentifyClient(coord.endpoint) as client, asyncio.timeout(TIMEOUT):
-            await client.acquire(0)
-            client.sent(0)
-            await wait_until(lambda: coord.stats.sent_reports == 1)
-            second = asyncio.create_task(client.acquire(1))
-            clock.now = 0.04
-            assert coord.answered(0, pid=os.getpid())  # the READY's report came first
-            clock.now = 0.05
-            client.answered(0, 0.02)  # the worker read it at 0.02
-            await wait_until(lambda: coord.stats.stamped_answers == 1)
-            clock.now = 0.02 + interval
-            await second
-        assert coord.stats.answer_reports == 2
-        assert log.grants[1].granted_at == 0.02 + interval
+    async with waiting_on_an_answer(interval) as w:
+        w.clock.now = 0.04
+        assert w.coord.answered(0, pid=os.getpid())  # the READY's report came first
+        w.clock.now = 0.05
+        w.client.answered(0, 0.02)  # the worker read it at 0.02
+        await wait_until(lambda: w.coord.stats.stamped_answers == 1)
+        w.clock.now = 0.02 + interval
+        await w.second
+    assert w.coord.stats.answer_reports == 2
+    assert w.log.grants[1].granted_at == 0.02 + interval
 
 
 async def test_an_answer_stamped_later_than_its_arrival_counts_from_the_arrival() -> None:
     interval = 0.1
-    clock = FakeClock()
-    params = {"interval_s": interval, "clock": clock, **ANSWER_OPENS}
-    async with running("tcp://127.0.0.1:0", **params) as (coord, log):
-        async with IdentifyClient(coord.endpoint) as client, asyncio.timeout(TIMEOUT):
-            await client.acquire(0)
-            client.sent(0)
-            await wait_until(lambda: coord.stats.sent_reports == 1)
-            second = asyncio.create_task(client.acquire(1))
-            clock.now = 0.05
-            client.answered(0, 1000.0)  # a clock that cannot be: no later than now
-            await wait_until(lambda: coord.stats.stamped_answers == 1)
-            clock.now = 0.05 + interval - 0.01
-            await asyncio.sleep(3 * interval)
-            assert not second.done()
-            clock.now = 0.05 + interval
-            await second
-        assert log.grants[1].granted_at == 0.05 + interval
+    async with waiting_on_an_answer(interval) as w:
+        w.clock.now = 0.05
+        w.client.answered(0, 1000.0)  # a clock that cannot be: no later than now
+        await wait_until(lambda: w.coord.stats.stamped_answers == 1)
+        w.clock.now = 0.05 + interval - 0.01
+        await asyncio.sleep(3 * interval)
+        assert not w.second.done()
+        w.clock.now = 0.05 + interval
+        await w.second
+    assert w.log.grants[1].granted_at == 0.05 + interval
 
 
 async def test_an_answer_is_taken_only_from_whom_the_grant_went_to_and_after_the_write() -> None:
