@@ -84,19 +84,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import socket
-import stat
 import struct
 import time
 from collections import deque
-from typing import Any, Final
+from typing import Final
 
 import zmq
 
+from cluster.listening import listen
+from protocol import zmtp
 from protocol.curvezmq import (
     MESSAGE_COMMAND,
     MESSAGE_MORE,
@@ -109,6 +108,17 @@ from protocol.curvezmq import (
     error_command,
     metadata_property,
 )
+from protocol.zmtp import (
+    CURVE_GREETING,
+    FLAG_COMMAND,
+    FLAG_LONG,
+    FLAG_MORE,
+    GREETING_SIZE,
+    ProtocolError,
+    check_greeting,
+    command,
+    ready_socket_type,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +130,6 @@ CHUNK_BYTES: Final = 128 * 1024
 READ_BYTES: Final = 64 * 1024
 #: Connections accepted per wake-up of the listening socket.
 ACCEPTS_PER_WAKE: Final = 64
-#: Pending connections the listening socket keeps (libzmq's ZMQ_BACKLOG default).
-LISTEN_BACKLOG: Final = 100
 #: How long accepting pauses when it fails (out of descriptors): the listener stays readable.
 ACCEPT_PAUSE_S: Final = 0.1
 #: Largest frame a subscriber may send us (subscriptions and commands are small).
@@ -134,61 +142,28 @@ _MATCH_CACHE_MAX: Final = 1024
 REFUSAL_LOG_S: Final = 10.0
 
 _NOSIGNAL: Final = socket.MSG_NOSIGNAL
-#: ioctl asking an interface's IPv4 address (linux/sockios.h), for ``tcp://eth0:PORT``
-_SIOCGIFADDR: Final = 0x8915
 
-# -- ZMTP 3.0 (rfc.zeromq.org/spec/23), the parts an XPUB speaks -----------------------
-
-#: signature (0xFF, 8 bytes padding, 0x7F), version 3.0, mechanism NULL, as-server 0, filler
-GREETING: Final = (
-    b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + bytes(31)
-)
-GREETING_SIZE: Final = 64
-_FLAG_MORE: Final = 0x01
-_FLAG_LONG: Final = 0x02
-_FLAG_COMMAND: Final = 0x04
 _PEER_TYPES: Final = frozenset((b"SUB", b"XSUB"))
-
-
-def _command(name: bytes, data: bytes) -> bytes:
-    body = bytes((len(name),)) + name + data
-    if len(body) < 256:
-        return bytes((_FLAG_COMMAND, len(body))) + body
-    return bytes((_FLAG_COMMAND | _FLAG_LONG,)) + len(body).to_bytes(8, "big") + body
-
-
-def _property(name: bytes, value: bytes) -> bytes:
-    return bytes((len(name),)) + name + len(value).to_bytes(4, "big") + value
-
-
 #: What we send as soon as a peer connects: our greeting and our READY.
-HANDSHAKE: Final = GREETING + _command(b"READY", _property(b"Socket-Type", b"XPUB"))
-#: With CURVE: the greeting names CURVE, as-server 1; READY waits for the client's INITIATE.
-CURVE_GREETING: Final = (
-    b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\x00") + b"\x01" + bytes(31)
-)
+HANDSHAKE: Final = zmtp.handshake(b"XPUB")
 #: The metadata of our READY under CURVE (boxed inside it).
 _CURVE_METADATA: Final = metadata_property(b"Socket-Type", b"XPUB")
 
 #: Frame heads of short frames by size: ``_SHORT_MORE[n]`` (more follows), ``_SHORT_LAST[n]``.
-_SHORT_MORE: Final = tuple(bytes((_FLAG_MORE, n)) for n in range(256))
+_SHORT_MORE: Final = tuple(bytes((FLAG_MORE, n)) for n in range(256))
 _SHORT_LAST: Final = tuple(bytes((0, n)) for n in range(256))
 
 
 #: The head of a long frame: flags, then the size in 8 bytes (one C call per event: most
 #: payloads are long frames, and building it from parts cost four times as much).
 _long_head: Final = struct.Struct(">BQ").pack
-_LONG_MORE: Final = _FLAG_MORE | _FLAG_LONG
+_LONG_MORE: Final = FLAG_MORE | FLAG_LONG
 
 
 def _head_more(size: int) -> bytes:
     if size < 256:
         return _SHORT_MORE[size]
     return _long_head(_LONG_MORE, size)
-
-
-class ProtocolError(Exception):
-    """A peer broke ZMTP; it is disconnected."""
 
 
 class _Peer:
@@ -294,7 +269,7 @@ class Publisher:
             raise ValueError("the high-water mark is at least one event")
         #: CURVE keys (None: the NULL mechanism)
         self.curve = curve
-        self._listener, self.endpoint, self._unlink = _listen(endpoint)
+        self._listener, self.endpoint, self._unlink = listen(endpoint)
         self.hwm = hwm
         self._peers: dict[int, _Peer] = {}
         #: peers with at least one subscription: the ones ``publish`` looks at
@@ -377,7 +352,7 @@ class Publisher:
         if not targets:
             return
         size = len(payload)
-        head_payload = _SHORT_LAST[size] if size < 256 else _long_head(_FLAG_LONG, size)
+        head_payload = _SHORT_LAST[size] if size < 256 else _long_head(FLAG_LONG, size)
         n = len(topic)
         head_topic = _SHORT_MORE[n] if n < 256 else _head_more(n)
         n = len(header)
@@ -605,28 +580,16 @@ class Publisher:
         if len(inbox) > MAX_INBOUND_BUFFER:
             raise ProtocolError("too much input")
         if not peer.greeted:
-            if inbox[:1] != b"\xff" or (len(inbox) >= 10 and inbox[9] != 0x7F):
-                raise ProtocolError("not a ZMTP 3 greeting")
-            if len(inbox) < GREETING_SIZE:
+            mechanism = b"NULL" if self.curve is None else b"CURVE"
+            if not check_greeting(inbox, mechanism):
                 return
-            if inbox[10] < 3:
-                raise ProtocolError(f"ZMTP {inbox[10]}.{inbox[11]} (3.0 or later needed)")
-            mechanism = bytes(inbox[12:32]).rstrip(b"\x00")
-            expected = b"NULL" if self.curve is None else b"CURVE"
-            if mechanism != expected:
-                raise ProtocolError(
-                    f"security mechanism {mechanism.decode('ascii', 'replace')!r} "
-                    f"(this socket takes {expected.decode()} only)"
-                )
-            if inbox[32] and self.curve is not None:
-                raise ProtocolError("a CURVE peer that says it is a server")
             del inbox[:GREETING_SIZE]
             peer.greeted = True
         at = 0
         end = len(inbox)
         while end - at >= 2:
             flags = inbox[at]
-            if flags & _FLAG_LONG:
+            if flags & FLAG_LONG:
                 if end - at < 9:
                     break
                 size = int.from_bytes(inbox[at + 1 : at + 9], "big")
@@ -645,11 +608,11 @@ class Publisher:
             elif peer.handshake is not None:
                 self._handshake(peer, flags, body)
                 continue
-            if flags & _FLAG_COMMAND:
+            if flags & FLAG_COMMAND:
                 self._command(peer, body)
             else:
                 first = not peer.more_in
-                peer.more_in = bool(flags & _FLAG_MORE)
+                peer.more_in = bool(flags & FLAG_MORE)
                 if first and body and body[0] in (0, 1) and peer.ready:
                     self._subscribe(peer, body[1:], body[0] == 1)
         del inbox[:at]
@@ -662,15 +625,15 @@ class Publisher:
         except CurveHandshakeError as exc:
             raise ProtocolError(str(exc)) from None
         return (
-            (_FLAG_MORE if flags & MESSAGE_MORE else 0)
-            | (_FLAG_COMMAND if flags & MESSAGE_COMMAND else 0)
+            (FLAG_MORE if flags & MESSAGE_MORE else 0)
+            | (FLAG_COMMAND if flags & MESSAGE_COMMAND else 0)
         ), frame
 
     def _handshake(self, peer: _Peer, flags: int, body: bytes) -> None:
         """CURVE: HELLO -> WELCOME, INITIATE (an allowed key, a SUB or XSUB) -> READY."""
         handshake = peer.handshake
         assert handshake is not None
-        if not flags & _FLAG_COMMAND:
+        if not flags & FLAG_COMMAND:
             raise ProtocolError("a message before the CURVE handshake finished")
         name = body[1 : 1 + body[0]] if body else b""
         try:
@@ -703,7 +666,7 @@ class Publisher:
         name = body[1 : 1 + name_size]
         data = body[1 + name_size :]
         if name == b"READY":
-            socket_type = _ready_socket_type(data)
+            socket_type = ready_socket_type(data)
             if socket_type not in _PEER_TYPES:
                 raise ProtocolError(f"a {socket_type!r} peer (a PUB socket serves SUB and XSUB)")
             peer.ready = True
@@ -716,7 +679,7 @@ class Publisher:
             if not peer.backlog:
                 box = peer.box
                 if box is None:
-                    self._send_now(peer, _command(b"PONG", context))
+                    self._send_now(peer, command(b"PONG", context))
                 else:
                     # boxed now, sent now: no older box waits (the backlog is empty)
                     self._send_now(peer, box.seal_command(b"\x04PONG" + context))
@@ -750,105 +713,3 @@ class Publisher:
             with contextlib.suppress(OSError):
                 os.unlink(self._unlink)
             self._unlink = None
-
-
-def _listen(endpoint: str) -> tuple[socket.socket, str, str | None]:
-    """A non-blocking socket listening on ``endpoint``; (it, the endpoint bound, a file to unlink).
-
-    ``tcp://HOST:PORT`` or ``ipc://PATH`` as libzmq binds them (see the module
-    docstring); any failure is a :class:`zmq.ZMQError`, as libzmq's bind raised.
-    """
-    transport, sep, address = endpoint.partition("://")
-    try:
-        if sep and transport == "tcp":
-            family, sockaddr = _tcp_address(address)
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            # as libzmq: a restarted supervisor binds again at once (TIME_WAIT)
-            _bind_listening(sock, sockaddr, reuse_address=True)
-            host, port = sock.getsockname()[:2]
-            host = f"[{host}]" if family == socket.AF_INET6 else host
-            return sock, f"tcp://{host}:{port}", None
-        if sep and transport == "ipc" and address:
-            abstract = address.startswith("@")
-            path = "\0" + address[1:] if abstract else address
-            if not abstract:
-                _remove_stale_socket(path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            _bind_listening(sock, path, reuse_address=False)
-            return sock, f"ipc://{address}", None if abstract else path
-    except OSError as exc:
-        code = exc.errno if exc.errno is not None else errno.EINVAL
-        raise zmq.ZMQError(code, exc.strerror or str(exc)) from None
-    raise zmq.ZMQError(errno.EPROTONOSUPPORT, f"--pub takes tcp:// or ipc://, not {endpoint!r}")
-
-
-def _tcp_address(address: str) -> tuple[socket.AddressFamily, tuple[str, int]]:
-    """``HOST:PORT`` of a tcp:// endpoint -> (family, the address to bind)."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host:
-        raise OSError(errno.EINVAL, f"tcp://{address}: HOST:PORT expected")
-    port = 0 if port_text == "*" else _port(port_text)
-    if host.startswith("[") and host.endswith("]"):
-        return socket.AF_INET6, (host[1:-1], port)
-    if host == "*":
-        return socket.AF_INET, ("0.0.0.0", port)
-    with contextlib.suppress(OSError):
-        socket.inet_pton(socket.AF_INET, host)
-        return socket.AF_INET, (host, port)
-    if host in {name for _, name in socket.if_nameindex()}:
-        return socket.AF_INET, (_interface_address(host), port)
-    infos = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
-    return socket.AF_INET, (str(infos[0][4][0]), port)
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise OSError(errno.EINVAL, f"{text!r} is not a port")
-    return int(text)
-
-
-def _interface_address(name: str) -> str:
-    """The IPv4 address of network interface ``name`` (libzmq binds ``tcp://eth0:PORT`` so)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        request = struct.pack("256s", name.encode()[:15])
-        answer = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)
-    return socket.inet_ntoa(answer[20:24])
-
-
-def _bind_listening(sock: socket.socket, address: Any, *, reuse_address: bool) -> None:
-    """Bind ``sock`` to ``address`` and listen, non-blocking; closed if any step fails."""
-    try:
-        if reuse_address:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-
-
-def _remove_stale_socket(path: str) -> None:
-    """A unix socket file left by an earlier run is removed before binding (libzmq does too)."""
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
-
-
-def _ready_socket_type(data: bytes) -> bytes | None:
-    """The Socket-Type property of a READY command's metadata (None when absent or garbled)."""
-    at = 0
-    while at < len(data):
-        name_size = data[at]
-        name = data[at + 1 : at + 1 + name_size]
-        at += 1 + name_size
-        if at + 4 > len(data):
-            return None
-        value_size = int.from_bytes(data[at : at + 4], "big")
-        value = data[at + 4 : at + 4 + value_size]
-        at += 4 + value_size
-        if at > len(data):
-            return None
-        if name.lower() == b"socket-type":
-            return value
-    return None

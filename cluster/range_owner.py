@@ -10,7 +10,7 @@ and tears everything down in reverse.
 
 Startup: the saved sessions (state dir, and Redis with ``--redis``) seed the
 relay's book -> sockets in the private runtime directory (ipc://): the
-workers' PULL (:mod:`cluster.relay`), the command ROUTER, the embedded
+workers' channel (:mod:`cluster.channel`, read by :mod:`cluster.relay`), the command ROUTER, the embedded
 identify coordinator (asking the Redis arbiter per grant with ``--redis``) ->
 the control socket -> the worker processes (:mod:`cluster.workers`), each
 given its shards' sessions. The coordinator binds once every worker has said
@@ -60,6 +60,7 @@ import zmq.asyncio
 
 from cluster import reshard_hosts
 from cluster.cancelling import cancel_and_wait
+from cluster.channel import EventChannel
 from cluster.command_stream import CommandReader
 from cluster.config import LogFormat, SupervisorConfig
 from cluster.control import ControlServer
@@ -121,13 +122,6 @@ SINK_CLOSE_S: Final = 5.0
 RESHARD_GRACE_S: Final = 60.0
 #: How often a running reshard looks whether the new set is ready to switch.
 RESHARD_POLL_S: Final = 0.1
-
-
-#: Messages of a set's event channel queued in the supervisor (ZeroMQ's count, not bytes):
-#: a worker sends up to about a MiB per message (worker/group.py FLUSH_BYTES) and queues
-#: EVENT_HWM of its own, so a relay that waits (a sink's backlog) holds at most about
-#: this many MiB here; above a worker's burst of shard reports, which are small.
-CHANNEL_RCVHWM: Final = 256
 
 
 class SupervisorError(Exception):
@@ -201,7 +195,7 @@ class _Generation:
     old_total: int
     plan: ClusterPlan
     book: SessionBook
-    pull: zmq.Socket[bytes]
+    channel: EventChannel
     relay: Relay
     pool: WorkerPool
     spec: WorkerSpec
@@ -250,7 +244,7 @@ class _Running:
     lease: Lease | None
     book: SessionBook
     store: SessionStore
-    pull: zmq.Socket[bytes]
+    channel: EventChannel
     router: zmq.asyncio.Socket
     relay: Relay
     pool: WorkerPool
@@ -289,8 +283,10 @@ class RangeOwner:
         #: reshards that switched / were abandoned, and events dropped at switches
         self._reshards: dict[str, int] = {"switched": 0, "abandoned": 0}
         self._reshard_deduplicated = 0
-        #: the sockets closed when the range ends (a reshard adds its channel)
+        #: the sockets closed when the range ends
         self._sockets: list[zmq.Socket[Any]] = []
+        #: the workers' channels closed when the range ends (a reshard adds its own)
+        self._channels: list[EventChannel] = []
         #: the running set's checkpointer and gateway_send reader (a reshard's switch
         #: replaces them)
         self._checkpointing: asyncio.Task[None] | None = None
@@ -363,6 +359,8 @@ class RangeOwner:
             finally:
                 for sock in sockets:
                     sock.close(linger=0)
+                for channel in self._channels:
+                    channel.close()
         if isinstance(outcome, FatalCloseError):
             raise outcome
         return outcome
@@ -385,11 +383,9 @@ class RangeOwner:
         if shared.endpoint is not None:  # a cache saved before the resume point: its seq
             shared.endpoint.rewind(book)
         use_ipc = config.private_transport == "ipc" and zmq.has("ipc")
-        pull: zmq.Socket[bytes] = shared.sync_context.socket(zmq.PULL)
-        sockets.append(pull)
-        pull.setsockopt(zmq.LINGER, 0)
-        pull.setsockopt(zmq.RCVHWM, CHANNEL_RCVHWM)
-        event_endpoint = _bind_private(pull, shared.runtime_dir, "events", use_ipc)
+        channel = EventChannel(_private_endpoint(shared.runtime_dir, "events", use_ipc))
+        self._channels.append(channel)
+        event_endpoint = channel.endpoint
         router = shared.async_context.socket(zmq.ROUTER)
         sockets.append(router)
         router.setsockopt(zmq.LINGER, 0)
@@ -428,7 +424,7 @@ class RangeOwner:
         sink = self._make_sink(book)
         endpoint = shared.endpoint
         relay = Relay(
-            pull,
+            channel,
             shared.publisher,
             book,
             status.relay,
@@ -540,7 +536,7 @@ class RangeOwner:
             lease=self._lease,
             book=book,
             store=store,
-            pull=pull,
+            channel=channel,
             router=router,
             relay=relay,
             pool=pool,
@@ -1012,11 +1008,11 @@ class RangeOwner:
         except PlanError as exc:
             raise ReshardRefusedError(str(exc)) from None
         use_ipc = config.private_transport == "ipc" and zmq.has("ipc")
-        pull: zmq.Socket[bytes] = owner_shared.sync_context.socket(zmq.PULL)
-        self._sockets.append(pull)
-        pull.setsockopt(zmq.LINGER, 0)
-        pull.setsockopt(zmq.RCVHWM, CHANNEL_RCVHWM)
-        endpoint = _bind_private(pull, owner_shared.runtime_dir, f"events-{new_total}", use_ipc)
+        channel = EventChannel(
+            _private_endpoint(owner_shared.runtime_dir, f"events-{new_total}", use_ipc)
+        )
+        self._channels.append(channel)
+        endpoint = channel.endpoint
         book = SessionBook()
         held = HeldRuns()
         fingerprints = Fingerprints(shared=shared)
@@ -1028,7 +1024,7 @@ class RangeOwner:
             # later reshard's set has its own
             self._on_generation_report(gen, message)
 
-        relay = Relay(pull, owner_shared.publisher, book, owner_shared.status.relay, on_report)
+        relay = Relay(channel, owner_shared.publisher, book, owner_shared.status.relay, on_report)
         relay.hold(held)
         base = max(run.pool.slots) + 1
         pool = WorkerPool(
@@ -1041,7 +1037,17 @@ class RangeOwner:
         now = time.monotonic()
         deadline = now + 2 * identify_duration(plan, config.identify_interval_s) + RESHARD_GRACE_S
         gen = _Generation(
-            old.total_shards, plan, book, pull, relay, pool, spec, held, fingerprints, now, deadline
+            old.total_shards,
+            plan,
+            book,
+            channel,
+            relay,
+            pool,
+            spec,
+            held,
+            fingerprints,
+            now,
+            deadline,
         )
         if self._reshard is not None:
             self._reshard_deduplicated += self._reshard.fingerprints.matched
@@ -1158,7 +1164,9 @@ class RangeOwner:
             self._run.relay.publish_with()
         gen.relay.discard()
         self._tasks.append(
-            asyncio.create_task(self._stop_set(gen.pool, gen.relay, gen.pull), name="reshard-end")
+            asyncio.create_task(
+                self._stop_set(gen.pool, gen.relay, gen.channel), name="reshard-end"
+            )
         )
 
     def _switch(self, run: _Running, gen: _Generation) -> None:
@@ -1236,7 +1244,7 @@ class RangeOwner:
             plan=gen.plan,
             book=gen.book,
             store=store,
-            pull=gen.pull,
+            channel=gen.channel,
             relay=gen.relay,
             pool=gen.pool,
             checkpointer=checkpointer,
@@ -1290,13 +1298,13 @@ class RangeOwner:
 
     async def _retire(self, old: _Running) -> None:
         """After the switch: the old set's sessions end (close 1000), its channel goes."""
-        await self._stop_set(old.pool, old.relay, old.pull, end_sessions=True)
+        await self._stop_set(old.pool, old.relay, old.channel, end_sessions=True)
 
     async def _stop_set(
         self,
         pool: WorkerPool,
         relay: Relay,
-        pull: zmq.Socket[bytes],
+        channel: EventChannel,
         *,
         end_sessions: bool = True,
     ) -> None:
@@ -1312,9 +1320,9 @@ class RangeOwner:
             await self._wait_exits(pool, time.monotonic() + 2.0)
         relay.drain()
         relay.stop()
-        pull.close(linger=0)
+        channel.close()
         with contextlib.suppress(ValueError):
-            self._sockets.remove(pull)
+            self._channels.remove(channel)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -1487,9 +1495,14 @@ def _range_of(plan: ClusterPlan, config: SupervisorConfig) -> tuple[int, int] | 
     return (first, last)
 
 
+def _private_endpoint(runtime_dir: str, name: str, ipc: bool) -> str:
+    """Where a private socket binds: the private runtime directory (ipc://), else loopback."""
+    return f"ipc://{runtime_dir}/{name}" if ipc else "tcp://127.0.0.1:0"
+
+
 def _bind_private(sock: zmq.Socket[Any], runtime_dir: str, name: str, ipc: bool) -> str:
     """Bind in the private runtime directory (ipc://), else on loopback port 0."""
-    sock.bind(f"ipc://{runtime_dir}/{name}" if ipc else "tcp://127.0.0.1:0")
+    sock.bind(_private_endpoint(runtime_dir, name, ipc))
     endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     return endpoint
 

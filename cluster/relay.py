@@ -1,13 +1,12 @@
-"""The event relay: workers' PULL channel -> dedupe -> the PUB socket (the supervisor's hot path).
+"""The event relay: the workers' channel -> dedupe -> the PUB socket (the supervisor's hot path).
 
-Workers send every message on one ordered PUSH->PULL channel (protocol/ipc.py).
-The relay reads it with a plain (non-asyncio) ZeroMQ socket whose file
-descriptor is registered with ``loop.add_reader``. ZeroMQ's descriptor is
-edge-triggered, so every wake-up drains with ``NOBLOCK`` until ``ZMQ_EVENTS``
-shows nothing more (cheaper than a recv that raises ``zmq.Again``); the work
-per wake-up is bounded (``batch`` messages), and a busy relay reschedules
-itself with ``call_soon`` so the HTTP server and the process manager are never
-starved.
+Workers send every message on one ordered PUSH channel each (protocol/ipc.py),
+which :class:`cluster.channel.EventChannel` reads on this loop: whenever a
+worker's connection has input, :meth:`Relay._readable` takes up to ``batch``
+of its messages (one read of the socket) and relays them, then flushes the
+publisher and the taps. Whole messages left by the batch limit are read again
+with ``call_soon``, after the loop has served everyone else, so the HTTP
+server and the process manager are never starved.
 
 Workers send EVENT_RUNS messages (protocol/ipc.py): one binary frame and one
 body per event-loop iteration, holding runs of consecutive events per shard.
@@ -53,15 +52,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 
-import zmq
-import zmq.backend
-
+from cluster.channel import EventChannel, Frames, Peer
 from cluster.publisher import Publisher
 from cluster.runs import EventSlices, RunConsumer
 from cluster.sink import StreamSink
@@ -82,10 +78,6 @@ _HEADER_UNPACK: Final = ipc.HEADER.unpack
 _HEADER_SIZE: Final = ipc.HEADER_SIZE
 _RUNS: Final = int(ipc.MessageKind.EVENT_RUNS)
 _VERSION: Final = ipc.IPC_VERSION
-_NOBLOCK: Final = int(zmq.NOBLOCK)
-_RCVMORE: Final = int(zmq.RCVMORE)
-_EVENTS: Final = int(zmq.EVENTS)
-_POLLIN: Final = int(zmq.POLLIN)
 
 
 class SessionBook:
@@ -288,7 +280,7 @@ class Relay:
 
     def __init__(
         self,
-        pull: zmq.Socket[bytes],
+        channel: EventChannel,
         publisher: Publisher,
         book: SessionBook,
         counters: RelayCounters,
@@ -297,9 +289,7 @@ class Relay:
         sink: StreamSink | None = None,
         taps: Sequence[RunConsumer] = (),
     ) -> None:
-        self._pull = pull
-        self._recv = functools.partial(zmq.backend.Socket.recv, pull)
-        self._get: Callable[[int], Any] = functools.partial(zmq.backend.Socket.get, pull)
+        self._channel = channel
         self._publisher = publisher
         self._book = book
         self._counters = counters
@@ -323,13 +313,13 @@ class Relay:
         #: True while the sink is backlogged: the channel is not read (back pressure)
         self._paused = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._fd: int | None = None
-        self._scheduled = False
+        #: connections with whole messages held back by the batch limit, to be read soon
+        self._again: set[Peer] = set()
         #: shard -> (epoch, PUB header template of that session): built once per
         #: session, found with one dict lookup per run (see :meth:`_head`)
         self._heads: dict[int, tuple[int, bytes]] = {}
         self._unnamed_logged = False
-        #: monotonic time the channel was last seen empty (the relay is caught up)
+        #: monotonic time a read last emptied a worker's connection (the relay is caught up)
         self.caught_up_at = time.monotonic()
         #: protocol/ipc.py's EVENT_RUNS reader, wired to the book, the header templates
         #: and the publisher once (see :meth:`_runs`)
@@ -343,117 +333,93 @@ class Relay:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        fd = self._pull.getsockopt(zmq.FD)
-        assert isinstance(fd, int)
-        self._fd = fd
-        loop.add_reader(fd, self._wake)
+        self._channel.watch(loop, self._readable)
         self._publisher.start(loop)  # a no-op when its owner started it already
         if self._sink is not None:
             self._sink.on_drained(self._unpause)
-        # Edge-triggered: whatever is queued already would never signal.
-        self._wake()
 
     def stop(self) -> None:
         # The publisher is not stopped: it outlives this relay (subscribers stay connected).
-        if self._loop is not None and self._fd is not None:
-            self._loop.remove_reader(self._fd)
-        self._fd = None
+        self._channel.unwatch()
+        self._loop = None
 
     def lagging(self, now: float, within_s: float) -> bool:
-        """True when messages wait and the channel has not been empty for ``within_s``.
+        """True when messages wait and no read has found a worker's connection emptied
+        for ``within_s``.
 
         Then a worker's silence proves nothing: its reports may be queued behind events.
         """
-        if not int(self._pull.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        if not self._channel.waiting():
             self.caught_up_at = now
             return False
-        # Reading EVENTS may have consumed the descriptor's edge: look again soon.
-        if self._loop is not None and not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._resume)
         return now - self.caught_up_at > within_s
 
-    def _wake(self) -> None:
-        if self._scheduled or self._fd is None:
-            return
+    def _readable(self, peer: Peer) -> None:
+        """A worker's connection has input: read up to a batch of its messages and relay them."""
         sink = self._sink
         if sink is not None and sink.backlogged:
             self._paused = True  # the sink's drain callback reads on (see _unpause)
+            self._channel.pause()
             return
-        if self.process(self._batch) >= self._batch:
-            # More is waiting: go on after the loop has served everyone else.
-            self._scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._resume)
+        channel = self._channel
+        self._handle(channel.read(peer, self._batch), sink)
+        if peer.held:
+            # More is waiting here: go on after the loop has served everyone else.
+            if peer not in self._again:
+                self._again.add(peer)
+                assert self._loop is not None
+                self._loop.call_soon(self._readable_again, peer)
+        elif not peer.full:
+            self.caught_up_at = time.monotonic()
 
-    def _resume(self) -> None:
-        self._scheduled = False
-        self._wake()
+    def _readable_again(self, peer: Peer) -> None:
+        self._again.discard(peer)
+        if peer.held and self._loop is not None and not self._paused:
+            self._readable(peer)
 
     def _unpause(self) -> None:
         if self._paused:
             self._paused = False
-            self._wake()
+            self._channel.resume()
 
     def drain(self) -> int:
-        """Handle everything queued now (shutdown, a worker's exit), backlogged sink or not."""
+        """Handle everything the workers sent until now (shutdown, a worker's exit),
+        backlogged sink or not; how many messages."""
+        channel = self._channel
         total = 0
-        while True:
-            n = self.process(self._batch, pause_on_backlog=False)
-            total += n
-            if n < self._batch:
-                return total
+        for peer in channel.peers:
+            messages = channel.drain(peer)
+            total += len(messages)
+            self._handle(messages, None)
+        return total
 
-    def process(self, limit: int, *, pause_on_backlog: bool = True) -> int:
-        """Handle up to ``limit`` messages; fewer means the channel is empty now (or the
-        sink became backlogged: the relay is paused until it drains)."""
-        # Frames are read one by one through the backend: pyzmq's recv_multipart
-        # asks RCVMORE after every frame, and that getsockopt costs about as much as
-        # the rest of a small message. An EVENT_RUNS message is a header and one body
-        # (RCVMORE is asked once, so the body is surely this message's). Any other
-        # kind (a report; or a kind no longer in use, refused as malformed) is read
-        # whole by _rest_of.
-        recv = self._recv
-        get = self._get
+    def _handle(self, messages: list[Frames], sink: StreamSink | None) -> None:
+        """Relay ``messages`` (each a list of frames), then flush the publisher and the
+        taps; with ``sink`` and its backlog, the relay pauses after them."""
         counters = self._counters
-        sink = self._sink if pause_on_backlog else None
         published = 0
         duplicates = 0
-        handled = 0
         try:
-            while handled < limit:
-                # After the first message, ZMQ_EVENTS says whether another one waits: a
-                # recv that finds none raises zmq.Again, which costs several times more
-                # (measured: ~6 us against ~2.5) and, this being the last step before the
-                # flush, delays every event of the wake-up. Either way the channel is
-                # seen empty, which re-arms the edge-triggered descriptor.
-                if handled and not get(_EVENTS) & _POLLIN:
-                    self.caught_up_at = time.monotonic()
-                    break
-                try:
-                    head = recv(_NOBLOCK)
-                except zmq.Again:  # a wake-up without a message
-                    self.caught_up_at = time.monotonic()
-                    break
-                handled += 1
+            for frames in messages:
+                head = frames[0]
                 if len(head) == _HEADER_SIZE:
                     version, kind, count, _, _, _ = _HEADER_UNPACK(head)
                     if version == _VERSION and count >= 1 and kind == _RUNS:
-                        if not get(_RCVMORE):
+                        if len(frames) != 2:
                             counters.malformed_dropped += 1
                             continue
                         runs = self._runs if self._hooked is False else self._runs_hooked
-                        done, skipped = runs(count, recv(_NOBLOCK))
+                        done, skipped = runs(count, frames[1])
                         published += done
                         duplicates += skipped
-                        if sink is not None and sink.backlogged:
-                            self._paused = True  # the sink's drain callback reads on
-                            break
                         continue
-                self._other(self._rest_of(head))
+                self._other([bytes(frame) for frame in frames])
         finally:
             counters.published += published
             counters.duplicates_dropped += duplicates
+        if sink is not None and sink.backlogged and not self._paused:
+            self._paused = True  # the sink's drain callback reads on
+            self._channel.pause()
         publisher = self._publisher
         publisher.flush()
         for consumer in self._consumers:
@@ -463,7 +429,6 @@ class Relay:
         counters.subscriptions = publisher.subscriptions
         counters.subscribers = publisher.subscribers
         counters.pub_queued = publisher.queued
-        return handled
 
     def _head(self, shard_id: int, epoch: int) -> bytes:
         """The PUB header template of ``shard_id``'s session ``epoch``, cached per shard.
@@ -490,7 +455,7 @@ class Relay:
             )
         return template
 
-    def _runs(self, runs: int, body: bytes) -> tuple[int, int]:
+    def _runs(self, runs: int, body: bytes | memoryview) -> tuple[int, int]:
         """Publish the runs of an EVENT_RUNS body; (published, duplicates).
 
         protocol/ipc.py's reader dedupes each run through the book, gives it the
@@ -608,7 +573,7 @@ class Relay:
                 consumer.add(shard_id, epoch, seq, run)
         return sum(len(run) for _, run in out)
 
-    def _runs_hooked(self, runs: int, body: bytes) -> tuple[int, int]:
+    def _runs_hooked(self, runs: int, body: bytes | memoryview) -> tuple[int, int]:
         """:meth:`_runs` while a reshard runs: hold, discard, or publish through the hooks."""
         try:
             batches = ipc.decode_event_runs(runs, body)
@@ -640,12 +605,6 @@ class Relay:
             elif self.mode is RelayMode.PUBLISH:
                 published += self.publish_run(batch.shard_id, batch.epoch, first, events)
         return published, duplicates
-
-    def _rest_of(self, head: bytes) -> list[bytes]:
-        frames = [head]
-        while self._pull.getsockopt(zmq.RCVMORE):
-            frames.append(self._recv(_NOBLOCK))
-        return frames
 
     def _other(self, frames: list[bytes]) -> None:
         try:

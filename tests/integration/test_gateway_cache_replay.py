@@ -26,8 +26,8 @@ from typing import Any
 
 import orjson
 import pytest
-import zmq
 
+from cluster.channel import EventChannel
 from cluster.endpoint import server as endpoint_server
 from cluster.endpoint.cache import GuildCache
 from cluster.endpoint.persist import CacheWriter, cache_path, load_cache, save_cache
@@ -91,13 +91,11 @@ async def endpoint() -> AsyncIterator[GatewayEndpoint]:
 
 @pytest.fixture
 def pull() -> Any:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    sock = context.socket(zmq.PULL)
+    channel = EventChannel("tcp://127.0.0.1:0")
     try:
-        yield sock
+        yield channel
     finally:
-        sock.close(0)
-        context.term()
+        channel.close()
 
 
 def start_range(

@@ -1,4 +1,4 @@
-"""The relay on real ZeroMQ sockets: PUSH -> PULL -> dedupe -> PUB (cluster/publisher.py) -> SUB."""
+"""The relay on real sockets: a ZeroMQ PUSH -> the channel (cluster/channel.py) -> dedupe -> PUB (cluster/publisher.py) -> SUB."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import zmq.asyncio
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from cluster.channel import EventChannel
 from cluster.http import ClusterCollector
 from cluster.publisher import Publisher
 from cluster.relay import Relay, SessionBook
@@ -57,13 +58,11 @@ def event(shard: int, epoch: int, seq: int, topic: bytes = b"MESSAGE_CREATE") ->
 async def relay_rig(batch: int, hwm: int = 100_000) -> AsyncIterator[Rig]:
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     async_context = zmq.asyncio.Context()
-    pull: zmq.Socket[bytes] = context.socket(zmq.PULL)
-    pull.setsockopt(zmq.LINGER, 0)
-    pull.bind("tcp://127.0.0.1:0")
+    channel = EventChannel("tcp://127.0.0.1:0")
     publisher = Publisher(context, "tcp://127.0.0.1:0", hwm=hwm)
     push: zmq.Socket[bytes] = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 0)
-    push.connect(pull.getsockopt_string(zmq.LAST_ENDPOINT))
+    push.connect(channel.endpoint)
     sub = async_context.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -71,7 +70,7 @@ async def relay_rig(batch: int, hwm: int = 100_000) -> AsyncIterator[Rig]:
     book = SessionBook()
     counters = RelayCounters()
     reports: list[ipc.ShardReport | ipc.WorkerStatus] = []
-    relay = Relay(pull, publisher, book, counters, reports.append, batch=batch)
+    relay = Relay(channel, publisher, book, counters, reports.append, batch=batch)
     relay.start()
     rig = Rig(push, sub, relay, book, counters, publisher, reports)
     try:
@@ -82,8 +81,8 @@ async def relay_rig(batch: int, hwm: int = 100_000) -> AsyncIterator[Rig]:
         yield rig
     finally:
         relay.stop()
-        for sock in (push, pull):
-            sock.close(0)
+        push.close(0)
+        channel.close()
         sub.close(0)
         publisher.close()
         context.term()

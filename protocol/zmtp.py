@@ -1,0 +1,90 @@
+"""ZMTP 3.0 (rfc.zeromq.org/spec/23): the greeting, frame flags and commands the
+cluster's own ZeroMQ endpoints speak (cluster/publisher.py's XPUB side for
+subscribers, cluster/channel.py's PULL side for the workers).
+
+Pure code: building a greeting and commands, checking a peer's greeting,
+reading the Socket-Type of a READY. Only the NULL mechanism is spelled here;
+CURVE lives in :mod:`protocol.curvezmq`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: signature (0xFF, 8 bytes padding, 0x7F), version 3.0, mechanism NULL, as-server 0, filler
+GREETING: Final = (
+    b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + bytes(31)
+)
+#: The greeting with CURVE, as-server 1.
+CURVE_GREETING: Final = (
+    b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\x00") + b"\x01" + bytes(31)
+)
+GREETING_SIZE: Final = 64
+FLAG_MORE: Final = 0x01
+FLAG_LONG: Final = 0x02
+FLAG_COMMAND: Final = 0x04
+
+
+class ProtocolError(Exception):
+    """A peer broke ZMTP; it is disconnected."""
+
+
+def command(name: bytes, data: bytes) -> bytes:
+    """A command frame (head included)."""
+    body = bytes((len(name),)) + name + data
+    if len(body) < 256:
+        return bytes((FLAG_COMMAND, len(body))) + body
+    return bytes((FLAG_COMMAND | FLAG_LONG,)) + len(body).to_bytes(8, "big") + body
+
+
+def metadata(name: bytes, value: bytes) -> bytes:
+    """One property of a READY command's metadata."""
+    return bytes((len(name),)) + name + len(value).to_bytes(4, "big") + value
+
+
+def handshake(socket_type: bytes) -> bytes:
+    """What a NULL endpoint of ``socket_type`` sends as soon as a peer connects: the
+    greeting and its READY (a peer that speaks ZMTP 3 does not wait for ours first)."""
+    return GREETING + command(b"READY", metadata(b"Socket-Type", socket_type))
+
+
+def check_greeting(inbox: bytes | bytearray, mechanism: bytes) -> bool:
+    """Whether ``inbox`` starts with a whole greeting (False: wait for more) of a ZMTP 3
+    peer with ``mechanism``; :class:`ProtocolError` as soon as it cannot be one.
+
+    A peer naming CURVE must be its client (as-server 0).
+    """
+    if inbox[:1] != b"\xff" or (len(inbox) >= 10 and inbox[9] != 0x7F):
+        raise ProtocolError("not a ZMTP 3 greeting")
+    if len(inbox) < GREETING_SIZE:
+        return False
+    if inbox[10] < 3:
+        raise ProtocolError(f"ZMTP {inbox[10]}.{inbox[11]} (3.0 or later needed)")
+    named = bytes(inbox[12:32]).rstrip(b"\x00")
+    if named != mechanism:
+        raise ProtocolError(
+            f"security mechanism {named.decode('ascii', 'replace')!r} "
+            f"(this socket takes {mechanism.decode()} only)"
+        )
+    if inbox[32] and mechanism == b"CURVE":
+        raise ProtocolError("a CURVE peer that says it is a server")
+    return True
+
+
+def ready_socket_type(data: bytes | memoryview) -> bytes | None:
+    """The Socket-Type property of a READY command's metadata (None when absent or garbled)."""
+    at = 0
+    while at < len(data):
+        name_size = data[at]
+        name = bytes(data[at + 1 : at + 1 + name_size])
+        at += 1 + name_size
+        if at + 4 > len(data):
+            return None
+        value_size = int.from_bytes(data[at : at + 4], "big")
+        value = bytes(data[at + 4 : at + 4 + value_size])
+        at += 4 + value_size
+        if at > len(data):
+            return None
+        if name.lower() == b"socket-type":
+            return value
+    return None
