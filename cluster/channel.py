@@ -147,7 +147,10 @@ class EventChannel:
         self._on_readable = on_readable
         loop.add_reader(self._listener.fileno(), self._accept)
         for fd, peer in self._peers.items():
-            loop.add_reader(fd, self._input if not peer.ready else self._tell, peer)
+            if not peer.ready:
+                loop.add_reader(fd, self._input, peer)
+            elif not self._paused:
+                loop.add_reader(fd, self._tell, peer)
 
     def unwatch(self) -> None:
         """Stop accepting and reading (connections stay open until :meth:`close`)."""
@@ -188,12 +191,14 @@ class EventChannel:
             on_readable(peer)
 
     def waiting(self) -> bool:
-        """Whether input waits: parsed-but-unread bytes, or a connection the kernel has
-        data for (one poll, no read: the liveness check asks this a few times a second)."""
+        """Whether input waits: whole messages held back by a read's limit, or a
+        connection the kernel has data for (one poll, no read: the liveness check asks
+        this a few times a second). A partial frame alone is not waiting input: a
+        worker stuck in the middle of a message must still look silent."""
         poller = select.poll()
         for fd, peer in self._peers.items():
             if peer.ready:
-                if peer.rest:
+                if peer.held:
                     return True
                 poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
@@ -381,6 +386,7 @@ class EventChannel:
             return
         peer.ready = True
         peer.rest = bytes(inbox[2 + size :])
+        peer.held = bool(peer.rest)  # read with the handshake: told of below, not by the kernel
         peer.inbox = bytearray()
         loop = self._loop
         if loop is not None:
@@ -388,7 +394,7 @@ class EventChannel:
             loop.remove_reader(fd)
             if not self._paused:
                 loop.add_reader(fd, self._tell, peer)
-                if peer.rest:
+                if peer.held:
                     loop.call_soon(self._tell, peer)
 
     def _send(self, peer: Peer, data: bytes) -> None:

@@ -54,7 +54,9 @@ def check_greeting(inbox: bytes | bytearray, mechanism: bytes) -> bool:
 
     A peer naming CURVE must be its client (as-server 0).
     """
-    if inbox[:1] != b"\xff" or (len(inbox) >= 10 and inbox[9] != 0x7F):
+    if not inbox:
+        return False
+    if inbox[0] != 0xFF or (len(inbox) >= 10 and inbox[9] != 0x7F):
         raise ProtocolError("not a ZMTP 3 greeting")
     if len(inbox) < GREETING_SIZE:
         return False

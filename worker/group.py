@@ -1,13 +1,14 @@
-"""A group of shards on one event loop, wired to the supervisor over ZeroMQ.
+"""A group of shards on one event loop, wired to the supervisor.
 
 :class:`ShardGroup` runs one :class:`Shard` per shard id of a
 :class:`worker.spec.WorkerSpec` on the current loop and owns the worker's
 sockets:
 
-- a PUSH to ``event_endpoint``: events, shard reports and worker status, in
-  order (protocol/ipc.py); events are sent without blocking, and when the
-  high-water mark is reached the shard that produced the event waits (and so
-  stops reading its socket) instead of dropping it;
+- a PUSH connection to ``event_endpoint`` (:mod:`worker.output`): events, shard
+  reports and worker status, in order (protocol/ipc.py); events are sent
+  without blocking, and when too much waits for the kernel the shard that
+  produced the event waits (and so stops reading its socket) instead of
+  dropping it;
 - a DEALER to ``command_endpoint`` (optional): COMMAND and STOP from the
   supervisor; a HELLO is sent first so the supervisor's ROUTER knows us.
 
@@ -19,23 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 import zmq
 import zmq.asyncio
-import zmq.backend
 
 from protocol import ipc
 from protocol.errors import WireFormatError
 from protocol.gateway import explain_fatal
-from protocol.ipc import ShardReport, WorkerStatus, WorkerStatusKind
+from protocol.ipc import WorkerStatus, WorkerStatusKind
+from worker.output import ChannelOutput, connect
 from worker.permits import LocalPermits, PermitSource
 from worker.shard import FatalCloseError, Shard, ShardConfig
 from worker.spec import WorkerSpec
@@ -44,12 +43,9 @@ log = logging.getLogger("worker.group")
 
 #: Shards of a group connected ahead of their IDENTIFY, in rounds of max_concurrency.
 IDENTIFY_ROUNDS_AHEAD: Final = 2
-#: Messages queued towards the supervisor before shards wait. With
-#: :data:`FLUSH_BYTES` this is also a bound in bytes (see :class:`ZmqOutput`).
-EVENT_HWM: Final = 64
-#: Bytes of cut runs (full or broken runs) an iteration queues before they are sent at
-#: once, without waiting for the iteration to end.
-FLUSH_BYTES: Final = 1 << 20
+#: How long an exiting worker may block to hand what waits to the kernel (libzmq's
+#: linger, which the PUSH had before).
+CLOSE_LINGER_S: Final = 5.0
 #: How long a stopping worker may wait, in all, to send its final reports (the sessions
 #: to resume) through a full channel.
 FINAL_REPORTS_S: Final = 3.0
@@ -57,10 +53,6 @@ FINAL_REPORTS_S: Final = 3.0
 #: whatever its loop is doing: nobody reads it any more, and a worker that outlives
 #: its supervisor would hold its shards' sessions against the next one.
 ORPHAN_EXIT_S: Final = 10
-#: The longest wait for the channel's descriptor before its state is looked at anyway.
-DRAIN_RECHECK_S: Final = 0.05
-_MORE: Final = int(zmq.NOBLOCK | zmq.SNDMORE)
-_LAST: Final = int(zmq.NOBLOCK)
 
 
 def shard_config(spec: WorkerSpec, shard_id: int) -> ShardConfig:
@@ -80,196 +72,6 @@ def shard_config(spec: WorkerSpec, shard_id: int) -> ShardConfig:
         new_session_delay_s=spec.new_session_delay_s,
         send_window_s=spec.send_window_s,
     )
-
-
-def _dropped(frame: Any, flags: int = 0) -> None:
-    """The channel's send once it is abandoned: nothing is sent, nothing waits."""
-
-
-class _CutRuns(list[Any]):
-    """The encoder's closed runs, as a list that sends them once they reach FLUSH_BYTES.
-
-    :meth:`protocol.ipc.EventRunsEncoder.add` appends a run here when it cuts it (at
-    :data:`protocol.ipc.MAX_RUN_EVENTS` events, a gap or a new session): once per cut
-    run, not per event (gaps and new sessions are rare), so the count costs the hot path
-    nothing per event.
-    """
-
-    __slots__ = ("_output", "bytes")
-
-    def __init__(self, output: ZmqOutput) -> None:
-        super().__init__()
-        self._output = output
-        #: bytes of the runs cut since the last send
-        self.bytes = 0
-
-    def append(self, run: Any) -> None:
-        list.append(self, run)
-        self.bytes += sum(map(len, run.parts))
-        if self.bytes >= FLUSH_BYTES:
-            self._output.flush_cut()
-
-
-class ZmqOutput(ipc.EventRunsEncoder):
-    """The worker's ordered channel to the supervisor (a PUSH socket), events batched.
-
-    Every event queued in one event-loop iteration (one read burst), of every
-    shard, leaves as one EVENT_RUNS message (protocol/ipc.py: two ZeroMQ
-    frames, whatever the number of events) when the iteration ends
-    (``loop.call_soon``), never later. The message is built by the one
-    EVENT_RUNS encoder, :class:`protocol.ipc.EventRunsEncoder`: each shard's
-    consecutive events form a run, cut at :data:`protocol.ipc.MAX_RUN_EVENTS`
-    events, at a gap in the sequence or at a new session. It is this class's
-    base, not a member, so ``event`` is the encoder's ``add`` itself: no
-    second call per event. libzmq's cost is per frame and per message,
-    so this pays it once per iteration instead of three times per event, and
-    the supervisor's reads shrink the same way. A report first flushes the
-    events queued before it, so the channel keeps the order the shards
-    produced per shard.
-
-    Memory is bounded in bytes, not only in messages: one iteration can take
-    thousands of events (every shard's socket buffer, read flat out), and the
-    runs cut in it are sent as soon as they hold :data:`FLUSH_BYTES`, mid-iteration;
-    what is left at its end is the shards' open runs (at most
-    ``MAX_RUN_EVENTS - 1`` events each). So a message holds about FLUSH_BYTES
-    (plus the open runs), and the channel at most :data:`EVENT_HWM` of them.
-
-    Back-pressure: a flush that meets the high-water mark keeps its runs,
-    ``event`` then refuses (False) until ``drain`` has flushed them; ``drain``
-    waits on the socket's descriptor (ZMQ_FD, edge-triggered: ZMQ_EVENTS is
-    read after every wake-up), with a :data:`DRAIN_RECHECK_S` recheck as a fallback.
-    """
-
-    def __init__(self, socket: zmq.Socket[bytes], loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self._socket = socket
-        # The backend's send skips the sugar layer's per-call Python checks
-        # (copy thresholds, enum flags).
-        self._send: Callable[..., None] = functools.partial(zmq.backend.Socket.send, socket)
-        #: True once the supervisor is gone: everything is dropped (:meth:`abandon`)
-        self.abandoned = False
-        self._loop = loop
-        self._scheduled = False
-        self.send_blocked = 0
-        self.messages = 0
-        self._cut = self._closed = _CutRuns(self)
-        self._fd: int | None = None
-        #: resolved when the socket may take a message again (shared by every waiting shard)
-        self._writable: asyncio.Future[None] | None = None
-        self._recheck: asyncio.TimerHandle | None = None
-
-    #: Queue one dispatch (:class:`worker.shard.ShardOutput`): the encoder's ``add``.
-    event = ipc.EventRunsEncoder.add
-
-    def _first_event(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        self._scheduled = False
-        self.flush()
-
-    def flush(self) -> bool:
-        """Send every queued run; False (runs kept) when the high-water mark is met."""
-        send = self._send
-        while (head := self.next_head()) is not None:
-            # A multipart message is atomic: only its first frame can meet the
-            # high-water mark, so a refused first frame means nothing was sent.
-            try:
-                send(head, _MORE)
-            except zmq.Again:
-                self.send_blocked += 1
-                self.refusing = True
-                return False
-            send(self.next_body(), _LAST)
-            self.messages += 1
-        self._cut.bytes = 0
-        self.refusing = False
-        return True
-
-    def flush_cut(self) -> None:
-        """Send the cut runs now, the open ones stay (called from inside ``add``).
-
-        Every shard's cut runs precede its open run, so the order per shard holds.
-        A refusal keeps them (``add`` then refuses, as after any refused flush).
-        """
-        open_runs = self._open
-        self._open = {}  # next_head closes every open run: none here
-        try:
-            self.flush()
-        finally:
-            self._open = open_runs
-
-    def abandon(self) -> None:
-        """Nobody reads the channel any more (the supervisor is gone): what is queued and
-        what comes next is dropped, so no shard and no report waits for a reader."""
-        self.abandoned = True
-        self._send = _dropped
-        self.flush()
-        self._wake()
-
-    async def drain(self) -> None:
-        """Return once every queued run is sent (the shard may queue again)."""
-        while True:
-            if self.abandoned:
-                self.flush()
-                await asyncio.sleep(0)  # a stopping shard's cancellation gets in
-                return
-            if int(self._socket.getsockopt(zmq.EVENTS)) & zmq.POLLOUT and self.flush():
-                return
-            # Shielded: one shard cancelled while waiting must not cancel the others' wait.
-            await asyncio.shield(self._until_writable())
-
-    def _until_writable(self) -> asyncio.Future[None]:
-        waiter = self._writable
-        if waiter is None or waiter.done():
-            waiter = self._writable = self._loop.create_future()
-            if self._fd is None:
-                fd = self._socket.getsockopt(zmq.FD)
-                assert isinstance(fd, int)
-                self._fd = fd
-            self._loop.add_reader(self._fd, self._on_fd)
-            self._recheck = self._loop.call_later(DRAIN_RECHECK_S, self._wake)
-            # Edge-triggered: a change before add_reader would never signal.
-            self._on_fd()
-        return waiter
-
-    def _on_fd(self) -> None:
-        # Reading ZMQ_EVENTS also re-arms the descriptor.
-        if int(self._socket.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
-            self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._writable
-        if waiter is None:
-            return
-        self._writable = None
-        if self._fd is not None:
-            self._loop.remove_reader(self._fd)
-        if self._recheck is not None:
-            self._recheck.cancel()
-            self._recheck = None
-        if not waiter.done():
-            waiter.set_result(None)
-
-    def close(self) -> None:
-        """Stop watching the socket (before it is closed); waiting drains wake."""
-        self._wake()
-
-    async def send(self, frames: list[bytes]) -> None:
-        """Send a non-event message after every event queued before it."""
-        while not self.abandoned:
-            if self.flush():
-                try:
-                    self._socket.send_multipart(frames, zmq.NOBLOCK)
-                    return
-                except zmq.Again:
-                    pass
-            await self.drain()
-
-    async def report(self, report: ShardReport) -> None:
-        await self.send(ipc.encode_shard_report(report))
 
 
 class ShardGroup:
@@ -295,11 +97,7 @@ class ShardGroup:
 
     async def run(self) -> WorkerStatusKind:
         spec = self.spec
-        push: zmq.Socket[bytes] = zmq.Socket(self._context, zmq.PUSH)
-        push.setsockopt(zmq.SNDHWM, EVENT_HWM)
-        push.setsockopt(zmq.LINGER, 5000)
-        push.connect(spec.event_endpoint)
-        output = ZmqOutput(push, asyncio.get_running_loop())
+        output = ChannelOutput(connect(spec.event_endpoint), asyncio.get_running_loop())
         dealer: zmq.asyncio.Socket | None = None
         if spec.command_endpoint is not None:
             dealer = self._context.socket(zmq.DEALER)
@@ -363,8 +161,7 @@ class ShardGroup:
             # for seconds per shard: it did, for 2 s a shard).
             await self._last_words(output, result)
             # With the supervisor gone nobody will read what is queued: exit at once.
-            output.close()
-            push.close(linger=0 if self._parent_gone else 5000)
+            output.close(linger_s=0 if self._parent_gone else CLOSE_LINGER_S)
             if dealer is not None:
                 dealer.close(linger=0)
         return result
@@ -391,7 +188,7 @@ class ShardGroup:
         client: PermitSource = IdentifyClient(spec.coordinator_endpoint, self._context)
         return client
 
-    async def _last_words(self, output: ZmqOutput, result: WorkerStatusKind) -> None:
+    async def _last_words(self, output: ChannelOutput, result: WorkerStatusKind) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FINAL_REPORTS_S
         messages = [
@@ -412,7 +209,7 @@ class ShardGroup:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(output.send(frames), left)
 
-    async def _report_loop(self, output: ZmqOutput) -> None:
+    async def _report_loop(self, output: ChannelOutput) -> None:
         # Liveness from the event loop itself: a stuck loop stops these reports.
         while True:
             await asyncio.sleep(self.spec.report_interval_s)
@@ -427,7 +224,7 @@ class ShardGroup:
             return False
         return os.getppid() == self._parent_pid
 
-    async def _parent_watch(self, output: ZmqOutput) -> None:
+    async def _parent_watch(self, output: ChannelOutput) -> None:
         while True:
             await asyncio.sleep(self.spec.parent_check_interval_s)
             if not self._parent_alive():

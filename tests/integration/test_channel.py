@@ -309,3 +309,31 @@ async def _feed(endpoint: str, path: str, pieces: list[bytes], n: int, limit: in
             return list(got)
         finally:
             raw.close()
+
+
+async def test_waiting_counts_whole_messages_not_a_partial_frame(tmp_path: Path) -> None:
+    # The liveness check skips its kills while input waits: a worker stuck in the middle
+    # of a message must not look busy for ever.
+    async with watched(f"ipc://{tmp_path}/events", limit=1) as collector:
+        channel = collector.channel
+        channel.pause()
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            raw.connect(f"{tmp_path}/events")
+            three = b"".join(zmtp_frames([b"%d" % n]) for n in range(3))
+            raw.sendall(push_handshake() + three)
+            async with asyncio.timeout(5):
+                while not channel.peers:  # noqa: ASYNC110 (the handshake is read by the loop)
+                    await asyncio.sleep(0.01)
+            (peer,) = channel.peers
+            assert channel.waiting()  # the kernel holds them
+            assert [bytes(m[0]) for m in channel.read(peer, 1)] == [b"0"]
+            assert peer.held and channel.waiting()  # two whole messages held by the limit
+            assert [bytes(m[0]) for m in channel.read(peer, 5)] == [b"1", b"2"]
+            raw.sendall(zmtp_frames([b"cut", big(DIRECT_FRAME // 2, 3)])[:1000])
+            await asyncio.sleep(0.05)
+            assert channel.read(peer, 5) == []  # the partial message stays inside
+            assert not channel.waiting()
+            assert collector.got == []
+        finally:
+            raw.close()

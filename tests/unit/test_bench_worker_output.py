@@ -1,4 +1,5 @@
-"""The worker's batched event output (worker.group.ZmqOutput) on real ZeroMQ sockets.
+"""The worker's batched event output (worker.output.ChannelOutput) on real sockets, read by
+a libzmq PULL.
 
 Batching is the hot-path change the benchmarks drove: every event queued in
 one loop iteration, of every shard, leaves as one EVENT_RUNS message (two
@@ -15,7 +16,8 @@ import zmq
 
 from protocol import ipc
 from protocol.ipc import MAX_RUN_EVENTS
-from worker.group import ZmqOutput
+from tests.unit.conftest import Pair, TightPair
+from worker.output import ChannelOutput
 
 
 def receive_all(pull: zmq.Socket[bytes], n: int) -> list[ipc.Message]:
@@ -36,10 +38,10 @@ def runs(message: ipc.Message) -> list[ipc.EventBatch]:
 
 
 async def test_one_iteration_of_one_shard_is_one_message(
-    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
+    pair: Pair,
 ) -> None:
     push, pull = pair
-    out = ZmqOutput(push, asyncio.get_running_loop())
+    out = ChannelOutput(push, asyncio.get_running_loop())
     for seq in range(5, 15):
         assert out.event(3, 77, seq, b"MESSAGE_CREATE", payload(seq))
     assert not pull.poll(50), "nothing leaves before the iteration ends"
@@ -51,10 +53,10 @@ async def test_one_iteration_of_one_shard_is_one_message(
 
 
 async def test_cuts_at_gaps_new_sessions_shards_and_the_cap(
-    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
+    pair: Pair,
 ) -> None:
     push, pull = pair
-    out = ZmqOutput(push, asyncio.get_running_loop())
+    out = ChannelOutput(push, asyncio.get_running_loop())
     events = [(0, 1, s) for s in (1, 2, 3)] + [(0, 1, 5), (0, 2, 1), (1, 9, 1)]
     events += [(2, 4, s) for s in range(1, MAX_RUN_EVENTS + 2)]
     for shard, epoch, seq in events:
@@ -80,10 +82,10 @@ async def test_cuts_at_gaps_new_sessions_shards_and_the_cap(
 
 
 async def test_every_shard_of_one_iteration_shares_one_message_of_two_frames(
-    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
+    pair: Pair,
 ) -> None:
     push, pull = pair
-    out = ZmqOutput(push, asyncio.get_running_loop())
+    out = ChannelOutput(push, asyncio.get_running_loop())
     for shard in range(16):
         for seq in (1, 2):
             assert out.event(shard, 100 + shard, seq, b"MESSAGE_CREATE", payload(seq))
@@ -99,10 +101,10 @@ async def test_every_shard_of_one_iteration_shares_one_message_of_two_frames(
 
 
 async def test_a_report_follows_the_events_queued_before_it(
-    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
+    pair: Pair,
 ) -> None:
     push, pull = pair
-    out = ZmqOutput(push, asyncio.get_running_loop())
+    out = ChannelOutput(push, asyncio.get_running_loop())
     out.event(0, 1, 1, b"READY", payload(1))
     await out.report(
         ipc.ShardReport(shard_id=0, phase="ready", seq=1, session_id="s", resume_url="u")
@@ -115,39 +117,26 @@ async def test_a_report_follows_the_events_queued_before_it(
     assert [m.first_seq for m in runs(third)] == [2]
 
 
-async def test_the_high_water_mark_refuses_until_drained() -> None:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 1)
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.RCVHWM, 1)
-    try:
-        pull.bind("inproc://hwm")
-        push.connect("inproc://hwm")
-        out = ZmqOutput(push, asyncio.get_running_loop())
-        sent = 0
-        seq = 1
-        # different sessions so every event is its own message; fill until refused
-        while out.event(0, seq, 1, b"T", payload(seq)):
-            seq += 1
-            await asyncio.sleep(0)
-            assert seq < 100, "the high-water mark never refused"
-        assert out.send_blocked >= 1
-        drained = asyncio.create_task(out.drain())
-        got: list[ipc.Message] = []
-        async with asyncio.timeout(5):
-            while not drained.done():
-                if pull.poll(0):
-                    got.append(ipc.decode(pull.recv_multipart()))
-                await asyncio.sleep(0.001)
-            while pull.poll(50):
+async def test_a_full_channel_refuses_until_drained(tight_pair: TightPair) -> None:
+    push, pull = tight_pair
+    out = ChannelOutput(push, asyncio.get_running_loop())
+    # different sessions so every event is its own message; fill until refused
+    seq = 1
+    while out.event(0, seq, 1, b"T", payload(seq) + b"x" * 2000):
+        seq += 1
+        await asyncio.sleep(0)
+        assert seq < 5000, "the channel never refused"
+    assert out.send_blocked >= 1
+    drained = asyncio.create_task(out.drain())
+    got: list[ipc.Message] = []
+    async with asyncio.timeout(5):
+        while not drained.done():
+            if pull.poll(0):
                 got.append(ipc.decode(pull.recv_multipart()))
-        sent = len(got)
-        # every event accepted before the refusal arrives, none twice, none lost
-        assert sorted(b.epoch for m in got for b in runs(m)) == list(range(1, seq))
-        assert sent == seq - 1
-        assert out.event(0, seq, 1, b"T", payload(seq)), "accepts again after the drain"
-    finally:
-        push.close(linger=0)
-        pull.close(linger=0)
-        ctx.term()
+            await asyncio.sleep(0.001)
+        while pull.poll(50):
+            got.append(ipc.decode(pull.recv_multipart()))
+    # every event accepted before the refusal arrives, none twice, none lost
+    assert sorted(b.epoch for m in got for b in runs(m)) == list(range(1, seq))
+    assert len(got) == seq - 1
+    assert out.event(0, seq, 1, b"T", payload(seq)), "accepts again after the drain"

@@ -1,48 +1,43 @@
-"""The worker's output channel is bounded in bytes (worker.group.ZmqOutput), on real sockets.
+"""The worker's output channel is bounded in bytes (worker.output.ChannelOutput), on real sockets.
 
 One event-loop iteration of a worker read flat out can take tens of thousands
 of events (every shard's socket buffer); they used to leave as one message of
 tens of megabytes at the iteration's end, held three times over (the runs, the
-joined body, ZeroMQ's copy). Now the runs cut in an iteration leave as soon as
+joined body, ZeroMQ's copy, when the channel was libzmq's). Now the runs cut in an iteration leave as soon as
 they hold ``FLUSH_BYTES``, mid-iteration, in order per shard, and a full
 channel still refuses (the shards wait) and loses nothing. A waiting ``drain``
-is woken by the socket's descriptor, not a timer.
+is woken by the socket becoming writable.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 
 import pytest
-import zmq
 
 from protocol import ipc
 from protocol.ipc import MAX_RUN_EVENTS
-from worker import group
-from worker.group import ZmqOutput
+from tests.unit.conftest import Pair, TightPair
+from worker import output
+from worker.output import ChannelOutput
 
 #: a small threshold so a few runs of small events cross it
 FLUSH = 16 * 1024
 
 
-@contextlib.contextmanager
-def tight_pair(name: str) -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
-    """PUSH -> PULL over inproc with high-water marks of 1: the channel fills at once."""
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, 1)
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.RCVHWM, 1)
-    try:
-        pull.bind(f"inproc://{name}")
-        push.connect(f"inproc://{name}")
-        yield push, pull
-    finally:
-        push.close(linger=0)
-        pull.close(linger=0)
-        ctx.term()
+async def fill(out: ChannelOutput, data: bytes) -> int:
+    """Queue one message per event (each a new session) until the channel stays full (a
+    drain waits); the epoch of the first event refused."""
+    epoch = 1
+    while True:
+        while out.event(0, epoch, 1, b"T", data):
+            epoch += 1
+            await asyncio.sleep(0)
+            assert epoch < 5000, "the channel never refused"
+        try:
+            await asyncio.wait_for(out.drain(), 0.05)
+        except TimeoutError:
+            return epoch
 
 
 def payload(shard: int, seq: int) -> bytes:
@@ -71,11 +66,11 @@ def check_exactly_once_in_order(got: list[tuple[int, int, bytes]], shards: int, 
 
 
 async def test_cut_runs_leave_mid_iteration_and_messages_stay_small(
-    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]], monkeypatch: pytest.MonkeyPatch
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(group, "FLUSH_BYTES", FLUSH)
+    monkeypatch.setattr(output, "FLUSH_BYTES", FLUSH)
     push, pull = pair
-    out = ZmqOutput(push, asyncio.get_running_loop())
+    out = ChannelOutput(push, asyncio.get_running_loop())
     shards, n = 4, 3 * MAX_RUN_EVENTS + 7
     total_bytes = 0
     for seq in range(1, n + 1):  # one iteration: no await between the events
@@ -105,73 +100,67 @@ async def test_cut_runs_leave_mid_iteration_and_messages_stay_small(
 
 
 async def test_a_full_channel_refuses_mid_iteration_and_loses_nothing(
-    monkeypatch: pytest.MonkeyPatch,
+    tight_pair: TightPair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(group, "FLUSH_BYTES", FLUSH)
-    with tight_pair("memory-refuse") as (push, pull):
-        out = ZmqOutput(push, asyncio.get_running_loop())
-        shards, n = 3, 4 * MAX_RUN_EVENTS
-        got: list[tuple[int, int, bytes]] = []
-        all_in = asyncio.Event()
+    monkeypatch.setattr(output, "FLUSH_BYTES", FLUSH)
+    push, pull = tight_pair
+    out = ChannelOutput(push, asyncio.get_running_loop())
+    shards, n = 3, 4 * MAX_RUN_EVENTS
+    got: list[tuple[int, int, bytes]] = []
+    all_in = asyncio.Event()
 
-        async def read() -> None:
-            while True:
-                while pull.poll(0):
-                    got.extend(events_of(pull.recv_multipart()))
-                if len(got) >= shards * n:
-                    all_in.set()
-                await asyncio.sleep(0.001)
+    async def read() -> None:
+        while True:
+            while pull.poll(0):
+                got.extend(events_of(pull.recv_multipart()))
+            if len(got) >= shards * n:
+                all_in.set()
+            await asyncio.sleep(0.001)
 
-        async def produce(shard: int) -> None:
-            # what a shard's read loop does (worker/connection.py)
-            for seq in range(1, n + 1):
-                data = payload(shard, seq)
-                if not out.event(shard, 5, seq, b"MESSAGE_CREATE", data):
-                    await out.drain()
-                    while not out.event(shard, 5, seq, b"MESSAGE_CREATE", data):
-                        await out.drain()
-
-        reader = asyncio.create_task(read())
-        try:
-            async with asyncio.timeout(20):
-                await asyncio.gather(*(produce(shard) for shard in range(shards)))
+    async def produce(shard: int) -> None:
+        # what a shard's read loop does (worker/connection.py)
+        for seq in range(1, n + 1):
+            data = payload(shard, seq)
+            if not out.event(shard, 5, seq, b"MESSAGE_CREATE", data):
                 await out.drain()
-                await all_in.wait()
-        finally:
-            reader.cancel()
-        assert out.send_blocked >= 1, "the channel never refused: the test proves nothing"
-        check_exactly_once_in_order(got, shards, n)
+                while not out.event(shard, 5, seq, b"MESSAGE_CREATE", data):
+                    await out.drain()
+
+    reader = asyncio.create_task(read())
+    try:
+        async with asyncio.timeout(20):
+            await asyncio.gather(*(produce(shard) for shard in range(shards)))
+            await out.drain()
+            await all_in.wait()
+    finally:
+        reader.cancel()
+    assert out.send_blocked >= 1, "the channel never refused: the test proves nothing"
+    check_exactly_once_in_order(got, shards, n)
 
 
-async def test_drain_is_woken_by_the_socket_not_a_timer(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The timer fallback is set far beyond the test's timeout: only the descriptor can wake.
-    monkeypatch.setattr(group, "DRAIN_RECHECK_S", 3600.0)
-    with tight_pair("memory-drain") as (push, pull):
-        out = ZmqOutput(push, asyncio.get_running_loop())
-        epoch = 1
-        while out.event(0, epoch, 1, b"T", payload(0, 1)):  # a new session: a message each
-            epoch += 1
-            await asyncio.sleep(0)
-            assert epoch < 100, "the high-water mark never refused"
-        drains = [asyncio.create_task(out.drain()) for _ in range(3)]  # several shards wait
-        await asyncio.sleep(0.05)
-        assert not any(d.done() for d in drains)
-        # one waiting shard stops (its task is cancelled): the others keep waiting
-        drains.pop().cancel()
-        await asyncio.sleep(0.01)
-        assert not any(d.done() for d in drains)
-        received = 0
-        async with asyncio.timeout(10):
-            while not all(d.done() for d in drains):
-                if pull.poll(0):
-                    pull.recv_multipart()
-                    received += 1
-                await asyncio.sleep(0.001)
-            while pull.poll(50):
+async def test_drain_is_woken_by_the_socket(tight_pair: TightPair) -> None:
+    # No timer looks again: only the socket's writability wakes a waiting drain.
+    push, pull = tight_pair
+    out = ChannelOutput(push, asyncio.get_running_loop())
+    big = payload(0, 1) + b"x" * 2000
+    epoch = await fill(out, big)
+    drains = [asyncio.create_task(out.drain()) for _ in range(3)]  # several shards wait
+    await asyncio.sleep(0.05)
+    assert not any(d.done() for d in drains)
+    # one waiting shard stops (its task is cancelled): the others keep waiting
+    drains.pop().cancel()
+    await asyncio.sleep(0.01)
+    assert not any(d.done() for d in drains)
+    received = 0
+    async with asyncio.timeout(10):
+        while not all(d.done() for d in drains):
+            if pull.poll(0):
                 pull.recv_multipart()
                 received += 1
-        assert received == epoch - 1
-        assert out.event(0, epoch, 1, b"T", payload(0, 1)), "accepts again after the drain"
-        out.close()
+            await asyncio.sleep(0.001)
+        while pull.poll(50):
+            pull.recv_multipart()
+            received += 1
+    assert received == epoch - 1
+    assert out.event(0, epoch, 1, b"T", payload(0, 1)), "accepts again after the drain"
+    out.close()

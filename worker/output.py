@@ -1,0 +1,378 @@
+"""The worker's end of its channel to the supervisor: one ZMTP 3.0 PUSH connection,
+written from the worker's event loop, events batched.
+
+The supervisor's end (cluster/channel.py) listens on ``event_endpoint``
+(``ipc://PATH`` or loopback ``tcp://HOST:PORT``) and speaks ZMTP as a PULL; this
+module connects, greets as a PUSH (NULL mechanism) and writes each message's
+frames with one ``sendmsg``, straight into the kernel. What the kernel does not
+take waits here, in order, and leaves when the socket is writable again.
+
+Why not libzmq's PUSH (what the worker used before): libzmq writes a PUSH's
+connection from its I/O thread, so every message signalled that thread (an
+eventfd write, its epoll wake-up, its write) before its bytes left: one more
+thread wake-up per message, on a core the shards share, and one more copy.
+Any ZMTP 3 PULL still reads this channel (the tests use libzmq's).
+
+Batching: every event queued in one event-loop iteration (one read burst), of
+every shard, leaves as one EVENT_RUNS message (protocol/ipc.py: two frames,
+whatever the number of events) when the iteration ends (``loop.call_soon``),
+never later. The message is built by the one EVENT_RUNS encoder,
+:class:`protocol.ipc.EventRunsEncoder`: each shard's consecutive events form a
+run, cut at :data:`protocol.ipc.MAX_RUN_EVENTS` events, at a gap in the
+sequence or at a new session. It is this class's base, not a member, so
+``event`` is the encoder's ``add`` itself: no second call per event. A report
+first flushes the events queued before it, so the channel keeps the order the
+shards produced per shard.
+
+Memory is bounded in bytes: one iteration can take thousands of events (every
+shard's socket buffer, read flat out), and the runs cut in it are sent as soon
+as they hold :data:`FLUSH_BYTES`, mid-iteration; what is left at its end is the
+shards' open runs (at most ``MAX_RUN_EVENTS - 1`` events each). Unsent bytes
+wait here up to :data:`QUEUE_BYTES` (plus the message that crossed it).
+
+Back-pressure: a flush that finds :data:`QUEUE_BYTES` waiting keeps its runs,
+``event`` then refuses (False) until ``drain`` has flushed them; ``drain``
+waits for the socket to take the waiting bytes (``add_writer``), so the
+shards stop reading their gateway sockets instead of anything being dropped.
+A connection the supervisor closed (it is gone) abandons the channel: what is
+queued and what comes next is dropped, so no shard and no report waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import socket
+import struct
+import time
+from typing import Any, Final
+
+from protocol import ipc
+from protocol.ipc import ShardReport
+from protocol.zmtp import (
+    FLAG_COMMAND,
+    FLAG_LONG,
+    FLAG_MORE,
+    GREETING_SIZE,
+    ProtocolError,
+    check_greeting,
+    handshake,
+    ready_socket_type,
+)
+
+#: Bytes of cut runs (full or broken runs) an iteration queues before they are sent at
+#: once, without waiting for the iteration to end.
+FLUSH_BYTES: Final = 1 << 20
+#: Bytes waiting here for the kernel before the shards wait (event refuses).
+QUEUE_BYTES: Final = 8 << 20
+#: How long connecting and the ZMTP handshake may take.
+CONNECT_TIMEOUT_S: Final = 10.0
+#: Buffers per sendmsg (Linux's IOV_MAX is 1024).
+_IOV_MAX: Final = 512
+_HANDSHAKE: Final = handshake(b"PUSH")
+_PEER_TYPE: Final = b"PULL"
+#: The frame heads of an EVENT_RUNS message: the run header (short, more follows),
+#: then the body's (long).
+_RUNS_HEAD: Final = bytes((FLAG_MORE, ipc.HEADER_SIZE))
+_long_head: Final = struct.Struct(">BQ").pack
+
+
+class ChannelClosedError(ConnectionError):
+    """The supervisor closed the channel, or it could not be opened."""
+
+
+def connect(endpoint: str, timeout_s: float = CONNECT_TIMEOUT_S) -> socket.socket:
+    """A non-blocking socket connected to the supervisor's channel at ``endpoint``, its
+    ZMTP handshake done (the supervisor is a PULL). Blocks for at most ``timeout_s``."""
+    transport, _, address = endpoint.partition("://")
+    if transport == "ipc":
+        path = "\0" + address[1:] if address.startswith("@") else address
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = path
+    elif transport == "tcp":
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        target = (host, int(port))
+    else:
+        raise ChannelClosedError(f"the channel takes ipc:// or tcp://, not {endpoint!r}")
+    try:
+        deadline = time.monotonic() + timeout_s
+        sock.settimeout(timeout_s)
+        sock.connect(target)
+        sock.sendall(_HANDSHAKE)
+        inbox = bytearray()
+        while not _peer_ready(inbox):
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            data = sock.recv(4096)
+            if not data:
+                raise ChannelClosedError("the supervisor closed the channel during the handshake")
+            inbox += data
+        sock.setblocking(False)
+    except (OSError, ProtocolError) as exc:
+        sock.close()
+        if isinstance(exc, ChannelClosedError):
+            raise
+        raise ChannelClosedError(f"cannot open the channel {endpoint}: {exc}") from None
+    return sock
+
+
+def _peer_ready(inbox: bytearray) -> bool:
+    """Whether ``inbox`` holds the supervisor's greeting and READY (a PULL)."""
+    if not check_greeting(inbox, b"NULL"):
+        return False
+    at = GREETING_SIZE
+    if len(inbox) < at + 2:
+        return False
+    flags, size = inbox[at], inbox[at + 1]
+    if flags & FLAG_LONG or not flags & FLAG_COMMAND:
+        raise ProtocolError("the supervisor's first frame is not a short command")
+    if len(inbox) < at + 2 + size:
+        return False
+    body = bytes(inbox[at + 2 : at + 2 + size])
+    if body[:6] != b"\x05READY":
+        raise ProtocolError("the supervisor's first command is not READY")
+    socket_type = ready_socket_type(body[6:])
+    if socket_type != _PEER_TYPE:
+        raise ProtocolError(f"the channel's peer is a {socket_type!r}, not a PULL")
+    return True
+
+
+def encode_frames(frames: list[bytes]) -> list[bytes]:
+    """A message of any frames as ZMTP buffers (each frame's head, then the frame)."""
+    out: list[bytes] = []
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        more = FLAG_MORE if i < last else 0
+        size = len(frame)
+        out.append(bytes((more, size)) if size < 256 else _long_head(more | FLAG_LONG, size))
+        out.append(frame)
+    return out
+
+
+class _CutRuns(list[Any]):
+    """The encoder's closed runs, as a list that sends them once they reach FLUSH_BYTES.
+
+    :meth:`protocol.ipc.EventRunsEncoder.add` appends a run here when it cuts it (at
+    :data:`protocol.ipc.MAX_RUN_EVENTS` events, a gap or a new session): once per cut
+    run, not per event (gaps and new sessions are rare), so the count costs the hot path
+    nothing per event.
+    """
+
+    __slots__ = ("_output", "bytes")
+
+    def __init__(self, output: ChannelOutput) -> None:
+        super().__init__()
+        self._output = output
+        #: bytes of the runs cut since the last send
+        self.bytes = 0
+
+    def append(self, run: Any) -> None:
+        list.append(self, run)
+        self.bytes += sum(map(len, run.parts))
+        if self.bytes >= FLUSH_BYTES:
+            self._output.flush_cut()
+
+
+class ChannelOutput(ipc.EventRunsEncoder):
+    """The worker's ordered channel to the supervisor, events batched (see the module)."""
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = loop
+        #: True once the supervisor is gone: everything is dropped (:meth:`abandon`)
+        self.abandoned = False
+        self._scheduled = False
+        #: flushes refused because QUEUE_BYTES waited
+        self.send_blocked = 0
+        self.messages = 0
+        self._cut = self._closed = _CutRuns(self)
+        #: buffers the kernel has not taken yet, oldest first, and their bytes
+        self._waiting: collections.deque[bytes | memoryview] = collections.deque()
+        self.waiting_bytes = 0
+        #: resolved when the waiting bytes are below QUEUE_BYTES (shared by every waiting shard)
+        self._writable: asyncio.Future[None] | None = None
+        self._watching = False
+
+    #: Queue one dispatch (:class:`worker.shard.ShardOutput`): the encoder's ``add``.
+    event = ipc.EventRunsEncoder.add
+
+    def _first_event(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send every queued run; False (runs kept) while QUEUE_BYTES wait for the kernel."""
+        while (head := self.next_head()) is not None:
+            if self.waiting_bytes >= QUEUE_BYTES:
+                self.send_blocked += 1
+                self.refusing = True
+                self._watch()
+                return False
+            body = self.next_body()
+            self._write([_RUNS_HEAD, head, _long_head(0 | FLAG_LONG, len(body)), body])
+            self.messages += 1
+        self._cut.bytes = 0
+        self.refusing = False
+        return True
+
+    def flush_cut(self) -> None:
+        """Send the cut runs now, the open ones stay (called from inside ``add``).
+
+        Every shard's cut runs precede its open run, so the order per shard holds.
+        A refusal keeps them (``add`` then refuses, as after any refused flush).
+        """
+        open_runs = self._open
+        self._open = {}  # next_head closes every open run: none here
+        try:
+            self.flush()
+        finally:
+            self._open = open_runs
+
+    def _write(self, buffers: list[bytes]) -> None:
+        """One message's buffers to the kernel, behind whatever waits; the rest waits."""
+        if self.abandoned:
+            return
+        if self._waiting:
+            self._waiting.extend(buffers)
+            self.waiting_bytes += sum(map(len, buffers))
+            return
+        try:
+            sent = self._sock.sendmsg(buffers)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.abandon()
+            return
+        for buffer in buffers:
+            size = len(buffer)
+            if sent >= size:
+                sent -= size
+                continue
+            rest = memoryview(buffer)[sent:] if sent else buffer
+            sent = 0
+            self._waiting.append(rest)
+            self.waiting_bytes += len(rest)
+        if self._waiting:
+            self._watch()
+
+    def _watch(self) -> None:
+        if not self._watching and not self.abandoned:
+            self._watching = True
+            self._loop.add_writer(self._fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        """The kernel takes more: write what waits, then wake the waiting shards."""
+        waiting = self._waiting
+        while waiting:
+            chunk = list(waiting) if len(waiting) <= _IOV_MAX else list(waiting)[:_IOV_MAX]
+            try:
+                sent = self._sock.sendmsg(chunk)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.abandon()
+                return
+            self.waiting_bytes -= sent
+            while sent:
+                first = waiting[0]
+                if sent >= len(first):
+                    sent -= len(first)
+                    waiting.popleft()
+                else:
+                    waiting[0] = memoryview(first)[sent:]
+                    sent = 0
+        if not waiting:
+            self._unwatch()
+        if self.waiting_bytes < QUEUE_BYTES:
+            self._wake()
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            if not self._loop.is_closed():
+                self._loop.remove_writer(self._fd)
+
+    def _wake(self) -> None:
+        waiter = self._writable
+        self._writable = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def abandon(self) -> None:
+        """Nobody reads the channel any more (the supervisor is gone): what is queued and
+        what comes next is dropped, so no shard and no report waits for a reader."""
+        self.abandoned = True
+        self._waiting.clear()
+        self.waiting_bytes = 0
+        self._unwatch()
+        self._open.clear()
+        self._closed.clear()
+        self.refusing = False
+        self._wake()
+
+    async def drain(self) -> None:
+        """Return once every queued run is sent (the shard may queue again)."""
+        while True:
+            if self.abandoned:
+                self.flush()
+                await asyncio.sleep(0)  # a stopping shard's cancellation gets in
+                return
+            if self.waiting_bytes < QUEUE_BYTES and self.flush():
+                return
+            # Shielded: one shard cancelled while waiting must not cancel the others' wait.
+            await asyncio.shield(self._until_writable())
+
+    def _until_writable(self) -> asyncio.Future[None]:
+        waiter = self._writable
+        if waiter is None or waiter.done():
+            waiter = self._writable = self._loop.create_future()
+            self._watch()
+        return waiter
+
+    async def send(self, frames: list[bytes]) -> None:
+        """Send a non-event message after every event queued before it."""
+        while not self.abandoned:
+            if self.flush() and self.waiting_bytes < QUEUE_BYTES:
+                self._write(encode_frames(frames))
+                return
+            await self.drain()
+
+    async def report(self, report: ShardReport) -> None:
+        await self.send(ipc.encode_shard_report(report))
+
+    def close(self, linger_s: float = 0.0) -> None:
+        """Write what waits within ``linger_s`` (blocking), then close the connection.
+
+        Waiting drains wake; with 0 (the supervisor is gone) nothing more is written.
+        """
+        self._unwatch()
+        self._wake()
+        if linger_s > 0 and self._waiting and not self.abandoned:
+            deadline = time.monotonic() + linger_s
+            try:
+                while self._waiting and (left := deadline - time.monotonic()) > 0:
+                    self._sock.settimeout(left)
+                    sent = self._sock.sendmsg(list(self._waiting)[:_IOV_MAX])
+                    while sent:
+                        first = self._waiting[0]
+                        if sent >= len(first):
+                            sent -= len(first)
+                            self._waiting.popleft()
+                        else:
+                            self._waiting[0] = memoryview(first)[sent:]
+                            sent = 0
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET, None):
+                    raise
+        self._sock.close()
