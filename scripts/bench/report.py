@@ -692,18 +692,21 @@ def reshard_section(data: dict[str, Any]) -> list[str]:
 #: (profiles and A/B runs: "Hot path: what each change bought" below has the commands).
 NOT_MET_WHY: Final = {
     "paced": (
-        "the supervisor's hop costs per wake-up, not per event: paced, it wakes for ~1.3"
-        " worker messages of ~9.5 events, and a wake-up costs 50-100 µs of CPU with cold"
-        " caches plus a wake-up of libzmq's I/O thread (perf of the supervisor: 64 % Python,"
-        " ~12 % the I/O thread, 10 % kernel; ~8 system calls per wake-up). The worker alone"
-        " is at @discordjs/ws's CPU paced; reaching it with the hop needs a channel without"
-        " libzmq's threads (ZMTP read on the supervisor's loop, as the PUB side already is)"
+        "within the spread of @discordjs/ws's own runs, and what is left is per message, not"
+        " per event: paced, a worker sends a message per loop iteration (~9.5 events), and"
+        " py-spy of both processes at 16,000/s puts ~23 % of the worker's samples in its one"
+        " `sendmsg` per message (the kernel waking the supervisor on the other core) and"
+        " ~17 % of the supervisor's in its one `send` per wake-up to the subscriber. No"
+        " libzmq thread is left on the hop (both ends of the workers' channel are read and"
+        " written on the processes' own loops: 1.35x -> 1.02x); going under needs fewer"
+        " messages (coalescing iterations, which costs latency) or no hop"
     ),
     "p99": (
-        "the worker alone is already ~1.2-1.3x the floor's p99 (one more process than the"
-        " floor's loop); the supervisor hop adds two thread wake-ups (libzmq's I/O thread,"
-        " then the loop) and a pass through the kernel's sockets, on 2 cores shared with"
-        " the load source, the worker and the consumer"
+        "the worker alone is already ~1.1-1.2x the floor's p99 (one more process than the"
+        " floor's loop); the supervisor hop adds a pass through the kernel's sockets and a"
+        " wake-up of the supervisor's loop, on 2 cores shared with the load source, the"
+        " worker and the consumer (no libzmq thread is woken any more: 1.51x -> 1.26x at"
+        " 1,000/s)"
     ),
     "p50": (
         "at 50,000/s the 2 cores are saturated by the load source, the consumer and the"
