@@ -68,6 +68,8 @@ DIRECT_FRAME: Final = 64 * 1024
 MAX_FRAME: Final = 256 * 1024 * 1024
 #: Connections accepted per wake-up of the listening socket.
 ACCEPTS_PER_WAKE: Final = 64
+#: How long accepting pauses when it fails (out of descriptors): the listener stays readable.
+ACCEPT_PAUSE_S: Final = 0.1
 #: What we send a worker as soon as it connects.
 HANDSHAKE: Final = handshake(b"PULL")
 _PEER_TYPE: Final = b"PUSH"
@@ -129,6 +131,7 @@ class EventChannel:
         self._peers: dict[int, Peer] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_readable: OnReadable | None = None
+        self._accept_pause: asyncio.TimerHandle | None = None
         #: established connections are not watched (the relay pauses for a sink's backlog)
         self._paused = False
         #: peers disconnected for breaking the protocol
@@ -159,7 +162,11 @@ class EventChannel:
             loop.remove_reader(self._listener.fileno())
             for fd in self._peers:
                 loop.remove_reader(fd)
+        if self._accept_pause is not None:
+            self._accept_pause.cancel()
+            self._accept_pause = None
         self._loop = None
+        self._on_readable = None  # a tell already scheduled finds nobody
 
     def pause(self) -> None:
         """Stop telling of the workers' input (handshakes go on); the kernel's buffers fill."""
@@ -328,6 +335,27 @@ class EventChannel:
 
     # -- connections and handshakes -----------------------------------------------------
 
+    def _pause_accepting(self) -> None:
+        loop = self._loop
+        if loop is None or self._accept_pause is not None:
+            return
+        fd = self._listener.fileno()
+        loop.remove_reader(fd)
+
+        def resume() -> None:
+            self._accept_pause = None
+            if self._loop is not None:
+                self._loop.add_reader(fd, self._accept)
+
+        self._accept_pause = loop.call_later(ACCEPT_PAUSE_S, resume)
+
+    def settle(self) -> None:
+        """Read the handshakes input waits for now (a worker's exit: its READY and first
+        messages may still wait behind its greeting when the relay drains)."""
+        for peer in list(self._peers.values()):
+            if not peer.ready and peer.sock.fileno() >= 0 and self._readable_now(peer):
+                self._input(peer)
+
     def _accept(self) -> None:
         for _ in range(ACCEPTS_PER_WAKE):
             try:
@@ -335,7 +363,9 @@ class EventChannel:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
+                # EMFILE and the like: the listener stays readable, so pause instead of spinning
                 log.warning("the workers' channel cannot accept a connection: %s", exc)
+                self._pause_accepting()
                 return
             sock.setblocking(False)
             if sock.family != socket.AF_UNIX:

@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 
 #: Messages handled per wake-up before yielding to the event loop.
 DEFAULT_BATCH: Final = 2000
+#: A message the relay fails on is logged at most this often (with its traceback).
+FAILURE_LOG_S: Final = 10.0
 #: Older epochs remembered per shard (a replaced session's stragglers still dedupe).
 _OLD_EPOCHS_PER_SHARD: Final = 4
 
@@ -319,6 +321,7 @@ class Relay:
         #: session, found with one dict lookup per run (see :meth:`_head`)
         self._heads: dict[int, tuple[int, bytes]] = {}
         self._unnamed_logged = False
+        self._failure_logged_at = -FAILURE_LOG_S
         #: monotonic time a read last emptied a worker's connection (the relay is caught up)
         self.caught_up_at = time.monotonic()
         #: protocol/ipc.py's EVENT_RUNS reader, wired to the book, the header templates
@@ -386,6 +389,7 @@ class Relay:
         """Handle everything the workers sent until now (shutdown, a worker's exit),
         backlogged sink or not; how many messages."""
         channel = self._channel
+        channel.settle()
         total = 0
         for peer in channel.peers:
             messages = channel.drain(peer)
@@ -401,19 +405,25 @@ class Relay:
         duplicates = 0
         try:
             for frames in messages:
-                head = frames[0]
-                if len(head) == _HEADER_SIZE:
-                    version, kind, count, _, _, _ = _HEADER_UNPACK(head)
-                    if version == _VERSION and count >= 1 and kind == _RUNS:
-                        if len(frames) != 2:
-                            counters.malformed_dropped += 1
+                # Each message on its own: the read took them all out of the kernel, so one
+                # that fails here must not take the others with it (they would be lost).
+                try:
+                    head = frames[0]
+                    if len(head) == _HEADER_SIZE:
+                        version, kind, count, _, _, _ = _HEADER_UNPACK(head)
+                        if version == _VERSION and count >= 1 and kind == _RUNS:
+                            if len(frames) != 2:
+                                counters.malformed_dropped += 1
+                                continue
+                            runs = self._runs if self._hooked is False else self._runs_hooked
+                            done, skipped = runs(count, frames[1])
+                            published += done
+                            duplicates += skipped
                             continue
-                        runs = self._runs if self._hooked is False else self._runs_hooked
-                        done, skipped = runs(count, frames[1])
-                        published += done
-                        duplicates += skipped
-                        continue
-                self._other([bytes(frame) for frame in frames])
+                    self._other([bytes(frame) for frame in frames])
+                except Exception:
+                    counters.malformed_dropped += 1
+                    self._log_failure()
         finally:
             counters.published += published
             counters.duplicates_dropped += duplicates
@@ -429,6 +439,12 @@ class Relay:
         counters.subscriptions = publisher.subscriptions
         counters.subscribers = publisher.subscribers
         counters.pub_queued = publisher.queued
+
+    def _log_failure(self) -> None:
+        now = time.monotonic()
+        if now - self._failure_logged_at >= FAILURE_LOG_S:
+            self._failure_logged_at = now
+            log.exception("a worker's message could not be relayed; it is counted as malformed")
 
     def _head(self, shard_id: int, epoch: int) -> bytes:
         """The PUB header template of ``shard_id``'s session ``epoch``, cached per shard.

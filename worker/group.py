@@ -98,6 +98,7 @@ class ShardGroup:
     async def run(self) -> WorkerStatusKind:
         spec = self.spec
         output = ChannelOutput(connect(spec.event_endpoint), asyncio.get_running_loop())
+        output.on_lost = self._channel_lost
         dealer: zmq.asyncio.Socket | None = None
         if spec.command_endpoint is not None:
             dealer = self._context.socket(zmq.DEALER)
@@ -165,6 +166,13 @@ class ShardGroup:
             if dealer is not None:
                 dealer.close(linger=0)
         return result
+
+    def _channel_lost(self) -> None:
+        if not self._parent_gone:
+            log.error(
+                "worker %d: the channel to the supervisor broke; stopping", self.spec.worker_id
+            )
+        self.stop("channel lost")
 
     def _status(self, kind: WorkerStatusKind) -> WorkerStatus:
         detail = self.stop_reason

@@ -43,9 +43,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import itertools
 import socket
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from protocol import ipc
@@ -76,6 +78,8 @@ _PEER_TYPE: Final = b"PULL"
 #: then the body's (long).
 _RUNS_HEAD: Final = bytes((FLAG_MORE, ipc.HEADER_SIZE))
 _long_head: Final = struct.Struct(">BQ").pack
+#: A peer gone mid-write is an error, not a signal.
+_NOSIGNAL: Final = socket.MSG_NOSIGNAL
 
 
 class ChannelClosedError(ConnectionError):
@@ -198,6 +202,9 @@ class ChannelOutput(ipc.EventRunsEncoder):
         #: resolved when the waiting bytes are below QUEUE_BYTES (shared by every waiting shard)
         self._writable: asyncio.Future[None] | None = None
         self._watching = False
+        #: called once the connection broke (the group stops: a worker that cannot
+        #: report must end, so that its replacement resumes its shards)
+        self.on_lost: Callable[[], None] | None = None
 
     #: Queue one dispatch (:class:`worker.shard.ShardOutput`): the encoder's ``add``.
     event = ipc.EventRunsEncoder.add
@@ -248,11 +255,11 @@ class ChannelOutput(ipc.EventRunsEncoder):
             self.waiting_bytes += sum(map(len, buffers))
             return
         try:
-            sent = self._sock.sendmsg(buffers)
+            sent = self._sock.sendmsg(buffers, (), _NOSIGNAL)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
-            self.abandon()
+            self._lost()
             return
         for buffer in buffers:
             size = len(buffer)
@@ -275,13 +282,12 @@ class ChannelOutput(ipc.EventRunsEncoder):
         """The kernel takes more: write what waits, then wake the waiting shards."""
         waiting = self._waiting
         while waiting:
-            chunk = list(waiting) if len(waiting) <= _IOV_MAX else list(waiting)[:_IOV_MAX]
             try:
-                sent = self._sock.sendmsg(chunk)
+                sent = self._sock.sendmsg(itertools.islice(waiting, _IOV_MAX), (), _NOSIGNAL)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                self.abandon()
+                self._lost()
                 return
             self.waiting_bytes -= sent
             while sent:
@@ -296,6 +302,8 @@ class ChannelOutput(ipc.EventRunsEncoder):
             self._unwatch()
         if self.waiting_bytes < QUEUE_BYTES:
             self._wake()
+            if self.refusing:  # runs a refused flush kept: nobody may be waiting to send them
+                self._first_event()
 
     def _unwatch(self) -> None:
         if self._watching:
@@ -308,6 +316,12 @@ class ChannelOutput(ipc.EventRunsEncoder):
         self._writable = None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _lost(self) -> None:
+        """The connection broke (the supervisor closed it, or is gone)."""
+        self.abandon()
+        if self.on_lost is not None:
+            self._loop.call_soon(self.on_lost)  # not from inside a shard's event
 
     def abandon(self) -> None:
         """Nobody reads the channel any more (the supervisor is gone): what is queued and
@@ -363,7 +377,9 @@ class ChannelOutput(ipc.EventRunsEncoder):
             try:
                 while self._waiting and (left := deadline - time.monotonic()) > 0:
                     self._sock.settimeout(left)
-                    sent = self._sock.sendmsg(list(self._waiting)[:_IOV_MAX])
+                    sent = self._sock.sendmsg(
+                        itertools.islice(self._waiting, _IOV_MAX), (), _NOSIGNAL
+                    )
                     while sent:
                         first = self._waiting[0]
                         if sent >= len(first):

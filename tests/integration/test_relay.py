@@ -183,6 +183,23 @@ async def test_reports_go_to_the_supervisor_and_malformed_messages_are_counted(r
     assert rig.counters.published == 1
 
 
+async def test_a_message_the_relay_fails_on_costs_only_itself(rig: Rig) -> None:
+    # One read takes many messages out of the kernel: a handler that raises on one of
+    # them must not lose the ones read with it (nothing would ever replay them).
+    def failing(report: ipc.ShardReport | ipc.WorkerStatus) -> None:
+        raise RuntimeError("a handler bug")
+
+    rig.relay._on_report = failing
+    rig.relay.stop()  # queue all three first: they arrive in one read
+    rig.push.send_multipart(event(0, 1, 1))
+    rig.push.send_multipart(ipc.encode_shard_report(ipc.ShardReport(0, "ready", 1, "s", "wss://r")))
+    rig.push.send_multipart(event(0, 1, 2))
+    await asyncio.sleep(0.1)
+    rig.relay.start()
+    assert [seq for _, _, seq in await rig.received(2)] == [1, 2]
+    assert rig.counters.malformed_dropped == 1
+
+
 async def test_a_message_of_the_withdrawn_events_kind_is_counted_and_the_channel_stays_aligned(
     rig: Rig,
 ) -> None:

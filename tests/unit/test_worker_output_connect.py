@@ -81,6 +81,8 @@ async def test_a_supervisor_gone_abandons_the_channel_and_nobody_waits(tmp_path:
     with serving(path, ready, then_close=True):
         sock = await asyncio.to_thread(connect, f"ipc://{path}", 5)
         out = ChannelOutput(sock, asyncio.get_running_loop())
+        lost: list[bool] = []
+        out.on_lost = lambda: lost.append(True)
         report = ipc.encode_shard_report(ipc.ShardReport(0, "ready", 1, "s", "wss://r"))
         async with asyncio.timeout(5):
             while not out.abandoned:
@@ -89,4 +91,6 @@ async def test_a_supervisor_gone_abandons_the_channel_and_nobody_waits(tmp_path:
             await out.drain()
             assert out.event(0, 1, 2, b"T", b"{}")  # taken and dropped: no shard waits
             await out.send(report)
+            await asyncio.sleep(0)
+        assert lost == [True]  # the group stops: its replacement resumes the shards
         out.close(linger_s=1.0)

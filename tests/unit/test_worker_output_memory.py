@@ -164,3 +164,27 @@ async def test_drain_is_woken_by_the_socket(tight_pair: TightPair) -> None:
     assert received == epoch - 1
     assert out.event(0, epoch, 1, b"T", payload(0, 1)), "accepts again after the drain"
     out.close()
+
+
+async def test_runs_kept_by_a_refusal_leave_once_writable_with_nobody_draining(
+    tight_pair: TightPair,
+) -> None:
+    # The refused flush was the end-of-iteration one: no shard waits in drain and no
+    # event comes after it, yet the runs it kept must not wait for the next report.
+    push, pull = tight_pair
+    out = ChannelOutput(push, asyncio.get_running_loop())
+    epoch = 1
+    while out.event(0, epoch, 1, b"T", payload(0, 1) + b"x" * 2000):  # a message each
+        epoch += 1
+        await asyncio.sleep(0)
+        assert epoch < 5000, "the channel never refused"
+    assert out.refusing  # runs kept; from here on nobody calls drain, event or send
+    received = 0
+    async with asyncio.timeout(10):
+        while received < epoch - 1:
+            if pull.poll(0):
+                pull.recv_multipart()
+                received += 1
+            await asyncio.sleep(0.001)
+    assert received == epoch - 1
+    assert not out.refusing
