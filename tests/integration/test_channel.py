@@ -337,3 +337,49 @@ async def test_waiting_counts_whole_messages_not_a_partial_frame(tmp_path: Path)
             assert collector.got == []
         finally:
             raw.close()
+
+
+class _OutOfDescriptors:
+    """The channel's listener, whose accept fails as it does without free descriptors."""
+
+    def __init__(self, real: socket.socket) -> None:
+        self.real = real
+        self.accepts = 0
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def accept(self) -> tuple[socket.socket, object]:
+        self.accepts += 1
+        raise OSError(24, "Too many open files")
+
+    def close(self) -> None:
+        self.real.close()
+
+
+async def test_an_accept_that_fails_pauses_instead_of_spinning(tmp_path: Path) -> None:
+    # The pending connection keeps the listener readable: without the pause the loop
+    # would call accept (and log) on every turn until a descriptor frees.
+    channel = EventChannel(f"ipc://{tmp_path}/events")
+    failing = _OutOfDescriptors(channel._listener)
+    channel._listener = failing  # type: ignore[assignment]
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_turns())
+    waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        channel.watch(asyncio.get_running_loop(), lambda peer: None)
+        waiting.connect(f"{tmp_path}/events")
+        await asyncio.sleep(0.35)
+        assert 1 <= failing.accepts <= 6, failing.accepts  # once per 0.1 s pause
+        assert turns > 10 * failing.accepts  # the loop went on serving everyone else
+    finally:
+        counter.cancel()
+        waiting.close()
+        channel.close()
