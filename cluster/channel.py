@@ -37,24 +37,20 @@ the channel is private (a runtime directory of mode 0700, or loopback).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import select
 import socket
 from collections.abc import Callable
 from typing import Final
 
-from cluster.listening import listen
+from cluster.listening import Listener
 from protocol.zmtp import (
     FLAG_COMMAND,
     FLAG_LONG,
     FLAG_MORE,
-    GREETING_SIZE,
     ProtocolError,
-    check_greeting,
     handshake,
-    ready_socket_type,
+    read_handshake,
 )
 
 log = logging.getLogger(__name__)
@@ -66,10 +62,6 @@ READ_BYTES: Final = 256 * 1024
 DIRECT_FRAME: Final = 64 * 1024
 #: The largest frame taken from a worker (its messages are about 1 MiB at most).
 MAX_FRAME: Final = 256 * 1024 * 1024
-#: Connections accepted per wake-up of the listening socket.
-ACCEPTS_PER_WAKE: Final = 64
-#: How long accepting pauses when it fails (out of descriptors): the listener stays readable.
-ACCEPT_PAUSE_S: Final = 0.1
 #: What we send a worker as soon as it connects.
 HANDSHAKE: Final = handshake(b"PULL")
 _PEER_TYPE: Final = b"PUSH"
@@ -86,7 +78,6 @@ class Peer:
     __slots__ = (
         "frames",
         "full",
-        "greeted",
         "held",
         "inbox",
         "ready",
@@ -98,7 +89,6 @@ class Peer:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.greeted = False
         #: the peer's READY came (it is a PUSH)
         self.ready = False
         #: handshake input until READY (small)
@@ -127,11 +117,11 @@ class EventChannel:
 
     def __init__(self, endpoint: str) -> None:
         """Bind ``endpoint`` now (``ipc://PATH`` or ``tcp://HOST:PORT``; :class:`zmq.ZMQError`)."""
-        self._listener, self.endpoint, self._unlink = listen(endpoint)
+        self._listener = Listener(endpoint, self._connected, "the workers' channel")
+        self.endpoint = self._listener.endpoint
         self._peers: dict[int, Peer] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_readable: OnReadable | None = None
-        self._accept_pause: asyncio.TimerHandle | None = None
         #: established connections are not watched (the relay pauses for a sink's backlog)
         self._paused = False
         #: peers disconnected for breaking the protocol
@@ -148,7 +138,7 @@ class EventChannel:
         """Accept connections and tell ``on_readable`` of every worker's input."""
         self._loop = loop
         self._on_readable = on_readable
-        loop.add_reader(self._listener.fileno(), self._accept)
+        self._listener.start(loop)
         for fd, peer in self._peers.items():
             if not peer.ready:
                 loop.add_reader(fd, self._input, peer)
@@ -157,14 +147,11 @@ class EventChannel:
 
     def unwatch(self) -> None:
         """Stop accepting and reading (connections stay open until :meth:`close`)."""
+        self._listener.stop()
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.remove_reader(self._listener.fileno())
             for fd in self._peers:
                 loop.remove_reader(fd)
-        if self._accept_pause is not None:
-            self._accept_pause.cancel()
-            self._accept_pause = None
         self._loop = None
         self._on_readable = None  # a tell already scheduled finds nobody
 
@@ -335,20 +322,6 @@ class EventChannel:
 
     # -- connections and handshakes -----------------------------------------------------
 
-    def _pause_accepting(self) -> None:
-        loop = self._loop
-        if loop is None or self._accept_pause is not None:
-            return
-        fd = self._listener.fileno()
-        loop.remove_reader(fd)
-
-        def resume() -> None:
-            self._accept_pause = None
-            if self._loop is not None:
-                self._loop.add_reader(fd, self._accept)
-
-        self._accept_pause = loop.call_later(ACCEPT_PAUSE_S, resume)
-
     def settle(self) -> None:
         """Read the handshakes input waits for now (a worker's exit: its READY and first
         messages may still wait behind its greeting when the relay drains)."""
@@ -356,26 +329,13 @@ class EventChannel:
             if not peer.ready and peer.sock.fileno() >= 0 and self._readable_now(peer):
                 self._input(peer)
 
-    def _accept(self) -> None:
-        for _ in range(ACCEPTS_PER_WAKE):
-            try:
-                sock, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # EMFILE and the like: the listener stays readable, so pause instead of spinning
-                log.warning("the workers' channel cannot accept a connection: %s", exc)
-                self._pause_accepting()
-                return
-            sock.setblocking(False)
-            if sock.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            peer = Peer(sock)
-            fd = sock.fileno()
-            self._peers[fd] = peer
-            if self._loop is not None:
-                self._loop.add_reader(fd, self._input, peer)
-            self._send(peer, HANDSHAKE)
+    def _connected(self, sock: socket.socket) -> None:
+        peer = Peer(sock)
+        fd = sock.fileno()
+        self._peers[fd] = peer
+        if self._loop is not None:
+            self._loop.add_reader(fd, self._input, peer)
+        self._send(peer, HANDSHAKE)
 
     def _input(self, peer: Peer) -> None:
         """The handshake: the peer's greeting and READY (a PUSH); then its messages."""
@@ -392,30 +352,14 @@ class EventChannel:
         inbox = peer.inbox
         inbox += data
         try:
-            if not peer.greeted:
-                if not check_greeting(inbox, b"NULL"):
-                    return
-                del inbox[:GREETING_SIZE]
-                peer.greeted = True
-            if len(inbox) < 2:
-                return
-            flags = inbox[0]
-            if flags & FLAG_LONG:
-                raise ProtocolError("a long command before READY")
-            size = inbox[1]
-            if len(inbox) < 2 + size:
-                return
-            body = bytes(inbox[2 : 2 + size])
-            if not flags & FLAG_COMMAND or body[:6] != b"\x05READY":
-                raise ProtocolError("the first command is not READY")
-            socket_type = ready_socket_type(body[6:])
-            if socket_type != _PEER_TYPE:
-                raise ProtocolError(f"a {socket_type!r} peer (the channel takes PUSH)")
+            used = read_handshake(inbox, _PEER_TYPE)
         except ProtocolError as exc:
             self._refuse(peer, str(exc))
             return
+        if not used:
+            return
         peer.ready = True
-        peer.rest = bytes(inbox[2 + size :])
+        peer.rest = bytes(inbox[used:])
         peer.held = bool(peer.rest)  # read with the handshake: told of below, not by the kernel
         peer.inbox = bytearray()
         loop = self._loop
@@ -460,7 +404,3 @@ class EventChannel:
         for peer in list(self._peers.values()):
             self._gone(peer)
         self._listener.close()
-        if self._unlink is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._unlink)
-            self._unlink = None

@@ -1,6 +1,6 @@
-"""Listening sockets bound as libzmq binds them, for the endpoints the cluster serves
-itself with ZMTP on its event loop (``--pub``: cluster/publisher.py; the workers'
-channel: cluster/channel.py).
+"""Listening sockets bound as libzmq binds them, and their connections accepted on the
+event loop, for the endpoints the cluster serves itself with ZMTP (``--pub``:
+cluster/publisher.py; the workers' channel: cluster/channel.py).
 
 ``tcp://HOST:PORT`` (an IPv4 address, ``[IPv6]``, ``*``, a host name or an
 interface name; port ``*`` or 0: any) and ``ipc://PATH`` (``ipc://@name``:
@@ -10,21 +10,100 @@ libzmq's did, so callers report it the same way.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from typing import Any, Final
 
 import zmq
 
+log = logging.getLogger(__name__)
+
 #: Pending connections a listening socket keeps (libzmq's ZMQ_BACKLOG default).
 LISTEN_BACKLOG: Final = 100
+#: Connections accepted per wake-up of a listening socket (the loop serves the rest too).
+ACCEPTS_PER_WAKE: Final = 64
+#: How long accepting pauses when it fails (out of descriptors): the listener stays readable.
+ACCEPT_PAUSE_S: Final = 0.1
 #: ioctl asking an interface's IPv4 address (linux/sockios.h), for ``tcp://eth0:PORT``
 _SIOCGIFADDR: Final = 0x8915
+
+
+class Listener:
+    """A socket listening on ``endpoint`` (bound now, see :func:`listen`) whose connections,
+    once :meth:`start` registered it with a loop, are accepted a few per wake-up and
+    handed to ``on_connection`` non-blocking (TCP without Nagle's delay, as libzmq's).
+    Accepting pauses for :data:`ACCEPT_PAUSE_S` when it fails (EMFILE and the like:
+    the listener stays readable, so it would spin)."""
+
+    def __init__(
+        self, endpoint: str, on_connection: Callable[[socket.socket], None], name: str
+    ) -> None:
+        self.sock, self.endpoint, self._unlink = listen(endpoint)
+        self._on_connection = on_connection
+        #: who listens, for the log ("PUB", "the workers' channel")
+        self._name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pause: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._accept)
+
+    def stop(self) -> None:
+        """Stop accepting (pending connections wait in the backlog)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.sock.fileno())
+        if self._pause is not None:
+            self._pause.cancel()
+            self._pause = None
+        self._loop = None
+
+    def close(self) -> None:
+        """Stop, close the socket and remove its unix socket file."""
+        self.stop()
+        self.sock.close()
+        if self._unlink is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._unlink)
+            self._unlink = None
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPTS_PER_WAKE):
+            try:
+                sock, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("%s: cannot accept a connection: %s", self._name, exc.strerror or exc)
+                self._pause_accepting()
+                return
+            sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._on_connection(sock)
+
+    def _pause_accepting(self) -> None:
+        loop = self._loop
+        if loop is None or self._pause is not None:
+            return
+        fd = self.sock.fileno()
+        loop.remove_reader(fd)
+
+        def resume() -> None:
+            self._pause = None
+            if self._loop is not None:
+                self._loop.add_reader(fd, self._accept)
+
+        self._pause = loop.call_later(ACCEPT_PAUSE_S, resume)
 
 
 def listen(endpoint: str) -> tuple[socket.socket, str, str | None]:

@@ -83,9 +83,7 @@ name or an interface name; port ``*`` or 0: any) and ``ipc://PATH``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import socket
 import struct
 import time
@@ -94,7 +92,7 @@ from typing import Final
 
 import zmq
 
-from cluster.listening import listen
+from cluster.listening import Listener
 from protocol import zmtp
 from protocol.curvezmq import (
     MESSAGE_COMMAND,
@@ -128,10 +126,6 @@ CHUNK_EVENTS: Final = 128
 CHUNK_BYTES: Final = 128 * 1024
 #: Bytes read from a subscriber per wake-up (subscriptions and heartbeats are small).
 READ_BYTES: Final = 64 * 1024
-#: Connections accepted per wake-up of the listening socket.
-ACCEPTS_PER_WAKE: Final = 64
-#: How long accepting pauses when it fails (out of descriptors): the listener stays readable.
-ACCEPT_PAUSE_S: Final = 0.1
 #: Largest frame a subscriber may send us (subscriptions and commands are small).
 MAX_INBOUND_FRAME: Final = 64 * 1024
 #: Largest unparsed input kept per peer.
@@ -269,7 +263,8 @@ class Publisher:
             raise ValueError("the high-water mark is at least one event")
         #: CURVE keys (None: the NULL mechanism)
         self.curve = curve
-        self._listener, self.endpoint, self._unlink = listen(endpoint)
+        self._listener = Listener(endpoint, self._connected, "PUB")
+        self.endpoint = self._listener.endpoint
         self.hwm = hwm
         self._peers: dict[int, _Peer] = {}
         #: peers with at least one subscription: the ones ``publish`` looks at
@@ -277,7 +272,6 @@ class Publisher:
         #: peers with an open chunk (what ``flush`` cuts)
         self._filling: list[_Peer] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._accept_pause: asyncio.TimerHandle | None = None
         #: events a subscriber missed because its queue was full, summed over subscribers
         self.dropped = 0
         #: events still queued here for a subscriber when it disconnected
@@ -327,19 +321,16 @@ class Publisher:
         if self._loop is not None:
             return
         self._loop = loop
-        loop.add_reader(self._listener.fileno(), self._accept)
+        self._listener.start(loop)
 
     def stop(self) -> None:
         """Stop accepting and reading (the connections stay open until :meth:`close`)."""
+        self._listener.stop()
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.remove_reader(self._listener.fileno())
             for fd in self._peers:
                 loop.remove_reader(fd)
                 loop.remove_writer(fd)
-        if self._accept_pause is not None:
-            self._accept_pause.cancel()
-            self._accept_pause = None
         self._loop = None
 
     # -- events (the hot path) ----------------------------------------------------------
@@ -469,39 +460,6 @@ class Publisher:
             self._wait_writable(peer, memoryview(data)[sent:])
 
     # -- connections, handshakes and subscriptions ---------------------------------------
-
-    def _accept(self) -> None:
-        """Take the pending connections (a few per wake-up: the loop serves the rest too)."""
-        listener = self._listener
-        for _ in range(ACCEPTS_PER_WAKE):
-            try:
-                sock, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # EMFILE and the like: the listener stays readable, so pause instead of spinning
-                log.warning("PUB: cannot accept a connection: %s", exc.strerror or exc)
-                self._pause_accepting()
-                return
-            sock.setblocking(False)
-            if sock.family != socket.AF_UNIX:
-                # as libzmq does on its TCP connections: no Nagle delay on small chunks
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._connected(sock)
-
-    def _pause_accepting(self) -> None:
-        loop = self._loop
-        if loop is None or self._accept_pause is not None:
-            return
-        fd = self._listener.fileno()
-        loop.remove_reader(fd)
-
-        def resume() -> None:
-            self._accept_pause = None
-            if self._loop is not None:
-                self._loop.add_reader(fd, self._accept)
-
-        self._accept_pause = loop.call_later(ACCEPT_PAUSE_S, resume)
 
     def _readable(self, peer: _Peer) -> None:
         """ZMTP input from a peer: greeting, handshake, subscriptions, heartbeats; or its end."""
@@ -709,7 +667,3 @@ class Publisher:
         for peer in list(self._peers.values()):
             self._gone(peer)
         self._listener.close()
-        if self._unlink is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._unlink)
-            self._unlink = None

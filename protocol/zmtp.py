@@ -1,10 +1,11 @@
 """ZMTP 3.0 (rfc.zeromq.org/spec/23): the greeting, frame flags and commands the
 cluster's own ZeroMQ endpoints speak (cluster/publisher.py's XPUB side for
-subscribers, cluster/channel.py's PULL side for the workers).
+subscribers; the workers' channel: cluster/channel.py's PULL side and
+worker/output.py's PUSH side).
 
 Pure code: building a greeting and commands, checking a peer's greeting,
-reading the Socket-Type of a READY. Only the NULL mechanism is spelled here;
-CURVE lives in :mod:`protocol.curvezmq`.
+reading the Socket-Type of a READY, and reading a NULL peer's whole handshake.
+Only the NULL mechanism is spelled here; CURVE lives in :mod:`protocol.curvezmq`.
 """
 
 from __future__ import annotations
@@ -90,3 +91,29 @@ def ready_socket_type(data: bytes | memoryview) -> bytes | None:
         if name.lower() == b"socket-type":
             return value
     return None
+
+
+def read_handshake(inbox: bytes | bytearray, socket_type: bytes) -> int:
+    """How many bytes of ``inbox`` a NULL peer's greeting and READY take once both are in
+    (0: wait for more); :class:`ProtocolError` as soon as they cannot be a ``socket_type``'s.
+
+    Our peers (libzmq and ours) send their READY right after the greeting, short.
+    """
+    if not check_greeting(inbox, b"NULL"):
+        return 0
+    at = GREETING_SIZE
+    if len(inbox) < at + 2:
+        return 0
+    flags, size = inbox[at], inbox[at + 1]
+    if flags & FLAG_LONG or not flags & FLAG_COMMAND:
+        raise ProtocolError("the first frame after the greeting is not a short command")
+    end = at + 2 + size
+    if len(inbox) < end:
+        return 0
+    body = bytes(inbox[at + 2 : end])
+    if body[:6] != b"\x05READY":
+        raise ProtocolError("the first command is not READY")
+    peer_type = ready_socket_type(body[6:])
+    if peer_type != socket_type:
+        raise ProtocolError(f"a {peer_type!r} peer ({socket_type.decode()} expected)")
+    return end

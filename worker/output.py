@@ -53,14 +53,11 @@ from typing import Any, Final
 from protocol import ipc
 from protocol.ipc import ShardReport
 from protocol.zmtp import (
-    FLAG_COMMAND,
     FLAG_LONG,
     FLAG_MORE,
-    GREETING_SIZE,
     ProtocolError,
-    check_greeting,
     handshake,
-    ready_socket_type,
+    read_handshake,
 )
 
 #: Bytes of cut runs (full or broken runs) an iteration queues before they are sent at
@@ -109,7 +106,7 @@ def connect(endpoint: str, timeout_s: float = CONNECT_TIMEOUT_S) -> socket.socke
         sock.connect(target)
         sock.sendall(_HANDSHAKE)
         inbox = bytearray()
-        while not _peer_ready(inbox):
+        while not read_handshake(inbox, _PEER_TYPE):
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             data = sock.recv(4096)
             if not data:
@@ -122,27 +119,6 @@ def connect(endpoint: str, timeout_s: float = CONNECT_TIMEOUT_S) -> socket.socke
             raise
         raise ChannelClosedError(f"cannot open the channel {endpoint}: {exc}") from None
     return sock
-
-
-def _peer_ready(inbox: bytearray) -> bool:
-    """Whether ``inbox`` holds the supervisor's greeting and READY (a PULL)."""
-    if not check_greeting(inbox, b"NULL"):
-        return False
-    at = GREETING_SIZE
-    if len(inbox) < at + 2:
-        return False
-    flags, size = inbox[at], inbox[at + 1]
-    if flags & FLAG_LONG or not flags & FLAG_COMMAND:
-        raise ProtocolError("the supervisor's first frame is not a short command")
-    if len(inbox) < at + 2 + size:
-        return False
-    body = bytes(inbox[at + 2 : at + 2 + size])
-    if body[:6] != b"\x05READY":
-        raise ProtocolError("the supervisor's first command is not READY")
-    socket_type = ready_socket_type(body[6:])
-    if socket_type != _PEER_TYPE:
-        raise ProtocolError(f"the channel's peer is a {socket_type!r}, not a PULL")
-    return True
 
 
 def encode_frames(frames: list[bytes]) -> list[bytes]:
@@ -227,7 +203,7 @@ class ChannelOutput(ipc.EventRunsEncoder):
                 self._watch()
                 return False
             body = self.next_body()
-            self._write([_RUNS_HEAD, head, _long_head(0 | FLAG_LONG, len(body)), body])
+            self._write([_RUNS_HEAD, head, _long_head(FLAG_LONG, len(body)), body])
             self.messages += 1
         self._cut.bytes = 0
         self.refusing = False
@@ -283,27 +259,32 @@ class ChannelOutput(ipc.EventRunsEncoder):
         waiting = self._waiting
         while waiting:
             try:
-                sent = self._sock.sendmsg(itertools.islice(waiting, _IOV_MAX), (), _NOSIGNAL)
+                self._send_waiting()
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 self._lost()
                 return
-            self.waiting_bytes -= sent
-            while sent:
-                first = waiting[0]
-                if sent >= len(first):
-                    sent -= len(first)
-                    waiting.popleft()
-                else:
-                    waiting[0] = memoryview(first)[sent:]
-                    sent = 0
         if not waiting:
             self._unwatch()
         if self.waiting_bytes < QUEUE_BYTES:
             self._wake()
             if self.refusing:  # runs a refused flush kept: nobody may be waiting to send them
                 self._first_event()
+
+    def _send_waiting(self) -> None:
+        """One ``sendmsg`` of what waits (raising as it does); what the kernel took leaves."""
+        waiting = self._waiting
+        sent = self._sock.sendmsg(itertools.islice(waiting, _IOV_MAX), (), _NOSIGNAL)
+        self.waiting_bytes -= sent
+        while sent:
+            first = waiting[0]
+            if sent >= len(first):
+                sent -= len(first)
+                waiting.popleft()
+            else:
+                waiting[0] = memoryview(first)[sent:]
+                sent = 0
 
     def _unwatch(self) -> None:
         if self._watching:
@@ -377,17 +358,7 @@ class ChannelOutput(ipc.EventRunsEncoder):
             try:
                 while self._waiting and (left := deadline - time.monotonic()) > 0:
                     self._sock.settimeout(left)
-                    sent = self._sock.sendmsg(
-                        itertools.islice(self._waiting, _IOV_MAX), (), _NOSIGNAL
-                    )
-                    while sent:
-                        first = self._waiting[0]
-                        if sent >= len(first):
-                            sent -= len(first)
-                            self._waiting.popleft()
-                        else:
-                            self._waiting[0] = memoryview(first)[sent:]
-                            sent = 0
+                    self._send_waiting()
             except OSError as exc:
                 if exc.errno not in (errno.EPIPE, errno.ECONNRESET, None):
                     raise

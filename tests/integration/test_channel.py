@@ -361,8 +361,8 @@ async def test_an_accept_that_fails_pauses_instead_of_spinning(tmp_path: Path) -
     # The pending connection keeps the listener readable: without the pause the loop
     # would call accept (and log) on every turn until a descriptor frees.
     channel = EventChannel(f"ipc://{tmp_path}/events")
-    failing = _OutOfDescriptors(channel._listener)
-    channel._listener = failing  # type: ignore[assignment]
+    failing = _OutOfDescriptors(channel._listener.sock)
+    channel._listener.sock = failing  # type: ignore[assignment]
     turns = 0
 
     async def count_turns() -> None:
