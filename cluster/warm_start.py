@@ -2,7 +2,7 @@
 
 A worker is a fresh process that runs :func:`worker.entry.run_spec` (STYLE.md 9:
 never a fork of a running loop). Before it can open a connection it needs
-aiohttp, ZeroMQ, uvloop and the worker package imported (about 0.3 s), while
+picows, ZeroMQ, uvloop and the worker package imported (about 0.14 s), while
 the supervisor imports its own modules and asks ``GET /gateway/bot`` before it
 knows how many workers to start; every replacement of a crashed worker would
 pay the imports again. So where the platform has one (Linux, macOS),

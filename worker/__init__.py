@@ -8,7 +8,8 @@
 - :mod:`worker.spec`: the frozen ``WorkerSpec``, all a worker process is given.
 - :mod:`worker.group`: ``ShardGroup`` (shards + the ZeroMQ channels of ``protocol.ipc``).
 - :mod:`worker.shard`: the async runner of one shard: its reconnect loop and identify slots;
-  :mod:`worker.connection`: one websocket of it (aiohttp client): read, heartbeat, commands.
+  :mod:`worker.connection`: one connection of it: messages, heartbeat, commands;
+  :mod:`worker.websocket`: that connection's websocket (picows), whole messages and its ending.
 - :mod:`worker.state`: the pure shard state machine; :mod:`worker.backoff`,
   :mod:`worker.ratelimit`: pure policies with an injected clock.
 - :mod:`worker.permits`: the ``PermitSource`` protocol; :mod:`worker.identify_client`

@@ -1,26 +1,33 @@
-"""One websocket of a shard: its tasks, its verdict, its send limiter and heartbeat timing.
+"""One websocket of a shard: its messages, its tasks, its verdict, its send limiter and heartbeat timing.
 
-A :class:`Connection` lives from the websocket handshake to the close. It runs
-a reader, and after Hello a heartbeater and a handshake (RESUME at once, or
-the identify permit then IDENTIFY while heartbeats go on, PROTOCOL.md 11),
-and once the session is ready a command sender. Whoever sees the end of the
-connection first (the reader, a zombie heartbeat, a stop) settles its verdict,
-a :class:`worker.state.Decision`; the connection then cancels its tasks and
+A :class:`Connection` lives from the websocket handshake to the close. Its
+socket (:class:`worker.websocket.GatewaySocket`, picows) calls
+:meth:`Connection._on_message` once per message, in the read; after Hello it
+runs a heartbeater and a handshake (RESUME at once, or the identify permit then
+IDENTIFY while heartbeats go on, PROTOCOL.md 11), and once the session is ready
+a command sender. Whoever sees the end of the connection first (the socket's
+ending, a message, a zombie heartbeat, a stop) settles its verdict, a
+:class:`worker.state.Decision`; the connection then cancels its tasks and
 closes the socket itself with the verdict's code (4000 unless the server
-already closed it), so aiohttp never gets to send its default 1000, which
-would end the session.
+already closed it; 1000 would end the session).
 
 What outlives a connection (the session state, seq and epoch, counters,
 presence, queued commands) belongs to its :class:`worker.shard.Shard`, which
 the connection calls back into.
 
-The hot path is the reader: frame -> decompress -> ``peek`` (op, t, s without a
-JSON parse) -> ``output.event``. Only READY, RESUMED, Hello and op 9 are
-parsed; nothing is logged per event. A dispatch is relayed only when its ``s``
-is above the last one relayed in its session; any other (a replay, ``s`` 0 or
-null, no ``t``) is dropped and counted per reason (``ShardReport.dropped``,
+The hot path is :meth:`Connection._on_message`, a plain call with no await:
+decompress -> ``peek`` (op, t, s without a JSON parse) -> ``output.event``.
+Only a dispatch the output takes at once and a heartbeat ACK finish there.
+Anything else (Hello, READY, RESUMED, op 1/7/9, an event the output refuses,
+the socket's ending) goes to the backlog: reading pauses, and one task handles
+the backlog in order with the awaits it needs, then reading resumes. Nothing is
+logged per event. A dispatch is relayed only when its ``s`` is above the last
+one relayed in its session; any other (a replay, ``s`` 0 or null, no ``t``) is
+dropped and counted per reason (``ShardReport.dropped``,
 :class:`protocol.ipc.DispatchDrop`), the first of each reason logged once per
 connection: see :meth:`Connection._drop` for why such events are not relayed.
+The shard's seq moves to an event's ``s`` once the output has taken it, so a
+connection that ends while an event waits resumes from before it.
 """
 
 from __future__ import annotations
@@ -29,12 +36,11 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, NoReturn
 
-import aiohttp
 import orjson
-from aiohttp.http import WSMessageNoDecodeText
 
 from protocol import payloads
 from protocol.envelope import peek
@@ -46,13 +52,12 @@ from worker import state as sm
 from worker.inflate import make_worker_decompressor
 from worker.ratelimit import SendLimiter, SendWindow
 from worker.state import ConnectMode, Decision
+from worker.websocket import Ending, EndKind, GatewaySocket
 
 if TYPE_CHECKING:
     from worker.shard import Shard
 
 log = logging.getLogger("worker.shard")
-
-WebSocket = aiohttp.ClientWebSocketResponse[Literal[False]]
 
 _DISPATCH: Final = int(Opcode.DISPATCH)
 _HEARTBEAT: Final = int(Opcode.HEARTBEAT)
@@ -68,31 +73,58 @@ _TOPIC_CACHE_MAX: Final = 512
 SESSION_ENDING_CLOSE_CODE: Final = 1000
 #: How an op 3 payload from the control socket or gateway_send begins (encode_client_payload).
 _PRESENCE_PREFIX: Final = b'{"op":3,'
+#: The dispatches that change the session: handled in the backlog, in order.
+_SESSION_EVENTS: Final = (_READY, _RESUMED)
+
+
+class _Refused(NamedTuple):
+    """A dispatch the output refused: it is emitted (and the seq moves) once it drains."""
+
+    s: int
+    topic: bytes
+    data: bytes
+
+
+#: What waits in the backlog, in the order it came: a message, a refused dispatch, the end.
+_Waiting = bytes | _Refused | Ending
 
 
 class Connection:
     """One websocket of ``shard``; :meth:`run` returns the verdict once the socket is closed."""
 
-    def __init__(self, shard: Shard, ws: WebSocket, mode: ConnectMode) -> None:
+    def __init__(self, shard: Shard, socket: GatewaySocket, mode: ConnectMode) -> None:
         loop = asyncio.get_running_loop()
+        config = shard.config
         self._shard = shard
-        self._ws = ws
+        self._socket = socket
         self._mode = mode
         self._loop = loop
         self._verdict: asyncio.Future[Decision] = loop.create_future()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._limiter = SendLimiter(SendWindow(window_s=shard.config.send_window_s), loop.time)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._limiter = SendLimiter(SendWindow(window_s=config.send_window_s), loop.time)
         #: None until Hello: no heartbeat, handshake or command goes out before it.
         self._heartbeat_interval: float | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None
         self._ack_pending = False
         self._beat_sent_at = 0.0
         self._unknown_op_logged = False
         self._drops_logged: set[DispatchDrop] = set()
+        #: Not None while a task works through what could not be done in the read.
+        self._backlog: deque[_Waiting] | None = None
+        # the hot path's lookups, once
+        self._decompress = make_worker_decompressor(
+            config.compression, config.max_message_size
+        ).feed
+        self._emit = shard.output.event
+        self._shard_id = config.shard_id
+        self._counters = shard.counters
+        self._topics = shard.topics
 
     def settle(self, decision: Decision) -> None:
         """Decide how the connection ends, unless something already did."""
         if not self._verdict.done():
             self._verdict.set_result(decision)
+            self._socket.stop_messages()
 
     async def run(self) -> Decision:
         shard = self._shard
@@ -100,7 +132,9 @@ class Connection:
         try:
             await shard.set_state(sm.on_connected(shard.state, self._mode))
             if not verdict.done():
-                self._spawn(self._read(), reader=True)
+                timeout = shard.config.hello_timeout_s
+                self._hello_timer = self._loop.call_later(timeout, self._no_hello, timeout)
+                self._socket.start(self._on_message, self._on_end)
             try:
                 decision = await verdict
             except asyncio.CancelledError:
@@ -113,12 +147,12 @@ class Connection:
     async def _end(self) -> None:
         """Cancel the tasks, give an unused permit back, close the socket with the verdict's code."""
         shard = self._shard
-        tasks = self._tasks
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        while tasks:
-            task = tasks.pop()
-            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if shard.phase is ShardPhase.AWAITING_PERMIT:
@@ -128,31 +162,28 @@ class Connection:
         code = verdict.result().close_code if verdict.done() and not verdict.cancelled() else None
         if shard.ends_session:
             code = SESSION_ENDING_CLOSE_CODE  # asked for: nobody will RESUME it
-        await self._close(code if code is not None else RESUMABLE_CLOSE_CODE)
-
-    async def _close(self, code: int) -> None:
-        """Close with ``code`` (1000 only when the session is to end: after a reshard)."""
-        ws = self._ws
-        if ws.closed:
-            return
-        with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
-            await asyncio.wait_for(ws.close(code=code), self._shard.config.close_timeout_s + 1.0)
+        # 1000 only when the session is to end: after a reshard.
+        await self._socket.close(
+            code if code is not None else RESUMABLE_CLOSE_CODE, shard.config.close_timeout_s
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, Decision | None], *, reader: bool = False) -> None:
-        self._tasks.append(asyncio.create_task(self._guard(coro, reader)))
+        task = asyncio.create_task(self._guard(coro, reader))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _guard(self, coro: Coroutine[Any, Any, Decision | None], reader: bool) -> None:
         """Run a connection task; its decision (or a crash, as bad input) settles the verdict.
 
-        A send that fails because the socket is gone settles nothing: the reader
-        sees the close frame or the end of the stream and decides what it means.
+        A send that fails because the socket is gone settles nothing: the socket's
+        ending says what it means.
         """
         shard = self._shard
         try:
             decision = await coro
         except asyncio.CancelledError:
             raise
-        except (ConnectionError, aiohttp.ClientConnectionError):
+        except ConnectionError:
             if not reader:
                 return
             decision = sm.on_transport_error(shard.current())
@@ -162,98 +193,157 @@ class Connection:
         if decision is not None:
             self.settle(decision)
 
-    async def _send(self, data: bytes) -> None:
-        await self._ws.send_frame(data, aiohttp.WSMsgType.TEXT)
+    def _send(self, data: bytes) -> None:
+        self._socket.send_text(data)
 
     def _bad_input(self, what: str) -> Decision:
         shard = self._shard
         log.warning("shard %d: %s; reconnecting to resume", shard.shard_id, what)
         return sm.on_bad_input(shard.current())
 
-    async def _read(self) -> Decision:
-        shard = self._shard
-        config = shard.config
-        decompress = make_worker_decompressor(config.compression, config.max_message_size).feed
-        output = shard.output
-        emit = output.event
-        shard_id = config.shard_id
-        counters = shard.counters
-        by_type = counters.events_by_type
-        receive = self._ws.receive
-        binary = aiohttp.WSMsgType.BINARY
-        text = aiohttp.WSMsgType.TEXT
-        topics = shard.topics
-        hello_timeout: float | None = config.hello_timeout_s
-        while True:
-            try:
-                msg = await receive(hello_timeout)
-            except TimeoutError:
-                return self._bad_input(f"no Hello within {hello_timeout} s")
-            typ = msg.type
-            if typ is binary:
-                try:
-                    data = decompress(msg.data)
-                except DecompressionError as exc:
-                    return self._bad_input(f"undecodable compressed frame ({exc})")
+    def _no_hello(self, timeout: float) -> None:
+        if self._heartbeat_interval is None:
+            self.settle(self._bad_input(f"no Hello within {timeout} s"))
+
+    # -- reading ---------------------------------------------------------------
+
+    def _on_message(self, payload: bytes, binary: bool) -> None:
+        """One whole message from the socket: a dispatch is relayed here, the rest waits."""
+        try:
+            if binary:
+                data = self._decompress(payload)
                 if data is None:
-                    continue
-            elif typ is text:
-                data = msg.data
+                    return  # a zlib-stream message continues in the next frame
             else:
-                return self._end_of_stream(msg)
-            try:
-                op, t, s = peek(data)
-            except MalformedPayloadError as exc:
-                return self._bad_input(f"malformed gateway payload ({exc})")
+                data = payload
+            if self._backlog is not None:
+                self._backlog.append(data)  # after what waits already
+                return
+            op, t, s = peek(data)
             if op == _DISPATCH:
-                if t in (_READY, _RESUMED):
-                    try:
-                        await self._on_session_event(t, s, data)
-                    except MalformedPayloadError as exc:
-                        return self._bad_input(str(exc))
-                if s is None or t is None or s <= shard.seq:
-                    self._drop(t, s)
-                    continue
-                shard.seq = s
-                topic = topics.get(t)
-                if topic is None:
-                    topic = self._topic(t)
-                    if len(topic) > MAX_TOPIC_BYTES:
-                        self._drop(t, s, DispatchDrop.T_INVALID)
-                        continue
-                counters.events += 1
-                by_type[t] = by_type.get(t, 0) + 1
-                if not emit(shard_id, shard.epoch, s, topic, data):
-                    await output.drain()
-                    while not emit(shard_id, shard.epoch, s, topic, data):
-                        await output.drain()
+                shard = self._shard
+                if s is not None and t is not None and s > shard.seq and t not in _SESSION_EVENTS:
+                    topic = self._topics.get(t)
+                    if topic is not None:
+                        counters = self._counters
+                        counters.events += 1
+                        by_type = counters.events_by_type
+                        by_type[t] = by_type.get(t, 0) + 1
+                        if self._emit(self._shard_id, shard.epoch, s, topic, data):
+                            shard.seq = s
+                        else:
+                            self._later(_Refused(s, topic, data))
+                        return
             elif op == _HEARTBEAT_ACK:
-                if self._ack_pending:
-                    self._ack_pending = False
-                    shard.latency_ms = (self._loop.time() - self._beat_sent_at) * 1000.0
-            elif op == _HEARTBEAT:
-                if self._heartbeat_interval is not None:
-                    await self._heartbeat()
-            elif op == _HELLO:
-                if self._heartbeat_interval is not None:
-                    return self._bad_input("a second Hello")
-                interval = _hello_interval(data)
-                if interval is None:
-                    return self._bad_input("a Hello without a valid heartbeat_interval")
-                hello_timeout = None
-                self._heartbeat_interval = interval
-                self._limiter.window.set_heartbeat_interval(interval)
-                await shard.set_state(sm.on_hello(shard.state, self._mode))
-                self._spawn(self._heartbeater(interval))
-                self._spawn(self._handshake())
-            elif op == _RECONNECT:
-                return sm.on_reconnect_request(shard.current())
-            elif op == _INVALID_SESSION:
-                return sm.on_invalid_session(shard.current(), _invalid_session_d(data))
-            elif not self._unknown_op_logged:
-                # Discord adds opcodes over time: an unknown one is ignored, not worth a reconnect.
-                self._unknown_op_logged = True
-                log.warning("shard %d: ignoring unknown opcode %r", shard_id, op)
+                self._on_ack()
+                return
+            self._later(data)
+        except DecompressionError as exc:
+            self.settle(self._bad_input(f"undecodable compressed frame ({exc})"))
+        except MalformedPayloadError as exc:
+            self.settle(self._bad_input(f"malformed gateway payload ({exc})"))
+        except Exception:
+            log.exception("shard %d: reading a message failed; reconnecting", self._shard_id)
+            self.settle(sm.on_bad_input(self._shard.current()))
+
+    def _on_end(self, ending: Ending) -> None:
+        if self._backlog is not None:
+            self._backlog.append(ending)  # what was read before it is handled first
+        else:
+            self.settle(self._ended(ending))
+
+    def _later(self, item: _Waiting) -> None:
+        """Leave ``item`` to the backlog's task; reading pauses until the backlog is empty."""
+        backlog = self._backlog
+        if backlog is None:
+            backlog = self._backlog = deque()
+            self._socket.pause()
+            self._spawn(self._work_backlog(backlog), reader=True)
+        backlog.append(item)
+
+    async def _work_backlog(self, backlog: deque[_Waiting]) -> Decision | None:
+        while backlog:
+            item = backlog.popleft()
+            if type(item) is bytes:
+                decision = await self._handle(item)
+            elif type(item) is _Refused:
+                await self._emit_waiting(item)
+                decision = None
+            else:
+                assert isinstance(item, Ending)
+                decision = self._ended(item)
+            if decision is not None:
+                return decision
+        self._backlog = None
+        self._socket.resume()
+        return None
+
+    async def _emit_waiting(self, event: _Refused) -> None:
+        shard = self._shard
+        output = shard.output
+        while not output.event(self._shard_id, shard.epoch, event.s, event.topic, event.data):
+            await output.drain()
+        shard.seq = event.s
+
+    async def _handle(self, data: bytes) -> Decision | None:
+        """A message the read left to the backlog: what it asks, with the waits it needs."""
+        shard = self._shard
+        try:
+            op, t, s = peek(data)
+        except MalformedPayloadError as exc:
+            return self._bad_input(f"malformed gateway payload ({exc})")
+        if op == _DISPATCH:
+            if t in _SESSION_EVENTS:
+                try:
+                    await self._on_session_event(t, s, data)
+                except MalformedPayloadError as exc:
+                    return self._bad_input(str(exc))
+            if s is None or t is None or s <= shard.seq:
+                self._drop(t, s)
+                return None
+            topic = self._topics.get(t)
+            if topic is None:
+                topic = self._topic(t)
+                if len(topic) > MAX_TOPIC_BYTES:
+                    shard.seq = s
+                    self._drop(t, s, DispatchDrop.T_INVALID)
+                    return None
+            counters = self._counters
+            counters.events += 1
+            counters.events_by_type[t] = counters.events_by_type.get(t, 0) + 1
+            await self._emit_waiting(_Refused(s, topic, data))
+        elif op == _HEARTBEAT_ACK:
+            self._on_ack()
+        elif op == _HEARTBEAT:
+            if self._heartbeat_interval is not None:
+                await self._heartbeat()
+        elif op == _HELLO:
+            if self._heartbeat_interval is not None:
+                return self._bad_input("a second Hello")
+            interval = _hello_interval(data)
+            if interval is None:
+                return self._bad_input("a Hello without a valid heartbeat_interval")
+            if self._hello_timer is not None:
+                self._hello_timer.cancel()
+            self._heartbeat_interval = interval
+            self._limiter.window.set_heartbeat_interval(interval)
+            await shard.set_state(sm.on_hello(shard.state, self._mode))
+            self._spawn(self._heartbeater(interval))
+            self._spawn(self._handshake())
+        elif op == _RECONNECT:
+            return sm.on_reconnect_request(shard.current())
+        elif op == _INVALID_SESSION:
+            return sm.on_invalid_session(shard.current(), _invalid_session_d(data))
+        elif not self._unknown_op_logged:
+            # Discord adds opcodes over time: an unknown one is ignored, not worth a reconnect.
+            self._unknown_op_logged = True
+            log.warning("shard %d: ignoring unknown opcode %r", shard.shard_id, op)
+        return None
+
+    def _on_ack(self) -> None:
+        if self._ack_pending:
+            self._ack_pending = False
+            self._shard.latency_ms = (self._loop.time() - self._beat_sent_at) * 1000.0
 
     def _drop(self, t: str | None, s: int | None, reason: DispatchDrop | None = None) -> None:
         """Count a dispatch that is not relayed; log the first of each reason per connection.
@@ -306,29 +396,23 @@ class Connection:
             topics[t] = topic
         return topic
 
-    def _end_of_stream(self, msg: WSMessageNoDecodeText) -> Decision:
+    def _ended(self, ending: Ending) -> Decision:
+        """The verdict for how the socket ended."""
         shard = self._shard
-        typ = msg.type
-        if typ is aiohttp.WSMsgType.CLOSE:
-            code = msg.data if isinstance(msg.data, int) else None
+        kind = ending.kind
+        if kind is EndKind.SERVER_CLOSE:
+            code = ending.code
             decision = sm.on_server_close(shard.current(), code)
             if decision.phase is ShardPhase.FATAL:
                 log.error("shard %d: gateway closed with fatal code %s", shard.shard_id, code)
             else:
                 log.info("shard %d: gateway closed with %s", shard.shard_id, code)
             return decision
-        if typ is aiohttp.WSMsgType.ERROR:
-            exc = msg.data
-            if (
-                isinstance(exc, aiohttp.WebSocketError)
-                and exc.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
-            ):
-                return self._bad_input(f"oversized frame ({exc})")
-            if isinstance(exc, aiohttp.WebSocketError):
-                return self._bad_input(f"websocket protocol error ({exc})")
-            log.info("shard %d: connection lost: %r", shard.shard_id, exc)
-        else:
-            log.info("shard %d: connection lost (%s)", shard.shard_id, typ.name)
+        if kind is EndKind.TOO_BIG:
+            return self._bad_input(f"oversized frame ({ending.detail})")
+        if kind is EndKind.PROTOCOL_ERROR:
+            return self._bad_input(f"websocket protocol error ({ending.detail})")
+        log.info("shard %d: connection lost", shard.shard_id)
         return sm.on_transport_error(shard.current())
 
     async def _on_session_event(self, t: str, s: int | None, data: bytes) -> None:
@@ -362,7 +446,7 @@ class Connection:
         seq = self._shard.seq or None  # d = the last sequence number received, null before any
         self._beat_sent_at = self._loop.time()
         self._ack_pending = True
-        await self._send(payloads.encode_client_payload(payloads.heartbeat(seq)))
+        self._send(payloads.encode_client_payload(payloads.heartbeat(seq)))
 
     async def _heartbeater(self, interval: float) -> Decision:
         shard = self._shard
@@ -387,7 +471,7 @@ class Connection:
         if self._mode is ConnectMode.RESUME and session is not None:
             payload = payloads.resume(cfg.token, session.session_id, session.seq)
             await limiter.acquire_priority()
-            await self._send(payloads.encode_client_payload(payload))
+            self._send(payloads.encode_client_payload(payload))
             shard.counters.resumes += 1
             return
         # awaiting_permit: heartbeats keep running in their own task meanwhile
@@ -409,7 +493,7 @@ class Connection:
         if not_before is not None:
             await _until(not_before)
         await limiter.acquire_priority()
-        await self._send(data)
+        self._send(data)
         shard.permits.sent(cfg.shard_id)
         shard.counters.identifies += 1
         await shard.set_state(sm.on_permit(shard.state))
@@ -426,7 +510,7 @@ class Connection:
                 continue
             await limiter.acquire()
             payload = commands[0]
-            await self._send(payload)
+            self._send(payload)
             commands.popleft()
             shard.counters.commands_sent += 1
             if payload.startswith(_PRESENCE_PREFIX):
@@ -463,4 +547,4 @@ async def _until(at: float) -> None:
         await asyncio.sleep(left)
 
 
-__all__ = ["SESSION_ENDING_CLOSE_CODE", "Connection", "WebSocket"]
+__all__ = ["SESSION_ENDING_CLOSE_CODE", "Connection"]

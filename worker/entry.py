@@ -1,7 +1,7 @@
 """The worker process's entry point as the supervisor names it: light to import.
 
 The supervisor hands multiprocessing a target by reference, so it imports the
-target's module; :func:`run_spec` imports :mod:`worker.main` (aiohttp, ZeroMQ,
+target's module; :func:`run_spec` imports :mod:`worker.main` (picows, ZeroMQ,
 uvloop, the shard engine: about 0.1 s more on top of what the supervisor
 loads) only in the child, never in the supervisor.
 """

@@ -26,7 +26,6 @@ import os
 import signal
 from typing import Final
 
-import aiohttp
 import zmq
 import zmq.asyncio
 
@@ -112,42 +111,37 @@ class ShardGroup:
         result = WorkerStatusKind.DRAINED
         try:
             await output.send(ipc.encode_worker_status(self._status(WorkerStatusKind.STARTED)))
-            # No connection limit: aiohttp's default of 100 would hold every
-            # shard past the 100th in the connector's queue, never connecting.
-            connector = aiohttp.TCPConnector(limit=0)
             identify_slots = asyncio.Semaphore(IDENTIFY_ROUNDS_AHEAD * spec.max_concurrency)
-            async with aiohttp.ClientSession(connector=connector) as http:
-                for shard_id in spec.shard_ids:
-                    self.shards[shard_id] = Shard(
-                        shard_config(spec, shard_id),
-                        http,
-                        permits,
-                        output,
-                        spec.saved_session(shard_id),
-                        identify_slots=identify_slots,
-                    )
-                if self._stop.is_set():
-                    self.stop()
-                for sid, shard in self.shards.items():
-                    runs[asyncio.create_task(shard.run(), name=f"shard-{sid}")] = sid
-                helpers.append(asyncio.create_task(self._report_loop(output)))
-                helpers.append(asyncio.create_task(self._parent_watch(output)))
-                if dealer is not None:
-                    helpers.append(asyncio.create_task(self._command_loop(dealer)))
-                pending = set(runs)
-                while pending:
-                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        exc = task.exception()
-                        if isinstance(exc, FatalCloseError):
-                            result = WorkerStatusKind.FATAL
-                            if self.fatal_code is None:
-                                self.fatal_code = exc.code
-                            self.stop(f"fatal close code {exc.code} on shard {exc.shard_id}")
-                        elif exc is not None:
-                            log.error("shard %d crashed: %r", runs[task], exc)
-                            self.stop("a shard crashed")
-                            result = WorkerStatusKind.FATAL
+            for shard_id in spec.shard_ids:
+                self.shards[shard_id] = Shard(
+                    shard_config(spec, shard_id),
+                    permits,
+                    output,
+                    spec.saved_session(shard_id),
+                    identify_slots=identify_slots,
+                )
+            if self._stop.is_set():
+                self.stop()
+            for sid, shard in self.shards.items():
+                runs[asyncio.create_task(shard.run(), name=f"shard-{sid}")] = sid
+            helpers.append(asyncio.create_task(self._report_loop(output)))
+            helpers.append(asyncio.create_task(self._parent_watch(output)))
+            if dealer is not None:
+                helpers.append(asyncio.create_task(self._command_loop(dealer)))
+            pending = set(runs)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    exc = task.exception()
+                    if isinstance(exc, FatalCloseError):
+                        result = WorkerStatusKind.FATAL
+                        if self.fatal_code is None:
+                            self.fatal_code = exc.code
+                        self.stop(f"fatal close code {exc.code} on shard {exc.shard_id}")
+                    elif exc is not None:
+                        log.error("shard %d crashed: %r", runs[task], exc)
+                        self.stop("a shard crashed")
+                        result = WorkerStatusKind.FATAL
         finally:
             # Only a cancelled run() gets here with shards still running.
             for task in (*runs, *helpers):

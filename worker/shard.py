@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-import aiohttp
+import picows
 from yarl import URL
 
 from protocol.compression import DEFAULT_MAX_MESSAGE_SIZE, Compression
@@ -32,6 +32,7 @@ from worker.connection import Connection
 from worker.permits import PermitSource
 from worker.ratelimit import DEFAULT_SLACK_S
 from worker.state import ConnectMode, GatewayUrl, Wait
+from worker.websocket import GatewaySocket
 
 log = logging.getLogger("worker.shard")
 
@@ -116,7 +117,6 @@ class Shard:
     def __init__(
         self,
         config: ShardConfig,
-        http: aiohttp.ClientSession,
         permits: PermitSource,
         output: ShardOutput,
         saved: Session | None = None,
@@ -145,7 +145,6 @@ class Shard:
         #: before connecting and gives it back at READY (or when it ends).
         self._identify_slots = identify_slots
         self._holding_slot = False
-        self._http = http
         self._state = sm.initial_state(saved)
         self._backoff = Backoff(config.backoff, rng)
         self._stopped = asyncio.Event()
@@ -278,18 +277,10 @@ class Shard:
                 url = self._choose_url(plan)
                 await self.set_state(sm.on_connecting(self._state))
                 try:
-                    ws = await self._http.ws_connect(
-                        url,
-                        timeout=aiohttp.ClientWSTimeout(
-                            ws_receive=None, ws_close=self.config.close_timeout_s
-                        ),
-                        autoclose=False,
-                        autoping=True,
-                        max_msg_size=self.config.max_message_size,
-                        compress=0,
-                        decode_text=False,
+                    socket = await GatewaySocket.connect(
+                        str(url), self.config.max_message_size, self.config.connect_timeout_s
                     )
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                except (TimeoutError, OSError, picows.WSError) as exc:
                     log.info(
                         "shard %d: connect to %s failed: %s",
                         self.shard_id,
@@ -299,7 +290,7 @@ class Shard:
                     decision = sm.on_connect_failed(self.current(), plan.url)
                 else:
                     self._backoff.connected(loop.time())
-                    connection = Connection(self, ws, plan.mode)
+                    connection = Connection(self, socket, plan.mode)
                     self._connection = connection
                     if stopped.is_set():  # stopped while connecting
                         connection.settle(sm.on_stop(self.current()))

@@ -3,7 +3,7 @@
 The supervisor builds a spec and hands it to the *spawn* target
 (:func:`worker.main.run_worker`); it is frozen, picklable and hides the token
 from its repr. It sits alone, away from :mod:`worker.group`, so the
-supervisor's import of it pulls no shard runner, aiohttp or ZeroMQ code.
+supervisor's import of it pulls no shard runner, websocket or ZeroMQ code.
 """
 
 from __future__ import annotations

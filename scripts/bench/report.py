@@ -276,19 +276,16 @@ cluster --repeat 1` against `--head`, 3 interleaved pairs: peak PSS worker
 alone 180 -> 52 MB, cluster 256 -> 131 MB, PUB drops at the default hwm
 15,000-30,000 per run -> 0, CPU per event within the noise.
 
-**picows measured, not adopted yet.** The issue names picows (a Cython
-websocket client with a callback per frame) against aiohttp's reader. A floor
-receiver written on picows, doing the same work per event as the aiohttp
-floor (inflate, `peek`, one ZeroMQ send), in one run with it, `--only
-throughput --repeat 3`, 2026-12-06 15:30 UTC, load 4-5 (shared machine): flat
-out 19.3 µs per event against 20.8 (-7 %), paced at 16,000/s 23.0 against 25.9
-(-11 %). A py-spy profile of our worker flat out puts ~10 % of its samples in
-aiohttp's Python code (`data_received`, `receive`) beside 39 % in native code
-under the event loop (uvloop, aiohttp's C frame reader, recv), 23 % in
-inflate and 11 % in the ZeroMQ send. So picows would take 1.5-3 µs per event
-off the worker; the shard's reader must become a frame callback (the
-awaits it makes for READY, back-pressure and heartbeats move out of the
-read path) to get it.
+**picows measured** (before it was adopted, below). The issue names picows
+(a Cython websocket client with a callback per frame) against aiohttp's
+reader. A floor receiver written on picows, doing the same work per event as
+the aiohttp floor (inflate, `peek`, one ZeroMQ send), in one run with it,
+`--only throughput --repeat 3`, 2026-12-06 15:30 UTC, load 4-5 (shared
+machine): flat out 19.3 µs per event against 20.8 (-7 %), paced at 16,000/s
+23.0 against 25.9 (-11 %). A py-spy profile of our worker flat out put ~10 %
+of its samples in aiohttp's Python code (`data_received`, `receive`) beside
+39 % in native code under the event loop (uvloop, aiohttp's C frame reader,
+recv), 23 % in inflate and 11 % in the ZeroMQ send.
 
 **The PUB socket written from the event loop** (cluster/publisher.py): `--pub`
 was a ZMQ_STREAM socket carrying our ZMTP, and libzmq writes a STREAM
@@ -322,6 +319,21 @@ quiet machine, medians: CPU per event paced at 16,000/s 31.9 -> 27.2 ->
 25.6 µs (both/before 0.84 by round, 7 of 8 below 1), flat out 9.7 -> 9.5 ->
 9.4 (the hop costs per message, and flat out messages are large); p99 at
 1,000/s 909 -> 828 -> 860 µs; p50 at 50,000/s 1,308 -> 1,234 -> 1,025 µs.
+
+**The shards' websocket on picows** (worker/websocket.py): picows parses the
+frames of a read in place and calls the shard back once per message, where
+aiohttp's reader made a message object and woke the shard's reader task
+through a future for each. A dispatch is now relayed inside that call
+(decompress, `peek`, `output.event`, no await); what needs one (Hello,
+READY, op 1/7/9, an event the output refuses, the end) goes to a backlog one
+task works through in order while reading pauses. The worker no longer
+imports aiohttp (its import: 212 -> 137 ms). `--only throughput latency
+--receivers worker cluster --repeat 1`, 4 interleaved rounds against
+d9ceedf, 2026-12-06 23:01-23:12 UTC, quiet machine, medians: CPU per event
+paced at 16,000/s, worker 20.8 -> 18.1 µs (0.85 by round, 4 of 4 below 1),
+cluster 29.1 -> 25.8 (0.85, 4 of 4); flat out, worker 8.1 -> 7.5 (0.91),
+cluster 10.7 -> 10.9 (0.98: noise); p99 at 1,000/s, worker 624 -> 561 µs,
+cluster 848 -> 804; at 10,000/s and p50 at 50,000/s within the noise.
 """
 
 

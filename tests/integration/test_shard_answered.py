@@ -10,7 +10,6 @@ import asyncio
 import time
 from typing import Any
 
-import aiohttp
 import pytest
 
 from protocol.ipc import ShardReport
@@ -70,16 +69,15 @@ async def test_the_shard_reports_the_answer_with_when_it_read_the_ready(
         intents=1,
         gateway_url=sim.gateway_url,
     )
-    async with aiohttp.ClientSession() as http:
-        shard = Shard(config, http, RecordingPermits(log), output)
-        run = asyncio.create_task(shard.run())
-        try:
-            async with asyncio.timeout(20):
-                await output.ready.wait()
-        finally:
-            shard.stop()
-            async with asyncio.timeout(20):
-                await run
+    shard = Shard(config, RecordingPermits(log), output)
+    run = asyncio.create_task(shard.run())
+    try:
+        async with asyncio.timeout(20):
+            await output.ready.wait()
+    finally:
+        shard.stop()
+        async with asyncio.timeout(20):
+            await run
     assert len(sim.record.accepted_identifies(0)) == 1
     kinds = [kind for kind, _ in log]
     # once, after the write, and before the session's report goes to the supervisor
