@@ -80,6 +80,7 @@ _SESSION_EVENTS: Final = (_READY, _RESUMED)
 class _Refused(NamedTuple):
     """A dispatch the output refused: it is emitted (and the seq moves) once it drains."""
 
+    t: str
     s: int
     topic: bytes
     data: bytes
@@ -225,14 +226,14 @@ class Connection:
                 if s is not None and t is not None and s > shard.seq and t not in _SESSION_EVENTS:
                     topic = self._topics.get(t)
                     if topic is not None:
-                        counters = self._counters
-                        counters.events += 1
-                        by_type = counters.events_by_type
-                        by_type[t] = by_type.get(t, 0) + 1
                         if self._emit(self._shard_id, shard.epoch, s, topic, data):
                             shard.seq = s
+                            counters = self._counters
+                            counters.events += 1
+                            by_type = counters.events_by_type
+                            by_type[t] = by_type.get(t, 0) + 1
                         else:
-                            self._later(_Refused(s, topic, data))
+                            self._later(_Refused(t, s, topic, data))
                         return
             elif op == _HEARTBEAT_ACK:
                 self._on_ack()
@@ -279,11 +280,15 @@ class Connection:
         return None
 
     async def _emit_waiting(self, event: _Refused) -> None:
+        """Emit once the output takes it; then the seq moves and the event counts."""
         shard = self._shard
         output = shard.output
         while not output.event(self._shard_id, shard.epoch, event.s, event.topic, event.data):
             await output.drain()
         shard.seq = event.s
+        counters = self._counters
+        counters.events += 1
+        counters.events_by_type[event.t] = counters.events_by_type.get(event.t, 0) + 1
 
     async def _handle(self, data: bytes) -> Decision | None:
         """A message the read left to the backlog: what it asks, with the waits it needs."""
@@ -308,10 +313,7 @@ class Connection:
                     shard.seq = s
                     self._drop(t, s, DispatchDrop.T_INVALID)
                     return None
-            counters = self._counters
-            counters.events += 1
-            counters.events_by_type[t] = counters.events_by_type.get(t, 0) + 1
-            await self._emit_waiting(_Refused(s, topic, data))
+            await self._emit_waiting(_Refused(t, s, topic, data))
         elif op == _HEARTBEAT_ACK:
             self._on_ack()
         elif op == _HEARTBEAT:

@@ -17,7 +17,10 @@ beyond one frame:
   consumer's :meth:`close` with the code it chooses.
 
 Pings are answered by picows. Nothing is logged per frame; picows's own log
-is kept to warnings.
+is kept to warnings. picows runs here on the event loop's own transports
+(uvloop's, as everything else in the worker), not on aiofastnet's, which it
+would pick by itself: the pause, resume and TLS shutdown this module relies on
+are uvloop's, tested here over TLS as well.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from enum import Enum
 from typing import Final, NamedTuple
@@ -80,23 +84,42 @@ class GatewaySocket(picows.WSListener):
         self._parts: bytearray | None = None
         self._parts_binary = False
         self._reading = True
+        self._abandoned = False
 
     @classmethod
-    async def connect(cls, url: str, max_message_size: int, timeout_s: float) -> GatewaySocket:
+    async def connect(
+        cls,
+        url: str,
+        max_message_size: int,
+        timeout_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> GatewaySocket:
         """Open a websocket to ``url`` (TCP, TLS for wss://, the upgrade) within ``timeout_s``.
 
-        Raises TimeoutError, OSError or :class:`picows.WSError` (a refused upgrade).
+        Raises TimeoutError, OSError (ConnectionResetError: closed before the upgrade's
+        answer) or :class:`picows.WSError` (a refused upgrade). A socket that is given
+        up on (the timeout, a cancel) is dropped, also if its upgrade completes later.
         """
-        async with asyncio.timeout(timeout_s):
-            _, listener = await picows.ws_connect(
-                lambda: cls(max_message_size),
-                url,
-                websocket_handshake_timeout=timeout_s,
-                max_frame_size=max_message_size,
-                logger_name=_PICOWS_LOG,
-            )
-        assert isinstance(listener, cls)
-        return listener
+        socket = cls(max_message_size)
+        try:
+            async with asyncio.timeout(timeout_s):
+                _, listener = await picows.ws_connect(
+                    lambda *_: socket,
+                    url,
+                    ssl_context=ssl_context,
+                    websocket_handshake_timeout=timeout_s,
+                    max_frame_size=max_message_size,
+                    logger_name=_PICOWS_LOG,
+                    # the event loop's own transports (uvloop's): see the module's docstring
+                    use_aiofastnet=False,
+                )
+        except BaseException:
+            socket._abandon()
+            raise
+        if listener is not socket:
+            socket._abandon()
+            raise ConnectionResetError("the connection closed before the websocket upgrade")
+        return socket
 
     # -- what the consumer calls ---------------------------------------------------
 
@@ -106,6 +129,8 @@ class GatewaySocket(picows.WSListener):
         self._started = True
         self._on_message = on_message
         self._on_end = on_end
+        if self._ending is None:
+            self.resume()  # first: one of the early messages may pause it again
         early, self._early = self._early, []
         for payload, binary in early:
             if self._on_message is None:
@@ -113,8 +138,6 @@ class GatewaySocket(picows.WSListener):
             on_message(payload, binary)
         if self._ending is not None:
             self._end(self._ending)
-        else:
-            self.resume()
 
     def stop_messages(self) -> None:
         """Hand nothing more over (the consumer has decided how this ends)."""
@@ -151,23 +174,36 @@ class GatewaySocket(picows.WSListener):
         transport = self._transport
         if transport is None:
             return
-        if not transport.is_close_frame_sent:
-            transport.send_close(WSCloseCode(code))
-        handshake = transport.close_handshake
-        if handshake is not None and handshake.recv is not None:
-            transport.disconnect()  # the server spoke first: our answer ends the handshake
-        else:
-            self._set_reading(True)  # only to see the server's close frame, then the end
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(timeout_s):
-                await transport.wait_disconnected()
-        transport.disconnect(graceful=False)
+        try:
+            if not transport.is_disconnected:
+                if not transport.is_close_frame_sent:
+                    transport.send_close(WSCloseCode(code))
+                # Reading again only to see the server's answer and the end of the stream
+                # (a TLS shutdown reads the server's close_notify too).
+                self._set_reading(True)
+                handshake = transport.close_handshake
+                if handshake is not None and handshake.recv is not None:
+                    transport.disconnect()  # the server spoke first: our answer ends it
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(timeout_s):
+                    await transport.wait_disconnected()
+        finally:
+            transport.disconnect(graceful=False)
 
     # -- picows's callbacks -----------------------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
+        if self._abandoned:
+            transport.disconnect(graceful=False)  # connect() gave up on it
+            return
         self.pause()  # until start(): Hello may come with the upgrade response
+
+    def pause_writing(self) -> None:
+        """The kernel's send buffer is full: commands are few (rate-limited), let them queue."""
+
+    def resume_writing(self) -> None:
+        pass
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
@@ -253,6 +289,13 @@ class GatewaySocket(picows.WSListener):
         self.stop_messages()
         if on_end is not None:
             on_end(ending)
+
+    def _abandon(self) -> None:
+        """connect() gave up: drop the connection now, or as soon as its upgrade completes."""
+        self._abandoned = True
+        self.stop_messages()
+        if self._transport is not None:
+            self._transport.disconnect(graceful=False)
 
     def _set_reading(self, reading: bool) -> None:
         transport = self._transport

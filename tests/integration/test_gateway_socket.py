@@ -13,9 +13,12 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import ssl
 import struct
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -111,24 +114,39 @@ Script = Callable[[Peer], Awaitable[None]]
 
 
 class RawServer:
-    """Answers each upgrade, writes ``first`` with the response, then runs ``script``."""
+    """Answers each upgrade, writes ``first`` with the response, then runs ``script``.
 
-    def __init__(self) -> None:
+    With ``answer`` False it closes the connection instead of answering; with
+    ``answer_after`` set it answers once that event is set.
+    """
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.url = ""
         self.first = b""
         self.script: Script | None = None
+        self.answer = True
+        self.answer_after: asyncio.Event | None = None
         self.peers: list[Peer] = []
+        self._tls = tls
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._tls)
         port = self._server.sockets[0].getsockname()[1]
-        self.url = f"ws://127.0.0.1:{port}/?v=10&encoding=json"
+        scheme = "wss" if self._tls is not None else "ws"
+        self.url = f"{scheme}://127.0.0.1:{port}/?v=10&encoding=json"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._tasks.add(asyncio.current_task())  # type: ignore[arg-type]
+        peer = Peer(reader, writer)
+        self.peers.append(peer)
         request = await reader.readuntil(b"\r\n\r\n")
+        if not self.answer:
+            writer.close()
+            return
+        if self.answer_after is not None:
+            await self.answer_after.wait()
         key = next(
             line.split(b":", 1)[1].strip()
             for line in request.split(b"\r\n")
@@ -139,8 +157,6 @@ class RawServer:
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n" + self.first
         )
-        peer = Peer(reader, writer)
-        self.peers.append(peer)
         try:
             if self.script is not None:
                 await self.script(peer)
@@ -193,6 +209,41 @@ class Consumer:
         return self.endings[0]
 
 
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl's command line)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.fixture
+async def tls_server(certificate: tuple[Path, Path]) -> AsyncIterator[RawServer]:
+    cert, key = certificate
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    srv = RawServer(tls=context)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def client_tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(certificate[0]))
+
+
 @contextlib.asynccontextmanager
 async def opened(server: RawServer, max_size: int = 1 << 20) -> AsyncIterator[GatewaySocket]:
     sock = await GatewaySocket.connect(server.url, max_size, 5.0)
@@ -202,8 +253,10 @@ async def opened(server: RawServer, max_size: int = 1 << 20) -> AsyncIterator[Ga
         await sock.close(4000, 1.0)
 
 
-async def started(server: RawServer, max_size: int = 1 << 20) -> tuple[GatewaySocket, Consumer]:
-    sock = await GatewaySocket.connect(server.url, max_size, 5.0)
+async def started(
+    server: RawServer, max_size: int = 1 << 20, tls: ssl.SSLContext | None = None
+) -> tuple[GatewaySocket, Consumer]:
+    sock = await GatewaySocket.connect(server.url, max_size, 5.0, tls)
     consumer = Consumer()
     sock.start(consumer.on_message, consumer.on_end)
     return sock, consumer
@@ -455,5 +508,113 @@ async def test_any_fragmenting_and_any_cutting_hand_over_the_same_messages(
         await consumer.wait_for(len(messages))
         assert consumer.messages == [(payload, binary) for payload, binary, _ in messages]
         assert consumer.endings == []
+    finally:
+        await sock.close(4000, 1.0)
+
+
+async def test_a_connection_closed_before_the_upgrade_is_a_connection_error(
+    server: RawServer,
+) -> None:
+    server.answer = False
+    with pytest.raises(ConnectionResetError):
+        await GatewaySocket.connect(server.url, 1 << 20, 5.0)
+
+
+async def test_an_upgrade_answered_after_the_timeout_is_dropped(server: RawServer) -> None:
+    server.answer_after = asyncio.Event()
+    server.first = frame(TEXT, HELLO)
+    with pytest.raises(TimeoutError):
+        await GatewaySocket.connect(server.url, 1 << 20, 0.2)
+    server.answer_after.set()  # the 101 comes after connect() gave up
+    (peer,) = server.peers
+    async with asyncio.timeout(5):
+        while await peer.reader.read(65536):
+            pass  # the client end is closed: EOF
+
+
+async def test_over_tls_a_close_the_server_began_ends_without_waiting(
+    tls_server: RawServer, certificate: tuple[Path, Path]
+) -> None:
+    done = asyncio.Event()
+
+    async def script(peer: Peer) -> None:
+        await peer.write(frame(TEXT, b"last") + close_frame(4009))
+        await peer.read_until_eof()
+        done.set()
+
+    tls_server.script = script
+    sock, consumer = await started(tls_server, tls=client_tls(certificate))
+    assert await consumer.wait_ended() == Ending(EndKind.SERVER_CLOSE, 4009)
+    assert consumer.messages == [(b"last", False)]
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await sock.close(4000, 20.0)
+    assert loop.time() - began < 10.0  # the server's answer ended it, not the timeout
+    async with asyncio.timeout(5):
+        await done.wait()
+
+
+async def test_over_tls_a_frame_over_the_limit_while_paused_still_ends_the_socket(
+    tls_server: RawServer, certificate: tuple[Path, Path]
+) -> None:
+    """The consumer pauses on its first message (as a shard with a backlog does);
+    picows then refuses the next frame and closes: the ending still comes."""
+
+    async def script(peer: Peer) -> None:
+        await peer.write(frame(TEXT, b"first"))
+        await asyncio.sleep(0.1)
+        await peer.write(frame(TEXT, b"z" * 5000))
+        with contextlib.suppress(Exception):
+            await peer.read_until_eof()
+
+    tls_server.script = script
+    sock = await GatewaySocket.connect(tls_server.url, 1000, 5.0, client_tls(certificate))
+    consumer = Consumer()
+
+    def pause_on_first(payload: bytes, binary: bool) -> None:
+        consumer.on_message(payload, binary)
+        sock.pause()
+
+    sock.start(pause_on_first, consumer.on_end)
+    try:
+        await consumer.wait_for(1)
+        await asyncio.sleep(0.3)
+        sock.resume()
+        ending = await consumer.wait_ended(timeout_s=10)
+        assert ending.kind is EndKind.TOO_BIG
+        assert consumer.messages == [(b"first", False)]
+    finally:
+        await sock.close(4000, 1.0)
+
+
+async def test_a_pause_from_a_message_read_before_start_holds(server: RawServer) -> None:
+    """start() hands the early messages over after reading resumes, so a consumer
+    that pauses on one of them (a shard's backlog) stays paused."""
+    server.first = frame(TEXT, HELLO)
+    more = asyncio.Event()
+
+    async def script(peer: Peer) -> None:
+        await more.wait()
+        await peer.write(frame(TEXT, b"later"))
+        await peer.read_until_eof()
+
+    server.script = script
+    sock = await GatewaySocket.connect(server.url, 1 << 20, 5.0)
+    consumer = Consumer()
+
+    def pause_on_hello(payload: bytes, binary: bool) -> None:
+        consumer.on_message(payload, binary)
+        if payload == HELLO:
+            sock.pause()
+
+    await asyncio.sleep(0.05)  # Hello is read with the upgrade response
+    sock.start(pause_on_hello, consumer.on_end)
+    try:
+        more.set()
+        await asyncio.sleep(0.2)
+        assert consumer.messages == [(HELLO, False)]
+        sock.resume()
+        await consumer.wait_for(2)
+        assert consumer.messages[1] == (b"later", False)
     finally:
         await sock.close(4000, 1.0)
