@@ -333,7 +333,14 @@ d9ceedf, 2026-12-06 23:01-23:12 UTC, quiet machine, medians: CPU per event
 paced at 16,000/s, worker 20.8 -> 18.1 µs (0.85 by round, 4 of 4 below 1),
 cluster 29.1 -> 25.8 (0.85, 4 of 4); flat out, worker 8.1 -> 7.5 (0.91),
 cluster 10.7 -> 10.9 (0.98: noise); p99 at 1,000/s, worker 624 -> 561 µs,
-cluster 848 -> 804; at 10,000/s and p50 at 50,000/s within the noise.
+cluster 848 -> 804; at 10,000/s and p50 at 50,000/s within the noise. That
+A/B ran picows on aiofastnet's transports (its default when aiofastnet is
+installed, and picows requires it); after review the socket runs on uvloop's
+(`use_aiofastnet=False`), whose pause and TLS shutdown the rest of the worker
+already relies on. 3 interleaved rounds of the two (same command, 23:19-23:28
+UTC) put neither ahead: uvloop/aiofastnet by round 1.18, 1.09, 0.70 (worker
+flat out), 1.13, 0.84, 0.86 (cluster flat out), 1.21, 0.95, 0.96 (cluster
+paced).
 """
 
 

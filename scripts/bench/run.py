@@ -688,6 +688,7 @@ async def connect_all(
                 "READY",
                 "--idle-s",
                 "60",
+                "--hold",
             )
             endpoint = await sink.expect("BOUND ", 30)
             health = f"127.0.0.1:{free_port()}"

@@ -56,6 +56,12 @@ def main() -> None:
         " run until SIGTERM, then print SEQS <json>",
     )
     parser.add_argument(
+        "--hold",
+        action="store_true",
+        help="after DONE keep the socket open until SIGTERM (a worker whose channel"
+        " closes stops, and the memory benchmark measures it idle after DONE)",
+    )
+    parser.add_argument(
         "--idle-s",
         type=float,
         default=2.0,
@@ -138,6 +144,10 @@ def main() -> None:
         with open(args.latency, "wb") as out:
             keys.tofile(out)
             times.tofile(out)
+    if args.hold:
+        stop = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        signal.sigwait(stop)
     sock.close(linger=0)
     ctx.term()
     sys.exit(0)
