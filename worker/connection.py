@@ -86,8 +86,17 @@ class _Refused(NamedTuple):
     data: bytes
 
 
-#: What waits in the backlog, in the order it came: a message, a refused dispatch, the end.
-_Waiting = bytes | _Refused | Ending
+class _Unread(NamedTuple):
+    """A message read while the backlog works: kept as it came (compressed), so what
+    waits is no larger than the read it came in."""
+
+    payload: bytes
+    binary: bool
+
+
+#: What waits in the backlog, in the order it came: a message (decompressed, or as it came
+#: in), a refused dispatch, the end.
+_Waiting = bytes | _Unread | _Refused | Ending
 
 
 class Connection:
@@ -210,6 +219,9 @@ class Connection:
 
     def _on_message(self, payload: bytes, binary: bool) -> None:
         """One whole message from the socket: a dispatch is relayed here, the rest waits."""
+        if self._backlog is not None:
+            self._backlog.append(_Unread(payload, binary))  # after what waits already
+            return
         try:
             if binary:
                 data = self._decompress(payload)
@@ -217,9 +229,6 @@ class Connection:
                     return  # a zlib-stream message continues in the next frame
             else:
                 data = payload
-            if self._backlog is not None:
-                self._backlog.append(data)  # after what waits already
-                return
             op, t, s = peek(data)
             if op == _DISPATCH:
                 shard = self._shard
@@ -265,7 +274,16 @@ class Connection:
     async def _work_backlog(self, backlog: deque[_Waiting]) -> Decision | None:
         while backlog:
             item = backlog.popleft()
-            if type(item) is bytes:
+            if type(item) is _Unread:
+                if not item.binary:
+                    decision = await self._handle(item.payload)
+                else:
+                    try:
+                        data = self._decompress(item.payload)
+                    except DecompressionError as exc:
+                        return self._bad_input(f"undecodable compressed frame ({exc})")
+                    decision = None if data is None else await self._handle(data)
+            elif type(item) is bytes:
                 decision = await self._handle(item)
             elif type(item) is _Refused:
                 await self._emit_waiting(item)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from enum import Enum
@@ -39,6 +40,12 @@ from picows import WSCloseCode, WSFrame, WSMsgType, WSTransport
 #: picows logs every disconnect at INFO; the shard logs what matters itself.
 _PICOWS_LOG: Final = logging.getLogger("worker.websocket.picows")
 _PICOWS_LOG.setLevel(logging.WARNING)
+
+#: The kernel's receive buffer of a gateway connection (SO_RCVBUF). Linux would grow it up
+#: to net.ipv4.tcp_rmem's maximum (32 MiB here) behind a fast sender, and picows's read
+#: buffer, which doubles whenever a read fills it, would follow: flat out that was tens of
+#: MB per worker. 256 KiB still carries 2.5 MB/s per shard at a 100 ms round trip.
+RECEIVE_BUFFER_BYTES: Final = 256 * 1024
 
 _TEXT: Final = WSMsgType.TEXT
 _BINARY: Final = WSMsgType.BINARY
@@ -100,11 +107,11 @@ class GatewaySocket(picows.WSListener):
         answer) or :class:`picows.WSError` (a refused upgrade). A socket that is given
         up on (the timeout, a cancel) is dropped, also if its upgrade completes later.
         """
-        socket = cls(max_message_size)
+        gateway = cls(max_message_size)
         try:
             async with asyncio.timeout(timeout_s):
                 _, listener = await picows.ws_connect(
-                    lambda *_: socket,
+                    lambda *_: gateway,
                     url,
                     ssl_context=ssl_context,
                     websocket_handshake_timeout=timeout_s,
@@ -114,12 +121,12 @@ class GatewaySocket(picows.WSListener):
                     use_aiofastnet=False,
                 )
         except BaseException:
-            socket._abandon()
+            gateway._abandon()
             raise
-        if listener is not socket:
-            socket._abandon()
+        if listener is not gateway:
+            gateway._abandon()
             raise ConnectionResetError("the connection closed before the websocket upgrade")
-        return socket
+        return gateway
 
     # -- what the consumer calls ---------------------------------------------------
 
@@ -198,6 +205,10 @@ class GatewaySocket(picows.WSListener):
             transport.disconnect(graceful=False)  # connect() gave up on it
             return
         self.pause()  # until start(): Hello may come with the upgrade response
+        sock = transport.underlying_transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
 
     def pause_writing(self) -> None:
         """The kernel's send buffer is full: commands are few (rate-limited), let them queue."""
@@ -309,4 +320,4 @@ class GatewaySocket(picows.WSListener):
             underlying.pause_reading()
 
 
-__all__ = ["EndKind", "Ending", "GatewaySocket", "MessageHandler"]
+__all__ = ["RECEIVE_BUFFER_BYTES", "EndKind", "Ending", "GatewaySocket", "MessageHandler"]

@@ -341,6 +341,25 @@ already relies on. 3 interleaved rounds of the two (same command, 23:19-23:28
 UTC) put neither ahead: uvloop/aiofastnet by round 1.18, 1.09, 0.70 (worker
 flat out), 1.13, 0.84, 0.86 (cluster flat out), 1.21, 0.95, 0.96 (cluster
 paced).
+
+Memory: flat out the worker's peak PSS doubled with picows (53 -> 107 MB,
+per-process peaks sampled every 0.1 s during `--only throughput --receivers
+cluster --repeat 1`). Linux grew each connection's receive buffer towards
+tcp_rmem's maximum (32 MiB here) behind the firehose, picows's read buffer
+doubled after it (it grows whenever a read fills it and never shrinks), and
+when the output refused an event the rest of a read waited in the backlog
+decompressed. The socket now sets SO_RCVBUF to 256 KiB and the backlog keeps
+what it holds compressed: 64 MB, cluster tree 140 MB (132 before picows).
+
+The tables above are still the run of 21:34 (before picows). Two full
+regenerations after it (`--head --repeat 3`, 23:46 and 00:02 UTC, 984af04)
+ran while the host was slow for every receiver alike (@discordjs/ws paced at
+31.2 and 31.9 µs per event against 24.1 at 21:34, startup of the same
+commit 4.02 s at 23:40 and 4.67-4.89 s after): cluster against
+@discordjs/ws 0.82x and 1.08x flat out, 1.12x and 1.05x paced; p99 against
+the floor 1.15x and 4.24x at 1,000/s, 2.16x and 1.10x at 10,000/s. Their
+spreads (up to ±61 %) say more about the host than about the change, so
+they replace nothing here; the interleaved A/B above is the measurement.
 """
 
 
@@ -737,7 +756,8 @@ NOT_MET_WHY: Final = {
         " 2 cores beside the simulator and the sink: the supervisor's (~0.5 s of CPU:"
         " `cluster.cli` 0.2 s, typer's option parsing ~0.15 s, as it builds a pydantic"
         " adapter per option, the supervisor's modules ~0.3 s with aiohttp 0.2 s) and,"
-        " beside them, the forkserver's (the worker's modules, ~0.3 s); the schedule"
+        " beside them, the forkserver's (the worker's modules, ~0.14 s since it no longer"
+        " imports aiohttp); the schedule"
         " itself is 3-5 ms a round over the bound, and the cluster as a whole now starts"
         " as fast as one worker process alone"
     ),

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import socket
 import ssl
 import struct
 import subprocess
@@ -24,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.websocket import Ending, EndKind, GatewaySocket
+from worker.websocket import RECEIVE_BUFFER_BYTES, Ending, EndKind, GatewaySocket
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -616,5 +617,28 @@ async def test_a_pause_from_a_message_read_before_start_holds(server: RawServer)
         sock.resume()
         await consumer.wait_for(2)
         assert consumer.messages[1] == (b"later", False)
+    finally:
+        await sock.close(4000, 1.0)
+
+
+def _rmem_max() -> int:
+    """What SO_RCVBUF may be set to at most (net.core.rmem_max)."""
+    return int(Path("/proc/sys/net/core/rmem_max").read_text())
+
+
+async def test_the_kernel_buffers_at_most_the_receive_buffer_per_connection(
+    server: RawServer,
+) -> None:
+    """Linux would grow a fast connection's receive buffer to tcp_rmem's maximum, and
+    picows's read buffer after it; the socket's SO_RCVBUF is set instead."""
+    server.script = lambda peer: peer.read_until_eof()
+    sock, _ = await started(server)
+    try:
+        assert sock._transport is not None
+        raw = sock._transport.underlying_transport.get_extra_info("socket")
+        # set (which also stops the kernel's autotuning): Linux doubles what is set, for
+        # its bookkeeping, up to net.core.rmem_max
+        expected = 2 * min(RECEIVE_BUFFER_BYTES, _rmem_max())
+        assert raw.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == expected
     finally:
         await sock.close(4000, 1.0)
