@@ -43,9 +43,10 @@ _PICOWS_LOG.setLevel(logging.WARNING)
 
 #: The kernel's receive buffer of a gateway connection (SO_RCVBUF). Linux would grow it up
 #: to net.ipv4.tcp_rmem's maximum (32 MiB here) behind a fast sender, and picows's read
-#: buffer, which doubles whenever a read fills it, would follow: flat out that was tens of
-#: MB per worker. 256 KiB still carries 2.5 MB/s per shard at a 100 ms round trip.
-RECEIVE_BUFFER_BYTES: Final = 256 * 1024
+#: buffer, which doubles whenever a read fills it and never shrinks, would follow. 1 MiB
+#: carries 10 MB/s per shard at a 100 ms round trip; flat out, 256 KiB cost the worker
+#: about a quarter more CPU per event in smaller reads (scripts/bench history).
+RECEIVE_BUFFER_BYTES: Final = 1024 * 1024
 
 _TEXT: Final = WSMsgType.TEXT
 _BINARY: Final = WSMsgType.BINARY

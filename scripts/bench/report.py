@@ -348,18 +348,28 @@ cluster --repeat 1`). Linux grew each connection's receive buffer towards
 tcp_rmem's maximum (32 MiB here) behind the firehose, picows's read buffer
 doubled after it (it grows whenever a read fills it and never shrinks), and
 when the output refused an event the rest of a read waited in the backlog
-decompressed. The socket now sets SO_RCVBUF to 256 KiB and the backlog keeps
-what it holds compressed: 64 MB, cluster tree 140 MB (132 before picows).
+decompressed. The backlog now keeps what it holds compressed, and the socket
+sets SO_RCVBUF. `--only throughput --receivers worker cluster --repeat 1`, 2
+interleaved rounds of three receive buffers (00:40-00:44 UTC, slow host):
+256 KiB, worker flat out 10.6 and 12.0 µs per event, peak PSS 47-49 MB,
+cluster 16.1 and 13.3 µs, 139-140 MB; 1 MiB, worker 9.2 and 7.9, 60 MB,
+cluster 18.3 and 15.2, 164-168 MB; the kernel's own (autotuned, no bound),
+worker 7.7 and 9.0, 60 MB, cluster 12.5 and 15.3, 154-157 MB; paced alike
+(32-35 µs). 1 MiB is kept: a bound on what a connection can buffer, without
+the smaller reads' cost.
 
-The tables above are still the run of 21:34 (before picows). Two full
-regenerations after it (`--head --repeat 3`, 23:46 and 00:02 UTC, 984af04)
-ran while the host was slow for every receiver alike (@discordjs/ws paced at
-31.2 and 31.9 µs per event against 24.1 at 21:34, startup of the same
-commit 4.02 s at 23:40 and 4.67-4.89 s after): cluster against
-@discordjs/ws 0.82x and 1.08x flat out, 1.12x and 1.05x paced; p99 against
-the floor 1.15x and 4.24x at 1,000/s, 2.16x and 1.10x at 10,000/s. Their
-spreads (up to ±61 %) say more about the host than about the change, so
-they replace nothing here; the interleaved A/B above is the measurement.
+The tables above are still the run of 21:34 (before picows). Three full
+regenerations after it (`--head --repeat 3`; 23:46 and 00:02 UTC of 984af04,
+00:22 of 6469487) ran while the host was slower for every receiver alike
+(@discordjs/ws paced at 31.2, 31.9 and 31.1 µs per event against 24.1 at
+21:34; the cluster's startup 4.89, 4.67 and 4.47 s, of which 1.1-1.2 s
+before the first READY, against 0.76 s at 21:34, where 01a9983, the same
+worker and supervisor, took 4.02 s at 23:40). Cluster against @discordjs/ws: 0.82x, 1.08x and 1.19x flat
+out, 1.12x, 1.05x and 0.99x paced; p99 against the floor 1.15x, 4.24x and
+1.43x at 1,000/s, 2.16x, 1.10x and 1.21x at 10,000/s; p50 at 50,000/s 1.72x,
+1.07x and 1.90x. Their spreads (up to ±2,000 % for the floor's p99) say more
+about the host than about the change, so they replace nothing here; the
+interleaved A/B above is the measurement.
 """
 
 
