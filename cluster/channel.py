@@ -43,7 +43,7 @@ import socket
 from collections.abc import Callable
 from typing import Final
 
-from cluster.listening import Listener
+from cluster.listening import Listener, receive
 from protocol.zmtp import (
     FLAG_COMMAND,
     FLAG_LONG,
@@ -339,12 +339,8 @@ class EventChannel:
 
     def _input(self, peer: Peer) -> None:
         """The handshake: the peer's greeting and READY (a PUSH); then its messages."""
-        try:
-            data = peer.sock.recv(READ_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._gone(peer)
+        data = receive(peer.sock, READ_BYTES)
+        if data is None:
             return
         if not data:
             self._gone(peer)

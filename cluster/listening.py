@@ -106,6 +106,17 @@ class Listener:
         self._pause = loop.call_later(ACCEPT_PAUSE_S, resume)
 
 
+def receive(sock: socket.socket, size: int) -> bytes | None:
+    """What the kernel holds for a connection, up to ``size`` bytes: None when nothing
+    is there yet, ``b""`` once the peer is gone (the end of its stream, or an error)."""
+    try:
+        return sock.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 def listen(endpoint: str) -> tuple[socket.socket, str, str | None]:
     """A non-blocking socket listening on ``endpoint``; (it, the endpoint bound, a file to unlink).
 

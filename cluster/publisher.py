@@ -92,7 +92,7 @@ from typing import Final
 
 import zmq
 
-from cluster.listening import Listener
+from cluster.listening import Listener, receive
 from protocol import zmtp
 from protocol.curvezmq import (
     MESSAGE_COMMAND,
@@ -463,12 +463,8 @@ class Publisher:
 
     def _readable(self, peer: _Peer) -> None:
         """ZMTP input from a peer: greeting, handshake, subscriptions, heartbeats; or its end."""
-        try:
-            data = peer.sock.recv(READ_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._gone(peer)
+        data = receive(peer.sock, READ_BYTES)
+        if data is None:
             return
         if not data:
             self._gone(peer)

@@ -211,6 +211,9 @@ class Connection:
         log.warning("shard %d: %s; reconnecting to resume", shard.shard_id, what)
         return sm.on_bad_input(shard.current())
 
+    def _undecodable(self, exc: DecompressionError) -> Decision:
+        return self._bad_input(f"undecodable compressed frame ({exc})")
+
     def _no_hello(self, timeout: float) -> None:
         if self._heartbeat_interval is None:
             self.settle(self._bad_input(f"no Hello within {timeout} s"))
@@ -249,7 +252,7 @@ class Connection:
                 return
             self._later(data)
         except DecompressionError as exc:
-            self.settle(self._bad_input(f"undecodable compressed frame ({exc})"))
+            self.settle(self._undecodable(exc))
         except MalformedPayloadError as exc:
             self.settle(self._bad_input(f"malformed gateway payload ({exc})"))
         except Exception:
@@ -275,14 +278,11 @@ class Connection:
         while backlog:
             item = backlog.popleft()
             if type(item) is _Unread:
-                if not item.binary:
-                    decision = await self._handle(item.payload)
-                else:
-                    try:
-                        data = self._decompress(item.payload)
-                    except DecompressionError as exc:
-                        return self._bad_input(f"undecodable compressed frame ({exc})")
-                    decision = None if data is None else await self._handle(data)
+                try:
+                    data = self._decompress(item.payload) if item.binary else item.payload
+                except DecompressionError as exc:
+                    return self._undecodable(exc)
+                decision = None if data is None else await self._handle(data)
             elif type(item) is bytes:
                 decision = await self._handle(item)
             elif type(item) is _Refused:

@@ -92,7 +92,6 @@ class GatewaySocket(picows.WSListener):
         self._parts: bytearray | None = None
         self._parts_binary = False
         self._reading = True
-        self._abandoned = False
 
     @classmethod
     async def connect(
@@ -202,8 +201,8 @@ class GatewaySocket(picows.WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
-        if self._abandoned:
-            transport.disconnect(graceful=False)  # connect() gave up on it
+        if self._done:
+            transport.disconnect(graceful=False)  # connect() gave up on it (_abandon)
             return
         self.pause()  # until start(): Hello may come with the upgrade response
         sock = transport.underlying_transport.get_extra_info("socket")
@@ -296,7 +295,6 @@ class GatewaySocket(picows.WSListener):
                 self._ending = ending
             self.pause()
             return
-        self._ending = ending
         on_end = self._on_end
         self.stop_messages()
         if on_end is not None:
@@ -304,7 +302,6 @@ class GatewaySocket(picows.WSListener):
 
     def _abandon(self) -> None:
         """connect() gave up: drop the connection now, or as soon as its upgrade completes."""
-        self._abandoned = True
         self.stop_messages()
         if self._transport is not None:
             self._transport.disconnect(graceful=False)

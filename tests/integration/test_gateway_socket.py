@@ -114,6 +114,20 @@ class Peer:
 Script = Callable[[Peer], Awaitable[None]]
 
 
+def writes(data: bytes, after: asyncio.Event | None = None) -> Script:
+    """A script: write ``data`` (once ``after`` is set), then read what the client
+    sends until it closes or drops the connection."""
+
+    async def script(peer: Peer) -> None:
+        if after is not None:
+            await after.wait()
+        await peer.write(data)
+        with contextlib.suppress(Exception):
+            await peer.read_until_eof()
+
+    return script
+
+
 class RawServer:
     """Answers each upgrade, writes ``first`` with the response, then runs ``script``.
 
@@ -269,13 +283,7 @@ HELLO = b'{"op":10,"d":{"heartbeat_interval":45000}}'
 async def test_a_message_in_the_upgrade_response_waits_for_start(server: RawServer) -> None:
     server.first = frame(TEXT, HELLO) + frame(BINARY, b"\x01\x02")
     gate = asyncio.Event()
-
-    async def later(peer: Peer) -> None:
-        await gate.wait()
-        await peer.write(frame(TEXT, b"third"))
-        await peer.read_until_eof()
-
-    server.script = later
+    server.script = writes(frame(TEXT, b"third"), after=gate)
     async with opened(server) as sock:
         await asyncio.sleep(0.05)  # both are read with the upgrade, before anybody listens
         consumer = Consumer()
@@ -312,11 +320,7 @@ async def test_fragments_are_one_message_and_pings_between_them_are_answered(
 
 
 async def test_fragments_over_the_limit_end_the_socket_as_too_big(server: RawServer) -> None:
-    async def script(peer: Peer) -> None:
-        await peer.write(frame(TEXT, b"x" * 600, fin=False) + frame(CONTINUATION, b"y" * 600))
-        await peer.read_until_eof()
-
-    server.script = script
+    server.script = writes(frame(TEXT, b"x" * 600, fin=False) + frame(CONTINUATION, b"y" * 600))
     sock, consumer = await started(server, max_size=1000)
     try:
         ending = await consumer.wait_ended()
@@ -363,12 +367,7 @@ async def test_a_frame_over_the_limit_ends_the_socket_after_the_good_one_before_
 async def test_a_broken_frame_ends_the_socket_as_a_protocol_error(
     server: RawServer, bad: bytes
 ) -> None:
-    async def script(peer: Peer) -> None:
-        await peer.write(frame(TEXT, b"before") + bad)
-        with contextlib.suppress(Exception):
-            await peer.read_until_eof()
-
-    server.script = script
+    server.script = writes(frame(TEXT, b"before") + bad)
     sock, consumer = await started(server)
     try:
         ending = await consumer.wait_ended()
@@ -433,13 +432,7 @@ async def test_our_close_sends_the_code_and_waits_for_the_answer(server: RawServ
 
 async def test_nothing_is_handed_over_while_paused(server: RawServer) -> None:
     go = asyncio.Event()
-
-    async def script(peer: Peer) -> None:
-        await go.wait()
-        await peer.write(frame(TEXT, b"while paused"))
-        await peer.read_until_eof()
-
-    server.script = script
+    server.script = writes(frame(TEXT, b"while paused"), after=go)
     sock, consumer = await started(server)
     try:
         sock.pause()
@@ -593,13 +586,7 @@ async def test_a_pause_from_a_message_read_before_start_holds(server: RawServer)
     that pauses on one of them (a shard's backlog) stays paused."""
     server.first = frame(TEXT, HELLO)
     more = asyncio.Event()
-
-    async def script(peer: Peer) -> None:
-        await more.wait()
-        await peer.write(frame(TEXT, b"later"))
-        await peer.read_until_eof()
-
-    server.script = script
+    server.script = writes(frame(TEXT, b"later"), after=more)
     sock = await GatewaySocket.connect(server.url, 1 << 20, 5.0)
     consumer = Consumer()
 
