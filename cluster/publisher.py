@@ -47,14 +47,18 @@ Memory stays bounded: per subscriber ``hwm`` events here plus the unsent rest
 of one chunk (at most :data:`CHUNK_BYTES`, or one oversized event), a capped
 input buffer, and nothing for a connection that never subscribes.
 
-Cost (the relay's hot path): per event and matching subscriber, six
-references appended to that subscriber's chunk; per chunk, one join (the one
-copy of the event's bytes for that subscriber) and one ``send`` system call,
-where an XPUB took three ZeroMQ sends per event and shared one copy among
-subscribers.
-Measured on the 2-core bench machine (the supervisor process, ZeroMQ's
-threads included, EVENT_RUNS of 16 shards in, ~1 KB events): 5.4 -> 3.8 us
-per event with one SUB, 5.9 -> 5.8 with three, 1.9 with none.
+Cost (the relay's hot path): the workers write each event as its PUB message
+(protocol/ipc.py's EVENT_RUNS), so a subscriber of everything with the NULL
+mechanism takes the rest of a run as one slice of the worker's message
+(:meth:`Publisher.publish_frames`: nothing per event); one that filters
+topics, uses CURVE or is full gets six references per event and matching
+subscriber appended to its chunk. Per chunk, one join (the one copy of the
+events' bytes for that subscriber) and one ``send`` system call, where an
+XPUB took three ZeroMQ sends per event and shared one copy among
+subscribers. Measured on the 2-core bench machine (the supervisor process,
+ZeroMQ's threads included, EVENT_RUNS of 16 shards in, ~1 KB events): 5.4 ->
+3.8 us per event with one SUB, 5.9 -> 5.8 with three, 1.9 with none, when
+the relay still framed every event itself.
 
 Security: the NULL mechanism, or with ``curve`` (``--curve-secret``, required
 off loopback) CURVE only (:mod:`protocol.curvezmq`): the greeting names CURVE
@@ -85,7 +89,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 import time
 from collections import deque
 from typing import Final
@@ -106,6 +109,7 @@ from protocol.curvezmq import (
     error_command,
     metadata_property,
 )
+from protocol.ipc import pub_events
 from protocol.zmtp import (
     CURVE_GREETING,
     FLAG_COMMAND,
@@ -115,6 +119,8 @@ from protocol.zmtp import (
     ProtocolError,
     check_greeting,
     command,
+    head_last,
+    head_more,
     ready_socket_type,
 )
 
@@ -143,21 +149,19 @@ HANDSHAKE: Final = zmtp.handshake(b"XPUB")
 #: The metadata of our READY under CURVE (boxed inside it).
 _CURVE_METADATA: Final = metadata_property(b"Socket-Type", b"XPUB")
 
-#: Frame heads of short frames by size: ``_SHORT_MORE[n]`` (more follows), ``_SHORT_LAST[n]``.
-_SHORT_MORE: Final = tuple(bytes((FLAG_MORE, n)) for n in range(256))
-_SHORT_LAST: Final = tuple(bytes((0, n)) for n in range(256))
 
-
-#: The head of a long frame: flags, then the size in 8 bytes (one C call per event: most
-#: payloads are long frames, and building it from parts cost four times as much).
-_long_head: Final = struct.Struct(">BQ").pack
-_LONG_MORE: Final = FLAG_MORE | FLAG_LONG
-
-
-def _head_more(size: int) -> bytes:
-    if size < 256:
-        return _SHORT_MORE[size]
-    return _long_head(_LONG_MORE, size)
+def _event_frames(
+    topic: bytes | memoryview, header: bytes | memoryview, payload: bytes | memoryview
+) -> tuple[bytes | memoryview, ...]:
+    """One event's three PUB frames, each after its ZMTP frame head."""
+    return (
+        head_more(len(topic)),
+        topic,
+        head_more(len(header)),
+        header,
+        head_last(len(payload)),
+        payload,
+    )
 
 
 class _Peer:
@@ -342,33 +346,67 @@ class Publisher:
         targets = self._targets
         if not targets:
             return
+        frames = _event_frames(topic, header, payload)
         size = len(payload)
-        head_payload = _SHORT_LAST[size] if size < 256 else _long_head(FLAG_LONG, size)
-        n = len(topic)
-        head_topic = _SHORT_MORE[n] if n < 256 else _head_more(n)
-        n = len(header)
-        head_header = _SHORT_MORE[n] if n < 256 else _head_more(n)
-        frames = (head_topic, topic, head_header, header, head_payload, payload)
-        hwm = self.hwm
         for peer in targets:
-            if not peer.everything:
-                matched = peer.matches.get(topic)
-                if matched is None:
-                    matched = peer.match(topic)
-                if not matched:
-                    continue
-            if peer.queued >= hwm:
-                peer.dropped += 1
-                self.dropped += 1
+            self._queue(peer, topic, frames, size)
+
+    def publish_frames(self, frames: memoryview, heads: memoryview, count: int) -> None:
+        """Queue ``count`` consecutive events of one run for every subscriber whose
+        subscription matches, given as they leave for a subscriber of everything:
+        ``frames``, the ZMTP bytes of their PUB messages, and their event heads
+        (protocol/ipc.py's EVENT_RUNS).
+
+        A subscriber of everything with the NULL mechanism and room for them all
+        takes ``frames`` whole (nothing per event); any other reads the events one
+        by one (:func:`protocol.ipc.pub_events`).
+        """
+        targets = self._targets
+        if not targets:
+            return
+        hwm = self.hwm
+        size = len(frames)
+        for peer in targets:
+            if peer.everything and peer.box is None and peer.queued + count <= hwm:
+                peer.chunk.append(frames)
+                peer.queued += count
+                peer.chunk_bytes += size
+                if not peer.chunk_events:
+                    self._filling.append(peer)
+                peer.chunk_events += count
+                if peer.chunk_events >= CHUNK_EVENTS or peer.chunk_bytes >= CHUNK_BYTES:
+                    self._cut(peer)
                 continue
-            peer.chunk += frames
-            peer.queued += 1
-            peer.chunk_bytes += size
-            peer.chunk_events += 1
-            if peer.chunk_events == 1:
-                self._filling.append(peer)
-            if peer.chunk_events >= CHUNK_EVENTS or peer.chunk_bytes >= CHUNK_BYTES:
-                self._cut(peer)
+            queue = self._queue
+            for topic, header, payload in pub_events(frames, heads):
+                queue(peer, topic, _event_frames(topic, header, payload), len(payload))
+
+    def _queue(
+        self,
+        peer: _Peer,
+        topic: bytes | memoryview,
+        frames: tuple[bytes | memoryview, ...],
+        size: int,
+    ) -> None:
+        """Queue one event's frames (heads included) for ``peer`` if it matches and has room."""
+        if not peer.everything:
+            matched = peer.matches.get(topic)
+            if matched is None:
+                matched = peer.match(topic)
+            if not matched:
+                return
+        if peer.queued >= self.hwm:
+            peer.dropped += 1
+            self.dropped += 1
+            return
+        peer.chunk += frames
+        peer.queued += 1
+        peer.chunk_bytes += size
+        peer.chunk_events += 1
+        if peer.chunk_events == 1:
+            self._filling.append(peer)
+        if peer.chunk_events >= CHUNK_EVENTS or peer.chunk_bytes >= CHUNK_BYTES:
+            self._cut(peer)
 
     def flush(self) -> None:
         """Hand every open chunk to its connection, behind the chunks waiting there.

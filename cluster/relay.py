@@ -12,14 +12,13 @@ Workers send EVENT_RUNS messages (protocol/ipc.py): one binary frame and one
 body per event-loop iteration, holding runs of consecutive events per shard.
 The body is read by protocol/ipc.py's one EVENT_RUNS reader
 (:class:`protocol.ipc.EventRunsReader`, wired to the relay once): each run is
-deduped as a whole by its head (:meth:`SessionBook.admit`) and gets the
-PUB header template of its ``(shard_id, epoch)``: the session id is
-JSON-encoded into it once per shard and session (:meth:`Relay._head`), so per
-event only the seq is formatted (``template % seq``, as cheap as the header
-without the session id was). Per event the reader reads a 6-byte head and hands
-the publisher three frames: the topic and the payload as memoryview slices of
-the body and that header; the publisher queues them per subscriber and the
-relay flushes it after every batch (cluster/publisher.py). With ``--sink
+deduped as a whole by its head (:meth:`SessionBook.admit`), and what is left
+of it goes to the publisher as one slice of the body: the worker wrote each
+event as a subscriber gets it (its PUB frames, the header with the session
+id and seq included), so for a subscriber of everything the relay does
+nothing per event; one that filters topics, uses CURVE or is full gets the
+events read one by one (cluster/publisher.py). The relay flushes the
+publisher after every batch. With ``--sink
 redis`` the same slices of every published run also go to
 :class:`cluster.sink.StreamSink` (one list append per event; the encoding
 happens in the sink's own task), and while the sink is backlogged the relay
@@ -318,17 +317,16 @@ class Relay:
         #: connections with whole messages held back by the batch limit, to be read soon
         self._again: set[Peer] = set()
         #: shard -> (epoch, PUB header template of that session): built once per
-        #: session, found with one dict lookup per run (see :meth:`_head`)
+        #: session, for the runs a reshard's hooks publish event by event (see
+        #: :meth:`_head`; the workers write the headers of every other event)
         self._heads: dict[int, tuple[int, bytes]] = {}
         self._unnamed_logged = False
         self._failure_logged_at = -FAILURE_LOG_S
         #: monotonic time a read last emptied a worker's connection (the relay is caught up)
         self.caught_up_at = time.monotonic()
-        #: protocol/ipc.py's EVENT_RUNS reader, wired to the book, the header templates
-        #: and the publisher once (see :meth:`_runs`)
-        self._reader = ipc.EventRunsReader(
-            book.admit, self._heads, self._head, publisher.publish, self._ran
-        )
+        #: protocol/ipc.py's EVENT_RUNS reader, wired to the book and the publisher
+        #: once (see :meth:`_runs`)
+        self._reader = ipc.EventRunsReader(book.admit, publisher.publish_frames, self._ran)
         self._reader.keep = bool(self._consumers)
         # a resume_from shard's replay: its duplicates go to the replay taps
         self._reader.replaying = book.resuming if self._replays else ()
@@ -474,9 +472,8 @@ class Relay:
     def _runs(self, runs: int, body: bytes | memoryview) -> tuple[int, int]:
         """Publish the runs of an EVENT_RUNS body; (published, duplicates).
 
-        protocol/ipc.py's reader dedupes each run through the book, gives it the
-        header template of :meth:`_head` and hands the publisher slices of the
-        body as memoryviews (one copy, into the ZeroMQ message); runs the sink,
+        protocol/ipc.py's reader dedupes each run through the book and hands the
+        publisher the rest of it as a memoryview slice of the body; runs the sink,
         the taps or the replay taps want go to :meth:`_ran`. A body that ends
         early or has bytes left over (never sent by our workers) is counted as
         malformed; what came before the fault in it was published.

@@ -1,4 +1,4 @@
-"""The wire format between a worker process and the supervisor, version 1.
+"""The wire format between a worker process and the supervisor, version 2.
 
 Two ZeroMQ channels per worker:
 
@@ -15,7 +15,7 @@ Two ZeroMQ channels per worker:
 Every message starts with one fixed binary frame, readable without JSON::
 
     offset size  field
-    0      1     version   u8   IPC_VERSION (1); other versions are refused
+    0      1     version   u8   IPC_VERSION (2); other versions are refused
     1      1     kind      u8   MessageKind; an unknown kind is refused
     2      2     count     u16  runs (EVENT_RUNS), else 0/1
     4      4     shard_id  u32  the shard the message is about (0 for worker-wide)
@@ -31,16 +31,19 @@ Kinds and the frames after the binary one:
                      counted as malformed, never misread as another kind
 EVENT_RUNS        5  1 frame, the body: ``count`` runs back to back. A run is
                      consecutive dispatches of one shard's session: a
-                     ``<IIQI`` head (shard_id, epoch, seq of the first event,
-                     number of events n >= 1), then per event a ``<HI`` head
-                     (topic length, payload length) followed by the topic
-                     and the payload bytes. The PUB header frame is not carried:
-                     it is ``{"shard_id":S,"seq":N,"session_id":"..."}``
-                     (protocol/pubframe.py), built where the event is published,
-                     the session id found from the epoch (the session-started
-                     report named it earlier on this channel). What a worker sends:
-                     every event of one event-loop iteration, of all its shards,
-                     in one message (two ZeroMQ frames).
+                     ``<IIQII`` head (shard_id, epoch, seq of the first event,
+                     number of events n >= 1, bytes B of the PUB frames), n
+                     ``<HHI`` event heads (topic, header and payload lengths),
+                     then B bytes: each event's PUB message (protocol/pubframe.py)
+                     as a subscriber gets it, its topic, header and payload
+                     frames each after a ZMTP frame head (short under 256 bytes,
+                     else long; more follows but after the payload). The header
+                     ``{"shard_id":S,"seq":N,"session_id":"..."}`` is the
+                     worker's: it knows its session. What a worker sends: every
+                     event of one event-loop iteration, of all its shards, in one
+                     message (two ZeroMQ frames). Version 1 had no header and
+                     no frame heads in the body: the supervisor framed every
+                     event itself.
 SHARD_STATE       2  1 frame: a JSON object (see :class:`ShardReport`)
 WORKER_STATUS     3  1 frame: a JSON object (see :class:`WorkerStatus`)
 HELLO             4  1 frame: a JSON object ``{"worker_id", "pid"}`` (on the DEALER)
@@ -56,11 +59,12 @@ The EVENT_RUNS codec is one encoder, :class:`EventRunsEncoder` (the worker's
 output feeds it an event at a time), and one reader, :class:`EventRunsReader`
 (the relay's hot path; :func:`decode_event_runs` and :func:`decode` are built
 on it). The supervisor dedupes events by ``(shard_id, epoch, seq)`` from the
-run heads alone, without JSON; it publishes each event's topic and payload as
-slices of the body and *builds* its PUB header (the body carries none). The
-epoch is a pure function of the session id, so a replacement worker that
-RESUMEs the session sends the same epoch and replayed events dedupe against
-the ones already seen.
+run heads alone, without JSON, and hands a subscriber of everything the rest
+of a run as one slice of the body: it does nothing per event unless a
+subscriber filters topics, uses CURVE or is full, or the sink or a tap takes
+the events. The epoch is a pure function of the session id, so a replacement
+worker that RESUMEs the session sends the same epoch and replayed events
+dedupe against the ones already seen.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -76,15 +80,18 @@ import orjson
 
 from protocol.errors import WireFormatError
 from protocol.jsonframe import load_object
+from protocol.pubframe import header_template
+from protocol.zmtp import FLAG_LONG, SHORT_LAST, SHORT_MORE, head_more, long_head
 
-IPC_VERSION: Final = 1
+IPC_VERSION: Final = 2
 HEADER: Final = struct.Struct("<BBHIIQ")
 HEADER_SIZE: Final = HEADER.size  # 20
 MAX_COUNT: Final = 0xFFFF
-#: An EVENT_RUNS run head: shard_id, epoch, seq of the first event, number of events.
-RUN_HEAD: Final = struct.Struct("<IIQI")
-#: An EVENT_RUNS event head: topic length, payload length.
-EVENT_HEAD: Final = struct.Struct("<HI")
+#: An EVENT_RUNS run head: shard_id, epoch, seq of the first event, number of events,
+#: bytes of the events' PUB frames.
+RUN_HEAD: Final = struct.Struct("<IIQII")
+#: An EVENT_RUNS event head: topic, header and payload lengths.
+EVENT_HEAD: Final = struct.Struct("<HHI")
 _U32: Final = 0xFFFFFFFF
 _U64: Final = 0xFFFFFFFFFFFFFFFF
 
@@ -155,10 +162,14 @@ assert MAX_RUNS <= MAX_COUNT
 
 #: One event as a reader hands it on: (topic, payload), memoryview slices of the body.
 EventSlices = tuple[memoryview, memoryview]
+#: One event's PUB frames as :func:`pub_events` reads them: (topic, header, payload).
+PubSlices = tuple[memoryview, memoryview, memoryview]
 #: ``admit(shard_id, epoch, first_seq, count)``: how many of a run's first events to skip.
 Admit = Callable[[int, int, int, int], int]
-#: ``publish(topic, header, payload)``: one event not skipped, its PUB header built.
-Publish = Callable[[memoryview, bytes, memoryview], object]
+#: ``publish(frames, heads, count)``: the ``count`` events of a run not skipped, as the
+#: ZMTP bytes of their PUB frames (what a subscriber of everything gets) and their
+#: event heads (what :func:`pub_events` needs to read them one by one).
+Publish = Callable[[memoryview, memoryview, int], object]
 #: ``ran(shard_id, epoch, first_seq, count, skip, published, skipped)``: a run whose
 #: lists got events was read (see :class:`EventRunsReader`).
 Ran = Callable[
@@ -171,23 +182,29 @@ _RUN_PACK: Final = RUN_HEAD.pack
 _RUN_UNPACK: Final = RUN_HEAD.unpack_from
 _RUN_SIZE: Final = RUN_HEAD.size
 _EVENT_PACK: Final = EVENT_HEAD.pack
-_EVENT_UNPACK: Final = EVENT_HEAD.unpack_from
+_EVENT_ITER: Final = EVENT_HEAD.iter_unpack
 _EVENT_SIZE: Final = EVENT_HEAD.size
+_SHORT_MORE: Final = SHORT_MORE
+_SHORT_LAST: Final = SHORT_LAST
+_long_head: Final = long_head
 
 
 class _Run:
     """One shard's consecutive events in an :class:`EventRunsEncoder`."""
 
-    __slots__ = ("count", "epoch", "first_seq", "parts", "shard_id")
+    __slots__ = ("count", "epoch", "first_seq", "heads", "parts", "shard_id", "template")
 
-    def __init__(self, shard_id: int, epoch: int, seq: int) -> None:
+    def __init__(self, shard_id: int, epoch: int, seq: int, template: bytes) -> None:
         self.shard_id = shard_id
         self.epoch = epoch
         self.first_seq = seq
         self.count = 0
-        #: the run head (packed when the message is taken), then event head, topic,
-        #: payload per event: the body is one join of these
-        self.parts: list[bytes] = [b""]
+        #: the PUB header of this session with ``%d`` for the seq
+        self.template = template
+        #: the run head (packed when the message is taken), then an event head per event
+        self.heads: list[bytes] = [b""]
+        #: per event its three PUB frames, each after its ZMTP frame head
+        self.parts: list[bytes] = []
 
 
 class EventRunsEncoder:
@@ -195,11 +212,16 @@ class EventRunsEncoder:
 
     :meth:`add` appends an event to its shard's open run, or opens a new run
     when the event does not continue it (another session, a gap in the seqs,
-    :data:`MAX_RUN_EVENTS` reached). :meth:`next_head` and :meth:`next_body`
-    take everything added so far out as messages of at most :data:`MAX_RUNS`
-    runs, runs in the order they were opened (so one shard's events keep their
-    order); two calls because a channel may refuse the first frame, and then
-    the runs stay queued and the body is never joined.
+    :data:`MAX_RUN_EVENTS` reached). Each event is written as the PUB message a
+    subscriber gets: its topic, its header (the run's session template, the
+    seq formatted in) and its payload, each framed for ZMTP. A run's session
+    template comes from :meth:`name_session` (the shard names its session when
+    it starts or resumes one); a session never named gets a header without
+    ``session_id``. :meth:`next_head` and :meth:`next_body` take everything
+    added so far out as messages of at most :data:`MAX_RUNS` runs, runs in the
+    order they were opened (so one shard's events keep their order); two calls
+    because a channel may refuse the first frame, and then the runs stay
+    queued and the body is never joined.
 
     No checks on the hot path: the caller passes u32 shard ids and epochs, u64
     seqs and topics of at most 65535 bytes (a longer one raises ``struct.error``). While :attr:`refusing` is set (the owner's channel is
@@ -213,8 +235,23 @@ class EventRunsEncoder:
         self._open: dict[int, _Run] = {}
         #: runs closed before being taken (cut, or closed by :meth:`next_head`), in order
         self._closed: list[_Run] = []
+        #: shard -> (epoch, PUB header template) of the session it named last
+        self._templates: dict[int, tuple[int, bytes]] = {}
         #: True: :meth:`add` refuses (the owner's channel is full)
         self.refusing = False
+
+    def name_session(self, shard_id: int, session_id: str | None) -> None:
+        """``shard_id``'s events of ``session_id`` (its epoch) carry it in their headers."""
+        self._templates[shard_id] = (
+            session_epoch(session_id),
+            header_template(shard_id, session_id or None),
+        )
+
+    def _template(self, shard_id: int, epoch: int) -> bytes:
+        named = self._templates.get(shard_id)
+        if named is not None and named[0] == epoch:
+            return named[1]
+        return header_template(shard_id, None)
 
     def add(self, shard_id: int, epoch: int, seq: int, topic: bytes, payload: bytes) -> bool:
         """Queue one event; False (nothing queued) while :attr:`refusing`."""
@@ -231,11 +268,20 @@ class EventRunsEncoder:
                 self._closed.append(run)
             elif not self._open and not self._closed:
                 self._first_event()
-            run = self._open[shard_id] = _Run(shard_id, epoch, seq)
-        parts = run.parts
-        parts.append(_EVENT_PACK(len(topic), len(payload)))
-        parts.append(topic)
-        parts.append(payload)
+            run = self._open[shard_id] = _Run(shard_id, epoch, seq, self._template(shard_id, epoch))
+        header = run.template % seq
+        n = len(topic)
+        h = len(header)
+        size = len(payload)
+        run.heads.append(_EVENT_PACK(n, h, size))
+        run.parts += (
+            _SHORT_MORE[n] if n < 256 else head_more(n),
+            topic,
+            _SHORT_MORE[h] if h < 256 else head_more(h),
+            header,
+            _SHORT_LAST[size] if size < 256 else _long_head(FLAG_LONG, size),
+            payload,
+        )
         run.count += 1
         return True
 
@@ -262,49 +308,71 @@ class EventRunsEncoder:
         """The body of the message :meth:`next_head` framed; its runs leave the encoder."""
         closed = self._closed
         runs = closed[:MAX_RUNS]
+        pieces: list[bytes] = []
         for run in runs:
-            run.parts[0] = _RUN_PACK(run.shard_id, run.epoch, run.first_seq, run.count)
-        if len(runs) == 1:
-            body = b"".join(runs[0].parts)
-        else:
-            body = b"".join([part for run in runs for part in run.parts])
+            parts = run.parts
+            heads = run.heads
+            heads[0] = _RUN_PACK(
+                run.shard_id, run.epoch, run.first_seq, run.count, sum(map(len, parts))
+            )
+            pieces += heads
+            pieces += parts
         del closed[: len(runs)]
-        return body
+        return b"".join(pieces)
+
+
+def pub_events(frames: memoryview, heads: memoryview) -> Iterator[PubSlices]:
+    """The events of ``frames`` (the PUB frames of consecutive events of one run) one by
+    one, as (topic, header, payload) slices; ``heads`` are their event heads."""
+    at = 0
+    for topic_size, header_size, payload_size in _EVENT_ITER(heads):
+        topic_at = at + (2 if topic_size < 256 else 9)
+        header_at = topic_at + topic_size + (2 if header_size < 256 else 9)
+        payload_at = header_at + header_size + (2 if payload_size < 256 else 9)
+        at = payload_at + payload_size
+        yield (
+            frames[topic_at : topic_at + topic_size],
+            frames[header_at : header_at + header_size],
+            frames[payload_at:at],
+        )
+
+
+def _frames_size(heads: memoryview) -> int:
+    """Bytes of the PUB frames of the events whose event heads are ``heads``."""
+    return sum(
+        (2 if t < 256 else 9) + t + (2 if h < 256 else 9) + h + (2 if p < 256 else 9) + p
+        for t, h, p in _EVENT_ITER(heads)
+    )
+
+
+_DISAGREE: Final = "an EVENT_RUNS run's frames disagree with its event heads"
 
 
 class EventRunsReader:
-    """The EVENT_RUNS reader: reads a body in one pass and hands its events out (the
+    """The EVENT_RUNS reader: reads a body in one pass and hands its runs out (the
     relay's hot path; :func:`decode_event_runs` and :func:`decode` use it too).
 
-    Built once with what happens per run and per event, so reading a body costs
-    no call beyond these: per run, ``admit(shard_id, epoch, first_seq, count)``
-    says how many of its first events to skip (the owner's dedupe), and its PUB
-    header template (one ``%d``, the seq) is ``templates[shard_id]`` when that is
-    ``(epoch, template)`` for the run's epoch, else ``template_of(shard_id,
-    epoch)`` (which may fill ``templates``). Per event not skipped,
-    ``publish(topic, template % seq, payload)``, the topic and payload as
-    memoryview slices of the body (no copy). While :attr:`keep` is set, each
-    published event's ``(topic, payload)`` is also collected per run; each
-    skipped one's when the run's shard is in :attr:`replaying`. After a run that
-    collected any, ``ran(shard_id, epoch, first_seq, count, skip, published,
-    skipped)`` with the two lists (None: not collected).
+    Built once with what happens per run: ``admit(shard_id, epoch, first_seq,
+    count)`` says how many of its first events to skip (the owner's dedupe), and
+    ``publish(frames, heads, count)`` gets the rest: the ZMTP bytes of their PUB
+    messages as one memoryview slice of the body, and their event heads (to read
+    them one by one with :func:`pub_events`, which a subscriber of everything
+    never needs). Per run, not per event: the worker wrote each event as the
+    subscriber gets it. While :attr:`keep` is set, each published event's
+    ``(topic, payload)`` is also collected per run; each skipped one's when the
+    run's shard is in :attr:`replaying`. After a run that collected any,
+    ``ran(shard_id, epoch, first_seq, count, skip, published, skipped)`` with
+    the two lists (None: not collected).
 
-    Topics are not looked into (an empty one is read as empty).
+    The frames of a run are checked against its event heads only where they are
+    read one by one (a skip, a list to collect); a run handed on whole is
+    checked for fitting in the body. Topics are not looked into.
     """
 
-    __slots__ = ("_admit", "_publish", "_ran", "_template_of", "_templates", "keep", "replaying")
+    __slots__ = ("_admit", "_publish", "_ran", "keep", "replaying")
 
-    def __init__(
-        self,
-        admit: Admit,
-        templates: dict[int, tuple[int, bytes]],
-        template_of: Callable[[int, int], bytes],
-        publish: Publish,
-        ran: Ran,
-    ) -> None:
+    def __init__(self, admit: Admit, publish: Publish, ran: Ran) -> None:
         self._admit = admit
-        self._templates = templates
-        self._template_of = template_of
         self._publish = publish
         self._ran = ran
         #: collect the published events of each run (for ``ran``)
@@ -316,13 +384,13 @@ class EventRunsReader:
         """Read the ``runs`` runs of ``body``; ``(published, skipped, fault)``.
 
         ``fault`` is None for a well-formed body, else what is wrong with it (a
-        head or an event past its end, a run without events, bytes after the
-        last run); what came before the fault was handed out.
+        head or a run past its end, a run without events, frames that disagree
+        with their heads, bytes after the last run); what came before the fault
+        was handed out.
         """
         view = memoryview(body)
         end = len(view)
         admit = self._admit
-        templates = self._templates
         publish = self._publish
         keep = self.keep
         replaying = self.replaying
@@ -331,36 +399,45 @@ class EventRunsReader:
         duplicates = 0
         try:
             for _ in range(runs):
-                shard_id, epoch, seq, count = _RUN_UNPACK(view, at)
-                at += _RUN_SIZE
+                shard_id, epoch, seq, count, size = _RUN_UNPACK(view, at)
+                heads_at = at + _RUN_SIZE
+                frames_at = heads_at + count * _EVENT_SIZE
+                at = frames_at + size
                 if count < 1:
                     return published, duplicates, "an EVENT_RUNS run has no events"
+                if at > end:
+                    return published, duplicates, "an EVENT_RUNS run runs past the body"
                 skip = admit(shard_id, epoch, seq, count)
                 duplicates += skip
-                head = templates.get(shard_id)
-                if head is not None and head[0] == epoch:
-                    template = head[1]
-                else:
-                    template = self._template_of(shard_id, epoch)
                 kept: list[EventSlices] | None = [] if keep and skip < count else None
                 skipped: list[EventSlices] | None = [] if skip and shard_id in replaying else None
-                for i in range(count):
-                    topic_len, payload_len = _EVENT_UNPACK(view, at)
-                    at += _EVENT_SIZE
-                    topic_end = at + topic_len
-                    payload_end = topic_end + payload_len
-                    if payload_end > end:
-                        return published, duplicates, "an EVENT_RUNS event runs past the body"
-                    if i >= skip:
-                        topic = view[at:topic_end]
-                        payload = view[topic_end:payload_end]
-                        publish(topic, template % (seq + i), payload)
-                        if kept is not None:
-                            kept.append((topic, payload))
-                        published += 1
-                    elif skipped is not None:
-                        skipped.append((view[at:topic_end], view[topic_end:payload_end]))
-                    at = payload_end
+                start = frames_at
+                skipped_heads = heads_at + skip * _EVENT_SIZE
+                if kept is not None or skipped is not None:
+                    # one pass over the run: the lists, the published part's start, a check
+                    pos = frames_at
+                    for i, (t, h, p) in enumerate(_EVENT_ITER(view[heads_at:frames_at])):
+                        if i == skip:
+                            start = pos
+                        topic_at = pos + (2 if t < 256 else 9)
+                        payload_at = (
+                            topic_at + t + (2 if h < 256 else 9) + h + (2 if p < 256 else 9)
+                        )
+                        pos = payload_at + p
+                        if i >= skip:
+                            if kept is not None:
+                                kept.append((view[topic_at : topic_at + t], view[payload_at:pos]))
+                        elif skipped is not None:
+                            skipped.append((view[topic_at : topic_at + t], view[payload_at:pos]))
+                    if pos != at:
+                        return published, duplicates, _DISAGREE
+                elif skip:
+                    start += _frames_size(view[heads_at:skipped_heads])
+                    if start > at:
+                        return published, duplicates, _DISAGREE
+                if skip < count:
+                    publish(view[start:at], view[skipped_heads:frames_at], count - skip)
+                    published += count - skip
                 if kept or skipped:
                     self._ran(shard_id, epoch, seq, count, skip, kept, skipped)
         except struct.error:
@@ -394,8 +471,8 @@ def decode_event_runs(runs: int, body: bytes | memoryview) -> list[EventBatch]:
         assert skipped is not None
         out.append(EventBatch(shard_id, epoch, first_seq, skipped))
 
-    # every event is "skipped" into its run's list: nothing is published, no header built
-    reader = EventRunsReader(_skip_all, {}, _no_template, _no_publish, ran)
+    # every event is "skipped" into its run's list: nothing is published
+    reader = EventRunsReader(_skip_all, _no_publish, ran)
     reader.replaying = _EveryShard()
     _, _, fault = reader.read(runs, body)
     if fault is not None:
@@ -407,11 +484,7 @@ def _skip_all(shard_id: int, epoch: int, first_seq: int, count: int) -> int:
     return count
 
 
-def _no_template(shard_id: int, epoch: int) -> bytes:
-    return b""
-
-
-def _no_publish(topic: memoryview, header: bytes, payload: memoryview) -> None:
+def _no_publish(frames: memoryview, heads: memoryview, count: int) -> None:
     raise AssertionError("decode_event_runs publishes nothing")
 
 

@@ -10,6 +10,7 @@ Only the NULL mechanism is spelled here; CURVE lives in :mod:`protocol.curvezmq`
 
 from __future__ import annotations
 
+import struct
 from typing import Final
 
 #: signature (0xFF, 8 bytes padding, 0x7F), version 3.0, mechanism NULL, as-server 0, filler
@@ -24,6 +25,28 @@ GREETING_SIZE: Final = 64
 FLAG_MORE: Final = 0x01
 FLAG_LONG: Final = 0x02
 FLAG_COMMAND: Final = 0x04
+#: Frame heads of short frames (under 256 bytes) by size: ``SHORT_MORE[n]`` (more
+#: frames follow), ``SHORT_LAST[n]`` (the message's last frame).
+SHORT_MORE: Final = tuple(bytes((FLAG_MORE, n)) for n in range(256))
+SHORT_LAST: Final = tuple(bytes((0, n)) for n in range(256))
+#: The head of a long frame: ``long_head(flags | FLAG_LONG, size)`` (one C call).
+long_head: Final = struct.Struct(">BQ").pack
+_LONG_MORE: Final = FLAG_MORE | FLAG_LONG
+
+
+def head_more(size: int) -> bytes:
+    """The head of a frame of ``size`` bytes that more frames follow."""
+    return SHORT_MORE[size] if size < 256 else long_head(_LONG_MORE, size)
+
+
+def head_last(size: int) -> bytes:
+    """The head of a message's last frame of ``size`` bytes."""
+    return SHORT_LAST[size] if size < 256 else long_head(FLAG_LONG, size)
+
+
+def framed_size(size: int) -> int:
+    """Bytes of a frame of ``size`` bytes with its head."""
+    return size + (2 if size < 256 else 9)
 
 
 class ProtocolError(Exception):

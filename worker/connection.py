@@ -46,7 +46,7 @@ from protocol import payloads
 from protocol.envelope import peek
 from protocol.errors import DecompressionError, MalformedPayloadError
 from protocol.gateway import RESUMABLE_CLOSE_CODE, Opcode
-from protocol.ipc import MAX_TOPIC_BYTES, DispatchDrop, session_epoch
+from protocol.ipc import MAX_TOPIC_BYTES, DispatchDrop
 from protocol.session import Session, ShardPhase
 from worker import state as sm
 from worker.inflate import make_worker_decompressor
@@ -452,7 +452,7 @@ class Connection:
                 ) from None
             shard.permits.answered(shard.shard_id, answered_at)
             shard.seq = 0  # a new session numbers from 1 again
-            shard.epoch = session_epoch(session.session_id)
+            shard.name_session(session.session_id)
             shard.give_back_identify_slot()
             # The session-started report goes out before the READY event itself.
             await shard.set_state(sm.on_ready(shard.state, session), session_started=True)

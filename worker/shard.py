@@ -47,6 +47,10 @@ class ShardOutput(Protocol):
         """Queue one dispatch without blocking; False means full: await ``drain`` and retry."""
         ...
 
+    def name_session(self, shard_id: int, session_id: str | None) -> None:
+        """``shard_id``'s events from now on are of ``session_id`` (their PUB headers say it)."""
+        ...
+
     async def drain(self) -> None:
         """Wait until ``event`` can take more."""
         ...
@@ -133,7 +137,8 @@ class Shard:
         #: The last relayed dispatch's seq and its session's epoch; the reader sets
         #: them per event, so they sit here rather than in the state record.
         self.seq = saved.seq if saved else 0
-        self.epoch = session_epoch(saved.session_id) if saved else 0
+        self.epoch = 0
+        self.name_session(saved.session_id if saved else None)
         #: Identify's ``presence``: an op 3 sent on a connection replaces it for later IDENTIFYs.
         self.presence: Mapping[str, Any] | None = config.presence
         #: Gateway payloads waiting for a ready connection's command sender.
@@ -237,6 +242,12 @@ class Shard:
 
     # -- what a connection calls back into -------------------------------------
 
+    def name_session(self, session_id: str | None) -> None:
+        """The shard's events from now on are of ``session_id`` (None: no session yet):
+        its epoch, and the session the output writes into their PUB headers."""
+        self.epoch = session_epoch(session_id)
+        self.output.name_session(self.shard_id, session_id)
+
     def current(self) -> sm.ShardState:
         """The state record with the session's seq brought up to :attr:`seq`."""
         s = self._state.session
@@ -302,7 +313,7 @@ class Shard:
                 self.give_back_identify_slot()
                 if decision.session is None:
                     self.seq = 0  # heartbeats of the next connection carry null until READY
-                    self.epoch = 0
+                    self.name_session(None)
                 if decision.phase is ShardPhase.FATAL:
                     self.fatal_code = decision.fatal_code
                     await self.set_state(decision.state, reason="fatal close code")

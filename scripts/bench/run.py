@@ -413,8 +413,8 @@ async def throughput_once(name: str, fh: Firehose, sizes: Sizes, paced: bool = F
         await asyncio.sleep(
             sizes.settle_s
         )  # the handshake's tail (READY handling) is not the stream
-        spy = await Child.py_spy(receiver.pid, PROFILE[name]) if name in PROFILE else None
-        if spy is not None:
+        spies = await _profilers(name, receiver.pid, paced)
+        if spies:
             await asyncio.sleep(1.0)  # attached (its CPU is not in the receiver's tree)
         peak = [tree_pss(receiver.pid)]
         sampler = asyncio.create_task(_peak_pss(receiver.pid, peak))
@@ -430,7 +430,7 @@ async def throughput_once(name: str, fh: Firehose, sizes: Sizes, paced: bool = F
             cpu1 = tree_cpu(receiver.pid)
         finally:
             sampler.cancel()
-        if spy is not None:
+        for spy in spies:
             await spy.interrupt()
         n, t1 = (int(x) for x in line.split()[:2])
         if n < total:
@@ -446,6 +446,21 @@ async def throughput_once(name: str, fh: Firehose, sizes: Sizes, paced: bool = F
                 await child.stop(timeout=1.0)  # a drain is not measured
         if receiver is not None:
             LAST_STDERR[name] = receiver.stderr
+
+
+async def _profilers(name: str, pid: int, paced: bool) -> list[Child]:
+    """py-spy on the receiver (``--profile``), one per process of its tree (the cluster:
+    the supervisor, its workers), raw stacks to ``PROFILE[name]`` with the process
+    and, paced, ``-paced`` in the name."""
+    path = PROFILE.get(name)
+    if path is None:
+        return []
+    mode = "-paced" if paced else ""
+    spies = [await Child.py_spy(pid, path.with_name(f"{path.stem}{mode}.txt"))]
+    for kid in psutil.Process(pid).children(recursive=True):
+        out = path.with_name(f"{path.stem}{mode}-{kid.pid}.txt")
+        spies.append(await Child.py_spy(kid.pid, out))
+    return spies
 
 
 #: receiver -> events the SUB client did not get, per run (the PUB drops at its high-water mark)
@@ -1184,8 +1199,8 @@ def main(argv: list[str] | None = None) -> None:
         "--profile",
         type=Path,
         default=None,
-        help="run floor/worker under py-spy, raw stacks in DIR (redis sink: one extra"
-        " profiled flood run per encoding)",
+        help="run floor/worker/cluster under py-spy (each process of the tree), raw stacks"
+        " in DIR (redis sink: one extra profiled flood run per encoding)",
     )
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -1193,7 +1208,7 @@ def main(argv: list[str] | None = None) -> None:
         render(args.render, args.out or REPO / "docs" / "BENCHMARKS.md")
         return
     if args.profile is not None:
-        for r in ("floor", "worker"):
+        for r in ("floor", "worker", "cluster"):
             PROFILE[r] = args.profile / f"{r}.txt"
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3

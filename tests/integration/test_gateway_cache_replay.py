@@ -37,6 +37,7 @@ from cluster.relay import Relay, SessionBook
 from cluster.status import RelayCounters
 from protocol import ipc
 from protocol.intents import NON_PRIVILEGED_INTENTS, Intent
+from protocol.ipc import pub_events
 from protocol.session import Session
 from tests.conftest import RawClient
 from tests.unit.test_ipc import encode_runs
@@ -69,6 +70,10 @@ class Recorder:
 
     def publish(self, topic: Any, header: bytes, payload: Any) -> None:
         self.seqs.append(orjson.loads(header)["seq"])
+
+    def publish_frames(self, frames: memoryview, heads: memoryview, count: int) -> None:
+        for topic, header, payload in pub_events(frames, heads):
+            self.publish(topic, bytes(header), payload)
 
 
 def saved_cache(state_dir: Path, seq: int) -> None:

@@ -159,7 +159,7 @@ async def test_a_damaged_event_runs_body_is_counted_and_what_came_before_the_fau
     rig: Rig,
 ) -> None:
     head, body = runs((0, 1, 1, 2), (1, 1, 1, 2))
-    rig.push.send_multipart([head, body[:-5]])  # the last event runs past the body
+    rig.push.send_multipart([head, body[:-5]])  # the last run runs past the body: not published
     rig.push.send_multipart([head, body + b"extra"])  # bytes after the runs (all published)
     rig.push.send_multipart([head])  # no body
     rig.push.send_multipart(runs((0, 1, 3, 1)))
@@ -167,7 +167,7 @@ async def test_a_damaged_event_runs_body_is_counted_and_what_came_before_the_fau
     async with asyncio.timeout(5):
         while (0, 3) not in got:
             got += [(shard, seq) for _, shard, seq in await rig.received(1)]
-    assert got == [(0, 1), (0, 2), (1, 1), (0, 3)]
+    assert got == [(0, 1), (0, 2), (1, 1), (1, 2), (0, 3)]
     assert rig.counters.malformed_dropped == 3
 
 
@@ -261,34 +261,46 @@ async def headers(rig: Rig, n: int) -> list[tuple[int, int, str | None]]:
     return out
 
 
-async def test_headers_carry_the_session_id_named_by_the_report_ahead_of_the_events(
-    rig: Rig,
-) -> None:
-    # The rig's report handler does not touch the book: the relay names sessions itself.
+def named_runs(encoder: ipc.EventRunsEncoder, *runs_of: tuple[int, int, int, int]) -> list[bytes]:
+    """An EVENT_RUNS message from a worker's encoder (with the sessions it named)."""
+    for shard, epoch, first, n in runs_of:
+        for seq in range(first, first + n):
+            encoder.add(shard, epoch, seq, b"MESSAGE_CREATE", run_payload(seq))
+        encoder.close_runs()
+    head = encoder.next_head()
+    assert head is not None
+    return [head, encoder.next_body()]
+
+
+async def test_headers_carry_the_session_id_the_worker_named(rig: Rig) -> None:
+    # The worker writes the headers: the session its shard named last, by epoch.
     new, old = ipc.session_epoch("s-new"), ipc.session_epoch("s-old")
-    rig.push.send_multipart(started(0, "s-old"))
-    rig.push.send_multipart(runs((0, old, 1, 2)))
-    rig.push.send_multipart(started(0, "s-new"))
-    rig.push.send_multipart(runs((0, new, 1, 2)))
-    rig.push.send_multipart(runs((0, old, 3, 1)))  # a straggler of the replaced session
-    rig.push.send_multipart(runs((1, 77, 1, 1), (2, 0, 1, 1)))  # never named; no session
-    rig.push.send_multipart(event(0, new, 3))
+    encoder = ipc.EventRunsEncoder()
+    encoder.name_session(0, "s-old")
+    rig.push.send_multipart(named_runs(encoder, (0, old, 1, 2)))
+    encoder.name_session(0, "s-new")
+    rig.push.send_multipart(named_runs(encoder, (0, new, 1, 2)))
+    rig.push.send_multipart(named_runs(encoder, (1, 77, 1, 1), (2, 0, 1, 1)))  # never named
+    encoder.name_session(2, None)
+    rig.push.send_multipart(named_runs(encoder, (0, new, 3, 1), (2, 0, 2, 1)))
     assert await headers(rig, 8) == [
         (0, 1, "s-old"),
         (0, 2, "s-old"),
         (0, 1, "s-new"),
         (0, 2, "s-new"),
-        (0, 3, "s-old"),
         (1, 1, None),
         (2, 1, None),
         (0, 3, "s-new"),
+        (2, 2, None),
     ]
 
 
-async def test_a_saved_session_names_the_events_of_its_resume(rig: Rig) -> None:
+async def test_a_saved_sessions_replay_is_deduped_and_its_headers_name_it(rig: Rig) -> None:
     rig.book.seed(4, Session("saved-1", 10, "wss://r"))
     epoch = ipc.session_epoch("saved-1")
-    rig.push.send_multipart(runs((4, epoch, 9, 3)))  # 9 and 10 were published before
+    encoder = ipc.EventRunsEncoder()
+    encoder.name_session(4, "saved-1")  # what a worker's shard does with its saved session
+    rig.push.send_multipart(named_runs(encoder, (4, epoch, 9, 3)))  # 9 and 10 were published
     assert await headers(rig, 1) == [(4, 11, "saved-1")]
     assert rig.counters.duplicates_dropped == 2
 

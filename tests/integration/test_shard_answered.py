@@ -46,6 +46,9 @@ class Output:
     def event(self, shard_id: int, epoch: int, seq: int, topic: bytes, payload: bytes) -> bool:
         return True
 
+    def name_session(self, shard_id: int, session_id: str | None) -> None:
+        return None
+
     async def drain(self) -> None:
         return None
 

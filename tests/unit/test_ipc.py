@@ -18,6 +18,7 @@ from protocol.ipc import (
     IPC_VERSION,
     MAX_RUN_EVENTS,
     MAX_RUNS,
+    RUN_HEAD,
     Command,
     DispatchDrop,
     EventBatch,
@@ -36,10 +37,12 @@ from protocol.ipc import (
     encode_shard_report,
     encode_stop,
     encode_worker_status,
+    pub_events,
     read_header,
     session_epoch,
 )
 from protocol.jsonframe import load_object
+from protocol.pubframe import event_frames
 
 u32 = st.integers(0, 2**32 - 1)
 opt_text = st.none() | st.text(max_size=30)
@@ -169,7 +172,7 @@ def test_specific_malformations() -> None:
     good = encode_runs([(1, 2, 3, [(b"T", b"{}")])])
     assert len(good[0]) == HEADER_SIZE
     with pytest.raises(WireFormatError, match="version"):
-        decode([b"\x02" + good[0][1:], *good[1:]])
+        decode([bytes((IPC_VERSION - 1,)) + good[0][1:], *good[1:]])
     with pytest.raises(WireFormatError, match="exactly one frame"):
         decode([*good, good[1]])
     with pytest.raises(WireFormatError, match="unknown"):
@@ -234,11 +237,11 @@ def test_event_runs_specific_malformations() -> None:
         decode([head])
     with pytest.raises(WireFormatError, match="disagree"):
         decode([struct.pack("<BBHIIQ", IPC_VERSION, MessageKind.EVENT_RUNS, 1, 0, 0, 2), body])
-    no_events = struct.pack("<IIQI", 1, 2, 3, 0)
+    no_events = RUN_HEAD.pack(1, 2, 3, 0, 0)
     with pytest.raises(WireFormatError, match="no events"):
         decode([struct.pack("<BBHIIQ", IPC_VERSION, MessageKind.EVENT_RUNS, 1, 0, 0, 0), no_events])
     with pytest.raises(WireFormatError, match="ends inside a head"):
-        decode([head, body[: struct.calcsize("<IIQI") + 2]])
+        decode([head, body[: RUN_HEAD.size - 2]])
     with pytest.raises(WireFormatError, match="bytes after"):
         decode([head, body + b"x"])
 
@@ -276,24 +279,48 @@ def test_the_encoder_cuts_runs_and_splits_messages() -> None:
     assert encoder.next_head() is None
 
 
-def test_the_reader_dedupes_by_admit_heads_by_template_and_fills_the_lists() -> None:
-    _, body = encode_runs(
-        [(3, 9, 10, [(b"A", b"a10"), (b"B", b"b11"), (b"C", b"c12")]), (4, 1, 1, [(b"D", b"d1")])]
-    )
-    published: list[tuple[bytes, bytes, bytes]] = []
+def zmtp_messages(data: bytes) -> list[list[bytes]]:
+    """The messages of a stream of ZMTP frames (a plain reading of the spec, no shortcut)."""
+    messages: list[list[bytes]] = []
+    frames: list[bytes] = []
+    at = 0
+    while at < len(data):
+        flags = data[at]
+        if flags & 0x02:
+            (size,) = struct.unpack_from(">Q", data, at + 1)
+            at += 9
+        else:
+            size = data[at + 1]
+            at += 2
+        frames.append(data[at : at + size])
+        at += size
+        if not flags & 0x01:
+            messages.append(frames)
+            frames = []
+    assert not frames and at == len(data)
+    return messages
+
+
+def test_the_reader_dedupes_by_admit_and_hands_on_runs_and_lists() -> None:
+    encoder = EventRunsEncoder()
+    encoder.name_session(3, "sess-3")
+    for i, event in enumerate([(b"A", b"a10"), (b"B", b"b11"), (b"C", b"c12")]):
+        encoder.add(3, session_epoch("sess-3"), 10 + i, *event)
+    encoder.add(4, 1, 1, b"D", b"d1")  # an epoch no session was named for
+    head = encoder.next_head()
+    assert head is not None
+    body = encoder.next_body()
+    published: list[tuple[int, list[list[bytes]], list[tuple[bytes, bytes, bytes]]]] = []
     after: list[tuple[int, int, int, int, int, list[EventSlices] | None, list[EventSlices] | None]]
     after = []
-    asked: list[tuple[int, int]] = []
 
     def admit(shard_id: int, epoch: int, first_seq: int, count: int) -> int:
         return 2 if shard_id == 3 else 0  # 10 and 11 of shard 3 seen already
 
-    def template_of(shard_id: int, epoch: int) -> bytes:
-        asked.append((shard_id, epoch))
-        return b"[%d]"
-
-    def publish(topic: memoryview, header: bytes, payload: memoryview) -> None:
-        published.append((bytes(topic), header, bytes(payload)))
+    def publish(frames: memoryview, heads: memoryview, count: int) -> None:
+        one_by_one = [tuple(map(bytes, event)) for event in pub_events(frames, heads)]
+        assert len(one_by_one) == count
+        published.append((count, zmtp_messages(bytes(frames)), one_by_one))  # type: ignore[arg-type]
 
     def ran(
         shard_id: int,
@@ -306,26 +333,76 @@ def test_the_reader_dedupes_by_admit_heads_by_template_and_fills_the_lists() -> 
     ) -> None:
         after.append((shard_id, epoch, first_seq, count, skip, kept, skipped))
 
-    # shard 3's template is known for epoch 9; shard 4's only for another epoch
-    reader = EventRunsReader(admit, {3: (9, b"<%d>"), 4: (2, b"x")}, template_of, publish, ran)
+    c12 = [b"C", b'{"shard_id":3,"seq":12,"session_id":"sess-3"}', b"c12"]
+    d1 = [b"D", b'{"shard_id":4,"seq":1}', b"d1"]
+    reader = EventRunsReader(admit, publish, ran)
     assert reader.read(2, body) == (2, 2, None)
-    assert published == [(b"C", b"<12>", b"c12"), (b"D", b"[1]", b"d1")]
-    assert asked == [(4, 1)]
+    # each run's rest as the PUB messages a subscriber gets, and readable one by one
+    assert published == [(1, [c12], [tuple(c12)]), (1, [d1], [tuple(d1)])]
     assert after == []  # nothing collected: no list wanted
     published.clear()
     reader.keep = True
     reader.replaying = {3}
     assert reader.read(2, body) == (2, 2, None)
+    epoch = session_epoch("sess-3")
     assert after == [
-        (3, 9, 10, 3, 2, [(b"C", b"c12")], [(b"A", b"a10"), (b"B", b"b11")]),
+        (3, epoch, 10, 3, 2, [(b"C", b"c12")], [(b"A", b"a10"), (b"B", b"b11")]),
         (4, 1, 1, 1, 0, [(b"D", b"d1")], None),
     ]
     published.clear()
     # a fault: what came before it was handed out, and the fault is said
     got = reader.read(2, body[:-1])
     assert got[:2] == (1, 2) and got[2] is not None and "past the body" in got[2]
-    assert published == [(b"C", b"<12>", b"c12")]
+    assert [p[1] for p in published] == [[c12]]
     assert reader.read(2, body + b"!")[2] == "EVENT_RUNS body has 1 bytes after its runs"
+    # frames that disagree with their event heads: refused where they are read one by one
+    first_event_head = RUN_HEAD.size
+    lying = bytearray(body)
+    struct.pack_into("<H", lying, first_event_head, 2)  # topic "A" said to be 2 bytes
+    assert (
+        reader.read(2, bytes(lying))[2]
+        == "an EVENT_RUNS run's frames disagree with its event heads"
+    )
+
+
+long_text = st.text(
+    st.characters(min_codepoint=32, max_codepoint=0x10FFFF, exclude_categories=("Cs",)),
+    max_size=300,
+)
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.none() | long_text,
+    st.integers(1, 2**63),
+    st.lists(
+        st.tuples(st.binary(min_size=1, max_size=300), st.binary(max_size=700)),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_the_encoder_writes_each_event_as_the_pub_message_a_subscriber_gets(
+    shard: int, session_id: str | None, first: int, events: list[tuple[bytes, bytes]]
+) -> None:
+    encoder = EventRunsEncoder()
+    encoder.name_session(shard, session_id)
+    for i, (topic, payload) in enumerate(events):
+        encoder.add(shard, session_epoch(session_id), first + i, topic, payload)
+    head = encoder.next_head()
+    assert head is not None
+    body = encoder.next_body()
+    got: list[memoryview] = []
+    reader = EventRunsReader(lambda *_: 0, lambda frames, heads, n: got.append(frames), _no_ran)
+    assert reader.read(1, body) == (len(events), 0, None)
+    assert zmtp_messages(bytes(got[0])) == [
+        # an empty session id is no session (epoch 0), as the relay has always read it
+        event_frames(topic, shard, first + i, payload, session_id or None)
+        for i, (topic, payload) in enumerate(events)
+    ]
+
+
+def _no_ran(*_: object) -> None:
+    raise AssertionError("nothing was collected")
 
 
 def test_a_json_frame_must_hold_an_object() -> None:
