@@ -254,6 +254,8 @@ class Subscriber:
         self.seen: Counter[tuple[int, int]] = Counter()
         self.event_ids: Counter[int] = Counter()
         self.topics: Counter[str] = Counter()
+        #: (shard_id, seq) -> the session id its header named (the last one seen)
+        self.sessions: dict[tuple[int, int], str | None] = {}
         self._changed = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
@@ -262,6 +264,7 @@ class Subscriber:
             frames = await self.socket.recv_multipart()
             event = decode_event(frames)
             self.seen[(event.shard_id, event.seq)] += 1
+            self.sessions[(event.shard_id, event.seq)] = event.session_id
             self.topics[event.topic] += 1
             marker = b'"_sim_event_id":'
             at = event.payload.find(marker)

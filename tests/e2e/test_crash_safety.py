@@ -79,6 +79,14 @@ async def test_a_supervisor_sigkill_costs_no_identify_and_loses_no_event(
             (d.shard_id, d.seq) for d in sim.record.sent_events() if d.event_id in missing
         )
         raise AssertionError(f"{len(missing)} events never arrived: {lost[:20]}") from None
+    # every header names the session the gateway sent its event in, the resumed ones too
+    # (the workers write the headers: a worker names its saved session before it resumes)
+    sent_in = {(d.shard_id, d.seq): d.session_id for d in sim.record.sent_events()}
+    named = {key: sub.sessions[key] for key in sent_in.keys() & sub.sessions.keys()}
+    assert len(named) >= len(generated)
+    misnamed = [(key, session, sent_in[key]) for key, session in named.items()
+                if session != sent_in[key]]  # fmt: skip
+    assert not misnamed, misnamed[:5]
     duplicates = sub.duplicates()
     print(f"{len(duplicates)} duplicates (events published after the last checkpoint)")
     # at most what one checkpoint interval (0.5 s) plus the kill's own moment can publish
