@@ -13,10 +13,14 @@ eventfd write, its epoll wake-up, its write) before its bytes left: one more
 thread wake-up per message, on a core the shards share, and one more copy.
 Any ZMTP 3 PULL still reads this channel (the tests use libzmq's).
 
-Batching: every event queued in one event-loop iteration (one read burst), of
-every shard, leaves as one EVENT_RUNS message (protocol/ipc.py: two frames,
-whatever the number of events) when the iteration ends (``loop.call_soon``),
-never later. The message is built by the one EVENT_RUNS encoder,
+Batching: every event queued in one burst of reads, of every shard, leaves as
+one EVENT_RUNS message (protocol/ipc.py: two frames, whatever the number of
+events). A burst ends when a lap of the event loop (``loop.call_soon``: one
+poll of the sockets) adds nothing to it, or :data:`COALESCE_S` after its first
+event, whichever comes first: a gateway that writes to many shards' sockets
+one after the other is read over several laps, and was one message per lap
+(each waking the supervisor); an event alone waits one lap. The message is
+built by the one EVENT_RUNS encoder,
 :class:`protocol.ipc.EventRunsEncoder`: each shard's consecutive events form a
 run, cut at :data:`protocol.ipc.MAX_RUN_EVENTS` events, at a gap in the
 sequence or at a new session. It is this class's base, not a member, so
@@ -63,6 +67,8 @@ from protocol.zmtp import (
 #: Bytes of cut runs (full or broken runs) an iteration queues before they are sent at
 #: once, without waiting for the iteration to end.
 FLUSH_BYTES: Final = 1 << 20
+#: The longest a batch waits for more of the burst it came in before it is sent.
+COALESCE_S: Final = 100e-6
 #: Bytes waiting here for the kernel before the shards wait (event refuses).
 QUEUE_BYTES: Final = 8 << 20
 #: How long connecting and the ZMTP handshake may take.
@@ -168,6 +174,9 @@ class ChannelOutput(ipc.EventRunsEncoder):
         #: True once the supervisor is gone: everything is dropped (:meth:`abandon`)
         self.abandoned = False
         self._scheduled = False
+        #: loop time of the batch's first event, and what it held at the last lap
+        self._since = 0.0
+        self._queued_at_lap = -1
         #: flushes refused because QUEUE_BYTES waited
         self.send_blocked = 0
         self.messages = 0
@@ -188,9 +197,18 @@ class ChannelOutput(ipc.EventRunsEncoder):
     def _first_event(self) -> None:
         if not self._scheduled:
             self._scheduled = True
+            self._since = time.monotonic()
+            self._queued_at_lap = -1
             self._loop.call_soon(self._flush_soon)
 
     def _flush_soon(self) -> None:
+        """Send the batch once a lap of the loop added nothing to it (the burst of reads
+        it came in is over) or it is :data:`COALESCE_S` old, whichever comes first."""
+        queued = len(self._closed) + sum(run.count for run in self._open.values())
+        if queued != self._queued_at_lap and time.monotonic() - self._since < COALESCE_S:
+            self._queued_at_lap = queued
+            self._loop.call_soon(self._flush_soon)
+            return
         self._scheduled = False
         self.flush()
 

@@ -358,6 +358,37 @@ worker 7.7 and 9.0, 60 MB, cluster 12.5 and 15.3, 154-157 MB; paced alike
 (32-35 µs). 1 MiB is kept: a bound on what a connection can buffer, without
 the smaller reads' cost.
 
+**The workers write each event as its PUB message** (protocol/ipc.py's
+EVENT_RUNS, version 2): a run carries, after a table of event heads, each
+event's topic, header and payload frames behind their ZMTP heads, the header
+formatted by the worker from the session its shard named. The relay dedupes
+a run by its head and hands a subscriber of everything (NULL mechanism, room
+for the run) the rest as one slice of the worker's message
+(`Publisher.publish_frames`): nothing per event in the supervisor, which flat
+out was the cluster's bottleneck. In-process (16 runs of 256 ~1 KB events,
+read + publish + flush to one subscriber, `time.thread_time`), 1.60-1.65 ->
+0.55-0.67 µs per event; with the sink's and taps' (topic, payload) lists,
+0.99-1.05; the worker's encoder costs ~0.1-0.6 µs more per event (the
+header's `%`, the frame heads). `--only throughput latency --receivers worker
+cluster --repeat 1`, 4 interleaved rounds against 7461fb0, 2026-12-07
+01:48-02:01 UTC, slow host, medians of the ratios by round: cluster flat out
+0.74 (4 of 4 below 1; 17.0, 13.6, 19.1, 15.5 -> 9.5, 12.1, 11.9, 13.4 µs),
+paced 0.96 (3 of 4); the worker alone 1.02 flat out, 1.06 paced (the
+encoder); latency within the noise (cluster p99 at 10,000/s 1.01, p50 at
+50,000/s 0.88).
+
+**A burst of reads is one message** (worker/output.py): the worker's batch
+leaves once a lap of its loop adds nothing to it, or 100 µs after its first
+event (`COALESCE_S`), where it left at the end of every lap. The firehose,
+like a gateway, writes the shards' sockets one after the other; the worker
+read a tick's burst over several laps and sent a message, waking the
+supervisor, per lap. An event alone now waits one more lap (one
+non-blocking poll). 3 interleaved rounds against 992f5cc (`--only throughput
+latency --receivers cluster --repeat 1`, 02:16-02:21 UTC), ratios by round:
+CPU per event paced 0.94 (3 of 3 below 1), flat out 0.94 (3 of 3); p99 at
+1,000/s 0.85 (3 of 3), at 10,000/s 0.95 (2 of 3); p50 at 50,000/s 0.91 (2 of
+3), p99 at 50,000/s 0.35 (3 of 3).
+
 The tables above are still the run of 21:34 (before picows). Three full
 regenerations after it (`--head --repeat 3`; 23:46 and 00:02 UTC of 984af04,
 00:22 of 6469487) ran while the host was slower for every receiver alike
