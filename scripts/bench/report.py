@@ -389,18 +389,20 @@ CPU per event paced 0.94 (3 of 3 below 1), flat out 0.94 (3 of 3); p99 at
 1,000/s 0.85 (3 of 3), at 10,000/s 0.95 (2 of 3); p50 at 50,000/s 0.91 (2 of
 3), p99 at 50,000/s 0.35 (3 of 3).
 
-The tables above are still the run of 21:34 (before picows). Three full
-regenerations after it (`--head --repeat 3`; 23:46 and 00:02 UTC of 984af04,
-00:22 of 6469487) ran while the host was slower for every receiver alike
-(@discordjs/ws paced at 31.2, 31.9 and 31.1 µs per event against 24.1 at
-21:34; the cluster's startup 4.89, 4.67 and 4.47 s, of which 1.1-1.2 s
-before the first READY, against 0.76 s at 21:34, where 01a9983, the same
-worker and supervisor, took 4.02 s at 23:40). Cluster against @discordjs/ws: 0.82x, 1.08x and 1.19x flat
-out, 1.12x, 1.05x and 0.99x paced; p99 against the floor 1.15x, 4.24x and
-1.43x at 1,000/s, 2.16x, 1.10x and 1.21x at 10,000/s; p50 at 50,000/s 1.72x,
-1.07x and 1.90x. Their spreads (up to ±2,000 % for the floor's p99) say more
-about the host than about the change, so they replace nothing here; the
-interleaved A/B above is the measurement.
+The tables above are the run of 2026-12-07 02:38 UTC (`--head --repeat 3` of
+df65e18: picows, the workers writing the PUB frames, a burst as one
+message), on a host slower for every receiver than the one of the run of
+2026-12-06 21:34 (d9ceedf) that they replace: @discordjs/ws at 28.0 µs per
+event paced against 24.1, the floor at 30.9 against 22.0, the cluster's
+startup 4.23 s against 4.06. Against that run, the targets' ratios: flat
+out 0.94x -> 0.79x @discordjs/ws, paced 1.02x -> 1.07x, p99 at 1,000/s
+1.26x -> 1.51x and at 10,000/s 1.39x -> 1.32x the floor's (whose own p99
+at 1,000/s went 678 -> 478 µs), p50 at 50,000/s 1.80x -> 2.88x. Three full
+regenerations between the two (`--head --repeat 3`; 23:46 and 00:02 UTC of
+984af04, 00:22 of 6469487, same slow host, spreads up to ±2,000 % for the
+floor's p99) replaced nothing. The interleaved A/Bs above measure each change
+on one host; a full run's ratios also carry the host's state, which moves
+the Python receivers more than @discordjs/ws.
 """
 
 
@@ -771,26 +773,29 @@ def reshard_section(data: dict[str, Any]) -> list[str]:
 #: (profiles and A/B runs: "Hot path: what each change bought" below has the commands).
 NOT_MET_WHY: Final = {
     "paced": (
-        "within the spread of @discordjs/ws's own runs, and what is left is per message, not"
-        " per event: paced, a worker sends a message per loop iteration (~9.5 events), and"
-        " py-spy of both processes at 16,000/s puts ~23 % of the worker's samples in its one"
-        " `sendmsg` per message (the kernel waking the supervisor on the other core) and"
-        " ~17 % of the supervisor's in its one `send` per wake-up to the subscriber. No"
-        " libzmq thread is left on the hop (both ends of the workers' channel are read and"
-        " written on the processes' own loops: 1.35x -> 1.02x); going under needs fewer"
-        " messages (coalescing iterations, which costs latency) or no hop"
+        "within the spread of @discordjs/ws's own runs, and what is left is per wake-up, not"
+        " per event: the relay no longer touches an event (the workers write the PUB"
+        " frames, a run goes to the subscriber as one slice) and a burst of reads is one"
+        " message, yet py-spy of both processes at 16,000/s (`--profile`) puts ~34 % of the"
+        " supervisor's samples and ~38 % of the worker's in uvloop's own C code (epoll, the"
+        " reads, dispatching the callbacks) and ~11 % of the supervisor's in its one `send`"
+        " per chunk to the subscriber: the second process's wake-ups, which one process"
+        " does not pay; going under needs no hop"
     ),
     "p99": (
-        "the worker alone is already ~1.1-1.2x the floor's p99 (one more process than the"
-        " floor's loop); the supervisor hop adds a pass through the kernel's sockets and a"
-        " wake-up of the supervisor's loop, on 2 cores shared with the load source, the"
-        " worker and the consumer (no libzmq thread is woken any more: 1.51x -> 1.26x at"
-        " 1,000/s)"
+        "the worker alone is already ~1.15-1.25x the floor's p99 (one more process than the"
+        " floor's loop, and one more lap of its loop before a batch leaves); the supervisor"
+        " hop adds a pass through the kernel's sockets and a wake-up of the supervisor's"
+        " loop, on 2 cores shared with the load source, the worker and the consumer. The"
+        " relay's own work per message is a few µs (no libzmq thread since 1.51x -> 1.26x"
+        " at 1,000/s, no work per event since the workers write the PUB frames)"
     ),
     "p50": (
-        "at 50,000/s the 2 cores are saturated by the load source, the consumer and the"
-        " cluster's two processes, and the hop queues (the worker alone is close to the"
-        " floor's p50)"
+        "at 50,000/s the 2 cores are nearly saturated by the load source, the consumer and"
+        " the cluster's two processes, and the hop queues: the supervisor's CPU per event"
+        " is ~2.6 µs here (17.4 for the cluster against 14.8 for the worker alone), so what"
+        " it adds is waiting for a core, not work; the worker alone is ~1.4x the floor's"
+        " p50 in this run"
     ),
     "startup": (
         "before the first READY ~0.9-1 s pass, most of it process start and imports on"
