@@ -29,7 +29,8 @@ What a subscriber experiences:
 
 - it gets every event whose topic starts with one of its subscriptions, in
   order, until it falls ``hwm`` events behind (``--pub-hwm``): events wait in
-  its own queue here (chunks of at most :data:`CHUNK_EVENTS` events), then,
+  its own queue here (chunks cut once they hold :data:`CHUNK_EVENTS` events or
+  :data:`CHUNK_BYTES`: a run of a worker's message joins a chunk whole), then,
   once a chunk is handed to its connection, in the part of that one chunk the
   kernel has not taken yet and in the kernel's socket buffers;
 - when its queue here holds ``hwm`` events, each further event for it is
@@ -44,7 +45,8 @@ What a subscriber experiences:
   the kernel held for it are gone with the connection, as with any PUB socket.
 
 Memory stays bounded: per subscriber ``hwm`` events here plus the unsent rest
-of one chunk (at most :data:`CHUNK_BYTES`, or one oversized event), a capped
+of one chunk (:data:`CHUNK_BYTES` plus at most one run of a worker's message,
+:data:`protocol.ipc.MAX_RUN_EVENTS` events, or one oversized event), a capped
 input buffer, and nothing for a connection that never subscribes.
 
 Cost (the relay's hot path): the workers write each event as its PUB message
@@ -126,7 +128,8 @@ from protocol.zmtp import (
 
 log = logging.getLogger(__name__)
 
-#: Events per chunk: a subscriber's queued events leave in chunks of at most this many.
+#: Events per chunk: a subscriber's chunk is cut once it holds this many (or more: a
+#: run of a worker's message joins it whole).
 CHUNK_EVENTS: Final = 128
 #: Bytes per chunk (an event bigger than this is a chunk of its own).
 CHUNK_BYTES: Final = 128 * 1024

@@ -9,7 +9,7 @@ with ``call_soon``, after the loop has served everyone else, so the HTTP
 server and the process manager are never starved.
 
 Workers send EVENT_RUNS messages (protocol/ipc.py): one binary frame and one
-body per event-loop iteration, holding runs of consecutive events per shard.
+body per burst of reads, holding runs of consecutive events per shard.
 The body is read by protocol/ipc.py's one EVENT_RUNS reader
 (:class:`protocol.ipc.EventRunsReader`, wired to the relay once): each run is
 deduped as a whole by its head (:meth:`SessionBook.admit`), and what is left

@@ -40,8 +40,8 @@ EVENT_RUNS        5  1 frame, the body: ``count`` runs back to back. A run is
                      else long; more follows but after the payload). The header
                      ``{"shard_id":S,"seq":N,"session_id":"..."}`` is the
                      worker's: it knows its session. What a worker sends: every
-                     event of one event-loop iteration, of all its shards, in one
-                     message (two ZeroMQ frames). Version 1 had no header and
+                     event of one burst of reads, of all its shards, in one
+                     message (two ZeroMQ frames; worker/output.py). Version 1 had no header and
                      no frame heads in the body: the supervisor framed every
                      event itself.
 SHARD_STATE       2  1 frame: a JSON object (see :class:`ShardReport`)
@@ -160,6 +160,9 @@ MAX_RUN_EVENTS: Final = 256
 MAX_RUNS: Final = 1024
 assert MAX_RUNS <= MAX_COUNT
 
+#: The longest PUB header an encoder writes (an event head holds its length in 16 bits).
+MAX_HEADER_BYTES: Final = 4096
+
 #: One event as a reader hands it on: (topic, payload), memoryview slices of the body.
 EventSlices = tuple[memoryview, memoryview]
 #: One event's PUB frames as :func:`pub_events` reads them: (topic, header, payload).
@@ -224,7 +227,8 @@ class EventRunsEncoder:
     queued and the body is never joined.
 
     No checks on the hot path: the caller passes u32 shard ids and epochs, u64
-    seqs and topics of at most 65535 bytes (a longer one raises ``struct.error``). While :attr:`refusing` is set (the owner's channel is
+    seqs and topics of at most 65535 bytes (a longer one raises ``struct.error``;
+    headers are kept under :data:`MAX_HEADER_BYTES` by :meth:`name_session`). While :attr:`refusing` is set (the owner's channel is
     full), :meth:`add` takes nothing and returns False. :meth:`_first_event`
     is called when :meth:`add` queues into an empty encoder: a subclass's hook,
     so an owner can schedule its send without a second call per event.
@@ -241,11 +245,16 @@ class EventRunsEncoder:
         self.refusing = False
 
     def name_session(self, shard_id: int, session_id: str | None) -> None:
-        """``shard_id``'s events of ``session_id`` (its epoch) carry it in their headers."""
-        self._templates[shard_id] = (
-            session_epoch(session_id),
-            header_template(shard_id, session_id or None),
-        )
+        """``shard_id``'s events of ``session_id`` (its epoch) carry it in their headers.
+
+        A session id whose header would pass :data:`MAX_HEADER_BYTES` (no gateway sends
+        one: Discord's are 32 hex digits) is left out of the headers, as for an unknown
+        session, so that an event head can always hold the header's length.
+        """
+        template = header_template(shard_id, session_id or None)
+        if len(template) > MAX_HEADER_BYTES - 20:  # the seq's digits are still to come
+            template = header_template(shard_id, None)
+        self._templates[shard_id] = (session_epoch(session_id), template)
 
     def _template(self, shard_id: int, epoch: int) -> bytes:
         named = self._templates.get(shard_id)
@@ -365,8 +374,9 @@ class EventRunsReader:
     the two lists (None: not collected).
 
     The frames of a run are checked against its event heads only where they are
-    read one by one (a skip, a list to collect); a run handed on whole is
-    checked for fitting in the body. Topics are not looked into.
+    read one by one (a list to collect: before the run is admitted, so a run
+    that fails the check is not taken as published; a skip); a run handed on
+    whole is checked for fitting in the body. Topics are not looked into.
     """
 
     __slots__ = ("_admit", "_publish", "_ran", "keep", "replaying")
@@ -407,30 +417,37 @@ class EventRunsReader:
                     return published, duplicates, "an EVENT_RUNS run has no events"
                 if at > end:
                     return published, duplicates, "an EVENT_RUNS run runs past the body"
-                skip = admit(shard_id, epoch, seq, count)
-                duplicates += skip
-                kept: list[EventSlices] | None = [] if keep and skip < count else None
-                skipped: list[EventSlices] | None = [] if skip and shard_id in replaying else None
-                start = frames_at
-                skipped_heads = heads_at + skip * _EVENT_SIZE
-                if kept is not None or skipped is not None:
-                    # one pass over the run: the lists, the published part's start, a check
+                events: list[EventSlices] | None = None
+                starts: list[int] | None = None
+                if keep or shard_id in replaying:
+                    # one pass over the run, before it is admitted: its events' slices and
+                    # starts, and a check of its frames against its heads
+                    events = []
+                    starts = []
                     pos = frames_at
-                    for i, (t, h, p) in enumerate(_EVENT_ITER(view[heads_at:frames_at])):
-                        if i == skip:
-                            start = pos
+                    for t, h, p in _EVENT_ITER(view[heads_at:frames_at]):
+                        starts.append(pos)
                         topic_at = pos + (2 if t < 256 else 9)
                         payload_at = (
                             topic_at + t + (2 if h < 256 else 9) + h + (2 if p < 256 else 9)
                         )
                         pos = payload_at + p
-                        if i >= skip:
-                            if kept is not None:
-                                kept.append((view[topic_at : topic_at + t], view[payload_at:pos]))
-                        elif skipped is not None:
-                            skipped.append((view[topic_at : topic_at + t], view[payload_at:pos]))
+                        events.append((view[topic_at : topic_at + t], view[payload_at:pos]))
                     if pos != at:
                         return published, duplicates, _DISAGREE
+                skip = admit(shard_id, epoch, seq, count)
+                duplicates += skip
+                kept: list[EventSlices] | None = None
+                skipped: list[EventSlices] | None = None
+                start = frames_at
+                skipped_heads = heads_at + skip * _EVENT_SIZE
+                if events is not None and starts is not None:
+                    if keep and skip < count:
+                        kept = events[skip:] if skip else events
+                    if skip and shard_id in replaying:
+                        skipped = events[:skip]
+                    if skip < count:
+                        start = starts[skip]
                 elif skip:
                     start += _frames_size(view[heads_at:skipped_heads])
                     if start > at:

@@ -28,9 +28,9 @@ sequence or at a new session. It is this class's base, not a member, so
 first flushes the events queued before it, so the channel keeps the order the
 shards produced per shard.
 
-Memory is bounded in bytes: one iteration can take thousands of events (every
+Memory is bounded in bytes: one batch can take thousands of events (every
 shard's socket buffer, read flat out), and the runs cut in it are sent as soon
-as they hold :data:`FLUSH_BYTES`, mid-iteration; what is left at its end is the
+as they hold :data:`FLUSH_BYTES`, mid-batch; what is left when it goes is the
 shards' open runs (at most ``MAX_RUN_EVENTS - 1`` events each). Unsent bytes
 wait here up to :data:`QUEUE_BYTES` (plus the message that crossed it).
 
@@ -64,8 +64,8 @@ from protocol.zmtp import (
     read_handshake,
 )
 
-#: Bytes of cut runs (full or broken runs) an iteration queues before they are sent at
-#: once, without waiting for the iteration to end.
+#: Bytes of cut runs (full or broken runs) a batch queues before they are sent at
+#: once, without waiting for the batch to end.
 FLUSH_BYTES: Final = 1 << 20
 #: The longest a batch waits for more of the burst it came in before it is sent.
 COALESCE_S: Final = 100e-6

@@ -443,3 +443,41 @@ def test_a_report_is_the_json_of_its_fields_as_dataclasses_asdict_wrote_it(
     assert body == orjson.dumps(dataclasses.asdict(report))
     decoded = decode(encode_shard_report(report))
     assert decoded == report
+
+
+def test_a_run_whose_frames_disagree_with_its_heads_is_not_admitted() -> None:
+    _, body = encode_runs([(3, 9, 10, [(b"A", b"a10"), (b"B", b"b11")])])
+    lying = bytearray(body)
+    struct.pack_into("<H", lying, RUN_HEAD.size, 2)  # topic "A" said to be 2 bytes
+    admitted: list[int] = []
+
+    def admit(shard_id: int, epoch: int, first_seq: int, count: int) -> int:
+        admitted.append(shard_id)
+        return 0
+
+    reader = EventRunsReader(admit, lambda *_: None, lambda *_: None)
+    reader.keep = True  # the sink or a tap reads the events one by one
+    assert reader.read(1, bytes(lying))[2] == (
+        "an EVENT_RUNS run's frames disagree with its event heads"
+    )
+    assert admitted == []  # not taken as published: a resend is not deduped away
+
+
+def test_a_session_id_too_long_for_a_header_is_left_out_of_it() -> None:
+    encoder = EventRunsEncoder()
+    huge = "\u00e9" * 20_000  # 120,000 bytes once JSON-escaped
+    encoder.name_session(0, huge)
+    encoder.name_session(1, "s1")
+    for shard, session in ((0, huge), (1, "s1")):
+        assert encoder.add(shard, session_epoch(session), 1, b"T", b"{}")
+    head = encoder.next_head()
+    assert head is not None
+    got: list[bytes] = []
+    reader = EventRunsReader(
+        lambda *_: 0, lambda frames, heads, n: got.append(bytes(frames)), _no_ran
+    )
+    assert reader.read(2, encoder.next_body()) == (2, 0, None)
+    assert [zmtp_messages(frames)[0][1] for frames in got] == [
+        b'{"shard_id":0,"seq":1}',
+        b'{"shard_id":1,"seq":1,"session_id":"s1"}',
+    ]
