@@ -204,7 +204,9 @@ class ChannelOutput(ipc.EventRunsEncoder):
     def _flush_soon(self) -> None:
         """Send the batch once a lap of the loop added nothing to it (the burst of reads
         it came in is over) or it is :data:`COALESCE_S` old, whichever comes first."""
-        queued = len(self._closed) + sum(run.count for run in self._open.values())
+        queued = sum(run.count for run in self._closed) + sum(
+            run.count for run in self._open.values()
+        )
         if queued != self._queued_at_lap and time.monotonic() - self._since < COALESCE_S:
             self._queued_at_lap = queued
             self._loop.call_soon(self._flush_soon)
