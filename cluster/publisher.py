@@ -371,14 +371,7 @@ class Publisher:
         size = len(frames)
         for peer in targets:
             if peer.everything and peer.box is None and peer.queued + count <= hwm:
-                peer.chunk.append(frames)
-                peer.queued += count
-                peer.chunk_bytes += size
-                if not peer.chunk_events:
-                    self._filling.append(peer)
-                peer.chunk_events += count
-                if peer.chunk_events >= CHUNK_EVENTS or peer.chunk_bytes >= CHUNK_BYTES:
-                    self._cut(peer)
+                self._take(peer, (frames,), count, size)
                 continue
             queue = self._queue
             for topic, header, payload in pub_events(frames, heads):
@@ -402,12 +395,19 @@ class Publisher:
             peer.dropped += 1
             self.dropped += 1
             return
-        peer.chunk += frames
-        peer.queued += 1
+        self._take(peer, frames, 1, size)
+
+    def _take(
+        self, peer: _Peer, items: tuple[bytes | memoryview, ...], events: int, size: int
+    ) -> None:
+        """``events`` events (``items``, heads included, ``size`` bytes) join ``peer``'s
+        chunk; a full chunk is cut."""
+        peer.chunk += items
+        peer.queued += events
         peer.chunk_bytes += size
-        peer.chunk_events += 1
-        if peer.chunk_events == 1:
+        if not peer.chunk_events:
             self._filling.append(peer)
+        peer.chunk_events += events
         if peer.chunk_events >= CHUNK_EVENTS or peer.chunk_bytes >= CHUNK_BYTES:
             self._cut(peer)
 

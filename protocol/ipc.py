@@ -81,7 +81,7 @@ import orjson
 from protocol.errors import WireFormatError
 from protocol.jsonframe import load_object
 from protocol.pubframe import header_template
-from protocol.zmtp import FLAG_LONG, SHORT_LAST, SHORT_MORE, head_more, long_head
+from protocol.zmtp import FLAG_LONG, SHORT_LAST, SHORT_MORE, framed_size, head_more, long_head
 
 IPC_VERSION: Final = 2
 HEADER: Final = struct.Struct("<BBHIIQ")
@@ -187,9 +187,6 @@ _RUN_SIZE: Final = RUN_HEAD.size
 _EVENT_PACK: Final = EVENT_HEAD.pack
 _EVENT_ITER: Final = EVENT_HEAD.iter_unpack
 _EVENT_SIZE: Final = EVENT_HEAD.size
-_SHORT_MORE: Final = SHORT_MORE
-_SHORT_LAST: Final = SHORT_LAST
-_long_head: Final = long_head
 
 
 class _Run:
@@ -284,11 +281,11 @@ class EventRunsEncoder:
         size = len(payload)
         run.heads.append(_EVENT_PACK(n, h, size))
         run.parts += (
-            _SHORT_MORE[n] if n < 256 else head_more(n),
+            SHORT_MORE[n] if n < 256 else head_more(n),
             topic,
-            _SHORT_MORE[h] if h < 256 else head_more(h),
+            SHORT_MORE[h] if h < 256 else head_more(h),
             header,
-            _SHORT_LAST[size] if size < 256 else _long_head(FLAG_LONG, size),
+            SHORT_LAST[size] if size < 256 else long_head(FLAG_LONG, size),
             payload,
         )
         run.count += 1
@@ -348,10 +345,7 @@ def pub_events(frames: memoryview, heads: memoryview) -> Iterator[PubSlices]:
 
 def _frames_size(heads: memoryview) -> int:
     """Bytes of the PUB frames of the events whose event heads are ``heads``."""
-    return sum(
-        (2 if t < 256 else 9) + t + (2 if h < 256 else 9) + h + (2 if p < 256 else 9) + p
-        for t, h, p in _EVENT_ITER(heads)
-    )
+    return sum(framed_size(t) + framed_size(h) + framed_size(p) for t, h, p in _EVENT_ITER(heads))
 
 
 _DISAGREE: Final = "an EVENT_RUNS run's frames disagree with its event heads"

@@ -49,7 +49,6 @@ import collections
 import errno
 import itertools
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -61,6 +60,9 @@ from protocol.zmtp import (
     FLAG_MORE,
     ProtocolError,
     handshake,
+    head_last,
+    head_more,
+    long_head,
     read_handshake,
 )
 
@@ -80,7 +82,6 @@ _PEER_TYPE: Final = b"PULL"
 #: The frame heads of an EVENT_RUNS message: the run header (short, more follows),
 #: then the body's (long).
 _RUNS_HEAD: Final = bytes((FLAG_MORE, ipc.HEADER_SIZE))
-_long_head: Final = struct.Struct(">BQ").pack
 #: A peer gone mid-write is an error, not a signal.
 _NOSIGNAL: Final = socket.MSG_NOSIGNAL
 
@@ -132,9 +133,7 @@ def encode_frames(frames: list[bytes]) -> list[bytes]:
     out: list[bytes] = []
     last = len(frames) - 1
     for i, frame in enumerate(frames):
-        more = FLAG_MORE if i < last else 0
-        size = len(frame)
-        out.append(bytes((more, size)) if size < 256 else _long_head(more | FLAG_LONG, size))
+        out.append(head_more(len(frame)) if i < last else head_last(len(frame)))
         out.append(frame)
     return out
 
@@ -223,7 +222,7 @@ class ChannelOutput(ipc.EventRunsEncoder):
                 self._watch()
                 return False
             body = self.next_body()
-            self._write([_RUNS_HEAD, head, _long_head(FLAG_LONG, len(body)), body])
+            self._write([_RUNS_HEAD, head, long_head(FLAG_LONG, len(body)), body])
             self.messages += 1
         self._cut.bytes = 0
         self.refusing = False

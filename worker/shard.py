@@ -137,7 +137,6 @@ class Shard:
         #: The last relayed dispatch's seq and its session's epoch; the reader sets
         #: them per event, so they sit here rather than in the state record.
         self.seq = saved.seq if saved else 0
-        self.epoch = 0
         self.name_session(saved.session_id if saved else None)
         #: Identify's ``presence``: an op 3 sent on a connection replaces it for later IDENTIFYs.
         self.presence: Mapping[str, Any] | None = config.presence
