@@ -389,6 +389,19 @@ CPU per event paced 0.94 (3 of 3 below 1), flat out 0.94 (3 of 3); p99 at
 1,000/s 0.85 (3 of 3), at 10,000/s 0.95 (2 of 3); p50 at 50,000/s 0.91 (2 of
 3), p99 at 50,000/s 0.35 (3 of 3).
 
+**Bytecode compiled before the run** (scripts/bench/run.py
+`compile_bytecode`): this machine sets `PYTHONDONTWRITEBYTECODE=1`, so every
+process the benchmark started compiled each of our modules it imported from
+source, at every start, where an installed package has its bytecode (pip
+compiles at install, the Dockerfile runs `compileall`, a plain editable
+install writes it on the first start): the startup figure carried ~0.2 s of
+compiling that users do not pay (the supervisor's imports alone: 0.57 ->
+0.42 s of CPU). The benchmark now compiles the children's modules first. 3
+interleaved runs of `--only startup --receivers cluster --repeat 1` against
+082cc1c, 2026-12-07 04:27-04:30 UTC: all READY 4.03, 4.01, 4.18 s against
+4.20, 4.17, 4.25 s; first..last READY unchanged (3.42-3.45 s); before the
+first READY 0.58-0.73 s against 0.75-0.82.
+
 The tables above are the run of 2026-12-07 02:38 UTC (`--head --repeat 3` of
 df65e18: picows, the workers writing the PUB frames, a burst as one
 message), on a host slower for every receiver than the one of the run of
@@ -798,14 +811,15 @@ NOT_MET_WHY: Final = {
         " p50 in this run"
     ),
     "startup": (
-        "before the first READY ~0.9-1 s pass, most of it process start and imports on"
-        " 2 cores beside the simulator and the sink: the supervisor's (~0.5 s of CPU:"
-        " `cluster.cli` 0.2 s, typer's option parsing ~0.15 s, as it builds a pydantic"
-        " adapter per option, the supervisor's modules ~0.3 s with aiohttp 0.2 s) and,"
-        " beside them, the forkserver's (the worker's modules, ~0.14 s since it no longer"
-        " imports aiohttp); the schedule"
-        " itself is 3-5 ms a round over the bound, and the cluster as a whole now starts"
-        " as fast as one worker process alone"
+        "before the first READY ~0.5-0.7 s pass, most of it the supervisor's start on 2"
+        " cores beside the simulator and the sink (timeline of one run: `cluster.cli`"
+        " imported at 0.14 s, typer's option parsing 0.10 s, as it imports pydantic and"
+        " builds an adapter per option, the supervisor's modules 0.20 s, about half of it"
+        " aiohttp's, then the workers' first connections 0.07 s); the schedule is 4-5 ms"
+        " a round over the bound: measured at the worker, each IDENTIFY is written a"
+        " median 0.85 ms after its slot (the loop's timers have millisecond resolution)"
+        " and its READY read a median 1.5 ms (p90 5 ms) after the write, the simulator's"
+        " answer on the shared cores; a bucket opens one interval after that READY"
     ),
 }
 
@@ -1023,7 +1037,8 @@ def markdown(res: Results, elapsed_s: float, generated_at: str | None = None) ->
             f"{s.startup_shards} shards, max_concurrency {s.startup_mc}, identify interval"
             f" {s.startup_interval} s against the full simulator (its identify rules enforced)."
             f" Bound: (ceil(N/mc) - 1) * interval = {bound:.2f} s. 'total' counts from the"
-            " receiver's process start (imports included) to the last READY; 'first..last READY'"
+            " receiver's process start (imports included; our modules' bytecode compiled"
+            " beforehand, as installing the package does) to the last READY; 'first..last READY'"
             " is the identify schedule itself; 'over the bound' = total - bound."
             " **cluster** is the product as users run it: `cluster up` (supervisor + the worker"
             f" processes it picks by default for {s.startup_shards} shards), every IDENTIFY granted"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scripts.bench.run import QUICK, Results, merge
+from scripts.bench.run import QUICK, Results, earlier_load, merge
 
 
 def test_a_new_merge_replaces_the_earlier_merge_note() -> None:
@@ -27,3 +27,15 @@ def test_notes_of_a_benchmark_measured_again_drop() -> None:
     res.startup = {"cluster": [{"total_s": 4.0}]}
     merge(res, earlier)
     assert res.notes == []
+
+
+def test_the_load_of_merged_benchmarks_is_kept_once_each() -> None:
+    old = [
+        ["before redis", [2.0, 1.0, 1.0]],
+        ["end", [2.5, 1.0, 1.0]],
+        ["before throughput", [0.5, 0.5, 0.5]],
+        ["before redis", [0.9, 0.8, 0.7]],
+        ["end", [1.0, 1.0, 1.0]],
+    ]
+    now = [("before throughput", (0.1, 0.2, 0.3)), ("end", (0.4, 0.5, 0.6))]
+    assert earlier_load(old, now) == [("before redis", (0.9, 0.8, 0.7))]
