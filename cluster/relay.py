@@ -408,13 +408,13 @@ class Relay:
                 try:
                     head = frames[0]
                     if len(head) == _HEADER_SIZE:
-                        version, kind, count, _, _, _ = _HEADER_UNPACK(head)
+                        version, kind, count, _, _, events = _HEADER_UNPACK(head)
                         if version == _VERSION and count >= 1 and kind == _RUNS:
                             if len(frames) != 2:
                                 counters.malformed_dropped += 1
                                 continue
                             runs = self._runs if self._hooked is False else self._runs_hooked
-                            done, skipped = runs(count, frames[1])
+                            done, skipped = runs(count, events, frames[1])
                             published += done
                             duplicates += skipped
                             continue
@@ -469,7 +469,7 @@ class Relay:
             )
         return template
 
-    def _runs(self, runs: int, body: bytes | memoryview) -> tuple[int, int]:
+    def _runs(self, runs: int, events: int, body: bytes | memoryview) -> tuple[int, int]:
         """Publish the runs of an EVENT_RUNS body; (published, duplicates).
 
         protocol/ipc.py's reader dedupes each run through the book and hands the
@@ -478,7 +478,7 @@ class Relay:
         early or has bytes left over (never sent by our workers) is counted as
         malformed; what came before the fault in it was published.
         """
-        published, duplicates, fault = self._reader.read(runs, body)
+        published, duplicates, fault = self._reader.read(runs, events, body)
         if fault is not None:
             self._counters.malformed_dropped += 1
         return published, duplicates
@@ -586,7 +586,7 @@ class Relay:
                 consumer.add(shard_id, epoch, seq, run)
         return sum(len(run) for _, run in out)
 
-    def _runs_hooked(self, runs: int, body: bytes | memoryview) -> tuple[int, int]:
+    def _runs_hooked(self, runs: int, _events: int, body: bytes | memoryview) -> tuple[int, int]:
         """:meth:`_runs` while a reshard runs: hold, discard, or publish through the hooks."""
         try:
             batches = ipc.decode_event_runs(runs, body)

@@ -1,4 +1,4 @@
-"""The wire format between a worker process and the supervisor, version 2.
+"""The wire format between a worker process and the supervisor, version 3.
 
 Two ZeroMQ channels per worker:
 
@@ -15,7 +15,7 @@ Two ZeroMQ channels per worker:
 Every message starts with one fixed binary frame, readable without JSON::
 
     offset size  field
-    0      1     version   u8   IPC_VERSION (2); other versions are refused
+    0      1     version   u8   IPC_VERSION (3); other versions are refused
     1      1     kind      u8   MessageKind; an unknown kind is refused
     2      2     count     u16  runs (EVENT_RUNS), else 0/1
     4      4     shard_id  u32  the shard the message is about (0 for worker-wide)
@@ -29,21 +29,26 @@ Kinds and the frames after the binary one:
 (reserved)        1  was EVENTS (three PUB frames per event; no worker sent
                      it): refused as an unknown kind, so such a message is
                      counted as malformed, never misread as another kind
-EVENT_RUNS        5  1 frame, the body: ``count`` runs back to back. A run is
-                     consecutive dispatches of one shard's session: a
-                     ``<IIQII`` head (shard_id, epoch, seq of the first event,
-                     number of events n >= 1, bytes B of the PUB frames), n
-                     ``<HHI`` event heads (topic, header and payload lengths),
-                     then B bytes: each event's PUB message (protocol/pubframe.py)
+EVENT_RUNS        5  1 frame, the body: ``count`` runs, in three regions,
+                     each in the runs' order. A run is consecutive dispatches
+                     of one shard's session. First every run's ``<IIQII``
+                     head (shard_id, epoch, seq of the first event, number of
+                     events n >= 1, bytes B of the PUB frames); then every
+                     run's n ``<HHI`` event heads (topic, header and payload
+                     lengths; ``seq`` events in all); then every run's B
+                     bytes: each event's PUB message (protocol/pubframe.py)
                      as a subscriber gets it, its topic, header and payload
                      frames each after a ZMTP frame head (short under 256 bytes,
-                     else long; more follows but after the payload). The header
+                     else long; more follows but after the payload), so the
+                     frames of consecutive runs are one slice. The header
                      ``{"shard_id":S,"seq":N,"session_id":"..."}`` is the
                      worker's: it knows its session. What a worker sends: every
                      event of one burst of reads, of all its shards, in one
                      message (two ZeroMQ frames; worker/output.py). Version 1 had no header and
                      no frame heads in the body: the supervisor framed every
-                     event itself.
+                     event itself; version 2 kept each run's head, event heads
+                     and frames together, so the frames of two runs were never
+                     one slice.
 SHARD_STATE       2  1 frame: a JSON object (see :class:`ShardReport`)
 WORKER_STATUS     3  1 frame: a JSON object (see :class:`WorkerStatus`)
 HELLO             4  1 frame: a JSON object ``{"worker_id", "pid"}`` (on the DEALER)
@@ -59,8 +64,10 @@ The EVENT_RUNS codec is one encoder, :class:`EventRunsEncoder` (the worker's
 output feeds it an event at a time), and one reader, :class:`EventRunsReader`
 (the relay's hot path; :func:`decode_event_runs` and :func:`decode` are built
 on it). The supervisor dedupes events by ``(shard_id, epoch, seq)`` from the
-run heads alone, without JSON, and hands a subscriber of everything the rest
-of a run as one slice of the body: it does nothing per event unless a
+run heads alone, without JSON, and hands a subscriber of everything the runs
+it admitted whole, one after the other, as one slice of the body (a body
+without duplicates: the whole frames region): it does nothing per event, and
+per run only the dedupe, unless a
 subscriber filters topics, uses CURVE or is full, or the sink or a tap takes
 the events. The epoch is a pure function of the session id, so a replacement
 worker that RESUMEs the session sends the same epoch and replayed events
@@ -83,7 +90,7 @@ from protocol.jsonframe import load_object
 from protocol.pubframe import header_template
 from protocol.zmtp import FLAG_LONG, SHORT_LAST, SHORT_MORE, framed_size, head_more, long_head
 
-IPC_VERSION: Final = 2
+IPC_VERSION: Final = 3
 HEADER: Final = struct.Struct("<BBHIIQ")
 HEADER_SIZE: Final = HEADER.size  # 20
 MAX_COUNT: Final = 0xFFFF
@@ -201,8 +208,8 @@ class _Run:
         self.count = 0
         #: the PUB header of this session with ``%d`` for the seq
         self.template = template
-        #: the run head (packed when the message is taken), then an event head per event
-        self.heads: list[bytes] = [b""]
+        #: an event head per event
+        self.heads: list[bytes] = []
         #: per event its three PUB frames, each after its ZMTP frame head
         self.parts: list[bytes] = []
 
@@ -311,18 +318,21 @@ class EventRunsEncoder:
         return _PACK(IPC_VERSION, _RUNS, len(runs), 0, 0, events)
 
     def next_body(self) -> bytes:
-        """The body of the message :meth:`next_head` framed; its runs leave the encoder."""
+        """The body of the message :meth:`next_head` framed; its runs leave the encoder.
+
+        The run heads, then every run's event heads, then every run's frames, each in
+        the runs' order: the frames of runs read one after the other are one slice.
+        """
         closed = self._closed
         runs = closed[:MAX_RUNS]
-        pieces: list[bytes] = []
+        pieces = [
+            _RUN_PACK(run.shard_id, run.epoch, run.first_seq, run.count, sum(map(len, run.parts)))
+            for run in runs
+        ]
         for run in runs:
-            parts = run.parts
-            heads = run.heads
-            heads[0] = _RUN_PACK(
-                run.shard_id, run.epoch, run.first_seq, run.count, sum(map(len, parts))
-            )
-            pieces += heads
-            pieces += parts
+            pieces += run.heads
+        for run in runs:
+            pieces += run.parts
         del closed[: len(runs)]
         return b"".join(pieces)
 
@@ -360,8 +370,11 @@ class EventRunsReader:
     ``publish(frames, heads, count)`` gets the rest: the ZMTP bytes of their PUB
     messages as one memoryview slice of the body, and their event heads (to read
     them one by one with :func:`pub_events`, which a subscriber of everything
-    never needs). Per run, not per event: the worker wrote each event as the
-    subscriber gets it. While :attr:`keep` is set, each published event's
+    never needs). The runs of a body lie side by side in both its regions, so
+    consecutive runs admitted whole go out as one ``publish`` (a body without
+    duplicates: one call, whatever its number of runs); a run cut by its dedupe
+    is handed on alone, after the runs before it. The worker wrote each event as
+    the subscriber gets it. While :attr:`keep` is set, each published event's
     ``(topic, payload)`` is also collected per run; each skipped one's when the
     run's shard is in :attr:`replaying`. After a run that collected any,
     ``ran(shard_id, epoch, first_seq, count, skip, published, skipped)`` with
@@ -384,78 +397,114 @@ class EventRunsReader:
         #: shards whose skipped events are collected (for ``ran``)
         self.replaying: Container[int] = ()
 
-    def read(self, runs: int, body: bytes | memoryview) -> tuple[int, int, str | None]:
-        """Read the ``runs`` runs of ``body``; ``(published, skipped, fault)``.
+    def read(self, runs: int, events: int, body: bytes | memoryview) -> tuple[int, int, str | None]:
+        """Read the ``runs`` runs of ``body`` (``events`` events in all, as the message's
+        binary frame says); ``(published, skipped, fault)``.
 
         ``fault`` is None for a well-formed body, else what is wrong with it (a
         head or a run past its end, a run without events, frames that disagree
-        with their heads, bytes after the last run); what came before the fault
-        was handed out.
+        with their heads, event heads or bytes left after the last run); what
+        was admitted before the fault was handed out.
         """
         view = memoryview(body)
         end = len(view)
+        heads_base = runs * _RUN_SIZE
+        frames_base = heads_base + events * _EVENT_SIZE
+        if frames_base > end:
+            return 0, 0, "an EVENT_RUNS body ends inside its heads"
         admit = self._admit
         publish = self._publish
         keep = self.keep
         replaying = self.replaying
-        at = 0
+        at = 0  # the next run head
+        heads_at = heads_base  # the next run's event heads
+        frames_at = frames_base  # the next run's frames
+        # the runs admitted whole since the last publish: from here to heads_at/frames_at
+        whole = 0
+        whole_heads = heads_base
+        whole_frames = frames_base
         published = 0
         duplicates = 0
+        fault: str | None = None
         try:
             for _ in range(runs):
                 shard_id, epoch, seq, count, size = _RUN_UNPACK(view, at)
-                heads_at = at + _RUN_SIZE
-                frames_at = heads_at + count * _EVENT_SIZE
-                at = frames_at + size
+                at += _RUN_SIZE
+                heads_end = heads_at + count * _EVENT_SIZE
+                frames_end = frames_at + size
                 if count < 1:
-                    return published, duplicates, "an EVENT_RUNS run has no events"
-                if at > end:
-                    return published, duplicates, "an EVENT_RUNS run runs past the body"
-                events: list[EventSlices] | None = None
-                starts: list[int] | None = None
-                if keep or shard_id in replaying:
+                    fault = "an EVENT_RUNS run has no events"
+                    break
+                if heads_end > frames_base or frames_end > end:
+                    fault = "an EVENT_RUNS run runs past the body"
+                    break
+                if not keep and shard_id not in replaying:
+                    skip = admit(shard_id, epoch, seq, count)
+                    if not skip:
+                        whole += count
+                        heads_at = heads_end
+                        frames_at = frames_end
+                        continue
+                    events_slices: list[EventSlices] | None = None
+                    starts: list[int] | None = None
+                else:
                     # one pass over the run, before it is admitted: its events' slices and
                     # starts, and a check of its frames against its heads
-                    events = []
+                    events_slices = []
                     starts = []
                     pos = frames_at
-                    for t, h, p in _EVENT_ITER(view[heads_at:frames_at]):
+                    for t, h, p in _EVENT_ITER(view[heads_at:heads_end]):
                         starts.append(pos)
                         topic_at = pos + (2 if t < 256 else 9)
                         payload_at = (
                             topic_at + t + (2 if h < 256 else 9) + h + (2 if p < 256 else 9)
                         )
                         pos = payload_at + p
-                        events.append((view[topic_at : topic_at + t], view[payload_at:pos]))
-                    if pos != at:
-                        return published, duplicates, _DISAGREE
-                skip = admit(shard_id, epoch, seq, count)
+                        events_slices.append((view[topic_at : topic_at + t], view[payload_at:pos]))
+                    if pos != frames_end:
+                        fault = _DISAGREE
+                        break
+                    skip = admit(shard_id, epoch, seq, count)
+                # this run goes alone: first the runs admitted whole before it
+                if whole:
+                    publish(view[whole_frames:frames_at], view[whole_heads:heads_at], whole)
+                    published += whole
+                    whole = 0
                 duplicates += skip
                 kept: list[EventSlices] | None = None
                 skipped: list[EventSlices] | None = None
                 start = frames_at
                 skipped_heads = heads_at + skip * _EVENT_SIZE
-                if events is not None and starts is not None:
+                if events_slices is not None and starts is not None:
                     if keep and skip < count:
-                        kept = events[skip:] if skip else events
+                        kept = events_slices[skip:] if skip else events_slices
                     if skip and shard_id in replaying:
-                        skipped = events[:skip]
+                        skipped = events_slices[:skip]
                     if skip < count:
                         start = starts[skip]
-                elif skip:
+                elif skip < count:
                     start += _frames_size(view[heads_at:skipped_heads])
-                    if start > at:
-                        return published, duplicates, _DISAGREE
+                    if start > frames_end:
+                        fault = _DISAGREE
+                        break
                 if skip < count:
-                    publish(view[start:at], view[skipped_heads:frames_at], count - skip)
+                    publish(view[start:frames_end], view[skipped_heads:heads_end], count - skip)
                     published += count - skip
                 if kept or skipped:
                     self._ran(shard_id, epoch, seq, count, skip, kept, skipped)
+                heads_at = whole_heads = heads_end
+                frames_at = whole_frames = frames_end
         except struct.error:
-            return published, duplicates, "EVENT_RUNS body ends inside a head"
-        if at != end:
-            return published, duplicates, f"EVENT_RUNS body has {end - at} bytes after its runs"
-        return published, duplicates, None
+            fault = "EVENT_RUNS body ends inside a head"
+        if whole:  # admitted: handed out, also before a fault
+            publish(view[whole_frames:frames_at], view[whole_heads:heads_at], whole)
+            published += whole
+        if fault is None:
+            if heads_at != frames_base:
+                fault = "an EVENT_RUNS body's event heads disagree with its runs"
+            elif frames_at != end:
+                fault = f"EVENT_RUNS body has {end - frames_at} bytes after its runs"
+        return published, duplicates, fault
 
 
 class _EveryShard:
@@ -485,7 +534,11 @@ def decode_event_runs(runs: int, body: bytes | memoryview) -> list[EventBatch]:
     # every event is "skipped" into its run's list: nothing is published
     reader = EventRunsReader(_skip_all, _no_publish, ran)
     reader.replaying = _EveryShard()
-    _, _, fault = reader.read(runs, body)
+    try:
+        events = sum(head[3] for head in RUN_HEAD.iter_unpack(memoryview(body)[: runs * _RUN_SIZE]))
+    except struct.error:
+        raise WireFormatError("EVENT_RUNS body ends inside a head") from None
+    _, _, fault = reader.read(runs, events, body)
     if fault is not None:
         raise WireFormatError(fault)
     return out

@@ -389,6 +389,23 @@ CPU per event paced 0.94 (3 of 3 below 1), flat out 0.94 (3 of 3); p99 at
 1,000/s 0.85 (3 of 3), at 10,000/s 0.95 (2 of 3); p50 at 50,000/s 0.91 (2 of
 3), p99 at 50,000/s 0.35 (3 of 3).
 
+**A body's runs side by side** (protocol/ipc.py, EVENT_RUNS version 3): the
+body holds every run head, then every run's event heads, then every run's
+frames, so the frames of consecutive runs are one slice; the reader dedupes
+run by run and hands the runs it admitted whole, one after the other, to the
+publisher as one slice (a body without duplicates: one call, where it was
+one per run). At 1,000 events/s per shard each shard has one event per 1 ms
+tick, so a message was 16 runs of one event and the relay called the
+publisher 16 times. In-process (`EventRunsReader.read` with the book's
+admit and the publisher's take for a subscriber of everything, best of 5,
+3 interleaved pairs): 19.5-20.4 -> 9.9-13.9 µs per message of 16 one-event
+runs. 6 interleaved rounds against 16bc449 (`--only throughput latency
+--receivers cluster --repeat 1`, 2026-12-07 04:52-05:03 UTC): CPU per event
+paced 0.97 by round (6 of 6 below 1; 31.5 -> 30.4 µs, medians), flat out
+1.03 (2 of 6); latency within this host's noise (ratios by round p50
+1.03-1.18, p99 1.10-1.29, each with 2 or 3 of 6 rounds below 1; the same
+rounds' p99 ran from 0.6x to 3x between neighbours).
+
 **Bytecode compiled before the run** (scripts/bench/run.py
 `compile_bytecode`): this machine sets `PYTHONDONTWRITEBYTECODE=1`, so every
 process the benchmark started compiled each of our modules it imported from

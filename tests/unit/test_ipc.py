@@ -336,14 +336,14 @@ def test_the_reader_dedupes_by_admit_and_hands_on_runs_and_lists() -> None:
     c12 = [b"C", b'{"shard_id":3,"seq":12,"session_id":"sess-3"}', b"c12"]
     d1 = [b"D", b'{"shard_id":4,"seq":1}', b"d1"]
     reader = EventRunsReader(admit, publish, ran)
-    assert reader.read(2, body) == (2, 2, None)
+    assert reader.read(2, 4, body) == (2, 2, None)
     # each run's rest as the PUB messages a subscriber gets, and readable one by one
     assert published == [(1, [c12], [tuple(c12)]), (1, [d1], [tuple(d1)])]
     assert after == []  # nothing collected: no list wanted
     published.clear()
     reader.keep = True
     reader.replaying = {3}
-    assert reader.read(2, body) == (2, 2, None)
+    assert reader.read(2, 4, body) == (2, 2, None)
     epoch = session_epoch("sess-3")
     assert after == [
         (3, epoch, 10, 3, 2, [(b"C", b"c12")], [(b"A", b"a10"), (b"B", b"b11")]),
@@ -351,16 +351,16 @@ def test_the_reader_dedupes_by_admit_and_hands_on_runs_and_lists() -> None:
     ]
     published.clear()
     # a fault: what came before it was handed out, and the fault is said
-    got = reader.read(2, body[:-1])
+    got = reader.read(2, 4, body[:-1])
     assert got[:2] == (1, 2) and got[2] is not None and "past the body" in got[2]
     assert [p[1] for p in published] == [[c12]]
-    assert reader.read(2, body + b"!")[2] == "EVENT_RUNS body has 1 bytes after its runs"
+    assert reader.read(2, 4, body + b"!")[2] == "EVENT_RUNS body has 1 bytes after its runs"
     # frames that disagree with their event heads: refused where they are read one by one
-    first_event_head = RUN_HEAD.size
+    first_event_head = 2 * RUN_HEAD.size  # after both run heads
     lying = bytearray(body)
     struct.pack_into("<H", lying, first_event_head, 2)  # topic "A" said to be 2 bytes
     assert (
-        reader.read(2, bytes(lying))[2]
+        reader.read(2, 4, bytes(lying))[2]
         == "an EVENT_RUNS run's frames disagree with its event heads"
     )
 
@@ -393,7 +393,7 @@ def test_the_encoder_writes_each_event_as_the_pub_message_a_subscriber_gets(
     body = encoder.next_body()
     got: list[memoryview] = []
     reader = EventRunsReader(lambda *_: 0, lambda frames, heads, n: got.append(frames), _no_ran)
-    assert reader.read(1, body) == (len(events), 0, None)
+    assert reader.read(1, len(events), body) == (len(events), 0, None)
     assert zmtp_messages(bytes(got[0])) == [
         # an empty session id is no session (epoch 0), as the relay has always read it
         event_frames(topic, shard, first + i, payload, session_id or None)
@@ -457,7 +457,7 @@ def test_a_run_whose_frames_disagree_with_its_heads_is_not_admitted() -> None:
 
     reader = EventRunsReader(admit, lambda *_: None, lambda *_: None)
     reader.keep = True  # the sink or a tap reads the events one by one
-    assert reader.read(1, bytes(lying))[2] == (
+    assert reader.read(1, 2, bytes(lying))[2] == (
         "an EVENT_RUNS run's frames disagree with its event heads"
     )
     assert admitted == []  # not taken as published: a resend is not deduped away
@@ -476,8 +476,79 @@ def test_a_session_id_too_long_for_a_header_is_left_out_of_it() -> None:
     reader = EventRunsReader(
         lambda *_: 0, lambda frames, heads, n: got.append(bytes(frames)), _no_ran
     )
-    assert reader.read(2, encoder.next_body()) == (2, 0, None)
-    assert [zmtp_messages(frames)[0][1] for frames in got] == [
+    assert reader.read(2, 2, encoder.next_body()) == (2, 0, None)
+    assert [message[1] for frames in got for message in zmtp_messages(frames)] == [
         b'{"shard_id":0,"seq":1}',
         b'{"shard_id":1,"seq":1,"session_id":"s1"}',
     ]
+
+
+def _published_by(
+    body: bytes, runs: int, events: int, skips: dict[int, int]
+) -> tuple[list[tuple[int, list[list[bytes]], list[tuple[bytes, bytes, bytes]]]], tuple]:
+    """What a reader hands on of ``body`` when shard ``s``'s run has ``skips[s]`` events
+    seen already: per publish, (count, its ZMTP messages, its events read one by one)."""
+    calls: list[tuple[int, list[list[bytes]], list[tuple[bytes, bytes, bytes]]]] = []
+
+    def publish(frames: memoryview, heads: memoryview, count: int) -> None:
+        one_by_one = [(bytes(t), bytes(h), bytes(p)) for t, h, p in pub_events(frames, heads)]
+        calls.append((count, zmtp_messages(bytes(frames)), one_by_one))
+
+    reader = EventRunsReader(lambda shard, *_: skips.get(shard, 0), publish, _no_ran)
+    return calls, reader.read(runs, events, body)
+
+
+def test_runs_admitted_whole_go_out_as_one_slice_and_a_deduped_run_alone() -> None:
+    runs = [(s, 1, 1, [(b"T%d" % s, b"p%d-%d" % (s, i)) for i in range(2)]) for s in range(4)]
+    _, body = encode_runs(runs)
+    every = [
+        [b"T%d" % s, b'{"shard_id":%d,"seq":%d}' % (s, 1 + i), b"p%d-%d" % (s, i)]
+        for s in range(4)
+        for i in range(2)
+    ]
+    # no duplicates: the four runs are one publish
+    calls, result = _published_by(body, 4, 8, {})
+    assert result == (8, 0, None)
+    assert [(count, messages) for count, messages, _ in calls] == [(8, every)]
+    assert [list(event) for event in calls[0][2]] == every
+    # shard 1's run seen whole, shard 2's first event: before, between and after them
+    calls, result = _published_by(body, 4, 8, {1: 2, 2: 1})
+    assert result == (5, 3, None)
+    assert [(count, messages) for count, messages, _ in calls] == [
+        (2, every[0:2]),
+        (1, every[5:6]),
+        (2, every[6:8]),
+    ]
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 4), st.integers(0, 4)), min_size=1, max_size=8),
+)
+def test_the_reader_hands_on_exactly_the_events_not_seen_in_order(
+    shape: list[tuple[int, int]],
+) -> None:
+    runs = [
+        (shard, 7, 1, [(b"T", b"%d-%d" % (shard, i)) for i in range(size)])
+        for shard, (size, _) in enumerate(shape)
+    ]
+    skips = {shard: min(skip, size) for shard, (size, skip) in enumerate(shape)}
+    _, body = encode_runs(runs)
+    events = sum(size for size, _ in shape)
+    calls, result = _published_by(body, len(shape), events, skips)
+    expected = [
+        [b"T", b'{"shard_id":%d,"seq":%d}' % (shard, 1 + i), b"%d-%d" % (shard, i)]
+        for shard, (size, _) in enumerate(shape)
+        for i in range(skips[shard], size)
+    ]
+    assert result == (len(expected), sum(skips.values()), None)
+    assert [m for _, messages, _ in calls for m in messages] == expected
+    assert [list(e) for _, _, one_by_one in calls for e in one_by_one] == expected
+    assert all(count == len(messages) for count, messages, _ in calls)
+    # one publish per stretch of runs admitted whole, and one per run cut by its dedupe
+    publishes = 0
+    stretch = False
+    for shard, (size, _) in enumerate(shape):
+        whole = skips[shard] == 0
+        publishes += (whole and not stretch) or 0 < skips[shard] < size
+        stretch = whole
+    assert len(calls) == publishes
