@@ -803,29 +803,34 @@ def reshard_section(data: dict[str, Any]) -> list[str]:
 #: (profiles and A/B runs: "Hot path: what each change bought" below has the commands).
 NOT_MET_WHY: Final = {
     "paced": (
-        "within the spread of @discordjs/ws's own runs, and what is left is per wake-up, not"
-        " per event: the relay no longer touches an event (the workers write the PUB"
-        " frames, a run goes to the subscriber as one slice) and a burst of reads is one"
-        " message, yet py-spy of both processes at 16,000/s (`--profile`) puts ~34 % of the"
-        " supervisor's samples and ~38 % of the worker's in uvloop's own C code (epoll, the"
-        " reads, dispatching the callbacks) and ~11 % of the supervisor's in its one `send`"
-        " per chunk to the subscriber: the second process's wake-ups, which one process"
-        " does not pay; going under needs no hop"
+        "what is left is per wake-up, not per event: the relay does nothing per event (the"
+        " workers write the PUB frames) and, since EVENT_RUNS version 3, one publish per"
+        " message however many runs it holds; a burst of reads is one message. Measured"
+        " in the supervisor (thread CPU around the relay's callback, `cluster up` under the"
+        " latency benchmark): at 1,000/s, one event per message, 60-70 µs per message (its"
+        " read 17-21 µs, relaying and sending 40-55 µs, the send alone 18-23), for exactly"
+        " one recvfrom, one sendto and one epoll_pwait per message (strace -c); perf puts 41"
+        " % of the supervisor's samples in the kernel (switching tasks, waking the"
+        " consumer) and 50 % in the interpreter, where in-process, on warm caches, reading"
+        " and publishing such a message takes 2.5 µs: the cost of a second process's"
+        " wake-up on cold caches, which a one-process client does not pay; py-spy at"
+        " 16,000/s (`--profile`) puts ~34 % of the supervisor's samples and ~38 % of the"
+        " worker's in uvloop's own C code (epoll, the reads, dispatching the callbacks)"
     ),
     "p99": (
-        "the worker alone is already ~1.15-1.25x the floor's p99 (one more process than the"
-        " floor's loop, and one more lap of its loop before a batch leaves); the supervisor"
-        " hop adds a pass through the kernel's sockets and a wake-up of the supervisor's"
-        " loop, on 2 cores shared with the load source, the worker and the consumer. The"
-        " relay's own work per message is a few µs (no libzmq thread since 1.51x -> 1.26x"
-        " at 1,000/s, no work per event since the workers write the PUB frames)"
+        "the worker alone is ~1.0-1.25x the floor's p99 (one more lap of its loop before a"
+        " batch leaves); the supervisor hop adds a pass through the kernel's sockets and a"
+        " wake-up of the supervisor's loop, on 2 cores shared with the load source, the"
+        " worker and the consumer: 60-70 µs of the supervisor's CPU per message at this"
+        " rate, nearly all of it the wake-up itself (see the paced row: one recvfrom, one"
+        " sendto, one epoll_pwait per message, 2.5 µs of it in-process on warm caches);"
+        " the p99 of neighbouring runs moves by 0.6-3x on this host"
     ),
     "p50": (
         "at 50,000/s the 2 cores are nearly saturated by the load source, the consumer and"
         " the cluster's two processes, and the hop queues: the supervisor's CPU per event"
-        " is ~2.6 µs here (17.4 for the cluster against 14.8 for the worker alone), so what"
-        " it adds is waiting for a core, not work; the worker alone is ~1.4x the floor's"
-        " p50 in this run"
+        " is a few µs here (the latency table's CPU column, cluster against worker), so what"
+        " it adds is waiting for a core, not work; see the worker alone beside it"
     ),
     "startup": (
         "before the first READY ~0.5-0.7 s pass, most of it the supervisor's start on 2"

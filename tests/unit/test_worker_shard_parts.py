@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from protocol.compression import Compression
+from worker.connection import _until
 from worker.group import shard_config
 from worker.permits import LocalPermits
 from worker.shard import ShardConfig, gateway_url
@@ -65,3 +67,13 @@ async def test_local_permits_space_a_bucket_from_the_reported_send() -> None:
     now[0] = 0.5
     await asyncio.wait_for(waiter, 1.0)
     assert permits.granted == [0, 1]
+
+
+async def test_an_identify_waits_for_its_slot_never_less() -> None:
+    # the loop's timers fire on whole milliseconds: the last one is waited lap by lap,
+    # and the IDENTIFY never goes out before the grant's not_before
+    for ahead_s in (0.0, 0.0002, 0.0009, 0.0013, 0.004, 0.0105):
+        at = time.monotonic() + ahead_s
+        await _until(at)
+        assert time.monotonic() >= at
+    await _until(time.monotonic() - 5.0)  # a slot already past: returns at once
