@@ -419,20 +419,26 @@ interleaved runs of `--only startup --receivers cluster --repeat 1` against
 4.20, 4.17, 4.25 s; first..last READY unchanged (3.42-3.45 s); before the
 first READY 0.58-0.73 s against 0.75-0.82.
 
-The tables above are the run of 2026-12-07 02:38 UTC (`--head --repeat 3` of
-df65e18: picows, the workers writing the PUB frames, a burst as one
-message), on a host slower for every receiver than the one of the run of
-2026-12-06 21:34 (d9ceedf) that they replace: @discordjs/ws at 28.0 µs per
-event paced against 24.1, the floor at 30.9 against 22.0, the cluster's
-startup 4.23 s against 4.06. Against that run, the targets' ratios: flat
-out 0.94x -> 0.79x @discordjs/ws, paced 1.02x -> 1.07x, p99 at 1,000/s
-1.26x -> 1.51x and at 10,000/s 1.39x -> 1.32x the floor's (whose own p99
-at 1,000/s went 678 -> 478 µs), p50 at 50,000/s 1.80x -> 2.88x. Three full
-regenerations between the two (`--head --repeat 3`; 23:46 and 00:02 UTC of
-984af04, 00:22 of 6469487, same slow host, spreads up to ±2,000 % for the
-floor's p99) replaced nothing. The interleaved A/Bs above measure each change
-on one host; a full run's ratios also carry the host's state, which moves
-the Python receivers more than @discordjs/ws.
+The tables above are the run of 2026-12-07 05:21-05:34 UTC (`--head
+--repeat 3` of a8a3b54: bytecode compiled first, EVENT_RUNS version 3, the
+IDENTIFY's slot waited to within a lap), the last of three full
+regenerations this day (on an AMD EPYC host; the table they replace ran on an
+Intel Xeon), one on each commit as it landed; each is given here
+because on this shared 2-core host the near targets flip from run to run
+(@discordjs/ws paced at 27.0, 27.0 and 24.8 µs in the three; the floor's
+p99 at 10,000/s at ±411 % spread within one). Targets (cluster against
+@discordjs/ws flat out and paced; p99 at 1,000 and 10,000/s and p50 at
+50,000/s against the floor's; all READY of 1,024 shards against 4.20 s):
+02:38 UTC, df65e18 (the table these replace): 0.79x, 1.07x, 1.51x, 1.32x,
+2.88x, 4.23 s: 1 of 6 met; 04:37, 16bc449: 0.99x, 1.05x, 1.74x, 0.96x,
+0.92x, 4.15 s: 4 of 6; 05:03, 44cdfab: 0.79x, 1.17x, 1.29x, 1.22x, 1.38x,
+4.24 s: 1 of 6; 05:21, a8a3b54: 0.82x, 1.11x, 1.30x, 0.90x, 1.71x, 4.04 s:
+3 of 6. Met in every run: CPU per event flat out. Met in two of three since
+the bytecode: startup (3.99-4.26 s by run). Never met: paced CPU (1.05x-1.17x;
+the interleaved A/Bs above each moved it down) and the p99 at 1,000/s
+(1.29x-1.74x). The interleaved A/Bs measure each change on one host; a full
+run's ratios also carry the host's state, which moves the Python receivers
+more than @discordjs/ws.
 """
 
 
