@@ -133,7 +133,7 @@ def deliver(relay: Relay, server: GatewayEndpoint, events: list[tuple[bytes, byt
     """One worker message: a run of shard 0 starting at the first event's seq."""
     first = orjson.loads(events[0][1])["s"]
     _, body = encode_runs([(0, EPOCH, first, events)])
-    relay._runs(1, body)
+    relay._runs(1, len(events), body)
     server.tap.flush()
 
 
