@@ -419,6 +419,17 @@ interleaved runs of `--only startup --receivers cluster --repeat 1` against
 4.20, 4.17, 4.25 s; first..last READY unchanged (3.42-3.45 s); before the
 first READY 0.58-0.73 s against 0.75-0.82.
 
+**The forkserver's imports frozen out of the collector** (worker/forkserver.py,
+`gc.freeze()` after its imports): a worker forks from the forkserver and
+shares its pages until it writes to them, and each of its garbage
+collections wrote to the head of every imported object it traversed. 3
+interleaved runs of `--only memory --receivers cluster --repeat 1` (the third
+with `worker` too, as a control: it does not fork from the forkserver)
+against 22e89a3, 2026-12-07 05:48-05:51 UTC: the cluster's PSS at 1,000 idle
+shards 160, 161, 161 -> 154, 155, 155 MB, per extra shard 77.4-78.2 ->
+71.0-72.3 KB; the worker alone 75 MB and 54.0 KB on both sides. After the
+run below: the tables do not include it.
+
 The tables above are the run of 2026-12-07 05:21-05:34 UTC (`--head
 --repeat 3` of a8a3b54: bytecode compiled first, EVENT_RUNS version 3, the
 IDENTIFY's slot waited to within a lap), the last of three full
