@@ -426,76 +426,72 @@ class EventRunsReader:
         published = 0
         duplicates = 0
         fault: str | None = None
-        try:
-            for _ in range(runs):
-                shard_id, epoch, seq, count, size = _RUN_UNPACK(view, at)
-                at += _RUN_SIZE
-                heads_end = heads_at + count * _EVENT_SIZE
-                frames_end = frames_at + size
-                if count < 1:
-                    fault = "an EVENT_RUNS run has no events"
+        # every head lies before frames_base <= end: no unpack can run past the body
+        for _ in range(runs):
+            shard_id, epoch, seq, count, size = _RUN_UNPACK(view, at)
+            at += _RUN_SIZE
+            heads_end = heads_at + count * _EVENT_SIZE
+            frames_end = frames_at + size
+            if count < 1:
+                fault = "an EVENT_RUNS run has no events"
+                break
+            if heads_end > frames_base or frames_end > end:
+                fault = "an EVENT_RUNS run runs past the body"
+                break
+            if not keep and shard_id not in replaying:
+                skip = admit(shard_id, epoch, seq, count)
+                if not skip:
+                    whole += count
+                    heads_at = heads_end
+                    frames_at = frames_end
+                    continue
+                events_slices: list[EventSlices] | None = None
+                starts: list[int] | None = None
+            else:
+                # one pass over the run, before it is admitted: its events' slices and
+                # starts, and a check of its frames against its heads
+                events_slices = []
+                starts = []
+                pos = frames_at
+                for t, h, p in _EVENT_ITER(view[heads_at:heads_end]):
+                    starts.append(pos)
+                    topic_at = pos + (2 if t < 256 else 9)
+                    payload_at = topic_at + t + (2 if h < 256 else 9) + h + (2 if p < 256 else 9)
+                    pos = payload_at + p
+                    events_slices.append((view[topic_at : topic_at + t], view[payload_at:pos]))
+                if pos != frames_end:
+                    fault = _DISAGREE
                     break
-                if heads_end > frames_base or frames_end > end:
-                    fault = "an EVENT_RUNS run runs past the body"
-                    break
-                if not keep and shard_id not in replaying:
-                    skip = admit(shard_id, epoch, seq, count)
-                    if not skip:
-                        whole += count
-                        heads_at = heads_end
-                        frames_at = frames_end
-                        continue
-                    events_slices: list[EventSlices] | None = None
-                    starts: list[int] | None = None
-                else:
-                    # one pass over the run, before it is admitted: its events' slices and
-                    # starts, and a check of its frames against its heads
-                    events_slices = []
-                    starts = []
-                    pos = frames_at
-                    for t, h, p in _EVENT_ITER(view[heads_at:heads_end]):
-                        starts.append(pos)
-                        topic_at = pos + (2 if t < 256 else 9)
-                        payload_at = (
-                            topic_at + t + (2 if h < 256 else 9) + h + (2 if p < 256 else 9)
-                        )
-                        pos = payload_at + p
-                        events_slices.append((view[topic_at : topic_at + t], view[payload_at:pos]))
-                    if pos != frames_end:
-                        fault = _DISAGREE
-                        break
-                    skip = admit(shard_id, epoch, seq, count)
-                # this run goes alone: first the runs admitted whole before it
-                if whole:
-                    publish(view[whole_frames:frames_at], view[whole_heads:heads_at], whole)
-                    published += whole
-                    whole = 0
-                duplicates += skip
-                kept: list[EventSlices] | None = None
-                skipped: list[EventSlices] | None = None
-                start = frames_at
-                skipped_heads = heads_at + skip * _EVENT_SIZE
-                if events_slices is not None and starts is not None:
-                    if keep and skip < count:
-                        kept = events_slices[skip:] if skip else events_slices
-                    if skip and shard_id in replaying:
-                        skipped = events_slices[:skip]
-                    if skip < count:
-                        start = starts[skip]
-                elif skip < count:
-                    start += _frames_size(view[heads_at:skipped_heads])
-                    if start > frames_end:
-                        fault = _DISAGREE
-                        break
+                skip = admit(shard_id, epoch, seq, count)
+            # this run goes alone: first the runs admitted whole before it
+            if whole:
+                publish(view[whole_frames:frames_at], view[whole_heads:heads_at], whole)
+                published += whole
+                whole = 0
+            duplicates += skip
+            kept: list[EventSlices] | None = None
+            skipped: list[EventSlices] | None = None
+            start = frames_at
+            skipped_heads = heads_at + skip * _EVENT_SIZE
+            if events_slices is not None and starts is not None:
+                if keep and skip < count:
+                    kept = events_slices[skip:] if skip else events_slices
+                if skip and shard_id in replaying:
+                    skipped = events_slices[:skip]
                 if skip < count:
-                    publish(view[start:frames_end], view[skipped_heads:heads_end], count - skip)
-                    published += count - skip
-                if kept or skipped:
-                    self._ran(shard_id, epoch, seq, count, skip, kept, skipped)
-                heads_at = whole_heads = heads_end
-                frames_at = whole_frames = frames_end
-        except struct.error:
-            fault = "EVENT_RUNS body ends inside a head"
+                    start = starts[skip]
+            elif skip < count:
+                start += _frames_size(view[heads_at:skipped_heads])
+                if start > frames_end:
+                    fault = _DISAGREE
+                    break
+            if skip < count:
+                publish(view[start:frames_end], view[skipped_heads:heads_end], count - skip)
+                published += count - skip
+            if kept or skipped:
+                self._ran(shard_id, epoch, seq, count, skip, kept, skipped)
+            heads_at = whole_heads = heads_end
+            frames_at = whole_frames = frames_end
         if whole:  # admitted: handed out, also before a fault
             publish(view[whole_frames:frames_at], view[whole_heads:heads_at], whole)
             published += whole

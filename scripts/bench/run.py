@@ -1065,11 +1065,8 @@ def earlier_load(
     under, and no longer grows with every ``--merge``.
     """
     ran = {when for when, _ in now}
-    kept: dict[str, tuple[float, float, float]] = {}
-    for when, (a, b, c) in old:
-        if str(when).startswith("before ") and when not in ran:
-            kept[str(when)] = (a, b, c)
-    return list(kept.items())
+    kept = {when: (a, b, c) for when, (a, b, c) in old if when.startswith("before ")}
+    return [(when, load) for when, load in kept.items() if when not in ran]
 
 
 def merge(res: Results, old: dict[str, Any]) -> None:
@@ -1091,7 +1088,6 @@ def merge(res: Results, old: dict[str, Any]) -> None:
         taken.append("latency")
     for k, v in old.get("skipped", {}).items():
         res.skipped.setdefault(k, v)
-    res.load = earlier_load(old.get("load", []), res.load) + res.load
 
     def current(note: str) -> bool:
         bench = note.split(",", 1)[0]
@@ -1135,7 +1131,7 @@ def render(path: Path, out: Path) -> None:
     sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in old["sizes"].items()})
     res = Results(sizes, quick=sizes == QUICK, repeat=int(old.get("repeat", 3)))
     merge(res, old)
-    res.load = [(str(w), (a, b, c)) for w, (a, b, c) in old.get("load", [])]  # as it was
+    res.load = [(str(w), (a, b, c)) for w, (a, b, c) in old.get("load", [])]
     res.errors = list(old.get("errors", []))
     from scripts.bench.sink_bench import with_sink
 
@@ -1180,10 +1176,8 @@ def compile_bytecode() -> None:
 
     from scripts.bench import procs
 
-    roots = [REPO / package for package in (*RUNTIME_PACKAGES, "scripts")]
-    if procs.CODE_DIR is not None:
-        roots += [procs.CODE_DIR / package for package in RUNTIME_PACKAGES]
-    for root in roots:
+    code = procs.CODE_DIR or REPO  # --head: the children's packages come from the snapshot
+    for root in (*(code / package for package in RUNTIME_PACKAGES), REPO / "scripts"):
         compileall.compile_dir(root, quiet=1)
 
 
@@ -1267,7 +1261,9 @@ def main(argv: list[str] | None = None) -> None:
         if snapshot is not None:
             shutil.rmtree(snapshot, ignore_errors=True)
     if args.merge is not None:
-        merge(res, orjson.loads(args.merge.read_bytes()))
+        earlier = orjson.loads(args.merge.read_bytes())
+        merge(res, earlier)
+        res.load = earlier_load(earlier.get("load", []), res.load) + res.load
     out: Path | None = args.out
     if out is None and not args.quick:
         out = REPO / "docs" / "BENCHMARKS.md"
